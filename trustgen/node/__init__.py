@@ -1,0 +1,1 @@
+"""Node side: generation engines, model registry, determinism, (later) daemon and RPC."""

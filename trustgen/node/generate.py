@@ -1,0 +1,54 @@
+"""One local generation: resolve the model, load an engine, run the task, describe the result.
+
+The result dictionary is what `trustgen generate --json` prints and what `trustgen verify`
+reads back: it carries the task parameters, so the output can be re-checked by anyone.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Any
+
+from trustgen.errors import ModelError, UsageError
+from trustgen.logs import quiet_libraries
+from trustgen.node.params import ImageParams, TextParams
+from trustgen.node.registry import resolve
+
+
+def load_engine(model: str, kind: str, device: str = "cpu", dtype: str = "float32",
+                threads: int | None = None, deterministic: bool = True) -> Any:
+    """Resolve `model` (digest-checked) and load the matching engine."""
+    quiet_libraries()
+    ref = resolve(model)
+    if ref.kind != kind:
+        raise ModelError(f"model {model!r} is a {ref.kind} model; a {kind} model is needed")
+    try:
+        if kind == "text":
+            from trustgen.node.text_engine import TextEngine
+
+            return TextEngine(ref, device, dtype, deterministic, threads)
+        from trustgen.node.image_engine import ImageEngine
+
+        return ImageEngine(ref, device, dtype, deterministic, threads)
+    except ValueError as e:  # bad device / dtype / threads
+        raise UsageError(str(e)) from None
+
+
+def run_text(model: str, params: TextParams, **engine_opts: Any) -> dict[str, Any]:
+    engine = load_engine(model, "text", **engine_opts)
+    result = engine.generate(params).to_dict()
+    result.update(model=model, task=params.to_dict())
+    return result
+
+
+def run_image(model: str, params: ImageParams, output: pathlib.Path | None,
+              **engine_opts: Any) -> dict[str, Any]:
+    engine = load_engine(model, "image", **engine_opts)
+    img = engine.generate(params)
+    path = output or pathlib.Path(f"image-{img.output_digest[7:19]}.png")
+    if path.suffix.lower() != ".png":
+        raise UsageError(f"output must be a .png file (lossless), got {path}")
+    path.write_bytes(img.png())
+    result = img.to_dict()
+    result.update(model=model, task=params.to_dict(), image_path=str(path))
+    return result

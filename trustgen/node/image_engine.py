@@ -1,0 +1,84 @@
+"""Image generation on diffusers pipelines with seeded, per-image CPU generators.
+
+The embedded `tiny-image` model uses trustgen's pixel-space pipeline; any other diffusers
+directory is loaded through `DiffusionPipeline`. Both are called with one prompt and one CPU
+`torch.Generator` seeded from the task, with `output_type="np"`, so the initial noise is the
+same on every device and the output hashed is the decoded pixel array, never an encoding.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import diffusers
+import torch
+from diffusers import DiffusionPipeline
+
+from trustgen.errors import ModelError
+from trustgen.node.determinism import ExecutionProfile, configure, resolve_dtype
+from trustgen.node.outputs import ImageOutput
+from trustgen.node.params import ImageParams
+from trustgen.node.pixel_pipeline import PixelTextToImagePipeline, to_uint8
+from trustgen.node.registry import ModelRef
+
+log = logging.getLogger("trustgen.node")
+
+SCHEDULER_CLASSES = {
+    "ddim": diffusers.DDIMScheduler,
+    "euler": diffusers.EulerDiscreteScheduler,
+    "euler_ancestral": diffusers.EulerAncestralDiscreteScheduler,
+    "dpmsolver": diffusers.DPMSolverMultistepScheduler,
+    "pndm": diffusers.PNDMScheduler,
+    "ddpm": diffusers.DDPMScheduler,
+}
+
+
+def _load_pipeline(model: ModelRef, dtype: torch.dtype) -> Any:
+    index = json.loads((model.path / "model_index.json").read_text())
+    cls = PixelTextToImagePipeline if index.get("_class_name") == PixelTextToImagePipeline.__name__ \
+        else DiffusionPipeline
+    try:
+        return cls.from_pretrained(model.path, torch_dtype=dtype, use_safetensors=True,
+                                   local_files_only=True)
+    except (OSError, ValueError) as e:
+        raise ModelError(f"cannot load image model {model.name!r}: {e}") from None
+
+
+class ImageEngine:
+    """A loaded diffusion pipeline, ready to run image tasks."""
+
+    def __init__(self, model: ModelRef, device: str = "cpu", dtype: str = "float32",
+                 deterministic: bool = True, threads: int | None = None) -> None:
+        if model.kind != "image":
+            raise ModelError(f"model {model.name!r} is a text model, not an image model")
+        self.profile: ExecutionProfile = configure(device, deterministic, threads, dtype)
+        self.ref = model
+        self.pipe = _load_pipeline(model, resolve_dtype(dtype)).to(self.profile.device)
+        self.pipe.set_progress_bar_config(disable=True)
+        self._base_scheduler_config = dict(self.pipe.scheduler.config)
+
+    def _set_scheduler(self, name: str) -> None:
+        # A fresh scheduler per task: schedulers keep state (step index, multistep history).
+        self.pipe.scheduler = SCHEDULER_CLASSES[name].from_config(self._base_scheduler_config)
+
+    def generate(self, params: ImageParams) -> ImageOutput:
+        self._set_scheduler(params.scheduler)
+        generator = torch.Generator(device="cpu").manual_seed(params.seed)
+        with torch.inference_mode():
+            images = self.pipe(
+                params.prompt,
+                height=params.height,
+                width=params.width,
+                num_inference_steps=params.steps,
+                guidance_scale=params.guidance,
+                generator=generator,
+                output_type="np",
+            ).images
+        return ImageOutput(pixels=to_uint8(images[0]), model_digest=self.ref.digest,
+                           profile=self.profile)
+
+    def generate_batch(self, batch: list[ImageParams]) -> list[ImageOutput]:
+        """Run several tasks; each has its own generator and run, so outputs are batch-invariant."""
+        return [self.generate(p) for p in batch]

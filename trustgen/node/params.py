@@ -1,0 +1,84 @@
+"""Task parameters for generation, validated once, with limits a user can read in the errors."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from trustgen.errors import UsageError
+
+DECODINGS = ("greedy", "beam", "sample")
+SCHEDULERS = ("ddim", "euler", "euler_ancestral", "dpmsolver", "pndm", "ddpm")
+MAX_PROMPT_CHARS = 4096
+MAX_NEW_TOKENS = 1024
+MAX_STEPS = 200
+MAX_SIDE = 1024
+SEED_LIMIT = 2**63
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise UsageError(msg)
+
+
+def _check_prompt(prompt: str) -> None:
+    _check(isinstance(prompt, str) and prompt.strip() != "", "prompt must not be empty")
+    _check(len(prompt) <= MAX_PROMPT_CHARS, f"prompt is longer than {MAX_PROMPT_CHARS} characters")
+
+
+def _check_seed(seed: int) -> None:
+    _check(isinstance(seed, int) and 0 <= seed < SEED_LIMIT, f"seed must be in [0, 2^63), got {seed}")
+
+
+@dataclass(frozen=True)
+class TextParams:
+    prompt: str
+    max_new_tokens: int = 64
+    decoding: str = "greedy"
+    num_beams: int = 4
+    seed: int = 0
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+
+    def __post_init__(self) -> None:
+        _check_prompt(self.prompt)
+        _check(self.decoding in DECODINGS,
+               f"unknown decoding {self.decoding!r}; choose one of {', '.join(DECODINGS)}")
+        _check(1 <= self.max_new_tokens <= MAX_NEW_TOKENS,
+               f"max-new-tokens must be in [1, {MAX_NEW_TOKENS}], got {self.max_new_tokens}")
+        _check(self.decoding != "beam" or 2 <= self.num_beams <= 16,
+               f"num-beams must be in [2, 16] for beam search, got {self.num_beams}")
+        _check_seed(self.seed)
+        _check(0.0 < self.temperature <= 100.0,
+               f"temperature must be in (0, 100], got {self.temperature}")
+        _check(self.top_k >= 0, f"top-k must be >= 0 (0 disables it), got {self.top_k}")
+        _check(0.0 < self.top_p <= 1.0, f"top-p must be in (0, 1], got {self.top_p}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ImageParams:
+    prompt: str
+    seed: int = 0
+    steps: int = 20
+    guidance: float = 3.0
+    height: int = 32
+    width: int = 32
+    scheduler: str = "ddim"
+
+    def __post_init__(self) -> None:
+        _check_prompt(self.prompt)
+        _check_seed(self.seed)
+        _check(1 <= self.steps <= MAX_STEPS, f"steps must be in [1, {MAX_STEPS}], got {self.steps}")
+        _check(0.0 <= self.guidance <= 50.0, f"guidance must be in [0, 50], got {self.guidance}")
+        for name, v in (("height", self.height), ("width", self.width)):
+            _check(8 <= v <= MAX_SIDE and v % 8 == 0,
+                   f"{name} must be a multiple of 8 in [8, {MAX_SIDE}], got {v}")
+        _check(self.scheduler in SCHEDULERS,
+               f"unknown scheduler {self.scheduler!r}; choose one of {', '.join(SCHEDULERS)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

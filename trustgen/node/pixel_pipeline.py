@@ -1,0 +1,114 @@
+"""A small text-to-image diffusion pipeline that works directly in pixel space.
+
+The embedded `tiny-image` model uses it: a CLIP text encoder and a conditional UNet from the
+standard libraries, a standard diffusers scheduler, and no VAE, so that a model small enough to
+ship with the project (and to train on a CPU) still produces prompt-dependent pictures. Any
+standard diffusers pipeline directory (Stable Diffusion and friends) is loaded by the engine
+through `DiffusionPipeline` instead; both are called the same way.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import numpy as np
+import torch
+from diffusers import DiffusionPipeline, UNet2DConditionModel
+from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+from transformers import CLIPTextModel, PreTrainedTokenizerFast
+
+
+class PixelTextToImagePipeline(DiffusionPipeline):
+    """Classifier-free-guided diffusion in pixel space, conditioned on a CLIP text encoder."""
+
+    model_cpu_offload_seq = "text_encoder->unet"
+
+    def __init__(
+        self,
+        unet: UNet2DConditionModel,
+        text_encoder: CLIPTextModel,
+        tokenizer: PreTrainedTokenizerFast,
+        scheduler: SchedulerMixin,
+    ) -> None:
+        super().__init__()
+        self.register_modules(
+            unet=unet, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler
+        )
+
+    def encode_prompt(self, prompts: list[str]) -> torch.Tensor:
+        max_len = self.text_encoder.config.max_position_embeddings
+        enc = self.tokenizer(
+            prompts, padding="max_length", max_length=max_len, truncation=True, return_tensors="pt"
+        )
+        ids = enc.input_ids.to(self.text_encoder.device)
+        return self.text_encoder(ids).last_hidden_state
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | list[str],
+        height: int = 32,
+        width: int = 32,
+        num_inference_steps: int = 20,
+        guidance_scale: float = 3.0,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        output_type: str = "np",
+        return_dict: bool = True,
+    ) -> Any:
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        n = len(prompts)
+        gens = generator if isinstance(generator, list) else [generator] * n
+        if len(gens) != n:
+            raise ValueError("one generator per prompt is required")
+        device = self.unet.device
+        dtype = self.unet.dtype
+
+        cond = self.encode_prompt(prompts)
+        use_cfg = guidance_scale > 1.0
+        if use_cfg:
+            uncond = self.encode_prompt([""] * n)
+            context = torch.cat([uncond, cond]).to(dtype)
+        else:
+            context = cond.to(dtype)
+
+        # Initial noise is drawn on the CPU from each image's own generator, so it is the same
+        # on every device and independent of what else is in the batch.
+        shape = (self.unet.config.in_channels, height, width)
+        x = torch.stack([torch.randn(shape, generator=g, dtype=torch.float32) for g in gens])
+        x = (x * self.scheduler.init_noise_sigma).to(device=device, dtype=dtype)
+
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        step_params = set(inspect.signature(self.scheduler.step).parameters)
+        extra: dict[str, Any] = {}
+        if "generator" in step_params:
+            # Stochastic samplers draw fresh noise each step from one generator: only
+            # reproducible per image, so they run one image per call.
+            if n != 1:
+                raise ValueError("a stochastic scheduler generates one image per call")
+            extra["generator"] = gens[0]
+        if "eta" in step_params:
+            extra["eta"] = 0.0
+        for t in self.scheduler.timesteps:
+            model_in = torch.cat([x, x]) if use_cfg else x
+            model_in = self.scheduler.scale_model_input(model_in, t)
+            eps = self.unet(model_in, t, encoder_hidden_states=context).sample
+            if use_cfg:
+                eps_u, eps_c = eps.chunk(2)
+                eps = eps_u + guidance_scale * (eps_c - eps_u)
+            x = self.scheduler.step(eps, t, x, **extra).prev_sample
+
+        images = ((x.float().clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).cpu().numpy()
+        if output_type == "pil":
+            images = self.numpy_to_pil(images)
+        elif output_type != "np":
+            raise ValueError(f"unsupported output_type {output_type!r}")
+        if not return_dict:
+            return (images,)
+        return ImagePipelineOutput(images=images)
+
+
+def to_uint8(images: np.ndarray) -> np.ndarray:
+    """Quantise [0, 1] float images to uint8 the way diffusers' PIL conversion does."""
+    return (np.clip(images, 0.0, 1.0) * 255).round().astype(np.uint8)
