@@ -17,9 +17,11 @@ app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, add_comp
                   help="Verifiable generative AI in trustless networks.")
 generate_app = typer.Typer(no_args_is_help=True, help="One local generation, no network.")
 app.add_typer(generate_app, name="generate")
+keys_app = typer.Typer(no_args_is_help=True, help="Ed25519 node identities.")
+app.add_typer(keys_app, name="keys")
 
 out = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 
 
 def emit(obj: dict[str, Any], as_json: bool) -> None:
@@ -89,11 +91,73 @@ def generate_image(
                   f"pixels {result['output_digest'][:23]}…", highlight=False)
 
 
+def _passphrase(env_var: Optional[str]) -> Optional[bytes]:
+    import os
+
+    if env_var is None:
+        return None
+    value = os.environ.get(env_var)
+    if not value:
+        raise TrustgenError(f"environment variable {env_var} is empty or unset")
+    return value.encode()
+
+
+@keys_app.command("new")
+def keys_new(
+    home: pathlib.Path = typer.Option(..., "--home", help="Node home directory."),
+    passphrase_env: Optional[str] = typer.Option(
+        None, "--passphrase-env", help="Encrypt the key with the passphrase in this variable."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Create a new identity (key file mode 0600). Refuses to overwrite one."""
+    from trustgen.consensus.identity import KEY_FILE, Identity
+
+    if (home / KEY_FILE).exists():
+        raise TrustgenError(f"{home / KEY_FILE} already exists; refusing to overwrite a key")
+    ident = Identity.generate()
+    path = ident.save(home, _passphrase(passphrase_env))
+    info = {"node_id": ident.node_id, "key_file": str(path), "encrypted": passphrase_env is not None}
+    emit(info, as_json) if as_json else out.print(f"node id {ident.node_id}\nkey file {path} (mode 0600)")
+
+
+@keys_app.command("show")
+def keys_show(
+    home: pathlib.Path = typer.Option(..., "--home", help="Node home directory."),
+    passphrase_env: Optional[str] = typer.Option(None, "--passphrase-env"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Show the public identity of a node home (never the private key)."""
+    from trustgen.consensus.identity import KEY_FILE, Identity
+
+    ident = Identity.load(home, _passphrase(passphrase_env))
+    info = {"node_id": ident.node_id, "key_file": str(home / KEY_FILE)}
+    emit(info, as_json) if as_json else out.print(f"node id {ident.node_id}")
+
+
+@app.command("audit")
+def audit(
+    path: pathlib.Path = typer.Argument(..., help="A node data directory or a ledger.db file."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Verify every feed, link, signature, assignment, decision and commitment. Exit 0 when
+    clean, 1 on violations, 2 on unusable input."""
+    from trustgen.consensus.audit import audit_path
+    from trustgen.node.report import print_audit
+
+    reports = audit_path(path)
+    ok = all(r.ok for r in reports)
+    if as_json:
+        emit({"ok": ok, "ledgers": [r.to_dict() for r in reports]}, True)
+    else:
+        print_audit(out, reports)
+    raise typer.Exit(0 if ok else 1)
+
+
 def main() -> None:
     try:
         app()
     except TrustgenError as e:
-        err.print(f"error: {e}", markup=False, highlight=False)
+        sys.stderr.write(f"error: {e}\n")  # one line, never wrapped
         sys.exit(2)
     except KeyboardInterrupt:
         sys.exit(130)

@@ -1,0 +1,1 @@
+"""Consensus: identities, canonical signed messages, ledger feeds, assignment, tally, audit."""

@@ -1,0 +1,295 @@
+"""Audit a node's ledger from its bytes alone: every feed, link and signature, every verifier
+assignment and majority decision, the node's own Merkle commitments, and equivocation evidence.
+
+Violations are things the ledger must not contain (a broken chain, a forged signature, a
+certificate that contradicts its votes). Equivocations backed by valid evidence are findings:
+the ledger did its job by recording them.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import sqlite3
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from trustgen.consensus import merkle
+from trustgen.consensus.assignment import effective_verifiers, rank
+from trustgen.consensus.ledger import ZERO, Entry, entry_hash, leaf_data, parse_entry
+from trustgen.consensus.messages import MessageError, open_wire
+from trustgen.consensus.tally import PENDING, tally
+from trustgen.errors import TrustgenError
+
+LEDGER_FILE = "ledger.db"
+MAX_INCLUSION_CHECKS = 256
+
+
+class AuditInputError(TrustgenError):
+    """The path holds no usable ledger."""
+
+
+@dataclass
+class Violation:
+    where: str
+    code: str
+    detail: str
+
+
+@dataclass
+class AuditReport:
+    path: str
+    network: str = ""
+    feeds: int = 0
+    entries: int = 0
+    tasks_checked: int = 0
+    commitments_checked: int = 0
+    equivocations: list[dict[str, Any]] = field(default_factory=list)
+    violations: list[Violation] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.violations
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["ok"] = self.ok
+        return d
+
+
+def _short(b: bytes) -> str:
+    return b.hex()[:16]
+
+
+def _where(feed: bytes, seq: int) -> str:
+    return f"feed {_short(feed)} seq {seq}"
+
+
+class _Auditor:
+    def __init__(self, db: sqlite3.Connection, report: AuditReport) -> None:
+        self.db, self.r = db, report
+        self.owner: bytes | None = None
+        self.entries: list[Entry] = []  # valid entries, log order
+        self.log: list[tuple[bytes, int, bytes]] = []  # (feed, seq, hash) by log index, as stored
+
+    def bad(self, where: str, code: str, detail: str) -> None:
+        self.r.violations.append(Violation(where, code, detail))
+
+    def run(self) -> None:
+        meta = dict(self.db.execute("SELECT key, value FROM meta").fetchall())
+        if "network" not in meta:
+            raise AuditInputError("ledger has no network id")
+        self.r.network = meta["network"].decode()
+        self.owner = meta.get("owner")
+        self.check_entries()
+        self.check_chains()
+        self.check_commitments()
+        self.check_tasks()
+        self.check_evidence()
+
+    def check_entries(self) -> None:
+        rows = self.db.execute("SELECT feed, seq, hash, type, payload, sig, log_index FROM entries "
+                               "ORDER BY log_index").fetchall()
+        self.r.entries = len(rows)
+        for i, (feed, seq, h, typ, payload, sig, idx) in enumerate(rows):
+            where = f"log index {idx} ({_where(feed, seq)})"
+            if idx != i:
+                self.bad(where, "log_gap", f"log index {idx} where {i} was expected")
+            self.log.append((feed, seq, h))
+            try:
+                e = parse_entry(payload, sig, self.r.network)
+            except MessageError as err:
+                self.bad(where, "bad_entry", str(err))
+                continue
+            if (e.feed, e.seq, e.type) != (feed, seq, typ):
+                self.bad(where, "index_mismatch", "stored columns differ from the signed entry")
+                continue
+            if entry_hash(payload, sig) != h:
+                self.bad(where, "hash_mismatch", "stored hash differs from the entry's hash")
+                continue
+            self.entries.append(e)
+        self.r.feeds = len({f for f, _, _ in self.log})
+
+    def check_chains(self) -> None:
+        by_feed: dict[bytes, list[Entry]] = defaultdict(list)
+        for e in self.entries:
+            by_feed[e.feed].append(e)
+        for feed, es in by_feed.items():
+            es.sort(key=lambda e: e.seq)
+            prev_seq, prev_hash = 0, ZERO
+            for e in es:
+                if e.seq != prev_seq + 1:
+                    self.bad(_where(feed, e.seq), "missing_entry", f"entries {prev_seq + 1}..{e.seq - 1} are missing")
+                elif e.prev != prev_hash:
+                    self.bad(_where(feed, e.seq), "bad_link", "does not link to its predecessor")
+                prev_seq, prev_hash = e.seq, e.hash
+
+    def check_commitments(self) -> None:
+        """The owner's commitments must be Merkle roots over prefixes of its own log, each
+        consistent with the one before."""
+        if self.owner is None:
+            return
+        leaves = [merkle.leaf_hash(leaf_data(f, s, h)) for f, s, h in self.log]
+        index_of = {(f, s): i for i, (f, s, _) in enumerate(self.log)}
+        prev: tuple[int, bytes] | None = None
+        for e in self.entries:
+            if e.feed != self.owner or e.type != "Commitment":
+                continue
+            self.r.commitments_checked += 1
+            size, root = e.body["size"], e.body["root"]
+            where = _where(e.feed, e.seq)
+            if not 0 <= size <= index_of.get((e.feed, e.seq), -1):
+                self.bad(where, "bad_commitment", f"size {size} covers entries not yet stored")
+                continue
+            prefix = leaves[:size]
+            if merkle.root(prefix) != root:
+                self.bad(where, "bad_commitment", f"root does not match the log's first {size} entries")
+                continue
+            step = max(1, size // MAX_INCLUSION_CHECKS)
+            for i in range(0, size, step):
+                if not merkle.verify_inclusion(i, size, prefix[i], merkle.inclusion_proof(i, prefix), root):
+                    self.bad(where, "bad_inclusion", f"inclusion proof of leaf {i} fails")
+                    break
+            if prev is not None and prev[0] > 0:
+                if size < prev[0] or not merkle.verify_consistency(
+                        prev[0], size, prev[1], root, merkle.consistency_proof(prev[0], prefix)):
+                    self.bad(where, "inconsistent_commitment", f"not an extension of size {prev[0]}")
+            prev = (size, root)
+
+    def _open(self, where: str, data: bytes, msg_type: str) -> Any:
+        try:
+            return open_wire(data, msg_type, self.r.network)
+        except MessageError as err:
+            self.bad(where, f"bad_{msg_type.lower()}", str(err))
+            return None
+
+    def check_tasks(self) -> None:
+        accepted: dict[bytes, tuple[Entry, Any]] = {}
+        results: dict[bytes, Any] = {}
+        for e in self.entries:
+            where = _where(e.feed, e.seq)
+            if e.type == "TaskAccepted":
+                task = self._open(where, e.body["task"], "Task")
+                if task is not None:
+                    accepted[task.id] = (e, task)
+                    self.check_beacon(e)
+            elif e.type == "ResultCommitted":
+                res = self._open(where, e.body["result"], "Result")
+                if res is not None:
+                    results[res.id] = res
+            elif e.type == "VoteCast":
+                self._open(where, e.body["vote"], "Vote")
+        for e in self.entries:
+            if e.type == "TaskFinalized":
+                self.check_certificate(e, accepted, results)
+
+    def check_beacon(self, e: Entry) -> None:
+        where = _where(e.feed, e.seq)
+        size, beacon = e.body["beacon_size"], e.body["beacon"]
+        if size == 0:
+            if beacon != merkle.EMPTY_ROOT:
+                self.bad(where, "bad_beacon", "empty beacon must be the empty root")
+            return
+        ok = any(c.feed == e.feed and c.type == "Commitment" and c.seq < e.seq
+                 and c.body["size"] == size and c.body["root"] == beacon for c in self.entries)
+        if not ok:
+            self.bad(where, "bad_beacon", "beacon is not an earlier commitment of the gateway")
+        if e.feed == self.owner:
+            # The candidates must be every verifier the gateway knew when it committed.
+            known = {f: s for (f, s, _) in self.log[:size]}
+            joined = {x.feed for x in self.entries if x.type == "NodeJoined"
+                      and "verifier" in x.body["roles"] and known.get(x.feed, 0) >= x.seq}
+            if set(e.body["candidates"]) != joined:
+                self.bad(where, "bad_candidates", "candidates differ from the verifiers known at the beacon")
+
+    def check_certificate(self, e: Entry, accepted: dict, results: dict) -> None:
+        where = _where(e.feed, e.seq)
+        cert = self._open(where, e.body["certificate"], "Certificate")
+        if cert is None:
+            return
+        self.r.tasks_checked += 1
+        c = cert.body
+        if c["gateway"] != e.feed:
+            self.bad(where, "bad_certificate", "certificate signed by another node than the feed")
+            return
+        if c["task_id"] not in accepted:
+            self.bad(where, "unknown_task", f"task {_short(c['task_id'])} was never accepted")
+            return
+        acc_entry, task = accepted[c["task_id"]]
+        res = results.get(c["result_id"])
+        if res is None or res.body["task_id"] != c["task_id"] or res.body["worker"] != c["worker"]:
+            self.bad(where, "unknown_result", "certified result is not a committed result of this task")
+        k = task.body["verifiers"]
+        ranking = rank(acc_entry.body["beacon"], c["task_id"], acc_entry.body["candidates"], c["worker"])
+        expected = effective_verifiers(ranking, c["skipped"], k)
+        if list(c["verifiers"]) != expected:
+            self.bad(where, "bad_assignment", "verifiers differ from the recomputed assignment")
+            return
+        if not set(c["skipped"]) <= set(ranking):
+            self.bad(where, "bad_assignment", "skipped verifiers were never candidates")
+        votes: dict[bytes, bool] = {}
+        for raw in c["votes"]:
+            v = self._open(where, raw, "Vote")
+            if v is None:
+                return
+            b = v.body
+            if b["task_id"] != c["task_id"] or b["result_id"] != c["result_id"]:
+                self.bad(where, "foreign_vote", "a vote is for another task or result")
+                return
+            if b["verifier"] not in expected:
+                self.bad(where, "foreign_vote", "a vote is from a verifier not assigned")
+                return
+            if b["verifier"] in votes:
+                self.bad(where, "duplicate_vote", "two votes by one verifier")
+                return
+            votes[b["verifier"]] = b["accept"]
+        t = tally(votes, expected, k)
+        if t.decision == PENDING or t.decision != c["decision"]:
+            self.bad(where, "bad_decision",
+                     f"recorded {c['decision']!r} but the votes give {t.decision!r} "
+                     f"({t.accepts} accept, {t.rejects} reject of {k})")
+
+    def check_evidence(self) -> None:
+        for e in self.entries:
+            if e.type != "Evidence" or e.body["kind"] != "equivocation":
+                continue
+            where = _where(e.feed, e.seq)
+            p = e.body["proof"]
+            try:
+                a = parse_entry(p["a_payload"], p["a_sig"], self.r.network)
+                b = parse_entry(p["b_payload"], p["b_sig"], self.r.network)
+            except (MessageError, KeyError, TypeError) as err:
+                self.bad(where, "bad_evidence", f"equivocation proof invalid: {err}")
+                continue
+            if a.feed != b.feed or a.seq != b.seq or a.hash == b.hash or a.feed != e.body["subject"]:
+                self.bad(where, "bad_evidence", "proof is not two entries at one (feed, seq)")
+                continue
+            self.r.equivocations.append({"feed": a.feed.hex(), "seq": a.seq, "reported_by": e.feed.hex()})
+
+
+def find_ledgers(path: pathlib.Path) -> list[pathlib.Path]:
+    path = pathlib.Path(path)
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        found = sorted(path.rglob(LEDGER_FILE))
+        if found:
+            return found
+    raise AuditInputError(f"no ledger at {path} (expected a {LEDGER_FILE} file or a directory holding one)")
+
+
+def audit_ledger(db_path: pathlib.Path) -> AuditReport:
+    report = AuditReport(path=str(db_path))
+    try:
+        db = sqlite3.connect(f"file:{pathlib.Path(db_path).resolve()}?mode=ro", uri=True)
+        try:
+            _Auditor(db, report).run()
+        finally:
+            db.close()
+    except sqlite3.DatabaseError as e:
+        raise AuditInputError(f"{db_path} is not a readable trustgen ledger: {e}") from None
+    return report
+
+
+def audit_path(path: pathlib.Path) -> list[AuditReport]:
+    return [audit_ledger(p) for p in find_ledgers(path)]

@@ -1,0 +1,163 @@
+"""Canonical, deterministic, domain-separated byte encoding for everything that is signed.
+
+Every value has exactly one encoding and the decoder refuses anything else (unsorted or
+duplicate keys, trailing bytes, non-minimal forms, NaN), so `encode(decode(b)) == b` for every
+`b` the decoder accepts. Signed bytes start with a header naming the message type, the network
+and the schema version: a signature made for one (type, network) never verifies as another.
+
+Value grammar (all integers big-endian):
+    0x00 None | 0x01 False | 0x02 True
+    0x03 int     8-byte two's complement (int64 range only)
+    0x04 float   8-byte IEEE-754 double (finite only)
+    0x05 bytes   u32 length + raw
+    0x06 str     u32 length + UTF-8
+    0x07 list    u32 count + values
+    0x08 dict    u32 count + (str key, value) pairs, keys sorted by their UTF-8 bytes, unique
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from typing import Any
+
+MAGIC = b"TGv1"
+MAX_DEPTH = 32
+MAX_LEN = 64 * 1024 * 1024
+
+
+class EncodingError(ValueError):
+    """Bytes that are not the canonical encoding of a value, or a value that has none."""
+
+
+def _enc(v: Any, out: bytearray, depth: int) -> None:
+    if depth > MAX_DEPTH:
+        raise EncodingError("nesting too deep")
+    if v is None:
+        out += b"\x00"
+    elif v is True:
+        out += b"\x02"
+    elif v is False:
+        out += b"\x01"
+    elif isinstance(v, int):
+        if not -(2**63) <= v < 2**63:
+            raise EncodingError(f"integer {v} outside int64")
+        out += b"\x03" + struct.pack(">q", v)
+    elif isinstance(v, float):
+        if not math.isfinite(v):
+            raise EncodingError("non-finite float")
+        out += b"\x04" + struct.pack(">d", v)
+    elif isinstance(v, (bytes, bytearray, memoryview)):
+        b = bytes(v)
+        out += b"\x05" + struct.pack(">I", len(b)) + b
+    elif isinstance(v, str):
+        b = v.encode("utf-8")
+        out += b"\x06" + struct.pack(">I", len(b)) + b
+    elif isinstance(v, (list, tuple)):
+        out += b"\x07" + struct.pack(">I", len(v))
+        for item in v:
+            _enc(item, out, depth + 1)
+    elif isinstance(v, dict):
+        keys = []
+        for k in v:
+            if not isinstance(k, str):
+                raise EncodingError(f"dict key {k!r} is not a string")
+            keys.append((k.encode("utf-8"), k))
+        keys.sort()
+        out += b"\x08" + struct.pack(">I", len(keys))
+        for kb, k in keys:
+            out += b"\x06" + struct.pack(">I", len(kb)) + kb
+            _enc(v[k], out, depth + 1)
+    else:
+        raise EncodingError(f"cannot encode {type(v).__name__}")
+
+
+def encode(value: Any) -> bytes:
+    out = bytearray()
+    _enc(value, out, 0)
+    return bytes(out)
+
+
+class _Reader:
+    def __init__(self, data: bytes) -> None:
+        self.data = memoryview(data)
+        self.pos = 0
+
+    def take(self, n: int) -> bytes:
+        if n > len(self.data) - self.pos:
+            raise EncodingError(f"truncated at byte {self.pos}")
+        b = bytes(self.data[self.pos:self.pos + n])
+        self.pos += n
+        return b
+
+    def length(self) -> int:
+        n = struct.unpack(">I", self.take(4))[0]
+        if n > MAX_LEN:
+            raise EncodingError(f"length {n} too large")
+        return n
+
+    def value(self, depth: int = 0) -> Any:
+        if depth > MAX_DEPTH:
+            raise EncodingError("nesting too deep")
+        tag = self.take(1)[0]
+        if tag == 0:
+            return None
+        if tag in (1, 2):
+            return tag == 2
+        if tag == 3:
+            return struct.unpack(">q", self.take(8))[0]
+        if tag == 4:
+            f = struct.unpack(">d", self.take(8))[0]
+            if not math.isfinite(f):
+                raise EncodingError("non-finite float")
+            return f
+        if tag == 5:
+            return self.take(self.length())
+        if tag == 6:
+            try:
+                return self.take(self.length()).decode("utf-8")
+            except UnicodeDecodeError:
+                raise EncodingError("invalid UTF-8") from None
+        if tag == 7:
+            return [self.value(depth + 1) for _ in range(self.length())]
+        if tag == 8:
+            n = self.length()
+            result: dict[str, Any] = {}
+            prev: bytes | None = None
+            for _ in range(n):
+                if self.take(1) != b"\x06":
+                    raise EncodingError("dict key is not a string")
+                kb = self.take(self.length())
+                if prev is not None and kb <= prev:
+                    raise EncodingError("dict keys not sorted or duplicated")
+                prev = kb
+                try:
+                    key = kb.decode("utf-8")
+                except UnicodeDecodeError:
+                    raise EncodingError("invalid UTF-8 in key") from None
+                result[key] = self.value(depth + 1)
+            return result
+        raise EncodingError(f"unknown tag 0x{tag:02x} at byte {self.pos - 1}")
+
+
+def decode(data: bytes) -> Any:
+    r = _Reader(data)
+    v = r.value()
+    if r.pos != len(data):
+        raise EncodingError(f"{len(data) - r.pos} trailing bytes")
+    return v
+
+
+def signing_bytes(msg_type: str, network: str, body: dict[str, Any], version: int = 1) -> bytes:
+    """The exact bytes a signature covers: magic, type, network, version, then the body."""
+    return MAGIC + encode([msg_type, network, version, body])
+
+
+def parse_signing_bytes(data: bytes) -> tuple[str, str, int, dict[str, Any]]:
+    if not data.startswith(MAGIC):
+        raise EncodingError("missing trustgen magic")
+    v = decode(data[len(MAGIC):])
+    if (not isinstance(v, list) or len(v) != 4 or not isinstance(v[0], str)
+            or not isinstance(v[1], str) or not isinstance(v[2], int) or not isinstance(v[3], dict)):
+        raise EncodingError("header is not [type, network, version, body]")
+    return v[0], v[1], v[2], v[3]

@@ -1,0 +1,269 @@
+"""The ledger: every node's append-only, hash-chained, signed feed, plus replicas of other
+nodes' feeds, in one SQLite file (WAL, synchronous=FULL).
+
+An entry is a signed `LedgerEntry` message; its hash is sha256 over payload and signature, and
+each entry names its predecessor's hash. The payload and signature are stored as received;
+the other columns are an index that the audit checks against them. Entries also get a local
+`log_index` in the order this node stored them: that append-only log is what the node's
+Merkle commitments cover (see docs/decisions.md).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import pathlib
+import sqlite3
+import struct
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+from trustgen.consensus import merkle
+from trustgen.consensus.identity import Identity
+from trustgen.consensus.messages import MessageError, open_payload, sign
+from trustgen.errors import TrustgenError
+
+ZERO = bytes(32)
+DEFAULT_NETWORK = "trustgen-local"
+
+# Entry types and the schema of their bodies (same conventions as messages.SCHEMAS).
+ENTRY_SCHEMAS: dict[str, dict[str, str]] = {
+    "NodeJoined": {"address": "str", "roles": "list"},
+    "TaskAccepted": {"task": "bytes", "beacon": "bytes32", "beacon_size": "int", "candidates": "list"},
+    "ResultCommitted": {"result": "bytes"},
+    "VoteCast": {"vote": "bytes"},
+    "TaskFinalized": {"certificate": "bytes"},
+    "Evidence": {"kind": "str", "subject": "bytes32", "proof": "dict"},
+    "Commitment": {"size": "int", "root": "bytes32"},
+}
+
+_SCHEMA_SQL = """
+CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS entries(
+    feed BLOB NOT NULL, seq INTEGER NOT NULL, hash BLOB NOT NULL, type TEXT NOT NULL,
+    payload BLOB NOT NULL, sig BLOB NOT NULL, log_index INTEGER NOT NULL UNIQUE,
+    PRIMARY KEY (feed, seq));
+CREATE TABLE IF NOT EXISTS equivocations(
+    feed BLOB NOT NULL, seq INTEGER NOT NULL, other_hash BLOB NOT NULL,
+    PRIMARY KEY (feed, seq, other_hash));
+"""
+
+
+class IngestError(TrustgenError):
+    """A foreign entry refused; `code` says why (for RPC status mapping and tests)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True)
+class Entry:
+    feed: bytes
+    seq: int
+    prev: bytes
+    time: int
+    type: str
+    body: dict[str, Any]
+    payload: bytes
+    sig: bytes
+    hash: bytes
+
+
+def entry_hash(payload: bytes, sig: bytes) -> bytes:
+    return hashlib.sha256(b"trustgen/entry/v1\0" + payload + sig).digest()
+
+
+def leaf_data(feed: bytes, seq: int, h: bytes) -> bytes:
+    return feed + struct.pack(">Q", seq) + h
+
+
+def check_entry_body(entry_type: str, body: dict[str, Any]) -> None:
+    schema = ENTRY_SCHEMAS.get(entry_type)
+    if schema is None:
+        raise MessageError(f"unknown entry type {entry_type!r}")
+    if set(body) != set(schema):
+        raise MessageError(f"{entry_type} body fields {sorted(body)} != {sorted(schema)}")
+    for name, kind in schema.items():
+        v = body[name]
+        ok = (isinstance(v, bytes) and len(v) == 32) if kind == "bytes32" else (
+            isinstance(v, int) and not isinstance(v, bool)) if kind == "int" else isinstance(
+            v, {"str": str, "list": list, "dict": dict, "bytes": bytes}[kind])
+        if not ok:
+            raise MessageError(f"{entry_type}.{name} must be {kind}")
+
+
+def parse_entry(payload: bytes, sig: bytes, network: str) -> Entry:
+    """Verify a stored or received entry fully (header, schema, signature, body schema)."""
+    msg = open_payload(payload, sig, "LedgerEntry", network)
+    b = msg.body
+    if b["seq"] < 1:
+        raise MessageError("sequence numbers start at 1")
+    check_entry_body(b["type"], b["body"])
+    return Entry(b["feed"], b["seq"], b["prev"], b["time"], b["type"], b["body"], payload, sig,
+                 entry_hash(payload, sig))
+
+
+class Ledger:
+    """One node's ledger store. Thread-safe; one writer at a time."""
+
+    def __init__(self, path: pathlib.Path, network: str = DEFAULT_NETWORK,
+                 identity: Identity | None = None) -> None:
+        self.path = pathlib.Path(path)
+        self.network = network
+        self.identity = identity
+        self._lock = threading.RLock()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.executescript(_SCHEMA_SQL)
+        stored = dict(self.db.execute("SELECT key, value FROM meta").fetchall())
+        if "network" in stored and stored["network"].decode() != network:
+            raise TrustgenError(f"{path} belongs to network {stored['network'].decode()!r}")
+        if identity is not None and "owner" in stored and stored["owner"] != identity.public_key:
+            raise TrustgenError(f"{path} belongs to another node")
+        with self._tx():
+            self.db.execute("INSERT OR IGNORE INTO meta VALUES ('network', ?)", (network.encode(),))
+            if identity is not None:
+                self.db.execute("INSERT OR IGNORE INTO meta VALUES ('owner', ?)", (identity.public_key,))
+
+    def close(self) -> None:
+        self.db.close()
+
+    def _tx(self) -> "sqlite3.Connection":
+        return _Tx(self.db, self._lock)
+
+    # -- reads -------------------------------------------------------------------------------
+
+    def head(self, feed: bytes) -> tuple[int, bytes]:
+        row = self.db.execute("SELECT seq, hash FROM entries WHERE feed=? ORDER BY seq DESC LIMIT 1",
+                              (feed,)).fetchone()
+        return (row[0], row[1]) if row else (0, ZERO)
+
+    def heads(self) -> dict[bytes, tuple[int, bytes]]:
+        rows = self.db.execute(
+            "SELECT e.feed, e.seq, e.hash FROM entries e JOIN (SELECT feed, MAX(seq) m FROM entries "
+            "GROUP BY feed) h ON e.feed = h.feed AND e.seq = h.m").fetchall()
+        return {f: (s, h) for f, s, h in rows}
+
+    def entries(self, feed: bytes, from_seq: int = 1, limit: int = 1000) -> list[tuple[bytes, bytes]]:
+        """(payload, sig) of a feed's entries from `from_seq`, in order."""
+        return self.db.execute("SELECT payload, sig FROM entries WHERE feed=? AND seq>=? ORDER BY seq "
+                               "LIMIT ?", (feed, from_seq, limit)).fetchall()
+
+    def get(self, feed: bytes, seq: int) -> Entry | None:
+        row = self.db.execute("SELECT payload, sig FROM entries WHERE feed=? AND seq=?",
+                              (feed, seq)).fetchone()
+        return parse_entry(row[0], row[1], self.network) if row else None
+
+    def iter_entries(self) -> Iterator[Entry]:
+        """Every stored entry in log order, parsed and verified."""
+        for payload, sig in self.db.execute("SELECT payload, sig FROM entries ORDER BY log_index"):
+            yield parse_entry(payload, sig, self.network)
+
+    def size(self) -> int:
+        return self.db.execute("SELECT COUNT(*) FROM entries").fetchone()[0]
+
+    def leaves(self, size: int | None = None) -> list[bytes]:
+        q = "SELECT feed, seq, hash FROM entries ORDER BY log_index"
+        rows = self.db.execute(q + (" LIMIT ?" if size is not None else ""),
+                               (size,) if size is not None else ()).fetchall()
+        return [merkle.leaf_hash(leaf_data(f, s, h)) for f, s, h in rows]
+
+    # -- writes ------------------------------------------------------------------------------
+
+    def _store(self, e: Entry) -> None:
+        idx = self.db.execute("SELECT COALESCE(MAX(log_index) + 1, 0) FROM entries").fetchone()[0]
+        self.db.execute("INSERT INTO entries VALUES (?,?,?,?,?,?,?)",
+                        (e.feed, e.seq, e.hash, e.type, e.payload, e.sig, idx))
+
+    def append(self, entry_type: str, body: dict[str, Any], time_ms: int | None = None) -> Entry:
+        """Sign and append an entry to this node's own feed."""
+        if self.identity is None:
+            raise TrustgenError("this ledger has no identity to sign with")
+        check_entry_body(entry_type, body)
+        with self._tx():
+            seq, prev = self.head(self.identity.public_key)
+            msg = sign(self.identity, "LedgerEntry", self.network, {
+                "feed": self.identity.public_key, "seq": seq + 1, "prev": prev,
+                "time": int(time.time() * 1000) if time_ms is None else time_ms,
+                "type": entry_type, "body": body})
+            e = Entry(msg.body["feed"], seq + 1, prev, msg.body["time"], entry_type, body,
+                      msg.payload, msg.sig, entry_hash(msg.payload, msg.sig))
+            self._store(e)
+        return e
+
+    def ingest(self, payload: bytes, sig: bytes) -> str:
+        """Validate and store a foreign entry. Returns "stored", "duplicate" or "equivocation";
+        raises IngestError with nothing changed when the entry is bad or does not link."""
+        try:
+            e = parse_entry(payload, sig, self.network)
+        except MessageError as err:
+            code = "bad_signature" if "signature" in str(err) else (
+                "wrong_network" if "network" in str(err) else "malformed")
+            raise IngestError(code, str(err)) from None
+        with self._tx():
+            row = self.db.execute("SELECT hash, payload, sig FROM entries WHERE feed=? AND seq=?",
+                                  (e.feed, e.seq)).fetchone()
+            if row is not None:
+                if row[0] == e.hash:
+                    return "duplicate"
+                self._record_equivocation(e, row[1], row[2])
+                return "equivocation"
+            seq, prev = self.head(e.feed)
+            if e.seq != seq + 1:
+                raise IngestError("gap", f"entry {e.seq} of feed {e.feed.hex()[:16]} does not follow "
+                                         f"its head {seq}")
+            if e.prev != prev:
+                raise IngestError("bad_link", f"entry {e.seq} of feed {e.feed.hex()[:16]} does not "
+                                              "link to the stored predecessor")
+            self._store(e)
+            return "stored"
+
+    def _record_equivocation(self, e: Entry, other_payload: bytes, other_sig: bytes) -> None:
+        cur = self.db.execute("INSERT OR IGNORE INTO equivocations VALUES (?,?,?)",
+                              (e.feed, e.seq, e.hash))
+        if cur.rowcount and self.identity is not None:
+            self.append("Evidence", {"kind": "equivocation", "subject": e.feed, "proof": {
+                "a_payload": other_payload, "a_sig": other_sig, "b_payload": e.payload, "b_sig": e.sig}})
+
+    def commit(self) -> Entry:
+        """Append a Commitment: the Merkle root over this node's log of entries so far."""
+        with self._tx():
+            leaves = self.leaves()
+            return self.append("Commitment", {"size": len(leaves), "root": merkle.root(leaves)})
+
+    def latest_commitment(self) -> tuple[int, bytes]:
+        """(size, root) of this node's latest commitment, or (0, empty root)."""
+        if self.identity is None:
+            return 0, merkle.EMPTY_ROOT
+        for payload, sig in self.db.execute(
+                "SELECT payload, sig FROM entries WHERE feed=? AND type='Commitment' ORDER BY seq DESC "
+                "LIMIT 1", (self.identity.public_key,)):
+            e = parse_entry(payload, sig, self.network)
+            return e.body["size"], e.body["root"]
+        return 0, merkle.EMPTY_ROOT
+
+
+class _Tx:
+    """Re-entrant transaction: BEGIN IMMEDIATE on the outermost level, commit or roll back."""
+
+    def __init__(self, db: sqlite3.Connection, lock: threading.RLock) -> None:
+        self.db, self.lock = db, lock
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.lock.acquire()
+        self.outer = not self.db.in_transaction
+        if self.outer:
+            self.db.execute("BEGIN IMMEDIATE")
+        return self.db
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if self.outer:
+                self.db.execute("COMMIT" if exc_type is None else "ROLLBACK")
+        finally:
+            self.lock.release()
+

@@ -1,0 +1,127 @@
+"""Signed protocol messages: Task, Result, Vote, Certificate, LedgerEntry.
+
+A message is a type tag, a network id and a body dict that follows the type's schema. Its
+signature covers `signing_bytes(type, network, body)` exactly, and the signer's key is a body
+field, so a signature can't be re-attributed. On the wire a message is the canonical encoding
+of {payload, sig}; a receiver re-parses the payload, checks header, schema and signature, and
+only then uses it. The message id is sha256 over the payload.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+from trustgen.consensus.encoding import EncodingError, decode, encode, parse_signing_bytes, signing_bytes
+from trustgen.consensus.identity import Identity, verify
+from trustgen.errors import TrustgenError
+
+VERSION = 1
+B32 = "bytes32"
+
+# field -> type name; every field is required, no others are allowed.
+SCHEMAS: dict[str, dict[str, str]] = {
+    "Task": {"client": B32, "kind": "str", "model": "str", "params": "dict", "workers": "int",
+             "verifiers": "int", "nonce": "bytes", "expiry": "int"},
+    "Result": {"worker": B32, "task_id": B32, "model_digest": "str", "output_digest": "str",
+               "output": "dict", "fingerprint": "dict", "profile": "dict"},
+    "Vote": {"verifier": B32, "task_id": B32, "result_id": B32, "accept": "bool", "method": "str",
+             "distance": "float", "margin": "float", "reason": "str", "fingerprint": "dict"},
+    "Certificate": {"gateway": B32, "task_id": B32, "result_id": B32, "worker": B32,
+                    "decision": "str", "beacon": B32, "verifiers": "list", "skipped": "list",
+                    "votes": "list"},
+    "LedgerEntry": {"feed": B32, "seq": "int", "prev": B32, "time": "int", "type": "str",
+                    "body": "dict"},
+}
+SIGNER_FIELD = {"Task": "client", "Result": "worker", "Vote": "verifier", "Certificate": "gateway",
+                "LedgerEntry": "feed"}
+_PY = {"str": str, "int": int, "float": float, "bool": bool, "bytes": bytes, "dict": dict,
+       "list": list}
+
+
+class MessageError(TrustgenError):
+    """A message that is malformed, of the wrong type or network, or wrongly signed."""
+
+
+def check_schema(msg_type: str, body: dict[str, Any]) -> None:
+    schema = SCHEMAS.get(msg_type)
+    if schema is None:
+        raise MessageError(f"unknown message type {msg_type!r}")
+    if set(body) != set(schema):
+        missing, extra = set(schema) - set(body), set(body) - set(schema)
+        raise MessageError(f"{msg_type}: missing fields {sorted(missing)}, unexpected {sorted(extra)}")
+    for name, kind in schema.items():
+        v = body[name]
+        if kind == B32:
+            ok = isinstance(v, bytes) and len(v) == 32
+        elif kind == "int":
+            ok = isinstance(v, int) and not isinstance(v, bool)
+        else:
+            ok = isinstance(v, _PY[kind])
+        if not ok:
+            raise MessageError(f"{msg_type}.{name} must be {kind}")
+
+
+def message_id(payload: bytes) -> bytes:
+    return hashlib.sha256(b"trustgen/id/v1\0" + payload).digest()
+
+
+@dataclass(frozen=True)
+class Signed:
+    """A verified (or freshly signed) message."""
+
+    type: str
+    network: str
+    body: dict[str, Any]
+    payload: bytes
+    sig: bytes
+
+    @property
+    def id(self) -> bytes:
+        return message_id(self.payload)
+
+    @property
+    def signer(self) -> bytes:
+        return self.body[SIGNER_FIELD[self.type]]
+
+    def wire(self) -> bytes:
+        return encode({"payload": self.payload, "sig": self.sig})
+
+
+def sign(identity: Identity, msg_type: str, network: str, body: dict[str, Any]) -> Signed:
+    check_schema(msg_type, body)
+    if body[SIGNER_FIELD[msg_type]] != identity.public_key:
+        raise MessageError(f"{msg_type}.{SIGNER_FIELD[msg_type]} must be the signer's key")
+    payload = signing_bytes(msg_type, network, body, VERSION)
+    return Signed(msg_type, network, body, payload, identity.sign(payload))
+
+
+def open_payload(payload: bytes, sig: bytes, msg_type: str, network: str) -> Signed:
+    """Parse and verify a payload and its signature as `msg_type` on `network`."""
+    try:
+        t, net, version, body = parse_signing_bytes(payload)
+    except EncodingError as e:
+        raise MessageError(f"malformed {msg_type}: {e}") from None
+    if t != msg_type:
+        raise MessageError(f"expected a {msg_type}, got a {t}")
+    if net != network:
+        raise MessageError(f"{msg_type} is for network {net!r}, not {network!r}")
+    if version != VERSION:
+        raise MessageError(f"{msg_type} version {version} is not supported")
+    check_schema(msg_type, body)
+    if not verify(body[SIGNER_FIELD[msg_type]], payload, sig):
+        raise MessageError(f"{msg_type} signature is invalid")
+    return Signed(msg_type, network, body, payload, sig)
+
+
+def open_wire(data: bytes, msg_type: str, network: str) -> Signed:
+    """Decode a wire message, verifying everything before it is used."""
+    try:
+        env = decode(data)
+    except EncodingError as e:
+        raise MessageError(f"malformed {msg_type} envelope: {e}") from None
+    if (not isinstance(env, dict) or set(env) != {"payload", "sig"}
+            or not isinstance(env["payload"], bytes) or not isinstance(env["sig"], bytes)):
+        raise MessageError(f"malformed {msg_type} envelope")
+    return open_payload(env["payload"], env["sig"], msg_type, network)
