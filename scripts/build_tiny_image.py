@@ -105,11 +105,15 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=1200)
     ap.add_argument("--batch", type=int, default=24)
     ap.add_argument("--out", type=pathlib.Path, default=DEFAULT_OUT)
+    ap.add_argument("--init", type=pathlib.Path, default=None,
+                    help="continue training from this pipeline directory")
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 
-    torch.manual_seed(0)
+    torch.manual_seed(args.seed)
     torch.set_num_threads(2)
-    rng = random.Random(0)
+    rng = random.Random(args.seed)
     tokenizer = build_tokenizer()
     text_encoder = CLIPTextModel(
         CLIPTextConfig(
@@ -136,16 +140,23 @@ def main() -> None:
         attention_head_dim=8,
         norm_num_groups=16,
     )
-    train_sched = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2")
+    # v-prediction: with epsilon-prediction the global colour (an image's DC component) is nearly
+    # unlearnable at high noise levels, and samples took their colours from the seed, not the prompt.
+    if args.init is not None:
+        init = PixelTextToImagePipeline.from_pretrained(args.init)
+        unet.load_state_dict(init.unet.state_dict())
+        text_encoder.load_state_dict(init.text_encoder.state_dict())
+    train_sched = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2",
+                                prediction_type="v_prediction")
     params = list(unet.parameters()) + list(text_encoder.parameters())
     print(f"unet {sum(p.numel() for p in unet.parameters())/1e6:.2f}M params, "
           f"text encoder {sum(p.numel() for p in text_encoder.parameters())/1e6:.2f}M")
-    opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.01)
+    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
     pipe = PixelTextToImagePipeline(unet, text_encoder, tokenizer, train_sched)
     t0 = time.time()
     ema = None
     for step in range(args.steps):
-        lr = 1e-3 * min(1.0, (step + 1) / 100) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / args.steps)))
+        lr = args.lr * min(1.0, (step + 1) / 100) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / args.steps)))
         for g in opt.param_groups:
             g["lr"] = lr
         prompts, images = [], []
@@ -158,7 +169,8 @@ def main() -> None:
         t = torch.randint(0, 1000, (args.batch,))
         xt = train_sched.add_noise(x0, noise, t)
         ctx = pipe.encode_prompt(prompts)
-        loss = torch.nn.functional.mse_loss(unet(xt, t, encoder_hidden_states=ctx).sample, noise)
+        target = train_sched.get_velocity(x0, noise, t)
+        loss = torch.nn.functional.mse_loss(unet(xt, t, encoder_hidden_states=ctx).sample, target)
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)

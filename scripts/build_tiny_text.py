@@ -72,7 +72,7 @@ def main() -> None:
 
     config = GPT2Config(
         vocab_size=len(tokenizer),
-        n_positions=256,
+        n_positions=512,
         n_embd=128,
         n_layer=4,
         n_head=4,
@@ -85,7 +85,7 @@ def main() -> None:
     )
     model = GPT2LMHeadModel(config)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.01)
-    ctx, batch = 128, 16
+    ctx, batch = 288, 8
     gen = torch.Generator().manual_seed(0)
     t0 = time.time()
     model.train()

@@ -19,6 +19,10 @@ generate_app = typer.Typer(no_args_is_help=True, help="One local generation, no 
 app.add_typer(generate_app, name="generate")
 keys_app = typer.Typer(no_args_is_help=True, help="Ed25519 node identities.")
 app.add_typer(keys_app, name="keys")
+node_app = typer.Typer(no_args_is_help=True, help="Run a node.")
+app.add_typer(node_app, name="node")
+cluster_app = typer.Typer(no_args_is_help=True, help="A local cluster of node processes.")
+app.add_typer(cluster_app, name="cluster")
 
 out = Console()
 err = Console(stderr=True, soft_wrap=True)
@@ -150,6 +154,260 @@ def audit(
         emit({"ok": ok, "ledgers": [r.to_dict() for r in reports]}, True)
     else:
         print_audit(out, reports)
+    raise typer.Exit(0 if ok else 1)
+
+
+@app.command("verify")
+def verify(
+    result: pathlib.Path = typer.Argument(..., help="A result written by `trustgen generate --json`."),
+    method: str = typer.Option("prefill", help="Text: prefill | regenerate. Images always re-generate."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Re-check a result. Exit 0 on accept, 1 on reject, 2 on bad input."""
+    from trustgen.verifier.verify import verify_file
+
+    vote = verify_file(result, method)
+    if as_json:
+        emit(vote.to_dict(), True)
+    else:
+        word = "[green]ACCEPT[/]" if vote.accept else "[red]REJECT[/]"
+        where = "" if vote.position is None else f" at position {vote.position}"
+        out.print(f"{word} ({vote.method}): {vote.reason}{where}; distance {vote.distance:.4g}, "
+                  f"margin {vote.margin:.4g}", highlight=False)
+    raise typer.Exit(0 if vote.accept else 1)
+
+
+@app.command("calibrate")
+def calibrate(
+    kind: str = typer.Argument(..., help="image | text"),
+    samples: int = typer.Option(20, "--samples", help="Tasks to sample."),
+    out_dir: pathlib.Path = typer.Option(pathlib.Path("calibration"), "--out"),
+    model: Optional[str] = typer.Option(None, help="Model (default: the embedded one)."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Measure honest vs dishonest distances, choose thresholds, report error rates."""
+    from trustgen.verifier import calibrate as cal
+
+    if kind not in ("image", "text"):
+        raise TrustgenError(f"unknown kind {kind!r}; choose image or text")
+    if not 1 <= samples <= 10_000:
+        raise TrustgenError("samples must be in [1, 10000]")
+    from trustgen.logs import quiet_libraries
+
+    quiet_libraries()
+    if kind == "image":
+        rep = cal.calibrate_image(samples, model or "tiny-image")
+    else:
+        rep = cal.calibrate_text(samples, model or "tiny-text")
+    files = cal.write_report(rep, out_dir)
+    summary = {k: rep[k] for k in ("kind", "samples", "honest_pairs", "dishonest_pairs", "rates")}
+    summary.update(threshold=rep.get("threshold"), files=files,
+                   per_pair={k: {kk: v[kk] for kk in ("honest", "n", "rejected_outright", "min", "median", "max")}
+                             for k, v in rep["pairs"].items()})
+    if as_json:
+        emit(summary, True)
+        return
+    from rich.table import Table
+
+    t = Table(title=f"{kind} calibration ({rep['measure']})")
+    for c in ("pair", "honest", "n", "rejected", "min", "median", "max"):
+        t.add_column(c)
+    for k, v in summary["per_pair"].items():
+        t.add_row(k, "yes" if v["honest"] else "no", str(v["n"]), str(v["rejected_outright"]),
+                  *(f"{x:.4g}" if x is not None else "-" for x in (v["min"], v["median"], v["max"])))
+    out.print(t)
+    r = rep["rates"]
+    out.print(f"threshold {rep.get('threshold', 'policy tolerance')}: false accept {r['false_accept']:.4%}, "
+              f"false reject {r['false_reject']:.4%}; majority of 3: false accept "
+              f"{r['majority3_false_accept']:.6%}, false reject {r['majority3_false_reject']:.6%}")
+    out.print(f"wrote {files['json']} and {files['png']}")
+
+
+@node_app.command("run")
+def node_run(
+    config: pathlib.Path = typer.Option(..., "--config", help="node.toml"),
+    log_level: str = typer.Option("INFO", "--log-level"),
+) -> None:
+    """Run a node until SIGTERM."""
+    from trustgen.node.config import load_config
+    from trustgen.node.daemon import run_node
+
+    run_node(load_config(config), log_level)
+
+
+def _adversaries(specs: list[str]) -> dict[str, dict[str, Any]]:
+    settings: dict[str, dict[str, Any]] = {}
+    for spec in specs:
+        name, _, rest = spec.partition("=")
+        if not name or not rest:
+            raise TrustgenError(f"--node-setting wants NAME=KEY:VALUE, got {spec!r}")
+        key, _, value = rest.partition(":")
+        if key not in ("adversary", "delay_s"):
+            raise TrustgenError(f"unknown node setting {key!r} (adversary, delay_s)")
+        settings.setdefault(name, {})[key] = float(value) if key == "delay_s" else value
+    return settings
+
+
+@cluster_app.command("up")
+def cluster_up(
+    dir: pathlib.Path = typer.Option(..., "--dir"),
+    workers: int = typer.Option(3, "--workers"),
+    verifiers: int = typer.Option(3, "--verifiers"),
+    node_setting: list[str] = typer.Option([], "--node-setting",
+                                           help="NAME=adversary:MODE or NAME=delay_s:SECONDS"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Start a gateway, workers and verifiers as separate processes on loopback."""
+    from trustgen.node import cluster
+
+    if not (1 <= workers <= 32 and 1 <= verifiers <= 32):
+        raise TrustgenError("workers and verifiers must be in [1, 32]")
+    ready = cluster.up(dir, workers, verifiers, _adversaries(node_setting))
+    if as_json:
+        emit({"dir": str(dir), "nodes": ready}, True)
+    else:
+        for name, info in ready.items():
+            out.print(f"{name:<12} {info['address']:<22} pid {info['pid']}", highlight=False)
+
+
+@cluster_app.command("status")
+def cluster_status(dir: pathlib.Path = typer.Option(..., "--dir"),
+                   as_json: bool = typer.Option(False, "--json")) -> None:
+    """Which nodes of a local cluster run."""
+    from trustgen.node import cluster
+
+    nodes = cluster.status(dir)
+    if as_json:
+        emit({"dir": str(dir), "nodes": nodes}, True)
+        return
+    for n in nodes:
+        state = "[green]running[/]" if n["running"] else "[red]stopped[/]"
+        out.print(f"{n['name']:<12} {','.join(n['roles']):<10} {n['address']:<22} {state} {n['adversary']}")
+
+
+@cluster_app.command("down")
+def cluster_down(dir: pathlib.Path = typer.Option(..., "--dir"),
+                 as_json: bool = typer.Option(False, "--json")) -> None:
+    """Stop every node of a local cluster (SIGTERM, then SIGKILL after 15 s)."""
+    from trustgen.node import cluster
+
+    n = cluster.down(dir)
+    emit({"stopped": n}, True) if as_json else out.print(f"stopped {n} nodes")
+
+
+@app.command("submit")
+def submit(
+    kind: str = typer.Argument(..., help="text | image"),
+    prompt: str = typer.Argument(...),
+    gateway: str = typer.Option(..., "--gateway", help="HOST:PORT"),
+    wait: bool = typer.Option(False, "--wait", help="Follow the task until it is final."),
+    model: Optional[str] = typer.Option(None, help="Model name or sha256 digest."),
+    verifiers: int = typer.Option(3, "--verifiers"),
+    max_new_tokens: int = typer.Option(64, "--max-new-tokens"),
+    decoding: str = typer.Option("greedy"),
+    num_beams: int = typer.Option(4, "--num-beams"),
+    seed: int = typer.Option(0),
+    temperature: float = typer.Option(1.0),
+    top_k: int = typer.Option(0, "--top-k"),
+    top_p: float = typer.Option(1.0, "--top-p"),
+    steps: int = typer.Option(20),
+    guidance: float = typer.Option(3.0),
+    height: int = typer.Option(32),
+    width: int = typer.Option(32),
+    scheduler: str = typer.Option("ddim"),
+    output: pathlib.Path = typer.Option(pathlib.Path("output.png"), "-o", "--output"),
+    network: str = typer.Option("trustgen-local"),
+    insecure: bool = typer.Option(False, "--insecure", help="Plaintext gRPC (loopback, tests)."),
+    tls_ca: str = typer.Option("", "--tls-ca", help="CA certificate for TLS."),
+    timeout: float = typer.Option(300.0, "--timeout"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Submit a task to a gateway; with --wait, follow it and check the certificate."""
+    import asyncio
+
+    from trustgen.consensus.identity import Identity
+    from trustgen.node.client import make_task, save_output
+    from trustgen.node.client import submit as do_submit
+    from trustgen.node.params import ImageParams, TextParams
+
+    if not insecure and not tls_ca:
+        raise TrustgenError("give --tls-ca FILE, or --insecure for plaintext gRPC")
+    if kind == "text":
+        params = TextParams(prompt=prompt, max_new_tokens=max_new_tokens, decoding=decoding,
+                            num_beams=num_beams, seed=seed, temperature=temperature, top_k=top_k,
+                            top_p=top_p).to_dict()
+    elif kind == "image":
+        params = ImageParams(prompt=prompt, seed=seed, steps=steps, guidance=guidance, height=height,
+                             width=width, scheduler=scheduler).to_dict()
+    else:
+        raise TrustgenError(f"unknown kind {kind!r}; choose text or image")
+    me = Identity.generate()
+    task = make_task(me, network, kind, model or f"tiny-{kind}", params, verifiers)
+
+    def progress(st: Any) -> None:
+        if not as_json:
+            err.print(f"[dim]{st.state}{': ' + st.detail if st.detail else ''}[/]")
+
+    res = asyncio.run(do_submit(gateway, task, me, network, insecure, tls_ca, wait, timeout, progress))
+    if kind == "image":
+        save_output(res, output)
+    res.pop("output_png", None)
+    if as_json:
+        emit(res, True)
+    else:
+        from trustgen.node.report import print_task
+
+        print_task(out, res)
+    if wait and res.get("decision") != "accept":
+        raise typer.Exit(1)
+
+
+@app.command("events")
+def events(
+    node: str = typer.Option(..., "--node", help="HOST:PORT of the node's gRPC address."),
+    count: int = typer.Option(0, "--count", help="Stop after this many events (0: never)."),
+    timeout: float = typer.Option(0.0, "--timeout", help="Stop after this many seconds (0: never)."),
+    insecure: bool = typer.Option(True, "--insecure/--tls"),
+) -> None:
+    """Tail a node's live event feed (one JSON object a line)."""
+    import asyncio
+
+    import grpc
+
+    from trustgen.node import transport
+    from trustgen.node.events import subscribe
+    from trustgen.rpc import trustgen_pb2 as pb
+    from trustgen.rpc import trustgen_pb2_grpc as rpc
+
+    async def info() -> Any:
+        async with transport.channel(node, insecure) as ch:
+            return await rpc.NodeStub(ch).Info(pb.InfoRequest(), timeout=5)
+
+    try:
+        port = asyncio.run(info()).events_port
+    except grpc.aio.AioRpcError as e:
+        raise TrustgenError(f"{node}: {e.code().name}") from None
+    host = node.rsplit(":", 1)[0]
+    seen = 0
+    for topic, body in subscribe(host, port, timeout or None):
+        sys.stdout.write(json.dumps({"topic": topic, **body}) + "\n")
+        sys.stdout.flush()
+        seen += 1
+        if count and seen >= count:
+            break
+
+
+@app.command("demo")
+def demo(
+    as_json: bool = typer.Option(False, "--json"),
+    workers: int = typer.Option(3, "--workers"),
+    verifiers: int = typer.Option(3, "--verifiers"),
+    keep: Optional[pathlib.Path] = typer.Option(None, "--dir", help="Keep the cluster's files here."),
+) -> None:
+    """The main job: a local network verifies a text and an image task, then audits itself."""
+    from trustgen.node.demo import run_demo
+
+    ok = run_demo(out, as_json, workers, verifiers, keep)
     raise typer.Exit(0 if ok else 1)
 
 

@@ -132,8 +132,12 @@ class Ledger:
     def close(self) -> None:
         self.db.close()
 
-    def _tx(self) -> "sqlite3.Connection":
+    def _tx(self) -> "_Tx":
         return _Tx(self.db, self._lock)
+
+    def batch(self) -> "_Tx":
+        """One durable transaction around many appends/ingests (all or nothing)."""
+        return self._tx()
 
     # -- reads -------------------------------------------------------------------------------
 

@@ -33,9 +33,11 @@ SCHEMAS: dict[str, dict[str, str]] = {
                     "votes": "list"},
     "LedgerEntry": {"feed": B32, "seq": "int", "prev": B32, "time": "int", "type": "str",
                     "body": "dict"},
+    # An authenticated RPC request (trustgen/node/auth.py).
+    "Request": {"sender": B32, "method": "str", "nonce": "bytes", "time": "int", "args": "dict"},
 }
 SIGNER_FIELD = {"Task": "client", "Result": "worker", "Vote": "verifier", "Certificate": "gateway",
-                "LedgerEntry": "feed"}
+                "LedgerEntry": "feed", "Request": "sender"}
 _PY = {"str": str, "int": int, "float": float, "bool": bool, "bytes": bytes, "dict": dict,
        "list": list}
 

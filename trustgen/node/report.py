@@ -25,3 +25,30 @@ def print_audit(console: Console, reports: list[AuditReport]) -> None:
                           f"(reported by {e['reported_by'][:16]})", highlight=False)
     clean = all(r.ok for r in reports)
     console.print("[green]audit clean[/]" if clean else "[red]audit found violations[/]")
+
+
+def votes_table(title: str, res: dict) -> Table:
+    t = Table(title=title)
+    for col in ("verifier", "vote", "method", "distance", "margin", "reason"):
+        t.add_column(col)
+    for v in res.get("votes", []):
+        t.add_row(v["verifier"][:12], "[green]accept[/]" if v["accept"] else "[red]reject[/]", v["method"],
+                  f"{v['distance']:.4g}", f"{v['margin']:.4g}", v["reason"][:60])
+    return t
+
+
+def print_task(console: Console, res: dict) -> None:
+    state = res.get("state")
+    if state != "final":
+        console.print(f"task {res['task_id'][:16]}: {state} {res.get('detail', '')}", highlight=False)
+        return
+    console.print(f"task {res['task_id'][:16]}: [bold]{res['decision']}[/] by majority after "
+                  f"{res['attempts']} attempt(s), {res['latency_s']:.2f}s; worker {res['worker'][:12]}", highlight=False)
+    out = res["result"]["output"]
+    if "text" in out:
+        console.print(f"[bold]text:[/] {out['text']}", markup=True, highlight=False)
+    if res.get("image_path"):
+        console.print(f"[bold]image:[/] {res['image_path']} ({out['width']}x{out['height']})", highlight=False)
+    console.print(votes_table("votes", res))
+    console.print(f"certificate {res['certificate_id'][:16]} (checked: gateway signature, votes, majority)",
+                  highlight=False)

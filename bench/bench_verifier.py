@@ -1,0 +1,93 @@
+"""Verifier costs, measured in one run:
+
+- bulk Hamming comparisons per second over 64-bit hashes (target: 10^9 in under 2 s on 2 cores),
+  with the naive NumPy broadcast measured alongside for the ratio;
+- the prefill check's cost as a ratio of generating 256 new tokens with the default text model
+  (target: at least 20x cheaper), for greedy and sampled decoding;
+- fingerprint cost per image (pHash, dHash, wavelet) and per 1,000 tokens (MinHash).
+
+    python bench/bench_verifier.py [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+
+import numpy as np
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from trustgen.node.generate import load_engine  # noqa: E402
+from trustgen.node.params import ImageParams, TextParams  # noqa: E402
+from trustgen.verifier.bulk import nearest, within  # noqa: E402
+from trustgen.verifier.fingerprints import image_fingerprint, text_fingerprint  # noqa: E402
+from trustgen.verifier.prefill import prefill_check  # noqa: E402
+
+
+def best_of(fn, n: int = 3) -> float:
+    ts = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return min(ts)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    res: dict[str, float] = {}
+
+    rng = np.random.default_rng(0)
+    q = rng.integers(0, 2**63, 10_000, dtype=np.uint64)
+    d = rng.integers(0, 2**63, 100_000, dtype=np.uint64)  # 10^9 comparisons
+    t_near = best_of(lambda: nearest(q, d), 2)
+    t_within = best_of(lambda: within(q, d, 8), 2)
+    t_naive = best_of(lambda: np.bitwise_count(q[:100, None] ^ d[None, :]).min(axis=1), 3) * 100
+    res["hamming_nearest_per_s"] = len(q) * len(d) / t_near
+    res["hamming_within_per_s"] = len(q) * len(d) / t_within
+    res["hamming_1e9_seconds"] = t_near
+    res["hamming_naive_per_s"] = len(q) * len(d) / t_naive
+    res["hamming_speedup_vs_naive"] = t_naive / t_near
+
+    text = load_engine("tiny-text", "text")
+    for mode, p in (("greedy", TextParams(prompt="We", max_new_tokens=256)),
+                    ("sample", TextParams(prompt="We", max_new_tokens=256, decoding="sample", seed=3))):
+        out = text.generate(p)
+        assert len(out.token_ids) == 256, "the bench needs 256 generated tokens"
+        t_gen = statistics.median(best_of(lambda: text.generate(p), 1) for _ in range(3))
+        t_pre = best_of(lambda: prefill_check(text, p, out.token_ids, 1e-3), 5)
+        assert prefill_check(text, p, out.token_ids, 1e-3).accept
+        res[f"generate_256_{mode}_s"] = t_gen
+        res[f"prefill_256_{mode}_s"] = t_pre
+        res[f"prefill_cheaper_{mode}_x"] = t_gen / t_pre
+
+    image = load_engine("tiny-image", "image")
+    pixels = image.generate(ImageParams(prompt="a red circle", seed=1)).pixels
+    for algo in ("phash", "dhash", "whash"):
+        res[f"fingerprint_{algo}_ms_per_image"] = best_of(lambda: image_fingerprint(pixels, algo), 20) * 1e3
+    tokens = list(range(1000))
+    res["fingerprint_minhash_ms_per_1000_tokens"] = best_of(lambda: text_fingerprint(tokens), 10) * 1e3
+
+    if args.json:
+        print(json.dumps({k: round(v, 4) for k, v in res.items()}))
+        return
+    print(f"bulk Hamming: {res['hamming_nearest_per_s']:.3g} comparisons/s (nearest), "
+          f"{res['hamming_within_per_s']:.3g}/s (within 8 bits); 10^9 in {t_near:.2f} s (target < 2 s); "
+          f"{res['hamming_speedup_vs_naive']:.0f}x the naive NumPy broadcast")
+    for mode in ("greedy", "sample"):
+        print(f"prefill check ({mode}, 256 tokens): {res[f'prefill_256_{mode}_s'] * 1e3:.1f} ms vs generation "
+              f"{res[f'generate_256_{mode}_s'] * 1e3:.0f} ms: {res[f'prefill_cheaper_{mode}_x']:.1f}x cheaper "
+              "(target >= 20x)")
+    for algo in ("phash", "dhash", "whash"):
+        print(f"fingerprint {algo}: {res[f'fingerprint_{algo}_ms_per_image']:.3f} ms/image")
+    print(f"fingerprint MinHash: {res['fingerprint_minhash_ms_per_1000_tokens']:.3f} ms/1000 tokens")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,35 @@
+import json
+
+from tests.helpers import run_cli
+from trustgen.verifier.calibrate import calibrate_image, choose_threshold, majority_error, write_report
+
+
+def test_majority_error_and_threshold_choice():
+    assert majority_error(0.0) == 0.0 and majority_error(1.0) == 1.0
+    assert abs(majority_error(0.1) - (3 * 0.01 * 0.9 + 0.001)) < 1e-12
+    assert choose_threshold([0, 1, 2], [10, 12, 30], 64) == 6.0  # midpoint of the clean gap 2..9
+
+
+def test_image_calibration_separates_honest_from_dishonest(tmp_path):
+    rep = calibrate_image(samples=3, steps=12)
+    files = write_report(rep, tmp_path)
+    assert rep["honest_pairs"] == 12 and rep["dishonest_pairs"] == 15
+    for kind in ("bfloat16", "threads", "weight_noise_1e-4", "scheduler_impl", "other_seed",
+                 "other_prompt", "other_model", "fewer_steps", "quantised_model"):
+        assert len(rep["pairs"][kind]["values"]) == 3
+    assert max(rep["pairs"]["threads"]["values"]) == 0  # same pixels: thread count does not matter here
+    assert rep["rates"]["false_accept"] <= 0.2
+    saved = json.loads(open(files["json"]).read())
+    assert saved["threshold"] == rep["threshold"]
+    assert open(files["png"], "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_text_calibration_cli(tmp_path):
+    res = run_cli("calibrate", "text", "--samples", "3", "--out", str(tmp_path), "--json", timeout=300)
+    assert res.returncode == 0, res.stderr
+    s = json.loads(res.stdout)
+    assert s["kind"] == "text" and s["dishonest_pairs"] > 0
+    assert s["rates"]["false_accept"] == 0.0  # every cheat is caught by the prefill check
+    assert s["per_pair"]["altered_token"]["rejected_outright"] == 3
+    assert (tmp_path / "calibration-text.png").exists()
+    assert run_cli("calibrate", "sound", "--out", str(tmp_path)).returncode == 2

@@ -1,0 +1,172 @@
+"""Local cluster launcher: nodes as separate processes on loopback, ephemeral ports.
+
+Layout under DIR: one folder per node (`gateway`, `worker-1`, …, `verifier-1`, …) holding its
+key (0600), `node.toml`, `ledger.db`, `blobs/`, `node.log` and, while it runs, `ready.json`.
+Each node binds port 0; after its first start the launcher pins the port it got in its config,
+so a restarted node comes back at the same address.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+from trustgen.consensus.identity import Identity
+from trustgen.errors import TrustgenError
+from trustgen.node.config import dump_config, load_config
+from trustgen.node.daemon import READY_FILE, ready_info
+
+START_TIMEOUT_S = 90.0
+
+
+class ClusterError(TrustgenError):
+    pass
+
+
+def node_dirs(root: pathlib.Path) -> list[pathlib.Path]:
+    root = pathlib.Path(root)
+    dirs = [d for d in sorted(root.iterdir()) if (d / "node.toml").exists()] if root.is_dir() else []
+    return sorted(dirs, key=lambda d: (d.name != "gateway", d.name))
+
+
+def write_node(root: pathlib.Path, name: str, roles: list[str], gateway: str = "", **extra: Any) -> pathlib.Path:
+    d = pathlib.Path(root) / name
+    d.mkdir(parents=True, exist_ok=True)
+    if not (d / "node.key").exists():
+        Identity.generate().save(d)
+    cfg = {"name": name, "data_dir": str(d.resolve()), "roles": roles, "listen": "127.0.0.1:0",
+           "insecure": True, "threads": 1, **({"gateway": gateway} if gateway else {}), **extra}
+    (d / "node.toml").write_text(dump_config(cfg))
+    return d
+
+
+def start(node_dir: pathlib.Path, log_level: str = "INFO") -> subprocess.Popen:
+    node_dir = pathlib.Path(node_dir)
+    (node_dir / READY_FILE).unlink(missing_ok=True)
+    log = open(node_dir / "node.log", "ab")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    # A session of its own: the node outlives the launcher and ignores the launcher's Ctrl-C.
+    return subprocess.Popen([sys.executable, "-m", "trustgen.cli", "node", "run", "--config",
+                             str(node_dir / "node.toml"), "--log-level", log_level],
+                            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                            start_new_session=True)
+
+
+def wait_ready(node_dir: pathlib.Path, proc: subprocess.Popen | None = None, joined: bool = True,
+               timeout: float = START_TIMEOUT_S) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        info = ready_info(node_dir)
+        if info and (info.get("joined") or not joined):
+            return info
+        if proc is not None and proc.poll() is not None:
+            tail = (pathlib.Path(node_dir) / "node.log").read_text(errors="replace")[-2000:]
+            raise ClusterError(f"node {pathlib.Path(node_dir).name} exited ({proc.returncode}):\n{tail}")
+        time.sleep(0.1)
+    raise ClusterError(f"node {pathlib.Path(node_dir).name} not ready after {timeout:.0f}s")
+
+
+def pin_port(node_dir: pathlib.Path, address: str) -> None:
+    path = pathlib.Path(node_dir) / "node.toml"
+    text = path.read_text().replace('listen = "127.0.0.1:0"', f'listen = "{address}"')
+    path.write_text(text)
+
+
+def up(root: pathlib.Path, workers: int = 3, verifiers: int = 3,
+       node_settings: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Create (or reuse) and start a cluster; returns {name: ready info}."""
+    root = pathlib.Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    settings = node_settings or {}
+    if any(ready_info(d) and _alive(ready_info(d)["pid"]) for d in node_dirs(root)):
+        raise ClusterError(f"a cluster is already running in {root}")
+    gw_dir = root / "gateway"
+    if not (gw_dir / "node.toml").exists():
+        write_node(root, "gateway", ["gateway"], **settings.get("gateway", {}))
+    proc = start(gw_dir)
+    gw = wait_ready(gw_dir, proc)
+    pin_port(gw_dir, gw["address"])
+    names = [f"worker-{i + 1}" for i in range(workers)] + [f"verifier-{i + 1}" for i in range(verifiers)]
+    procs = {}
+    for name in names:
+        d = root / name
+        if not (d / "node.toml").exists():
+            role = name.split("-")[0]
+            write_node(root, name, [role], gateway=gw["address"], **settings.get(name, {}))
+        procs[name] = start(d)
+    ready = {"gateway": gw}
+    try:
+        for name in names:
+            ready[name] = wait_ready(root / name, procs[name])
+            pin_port(root / name, ready[name]["address"])
+    except ClusterError:
+        down(root)
+        raise
+    return ready
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie child is not alive
+        return pathlib.Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return True
+
+
+def status(root: pathlib.Path) -> list[dict[str, Any]]:
+    out = []
+    for d in node_dirs(root):
+        info = ready_info(d) or {}
+        cfg = load_config(d / "node.toml")
+        pid = info.get("pid")
+        out.append({"name": d.name, "roles": cfg.roles, "address": info.get("address", ""),
+                    "pid": pid, "running": bool(pid) and _alive(pid), "joined": info.get("joined", False),
+                    "adversary": cfg.adversary})
+    return out
+
+
+def stop_node(node_dir: pathlib.Path, timeout: float = 15.0, sig: int = signal.SIGTERM) -> bool:
+    info = ready_info(node_dir)
+    if not info:
+        return False
+    pid = info["pid"]
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        (pathlib.Path(node_dir) / READY_FILE).unlink(missing_ok=True)
+        return False
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and _alive(pid):
+        time.sleep(0.05)
+    if _alive(pid):
+        os.kill(pid, signal.SIGKILL)
+    (pathlib.Path(node_dir) / READY_FILE).unlink(missing_ok=True)
+    return True
+
+
+def down(root: pathlib.Path, timeout: float = 15.0) -> int:
+    """SIGTERM every node (workers and verifiers first), wait, SIGKILL what is left."""
+    pids = {}
+    for d in reversed(node_dirs(root)):
+        info = ready_info(d)
+        if info and _alive(info["pid"]):
+            os.kill(info["pid"], signal.SIGTERM)
+            pids[d] = info["pid"]
+        (d / READY_FILE).unlink(missing_ok=True)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(_alive(p) for p in pids.values()):
+        time.sleep(0.05)
+    for p in pids.values():
+        if _alive(p):
+            os.kill(p, signal.SIGKILL)
+    return len(pids)

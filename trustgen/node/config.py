@@ -1,0 +1,91 @@
+"""Node configuration (TOML). One process is one node; roles are set here."""
+
+from __future__ import annotations
+
+import pathlib
+import tomllib
+from dataclasses import dataclass, field
+from typing import Any
+
+from trustgen.consensus.ledger import DEFAULT_NETWORK
+from trustgen.errors import UsageError
+
+ROLES = ("gateway", "worker", "verifier")
+WORKER_ADVERSARIES = ("other-model", "alter", "replay")
+VERIFIER_ADVERSARIES = ("lie",)
+
+
+@dataclass
+class NodeConfig:
+    name: str
+    data_dir: pathlib.Path
+    roles: list[str]
+    network: str = DEFAULT_NETWORK
+    listen: str = "127.0.0.1:0"
+    gateway: str = ""  # where workers and verifiers join
+    bootstrap: list[str] = field(default_factory=list)
+    text_model: str = "tiny-text"
+    image_model: str = "tiny-image"
+    threads: int = 1
+    metrics_port: int = 0  # 0: ephemeral; -1: off
+    events_port: int = 0
+    insecure: bool = False  # plaintext gRPC only when asked for
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_ca: str = ""
+    verifiers_per_task: int = 3
+    max_attempts: int = 3
+    worker_timeout_s: float = 60.0
+    verifier_timeout_s: float = 60.0
+    adversary: str = ""  # real misbehaviour, for tests and demonstrations
+    delay_s: float = 0.0  # worker: added latency before each execution (fault-injection tests)
+
+    def __post_init__(self) -> None:
+        self.data_dir = pathlib.Path(self.data_dir)
+        bad = [r for r in self.roles if r not in ROLES]
+        if not self.roles or bad:
+            raise UsageError(f"roles must be some of {', '.join(ROLES)}; got {self.roles}")
+        if ("worker" in self.roles or "verifier" in self.roles) and not self.gateway and "gateway" not in self.roles:
+            raise UsageError("a worker or verifier needs `gateway = \"HOST:PORT\"`")
+        if not self.insecure and not (self.tls_cert and self.tls_key):
+            raise UsageError("set tls_cert and tls_key, or `insecure = true` for plaintext gRPC")
+        if self.adversary and self.adversary not in WORKER_ADVERSARIES + VERIFIER_ADVERSARIES:
+            raise UsageError(f"unknown adversary {self.adversary!r}")
+        if self.verifiers_per_task < 1 or self.verifiers_per_task % 2 == 0:
+            raise UsageError("verifiers_per_task must be odd and positive")
+
+    @property
+    def ledger_path(self) -> pathlib.Path:
+        return self.data_dir / "ledger.db"
+
+
+def load_config(path: pathlib.Path) -> NodeConfig:
+    try:
+        raw: dict[str, Any] = tomllib.loads(pathlib.Path(path).read_text())
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise UsageError(f"cannot read config {path}: {e}") from None
+    known = set(NodeConfig.__dataclass_fields__)
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise UsageError(f"{path}: unknown settings {', '.join(unknown)}")
+    if "data_dir" in raw and not pathlib.Path(raw["data_dir"]).is_absolute():
+        raw["data_dir"] = str(pathlib.Path(path).resolve().parent / raw["data_dir"])
+    try:
+        return NodeConfig(**raw)
+    except TypeError as e:
+        raise UsageError(f"{path}: {e}") from None
+
+
+def dump_config(cfg: dict[str, Any]) -> str:
+    """TOML for the flat configs the cluster launcher writes."""
+    lines = []
+    for k, v in cfg.items():
+        if isinstance(v, bool):
+            lines.append(f"{k} = {'true' if v else 'false'}")
+        elif isinstance(v, (int, float)):
+            lines.append(f"{k} = {v}")
+        elif isinstance(v, list):
+            lines.append(f"{k} = [{', '.join(repr(str(x)).replace(chr(39), chr(34)) for x in v)}]")
+        else:
+            lines.append(f'{k} = "{v}"')
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,198 @@
+"""`trustgen node run`: one node process with the roles its config names.
+
+Start-up order: identity, ledger, blob store, event bus, metrics, engines (workers and
+verifiers only: a pure gateway never imports torch), gRPC server with health and reflection;
+then `ready.json` in the data directory (actual ports, pid) so launchers need no fixed ports;
+then joining the gateway. SIGTERM or SIGINT stops it gracefully.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection
+
+import trustgen
+from trustgen.consensus.identity import Identity
+from trustgen.consensus.ledger import Ledger
+from trustgen.node import grpc_options as opts
+from trustgen.node import transport
+from trustgen.node.auth import RequestGuard
+from trustgen.node.blobs import BlobStore
+from trustgen.node.config import NodeConfig
+from trustgen.node.events import EventBus
+from trustgen.node.metrics import Metrics
+from trustgen.node.peers import Peers
+from trustgen.node.servicers import (BlobsServicer, GatewayServicer, NodeServicer, VerifierServicer,
+                                     WorkerServicer)
+from trustgen.rpc import trustgen_pb2 as pb
+from trustgen.rpc import trustgen_pb2_grpc as rpc
+
+log = logging.getLogger("trustgen.node")
+READY_FILE = "ready.json"
+
+
+class Node:
+    def __init__(self, cfg: NodeConfig) -> None:
+        self.cfg = cfg
+        passphrase = os.environ.get("TRUSTGEN_PASSPHRASE")
+        self.identity = Identity.load(cfg.data_dir, passphrase.encode() if passphrase else None)
+        self.ledger = Ledger(cfg.ledger_path, cfg.network, self.identity)
+        self.blobs = BlobStore(cfg.data_dir / "blobs")
+        self.metrics = Metrics()
+        self.events = EventBus(cfg.events_port)
+        self.peers = Peers(self.identity, cfg.network, cfg.insecure, cfg.tls_ca, self.metrics)
+        self.guard = RequestGuard(cfg.network)
+        self.gateway = self.worker = self.verifier = None
+        self.engines = None
+        self.address = ""
+        self._stop = asyncio.Event()
+
+    def info(self) -> pb.NodeInfo:
+        return pb.NodeInfo(node_id=self.identity.node_id, roles=self.cfg.roles, network=self.cfg.network,
+                           events_port=self.events.port, metrics_port=self.metrics.port,
+                           ledger_size=self.ledger.size(), version=trustgen.__version__)
+
+    def _load_roles(self) -> None:
+        cfg = self.cfg
+        if "worker" in cfg.roles or "verifier" in cfg.roles:
+            from trustgen.logs import quiet_libraries
+            from trustgen.node.engines import Engines
+
+            quiet_libraries()
+            self.engines = Engines(cfg.text_model, cfg.image_model, cfg.threads)
+        if "worker" in cfg.roles:
+            from trustgen.node.worker import WorkerRole
+
+            self.worker = WorkerRole(self.identity, cfg.network, self.engines, self.blobs,
+                                     cfg.adversary if cfg.adversary in ("other-model", "alter", "replay") else "",
+                                     cfg.delay_s, self.metrics)
+        if "verifier" in cfg.roles:
+            from trustgen.node.verifier_role import VerifierRole
+
+            self.verifier = VerifierRole(self.identity, cfg.network, self.engines,
+                                         cfg.adversary if cfg.adversary == "lie" else "", self.metrics)
+        if "gateway" in cfg.roles:
+            from trustgen.node.gateway import GatewayRole
+
+            self.gateway = GatewayRole(self.identity, cfg.network, self.ledger, self.peers, self.blobs,
+                                       cfg.max_attempts, cfg.worker_timeout_s, cfg.verifier_timeout_s,
+                                       self.events, self.metrics)
+
+    async def run(self) -> None:
+        cfg = self.cfg
+        self._load_roles()
+        server = transport.server()
+        services = [pb.DESCRIPTOR.services_by_name["Node"].full_name, pb.DESCRIPTOR.services_by_name["Blobs"].full_name]
+        rpc.add_NodeServicer_to_server(NodeServicer(self.info), server)
+        rpc.add_BlobsServicer_to_server(BlobsServicer(self.blobs, self.guard, self.metrics), server)
+        if self.gateway:
+            rpc.add_GatewayServicer_to_server(GatewayServicer(self.gateway, self.guard, self.metrics), server)
+            services.append("trustgen.v1.Gateway")
+        if self.worker:
+            rpc.add_WorkerServicer_to_server(WorkerServicer(self.worker, self.guard, self.metrics), server)
+            services.append("trustgen.v1.Worker")
+        if self.verifier:
+            rpc.add_VerifierServicer_to_server(VerifierServicer(self.verifier, self.guard, self.metrics), server)
+            services.append("trustgen.v1.Verifier")
+        health = health_aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health, server)
+        reflection.enable_server_reflection(services + [reflection.SERVICE_NAME, "grpc.health.v1.Health"], server)
+        host = cfg.listen.rsplit(":", 1)[0]
+        port = transport.add_port(server, cfg.listen, cfg.insecure, cfg.tls_cert, cfg.tls_key)
+        self.address = f"{host}:{port}"
+        await server.start()
+        self.metrics.serve(cfg.metrics_port)
+
+        me = self.identity.public_key
+        latest = None
+        for e in self.ledger.iter_entries():
+            if e.feed == me and e.type == "NodeJoined":
+                latest = e
+        if latest is None or latest.body["address"] != self.address or list(latest.body["roles"]) != cfg.roles:
+            self.ledger.append("NodeJoined", {"address": self.address, "roles": cfg.roles})
+        if self.gateway:
+            resumed = self.gateway.recover()
+            log.info("gateway resumed %d pending tasks", resumed)
+        await health.set("", health_pb2.HealthCheckResponse.SERVING)
+        self._write_ready(joined=not (self.worker or self.verifier))
+        log.info("node %s serving %s at %s", self.identity.node_id[:12], ",".join(cfg.roles), self.address)
+        self.events.publish("node", state="serving", node=self.identity.node_id, address=self.address)
+
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        joiner = loop.create_task(self._join_gateway()) if (self.worker or self.verifier) and cfg.gateway else None
+        await self._stop.wait()
+        log.info("stopping")
+        await health.enter_graceful_shutdown()
+        if joiner:
+            joiner.cancel()
+        if self.gateway:
+            await self.gateway.close()
+        await server.stop(grace=3)
+        await self.peers.close()
+        if self.engines:
+            self.engines.close()
+        self.events.close()
+        self.metrics.close()
+        self.ledger.close()
+        (cfg.data_dir / READY_FILE).unlink(missing_ok=True)
+
+    def _write_ready(self, joined: bool = False) -> None:
+        ready = {"node_id": self.identity.node_id, "address": self.address, "pid": os.getpid(),
+                 "roles": self.cfg.roles, "events_port": self.events.port, "metrics_port": self.metrics.port,
+                 "joined": joined}
+        tmp = self.cfg.data_dir / (READY_FILE + ".tmp")
+        tmp.write_text(json.dumps(ready))
+        os.replace(tmp, self.cfg.data_dir / READY_FILE)
+
+    async def _join_gateway(self) -> None:
+        """Send our feed to the gateway until it takes it; learn the gateway's key, so only it
+        may assign us work."""
+        delay = 0.2
+        me = self.identity.public_key
+        while not self._stop.is_set():
+            try:
+                info = await self.peers.info(self.cfg.gateway, timeout=opts.DEADLINE_INFO)
+                entries = [[p, s] for p, s in self.ledger.entries(me, 1, 1000)]
+                await self.peers.call(self.cfg.gateway, "Gateway", "Join", {"entries": entries},
+                                      timeout=opts.DEADLINE_JOIN)
+                gw = bytes.fromhex(info.node_id)
+                for role in (self.worker, self.verifier):
+                    if role is not None:
+                        role.gateways = {gw}
+                log.info("joined gateway %s", self.cfg.gateway)
+                self._write_ready(joined=True)
+                self.events.publish("node", state="joined", gateway=self.cfg.gateway)
+                return
+            except grpc.aio.AioRpcError as e:
+                log.warning("join %s failed: %s %s", self.cfg.gateway, e.code().name, e.details())
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+
+def run_node(cfg: NodeConfig, log_level: str = "INFO") -> None:
+    from trustgen.logs import setup
+
+    setup(log_level)
+    node = Node(cfg)
+    asyncio.run(node.run())
+
+
+def ready_info(data_dir: Any) -> dict[str, Any] | None:
+    import pathlib
+
+    path = pathlib.Path(data_dir) / READY_FILE
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None

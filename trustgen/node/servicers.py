@@ -1,0 +1,137 @@
+"""gRPC servicers: thin. Each opens the signed request, calls a role function, and maps domain
+errors to status codes. Nothing a peer sends can raise out of here: unexpected errors become
+INTERNAL and are logged, and the node keeps serving."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from typing import Any, Callable
+
+import grpc
+
+from trustgen.errors import TrustgenError
+from trustgen.node.auth import RequestGuard, RpcError
+from trustgen.node.grpc_options import BLOB_CHUNK_BYTES
+from trustgen.node.peers import full_method
+from trustgen.rpc import trustgen_pb2 as pb
+from trustgen.rpc import trustgen_pb2_grpc as rpc
+
+log = logging.getLogger("trustgen.node")
+
+
+def guarded(service: str, method: str) -> Callable:
+    """Open the request for `service/method`, run the handler, map errors to statuses."""
+    name = full_method(service, method)
+
+    def wrap(fn: Callable) -> Callable:
+        @functools.wraps(fn)
+        async def handler(self, request: pb.SignedRequest, context: grpc.aio.ServicerContext) -> Any:
+            try:
+                msg = self.guard.open(request, name)
+                return await fn(self, msg, context)
+            except RpcError as e:
+                self._count(e.code)
+                await context.abort(e.code, str(e))
+            except TrustgenError as e:
+                self._count(grpc.StatusCode.INVALID_ARGUMENT)
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+            except (ValueError, TypeError, KeyError) as e:  # a peer's odd values reaching a handler
+                log.warning("%s: bad request: %r", name, e)
+                self._count(grpc.StatusCode.INVALID_ARGUMENT)
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"bad request: {e}")
+        return handler
+    return wrap
+
+
+class _Base:
+    def __init__(self, guard: RequestGuard, metrics: Any = None) -> None:
+        self.guard, self.metrics = guard, metrics
+
+    def _count(self, code: grpc.StatusCode) -> None:
+        if self.metrics is not None:
+            self.metrics.rejected_requests.labels(code.name).inc()
+
+
+def _task_id(msg: Any) -> bytes:
+    tid = msg.body["args"].get("task_id")
+    if not isinstance(tid, bytes) or len(tid) != 32:
+        raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, "task_id must be 32 bytes")
+    return tid
+
+
+class GatewayServicer(_Base, rpc.GatewayServicer):
+    def __init__(self, role: Any, guard: RequestGuard, metrics: Any = None) -> None:
+        super().__init__(guard, metrics)
+        self.role = role
+
+    @guarded("Gateway", "Submit")
+    async def Submit(self, msg, context):
+        st = await self.role.submit(msg)
+        return pb.SubmitReply(task_id=st.task.id, state=st.state)
+
+    @guarded("Gateway", "Status")
+    async def Status(self, msg, context):
+        return self.role.get(_task_id(msg)).to_proto()
+
+    async def Watch(self, request, context):
+        try:
+            msg = self.guard.open(request, full_method("Gateway", "Watch"))
+            async for status in self.role.watch(_task_id(msg)):
+                yield status
+        except RpcError as e:
+            self._count(e.code)
+            await context.abort(e.code, str(e))
+
+    @guarded("Gateway", "Join")
+    async def Join(self, msg, context):
+        return pb.JoinReply(ledger_size=await self.role.join(msg))
+
+
+class WorkerServicer(_Base, rpc.WorkerServicer):
+    def __init__(self, role: Any, guard: RequestGuard, metrics: Any = None) -> None:
+        super().__init__(guard, metrics)
+        self.role = role
+
+    @guarded("Worker", "Execute")
+    async def Execute(self, msg, context):
+        result, output = await self.role.execute(msg)
+        return pb.ExecuteReply(result=result, output=output)
+
+
+class VerifierServicer(_Base, rpc.VerifierServicer):
+    def __init__(self, role: Any, guard: RequestGuard, metrics: Any = None) -> None:
+        super().__init__(guard, metrics)
+        self.role = role
+
+    @guarded("Verifier", "Check")
+    async def Check(self, msg, context):
+        return pb.CheckReply(vote=await self.role.check(msg))
+
+
+class BlobsServicer(_Base, rpc.BlobsServicer):
+    def __init__(self, store: Any, guard: RequestGuard, metrics: Any = None) -> None:
+        super().__init__(guard, metrics)
+        self.store = store
+
+    async def Fetch(self, request, context):
+        try:
+            msg = self.guard.open(request, full_method("Blobs", "Fetch"))
+            digest = msg.body["args"].get("digest")
+            data = self.store.get(digest) if isinstance(digest, str) else None
+            if data is None:
+                raise RpcError(grpc.StatusCode.NOT_FOUND, "no such blob")
+        except RpcError as e:
+            self._count(e.code)
+            await context.abort(e.code, str(e))
+            return
+        for off in range(0, max(len(data), 1), BLOB_CHUNK_BYTES):
+            yield pb.Chunk(offset=off, data=data[off:off + BLOB_CHUNK_BYTES])
+
+
+class NodeServicer(rpc.NodeServicer):
+    def __init__(self, info: Callable[[], pb.NodeInfo]) -> None:
+        self.info = info
+
+    async def Info(self, request, context):
+        return self.info()

@@ -1,0 +1,28 @@
+"""Channels and server ports, secure unless plaintext was asked for."""
+
+from __future__ import annotations
+
+import pathlib
+
+import grpc
+
+from trustgen.node.grpc_options import CHANNEL_OPTIONS, SERVER_OPTIONS
+
+
+def channel(address: str, insecure: bool = False, ca_file: str = "") -> grpc.aio.Channel:
+    if insecure:
+        return grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+    root = pathlib.Path(ca_file).read_bytes() if ca_file else None
+    return grpc.aio.secure_channel(address, grpc.ssl_channel_credentials(root), options=CHANNEL_OPTIONS)
+
+
+def server() -> grpc.aio.Server:
+    return grpc.aio.server(options=SERVER_OPTIONS)
+
+
+def add_port(srv: grpc.aio.Server, address: str, insecure: bool, cert: str = "", key: str = "") -> int:
+    """Bind and return the actual port (address may say port 0)."""
+    if insecure:
+        return srv.add_insecure_port(address)
+    creds = grpc.ssl_server_credentials([(pathlib.Path(key).read_bytes(), pathlib.Path(cert).read_bytes())])
+    return srv.add_secure_port(address, creds)

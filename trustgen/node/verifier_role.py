@@ -1,0 +1,104 @@
+"""Verifier role: check a worker's result for a task and return a signed Vote.
+
+Text results are checked by one prefill pass; images by re-generation and perceptual hashes.
+A history of accepted outputs names the earlier task when a rejected output replays one.
+The `lie` adversary really signs the opposite of what its check found.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from typing import Any
+
+import grpc
+
+from trustgen.consensus.identity import Identity
+from trustgen.consensus.messages import MessageError, Signed, open_wire, sign
+from trustgen.errors import ModelError, UsageError
+from trustgen.node.auth import RpcError
+from trustgen.node.engines import Engines, task_params
+from trustgen.node.outputs import read_png
+from trustgen.verifier.fingerprints import image_fingerprint, text_fingerprint
+from trustgen.verifier.history import HistoryIndex
+from trustgen.verifier.verify import verify_image, verify_text
+from trustgen.verifier.vote import VoteValue, reject
+
+log = logging.getLogger("trustgen.node")
+
+
+class VerifierRole:
+    def __init__(self, identity: Identity, network: str, engines: Engines, adversary: str = "",
+                 metrics: Any = None) -> None:
+        self.identity, self.network, self.engines = identity, network, engines
+        self.adversary, self.metrics = adversary, metrics
+        self.gateways: set[bytes] = set()
+        self.history = HistoryIndex()
+
+    def _check(self, task: Signed, result: Signed, png: bytes) -> tuple[VoteValue, dict]:
+        kind = task.body["kind"]
+        engine = self.engines.for_task(kind, task.body["model"])
+        params = task_params(kind, task.body["params"])
+        r = result.body
+        claimed = {"task": params.to_dict(), "model": task.body["model"], "model_digest": r["model_digest"],
+                   "output_digest": r["output_digest"], "profile": r["profile"]}
+        if kind == "text":
+            tokens = r["output"].get("token_ids")
+            claimed["token_ids"] = tokens
+            vote = verify_text(claimed, "prefill", engine=engine)
+            fp = text_fingerprint(tokens) if isinstance(tokens, list) and tokens else {}
+        else:
+            if hashlib.sha256(png).hexdigest() != r["output"].get("png_sha256"):
+                return reject("phash", "image bytes do not match the result"), {}
+            try:
+                pixels = read_png(png)
+            except (OSError, ValueError):
+                return reject("phash", "image is not a PNG"), {}
+            vote = verify_image(claimed, pixels=pixels, engine=engine)
+            fp = image_fingerprint(pixels)
+        return vote, fp
+
+    def _check_and_record(self, task: Signed, result: Signed, png: bytes) -> VoteValue:
+        try:
+            vote, fp = self._check(task, result, png)
+        except UsageError as e:
+            vote, fp = reject("prefill", f"malformed result: {e}"), {}
+        task_key = task.id.hex()
+        if fp and not vote.accept:
+            replay = self.history.find_replay(task_key, fp)
+            if replay is not None:
+                vote = VoteValue(False, vote.method, vote.distance, vote.margin,
+                                 f"{vote.reason}; replays the output of task {replay.earlier_task[:16]}",
+                                 vote.position, vote.fingerprint)
+        elif fp and vote.accept:
+            self.history.add(task_key, fp)
+        return vote
+
+    async def check(self, req: Signed) -> bytes:
+        if self.gateways and req.body["sender"] not in self.gateways:
+            raise RpcError(grpc.StatusCode.PERMISSION_DENIED, "only the gateway asks this verifier")
+        args = req.body["args"]
+        try:
+            task = open_wire(args.get("task", b""), "Task", self.network)
+            result = open_wire(args.get("result", b""), "Result", self.network)
+        except MessageError as e:
+            raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, str(e)) from None
+        if result.body["task_id"] != task.id:
+            raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, "result is for another task")
+        png = args.get("output", b"")
+        if not isinstance(png, bytes):
+            raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, "output must be bytes")
+        try:
+            self.engines.for_task(task.body["kind"], task.body["model"])
+        except ModelError as e:
+            raise RpcError(grpc.StatusCode.FAILED_PRECONDITION, str(e)) from None
+        vote = await self.engines.run(self._check_and_record, task, result, png)
+        if self.adversary == "lie":
+            vote = VoteValue(not vote.accept, vote.method, vote.distance, vote.margin,
+                             "looks fine" if not vote.accept else "looks wrong", None, vote.fingerprint)
+        if self.metrics is not None:
+            self.metrics.votes.labels("accept" if vote.accept else "reject").inc()
+        signed = sign(self.identity, "Vote", self.network,
+                      vote.vote_body(self.identity.public_key, task.id, result.id))
+        log.info("voted %s on task %s", "accept" if vote.accept else "reject", task.id.hex()[:12])
+        return signed.wire()

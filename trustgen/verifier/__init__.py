@@ -1,0 +1,1 @@
+"""Verifier side: fingerprints (LSH), comparators, prefill and re-execution checks, calibration."""

@@ -1,0 +1,18 @@
+"""Verification thresholds. The values come from `trustgen calibrate` runs on the embedded
+models (see docs/calibration.md for the measured distributions and error rates)."""
+
+from __future__ import annotations
+
+# Text prefill: how far (in logit units, after temperature) a claimed token may fall below the
+# best one. Same dtype: incremental (KV-cache) vs one-pass logits differ by ~1e-5 in float32.
+PREFILL_TOL_SAME_DTYPE = 1e-3
+# Claimed under another dtype (a bfloat16/float16 worker checked by a float32 verifier).
+PREFILL_TOL_CROSS_DTYPE = 0.25
+# Images: maximum pHash (64-bit) Hamming distance between the claimed and the re-generated image.
+PHASH_THRESHOLD = 10
+
+
+def prefill_tolerance(claimed_dtype: str | None, verifier_dtype: str) -> float:
+    if claimed_dtype is None or claimed_dtype == verifier_dtype:
+        return PREFILL_TOL_SAME_DTYPE
+    return PREFILL_TOL_CROSS_DTYPE

@@ -1,0 +1,92 @@
+"""Text verification by one teacher-forced forward pass (prefill) over the claimed tokens.
+
+For every position the verifier recomputes what the decoding rule would have chosen from the
+logits, within a tolerance for hardware noise, and rejects at the first token that could not
+have been chosen:
+- greedy: the claimed token's logit is within `tol` of the maximum;
+- sample: the same for the Gumbel-max scores (filtered logits / temperature + the noise derived
+  from (seed, position)), so another seed is caught at its first differing token;
+- beam: the claimed token is among the top num_beams + 1 of its position (a necessary condition
+  for any beam-search output: each beam keeps at most num_beams continuations of a prefix, plus
+  one slot an end-of-sequence candidate may take), and its summed log-probability is reported.
+  This catches another model, prompt or altered tokens, but not a worker that returns a lower
+  beam of the same search; `regenerate` is the exact check for that.
+Termination is checked too: more than max_new_tokens, tokens after end-of-sequence, or a stop
+before max_new_tokens without end-of-sequence are all rejected.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from trustgen.node.params import TextParams
+from trustgen.node.sampling import sample_scores
+from trustgen.node.text_engine import TextEngine
+from trustgen.verifier.fingerprints import text_fingerprint
+from trustgen.verifier.vote import VoteValue, reject
+
+METHOD = "prefill"
+
+
+def _termination(engine: TextEngine, p: TextParams, tokens: list[int]) -> VoteValue | None:
+    n, eos = len(tokens), engine.eos_id
+    vocab = engine.model.config.vocab_size
+    if n == 0:
+        return reject(METHOD, "empty output")
+    bad = next((i for i, t in enumerate(tokens) if not 0 <= t < vocab), None)
+    if bad is not None:
+        return reject(METHOD, f"token id {tokens[bad]} outside the vocabulary", bad)
+    if n > p.max_new_tokens:
+        return reject(METHOD, f"extended: {n} tokens for max-new-tokens {p.max_new_tokens}", p.max_new_tokens)
+    first_eos = next((i for i, t in enumerate(tokens) if t == eos), None)
+    if first_eos is not None and first_eos < n - 1:
+        return reject(METHOD, "extended past end-of-sequence", first_eos + 1)
+    if n < p.max_new_tokens and tokens[-1] != eos:
+        return reject(METHOD, f"truncated: stops after {n} tokens without end-of-sequence", n)
+    return None
+
+
+def prefill_check(engine: TextEngine, p: TextParams, tokens: list[int], tol: float) -> VoteValue:
+    """Check claimed `tokens` for task `p` with one forward pass."""
+    fp = text_fingerprint(tokens) if tokens else {}
+    bad = _termination(engine, p, tokens)
+    if bad is not None:
+        return VoteValue(bad.accept, bad.method, bad.distance, bad.margin, bad.reason, bad.position, fp)
+    prompt = engine.encode_prompt(p.prompt)
+    if len(prompt) + len(tokens) > engine.max_positions:
+        return reject(METHOD, "prompt and output exceed the model's context", fingerprint=fp)
+    ids = torch.tensor([prompt + tokens[:-1]], device=engine.device)
+    with torch.inference_mode():
+        logits = engine.model(input_ids=ids).logits[0, len(prompt) - 1:].float().cpu()
+    claimed = torch.tensor(tokens)
+    if p.decoding == "greedy":
+        gaps = logits.max(dim=-1).values - logits.gather(1, claimed[:, None])[:, 0]
+        return _verdict(gaps.double(), tol, fp, "token is not the argmax")
+    if p.decoding == "sample":
+        gaps = torch.empty(len(tokens), dtype=torch.float64)
+        for i, t in enumerate(tokens):
+            s = sample_scores(logits[i], p.seed, i, p.temperature, p.top_k, p.top_p)
+            gaps[i] = s.max() - s[t]  # +inf when the token was filtered out (top-k / top-p)
+        return _verdict(gaps, tol / p.temperature, fp, "token is not the seeded sample")
+    logprobs = torch.log_softmax(logits.double(), dim=-1)
+    chosen = logprobs.gather(1, claimed[:, None])[:, 0]
+    ranks = (logprobs > (chosen + tol)[:, None]).sum(dim=-1)
+    bad_pos = torch.nonzero(ranks > p.num_beams)
+    score = float(chosen.sum())
+    if len(bad_pos):
+        i = int(bad_pos[0])
+        return reject(METHOD, f"token ranks {int(ranks[i]) + 1} at its position, outside the "
+                              f"{p.num_beams} beams", i, float(ranks[i]), fp)
+    return VoteValue(True, METHOD, float(ranks.max()), float(p.num_beams - ranks.max()),
+                     f"every token within the top {p.num_beams + 1}; log-prob {score:.4f}", None, fp)
+
+
+def _verdict(gaps: torch.Tensor, tol: float, fp: dict, why: str) -> VoteValue:
+    over = torch.nonzero(gaps > tol)
+    worst = float(gaps.max())
+    if len(over):
+        i = int(over[0])
+        g = float(gaps[i])
+        return reject(METHOD, f"{why}: {'filtered out' if g == float('inf') else f'{g:.4g} below the best'}",
+                      i, g if g != float("inf") else float("inf"), fp)
+    return VoteValue(True, METHOD, worst, tol - worst, "every token is consistent", None, fp)
