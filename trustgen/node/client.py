@@ -42,6 +42,17 @@ def make_task(identity: Identity, network: str, kind: str, model: str, params: d
         "expiry": int(time.time() * 1000) + TASK_TTL_MS})
 
 
+def jsonable(v: Any) -> Any:
+    """Signed-message values as JSON values (bytes as hex)."""
+    if isinstance(v, bytes):
+        return v.hex()
+    if isinstance(v, dict):
+        return {k: jsonable(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [jsonable(x) for x in v]
+    return v
+
+
 def check_final(status: Any, task: Signed, gateway_key: bytes, network: str) -> dict[str, Any]:
     """Verify a final status; return its contents as plain values."""
     try:
@@ -62,7 +73,7 @@ def check_final(status: Any, task: Signed, gateway_key: bytes, network: str) -> 
         raise SubmitError(f"certificate says {c['decision']} but its votes say {t.decision}")
     return {
         "task_id": task.id.hex(), "decision": c["decision"], "worker": c["worker"].hex(),
-        "result": result.body, "result_id": result.id.hex(), "certificate_id": cert.id.hex(),
+        "result": jsonable(result.body), "result_id": result.id.hex(), "certificate_id": cert.id.hex(),
         "skipped": [s.hex() for s in c["skipped"]],
         "votes": [{"verifier": v.body["verifier"].hex(), "accept": v.body["accept"], "method": v.body["method"],
                    "distance": v.body["distance"], "margin": v.body["margin"], "reason": v.body["reason"]}

@@ -87,7 +87,7 @@ class Node:
                                        cfg.max_attempts, cfg.worker_timeout_s, cfg.verifier_timeout_s,
                                        self.events, self.metrics)
 
-    async def run(self) -> None:
+    async def run(self, handle_signals: bool = True) -> None:
         cfg = self.cfg
         self._load_roles()
         server = transport.server()
@@ -128,8 +128,9 @@ class Node:
         self.events.publish("node", state="serving", node=self.identity.node_id, address=self.address)
 
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self._stop.set)
+        if handle_signals:  # only possible on the main thread; in-process tests stop via _stop
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self._stop.set)
         joiner = loop.create_task(self._join_gateway()) if (self.worker or self.verifier) and cfg.gateway else None
         await self._stop.wait()
         log.info("stopping")

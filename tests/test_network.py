@@ -1,0 +1,213 @@
+"""The network as users run it: every node a separate process on loopback, real sockets, real
+faults (kill -9, restarts), real misbehaving workers and a lying verifier."""
+
+import asyncio
+import json
+import os
+import signal
+import sqlite3
+import time
+import urllib.request
+
+import grpc
+import pytest
+
+from tests.helpers import run_cli
+from trustgen.consensus.audit import audit_path
+from trustgen.consensus.identity import Identity
+from trustgen.consensus.ledger import parse_entry
+from trustgen.consensus.messages import open_wire
+from trustgen.node import cluster
+from trustgen.node.auth import make_request
+from trustgen.node.client import make_task, submit
+from trustgen.node.daemon import ready_info
+from trustgen.rpc import trustgen_pb2 as pb
+from trustgen.rpc import trustgen_pb2_grpc as rpc
+
+NET = "trustgen-local"
+pytestmark = pytest.mark.slow
+
+
+def gateway_entries(root, entry_type=None):
+    db = sqlite3.connect(f"file:{root / 'gateway' / 'ledger.db'}?mode=ro", uri=True)
+    rows = db.execute("SELECT payload, sig FROM entries ORDER BY log_index").fetchall()
+    db.close()
+    es = [parse_entry(p, s, NET) for p, s in rows]
+    return [e for e in es if entry_type is None or e.type == entry_type]
+
+
+def certificates(root, task_id: bytes):
+    certs = [open_wire(e.body["certificate"], "Certificate", NET) for e in gateway_entries(root, "TaskFinalized")]
+    return [c for c in certs if c.body["task_id"] == task_id]
+
+
+def run_task(gw, kind, params, verifiers=3, wait=True, timeout=120):
+    me = Identity.generate()
+    task = make_task(me, NET, kind, f"tiny-{kind}", params, verifiers)
+    return task, asyncio.run(submit(gw, task, me, NET, insecure=True, wait=wait, timeout_s=timeout))
+
+
+def status(gw, task_id):
+    me = Identity.generate()
+    with grpc.insecure_channel(gw) as ch:
+        return rpc.GatewayStub(ch).Status(make_request(me, NET, "/trustgen.v1.Gateway/Status",
+                                                       {"task_id": task_id}), timeout=5)
+
+
+def wait_for(pred, timeout=60, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def node_key(root, name):
+    return bytes.fromhex(ready_info(root / name)["node_id"])
+
+
+@pytest.fixture(scope="module")
+def net(tmp_path_factory):
+    """Gateway, two honest workers, three verifiers of which verifier-3 lies."""
+    root = tmp_path_factory.mktemp("cluster")
+    ready = cluster.up(root, workers=2, verifiers=3, node_settings={"verifier-3": {"adversary": "lie"}})
+    yield root, ready
+    cluster.down(root)
+
+
+def test_honest_text_and_image_paths_with_a_lying_verifier(net, tmp_path):
+    root, ready = net
+    gw = ready["gateway"]["address"]
+    res = run_cli("submit", "text", "Byzantine-robust", "--gateway", gw, "--insecure", "--wait", "--json",
+                  "--decoding", "sample", "--seed", "3", "--max-new-tokens", "32", timeout=180)
+    assert res.returncode == 0, res.stdout + res.stderr
+    out = json.loads(res.stdout)
+    assert out["decision"] == "accept" and out["attempts"] == 1 and out["result"]["output"]["text"]
+    liar = ready["verifier-3"]["node_id"]
+    votes = {v["verifier"]: v["accept"] for v in out["votes"]}
+    assert len(votes) == 3 and votes[liar] is False and sum(votes.values()) == 2  # outvoted
+    img = run_cli("submit", "image", "a small green square on a black background", "--gateway", gw,
+                  "--insecure", "--wait", "--json", "--seed", "5", "-o", str(tmp_path / "sq.png"), timeout=180)
+    assert img.returncode == 0, img.stdout + img.stderr
+    io = json.loads(img.stdout)
+    assert io["decision"] == "accept" and (tmp_path / "sq.png").read_bytes()[:4] == b"\x89PNG"
+    # The liar's minority votes are evidence in the gateway's ledger, and its reputation drops.
+    ev = [e for e in gateway_entries(root, "Evidence") if e.body["kind"] == "minority_vote"]
+    assert {e.body["subject"].hex() for e in ev} == {liar}
+    from trustgen.consensus.reputation import reputation
+
+    rep = reputation(gateway_entries(root), NET)
+    assert rep[bytes.fromhex(liar)] < 0.5 < rep[bytes.fromhex(ready["verifier-1"]["node_id"])]
+    for r in audit_path(root / "gateway"):
+        assert r.ok, r.violations
+
+
+def test_events_metrics_and_bad_requests_keep_nodes_serving(net):
+    root, ready = net
+    gw = ready["gateway"]["address"]
+    import subprocess
+    import sys
+
+    ev = subprocess.Popen([sys.executable, "-m", "trustgen.cli", "events", "--node", gw, "--count", "2",
+                           "--timeout", "60"], stdout=subprocess.PIPE, text=True)
+    time.sleep(1.5)  # PUB/SUB: a subscriber must be connected before events are sent
+    task, out = run_task(gw, "text", {"prompt": "Gossip", "max_new_tokens": 8})
+    assert out["decision"] == "accept"
+    lines = ev.communicate(timeout=60)[0].strip().splitlines()
+    assert len(lines) == 2 and all(json.loads(ln)["topic"] for ln in lines)
+    metrics = urllib.request.urlopen(f"http://127.0.0.1:{ready['gateway']['metrics_port']}/metrics", timeout=5).read()
+    assert b'trustgen_tasks_total{state="final"}' in metrics
+    # A worker refuses work from anyone but its gateway, and garbage from anyone.
+    worker = ready["worker-1"]["address"]
+    with grpc.insecure_channel(worker) as ch:
+        stub = rpc.WorkerStub(ch)
+        stranger = Identity.generate()
+        with pytest.raises(grpc.RpcError) as e:
+            stub.Execute(make_request(stranger, NET, "/trustgen.v1.Worker/Execute", {"task": task.wire()}), timeout=10)
+        assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        with pytest.raises(grpc.RpcError) as e:
+            stub.Execute(pb.SignedRequest(payload=os.urandom(100), signature=os.urandom(64)), timeout=10)
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        with pytest.raises(grpc.RpcError) as e:
+            stub.Execute(pb.SignedRequest(payload=b"\x00" * (9 << 20)), timeout=10)
+        assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    with grpc.insecure_channel(ready["verifier-1"]["address"]) as ch:
+        with pytest.raises(grpc.RpcError) as e:
+            rpc.VerifierStub(ch).Check(pb.SignedRequest(), timeout=10)
+        assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    # Everyone still serves.
+    assert all(s["running"] for s in cluster.status(root))
+    assert run_task(gw, "text", {"prompt": "Still", "max_new_tokens": 4})[1]["decision"] == "accept"
+
+
+def test_cheating_workers_are_rejected_and_task_completes_through_honest_worker(tmp_path):
+    """Workers join one at a time, cheaters first, so each cheater really gets the task."""
+    root = tmp_path
+    ready = cluster.up(root, workers=0, verifiers=3, node_settings={"gateway": {"max_attempts": 5}})
+    gw = ready["gateway"]["address"]
+    try:
+        def add_worker(name, adversary=""):
+            d = cluster.write_node(root, name, ["worker"], gateway=gw, **({"adversary": adversary} if adversary else {}))
+            cluster.wait_ready(d, cluster.start(d))
+
+        add_worker("worker-replay", "replay")
+        t1, first = run_task(gw, "text", {"prompt": "Decentralized", "max_new_tokens": 24})
+        assert first["decision"] == "accept"  # nothing to replay yet: its first output is honest
+        me = Identity.generate()
+        t2 = make_task(me, NET, "text", "tiny-text", {"prompt": "Verifiable", "max_new_tokens": 24})
+        asyncio.run(submit(gw, t2, me, NET, insecure=True, wait=False))
+        wait_for(lambda: status(gw, t2.id).state == "waiting", what="the replayed result to be rejected")
+        for name, mode in (("worker-alter", "alter"), ("worker-othermodel", "other-model")):
+            add_worker(name, mode)
+            n = len(certificates(root, t2.id))
+            wait_for(lambda: len(certificates(root, t2.id)) > n and status(gw, t2.id).state == "waiting",
+                     what=f"{mode} to be rejected")
+        add_worker("worker-honest")
+        final = wait_for(lambda: (s := status(gw, t2.id)).state == "final" and s, what="completion")
+        certs = certificates(root, t2.id)
+        assert [c.body["decision"] for c in certs] == ["reject", "reject", "reject", "accept"]
+        cheaters = [node_key(root, n) for n in ("worker-replay", "worker-alter", "worker-othermodel")]
+        assert [c.body["worker"] for c in certs] == cheaters + [node_key(root, "worker-honest")]
+        evidence = [e.body["subject"] for e in gateway_entries(root, "Evidence") if e.body["kind"] == "rejected_result"]
+        assert evidence == cheaters
+        assert final.decision == "accept"
+        for r in audit_path(root / "gateway"):
+            assert r.ok, r.violations
+    finally:
+        cluster.down(root)
+
+
+def test_worker_killed_mid_task_and_gateway_restart(tmp_path):
+    root = tmp_path
+    slow = {"delay_s": 2.0}
+    ready = cluster.up(root, workers=2, verifiers=1, node_settings={"worker-1": slow, "worker-2": slow})
+    gw = ready["gateway"]["address"]
+    try:
+        me = Identity.generate()
+        task = make_task(me, NET, "text", "tiny-text", {"prompt": "Consensus", "max_new_tokens": 16}, verifiers=1)
+        asyncio.run(submit(gw, task, me, NET, insecure=True, wait=False))
+        st = wait_for(lambda: (s := status(gw, task.id)).state == "running" and s, what="a worker to start")
+        victim = next(n for n in ("worker-1", "worker-2") if ready[n]["node_id"][:12] in st.detail)
+        os.kill(ready[victim]["pid"], signal.SIGKILL)
+        final = wait_for(lambda: (s := status(gw, task.id)).state == "final" and s, timeout=90, what="reassignment")
+        cert = open_wire(final.certificate, "Certificate", NET)
+        survivor = "worker-2" if victim == "worker-1" else "worker-1"
+        assert cert.body["worker"].hex() == ready[survivor]["node_id"] and final.decision == "accept"
+
+        # Gateway: accept two tasks, kill -9 it while they run, restart it, and both complete.
+        tasks = [make_task(me, NET, "text", "tiny-text", {"prompt": p, "max_new_tokens": 12}, verifiers=1)
+                 for p in ("Gossip", "Ledger")]
+        for t in tasks:
+            asyncio.run(submit(gw, t, me, NET, insecure=True, wait=False))
+        os.kill(ready["gateway"]["pid"], signal.SIGKILL)
+        wait_for(lambda: not cluster._alive(ready["gateway"]["pid"]), what="the gateway to die")
+        cluster.wait_ready(root / "gateway", cluster.start(root / "gateway"))
+        for t in tasks:
+            s = wait_for(lambda: (x := status(gw, t.id)).state == "final" and x, timeout=90, what="resumed task")
+            assert s.decision == "accept"
+        for r in audit_path(root / "gateway"):
+            assert r.ok, r.violations
+    finally:
+        cluster.down(root)

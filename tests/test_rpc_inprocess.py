@@ -1,0 +1,149 @@
+"""Protocol-level behaviour of a real gateway node served in-process on an ephemeral loopback
+port: authentication, replay, size limits, malformed input, joins. No model is loaded."""
+
+import asyncio
+import os
+import threading
+import time
+
+import grpc
+import pytest
+
+from tests.consensus_fixtures import ident
+from trustgen.consensus.encoding import encode, signing_bytes
+from trustgen.consensus.identity import Identity
+from trustgen.consensus.ledger import Ledger
+from trustgen.node.auth import make_request
+from trustgen.node.client import make_task
+from trustgen.node.config import NodeConfig
+from trustgen.node.daemon import Node
+from trustgen.rpc import trustgen_pb2 as pb
+from trustgen.rpc import trustgen_pb2_grpc as rpc
+
+NET = "trustgen-local"
+
+
+class InProcessNode:
+    def __init__(self, tmp_path, roles=("gateway",)) -> None:
+        d = tmp_path / "gw"
+        Identity.generate().save(d)
+        self.cfg = NodeConfig(name="gw", data_dir=d, roles=list(roles), insecure=True, metrics_port=-1)
+        self.loop = asyncio.new_event_loop()
+        self.node = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.node = Node(self.cfg)
+        self.loop.run_until_complete(self.node.run(handle_signals=False))
+
+    def __enter__(self):
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while (self.node is None or not self.node.address) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        self.address = self.node.address
+        self.channel = grpc.insecure_channel(self.address)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.channel.close()
+        self.loop.call_soon_threadsafe(self.node._stop.set)
+        self.thread.join(10)
+
+
+@pytest.fixture()
+def gw(tmp_path):
+    with InProcessNode(tmp_path) as n:
+        yield n
+
+
+def code_of(fn, *args, **kw) -> grpc.StatusCode:
+    with pytest.raises(grpc.RpcError) as e:
+        fn(*args, timeout=10, **kw)
+    return e.value.code()
+
+
+def test_requests_are_authenticated_precisely(gw):
+    stub = rpc.GatewayStub(gw.channel)
+    me = ident(40)
+    status_args = {"task_id": b"\x01" * 32}
+    assert code_of(stub.Status, pb.SignedRequest()) == grpc.StatusCode.UNAUTHENTICATED
+    good = make_request(me, NET, "/trustgen.v1.Gateway/Status", status_args)
+    forged = pb.SignedRequest(payload=good.payload, signature=ident(41).sign(good.payload))
+    assert code_of(stub.Status, forged) == grpc.StatusCode.UNAUTHENTICATED
+    assert code_of(stub.Status, pb.SignedRequest(payload=b"TGv1\x99garbage", signature=b"x" * 64)) \
+        == grpc.StatusCode.INVALID_ARGUMENT
+    wrong_method = make_request(me, NET, "/trustgen.v1.Gateway/Submit", status_args)
+    assert code_of(stub.Status, wrong_method) == grpc.StatusCode.PERMISSION_DENIED
+    other_net = make_request(me, "trustgen-elsewhere", "/trustgen.v1.Gateway/Status", status_args)
+    assert code_of(stub.Status, other_net) == grpc.StatusCode.UNAUTHENTICATED
+    assert code_of(stub.Status, good) == grpc.StatusCode.NOT_FOUND  # authenticated; no such task
+    assert code_of(stub.Status, good) == grpc.StatusCode.ALREADY_EXISTS  # the same request again
+    stale_body = {"sender": me.public_key, "method": "/trustgen.v1.Gateway/Status", "nonce": os.urandom(16),
+                  "time": int(time.time() * 1000) - 3_600_000, "args": status_args}
+    stale = signing_bytes("Request", NET, stale_body)
+    assert code_of(stub.Status, pb.SignedRequest(payload=stale, signature=me.sign(stale))) \
+        == grpc.StatusCode.UNAUTHENTICATED
+    bad_id = make_request(me, NET, "/trustgen.v1.Gateway/Status", {"task_id": b"short"})
+    assert code_of(stub.Status, bad_id) == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_oversized_and_malformed_submissions(gw):
+    stub = rpc.GatewayStub(gw.channel)
+    me = ident(42)
+    huge = pb.SignedRequest(payload=b"\x00" * (9 * 1024 * 1024), signature=b"\x00" * 64)
+    assert code_of(stub.Submit, huge) == grpc.StatusCode.RESOURCE_EXHAUSTED
+    garbage_task = make_request(me, NET, "/trustgen.v1.Gateway/Submit", {"task": b"\x08not a task"})
+    assert code_of(stub.Submit, garbage_task) == grpc.StatusCode.INVALID_ARGUMENT
+    task = make_task(me, NET, "text", "sha256:" + "ab" * 32, {"prompt": "hi", "max_new_tokens": 4})
+    forged = encode({"payload": task.payload, "sig": ident(43).sign(task.payload)})
+    req = make_request(me, NET, "/trustgen.v1.Gateway/Submit", {"task": forged})
+    assert code_of(stub.Submit, req) == grpc.StatusCode.UNAUTHENTICATED
+    bad_params = make_task(me, NET, "text", "sha256:" + "ab" * 32, {"prompt": "", "max_new_tokens": 4})
+    req = make_request(me, NET, "/trustgen.v1.Gateway/Submit", {"task": bad_params.wire()})
+    assert code_of(stub.Submit, req) == grpc.StatusCode.INVALID_ARGUMENT
+    even = make_task(me, NET, "text", "sha256:" + "ab" * 32, {"prompt": "hi"}, verifiers=2)
+    req = make_request(me, NET, "/trustgen.v1.Gateway/Submit", {"task": even.wire()})
+    assert code_of(stub.Submit, req) == grpc.StatusCode.INVALID_ARGUMENT
+    # The node is still serving, and a good task is accepted and persisted before the reply.
+    info = rpc.NodeStub(gw.channel).Info(pb.InfoRequest(), timeout=5)
+    assert info.roles == ["gateway"]
+    good = make_task(me, NET, "text", "sha256:" + "ab" * 32, {"prompt": "hi", "max_new_tokens": 4})
+    reply = stub.Submit(make_request(me, NET, "/trustgen.v1.Gateway/Submit", {"task": good.wire()}), timeout=10)
+    assert reply.task_id == good.id
+    again = stub.Submit(make_request(me, NET, "/trustgen.v1.Gateway/Submit", {"task": good.wire()}), timeout=10)
+    assert again.task_id == good.id  # idempotent
+    accepted = [e for e in gw.node.ledger.iter_entries() if e.type == "TaskAccepted"]
+    assert len(accepted) == 1
+
+
+def test_join_refuses_foreign_feeds_and_false_addresses(gw, tmp_path):
+    stub = rpc.GatewayStub(gw.channel)
+    node = ident(44)
+    own = Ledger(tmp_path / "n.db", NET, node)
+    e = own.append("NodeJoined", {"address": gw.address, "roles": ["worker"]})  # the gateway's address
+    req = make_request(node, NET, "/trustgen.v1.Gateway/Join", {"entries": [[e.payload, e.sig]]})
+    assert code_of(stub.Join, req) == grpc.StatusCode.PERMISSION_DENIED  # that address is another node
+    other = Ledger(tmp_path / "o.db", NET, ident(45))
+    e2 = other.append("NodeJoined", {"address": "127.0.0.1:1", "roles": ["worker"]})
+    req = make_request(node, NET, "/trustgen.v1.Gateway/Join", {"entries": [[e2.payload, e2.sig]]})
+    assert code_of(stub.Join, req) == grpc.StatusCode.PERMISSION_DENIED  # someone else's feed
+    req = make_request(node, NET, "/trustgen.v1.Gateway/Join", {"entries": [[b"x", b"y"]]})
+    assert code_of(stub.Join, req) == grpc.StatusCode.INVALID_ARGUMENT
+    unreachable = Ledger(tmp_path / "u.db", NET, ident(46))
+    e3 = unreachable.append("NodeJoined", {"address": "127.0.0.1:1", "roles": ["verifier"]})
+    req = make_request(ident(46), NET, "/trustgen.v1.Gateway/Join", {"entries": [[e3.payload, e3.sig]]})
+    assert code_of(stub.Join, req) == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_health_and_reflection(gw):
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    h = health_pb2_grpc.HealthStub(gw.channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+    assert h.status == health_pb2.HealthCheckResponse.SERVING
+    stub = reflection_pb2_grpc.ServerReflectionStub(gw.channel)
+    replies = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5)
+    names = {s.name for r in replies for s in r.list_services_response.service}
+    assert {"trustgen.v1.Gateway", "trustgen.v1.Node", "grpc.health.v1.Health"} <= names
