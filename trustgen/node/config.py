@@ -39,11 +39,14 @@ class NodeConfig:
     verifier_timeout_s: float = 60.0
     adversary: str = ""  # real misbehaviour, for tests and demonstrations
     delay_s: float = 0.0  # worker: added latency before each execution (fault-injection tests)
+    gossip_interval_s: float = 1.0  # 0: no background rounds (tests and benchmarks drive them)
+    gossip_fanout: int = 2
+    learn_peers: bool = True  # add peers from NodeJoined entries, not only bootstrap
 
     def __post_init__(self) -> None:
         self.data_dir = pathlib.Path(self.data_dir)
         bad = [r for r in self.roles if r not in ROLES]
-        if not self.roles or bad:
+        if bad:  # no roles at all is a plain replica: it keeps the ledger and gossips
             raise UsageError(f"roles must be some of {', '.join(ROLES)}; got {self.roles}")
         if ("worker" in self.roles or "verifier" in self.roles) and not self.gateway and "gateway" not in self.roles:
             raise UsageError("a worker or verifier needs `gateway = \"HOST:PORT\"`")
@@ -53,6 +56,8 @@ class NodeConfig:
             raise UsageError(f"unknown adversary {self.adversary!r}")
         if self.verifiers_per_task < 1 or self.verifiers_per_task % 2 == 0:
             raise UsageError("verifiers_per_task must be odd and positive")
+        if self.gossip_interval_s < 0 or not 1 <= self.gossip_fanout <= 16:
+            raise UsageError("gossip_interval_s must be >= 0 and gossip_fanout in [1, 16]")
 
     @property
     def ledger_path(self) -> pathlib.Path:

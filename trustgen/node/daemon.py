@@ -29,10 +29,11 @@ from trustgen.node.auth import RequestGuard
 from trustgen.node.blobs import BlobStore
 from trustgen.node.config import NodeConfig
 from trustgen.node.events import EventBus
+from trustgen.node.gossip import Gossip, Membership
 from trustgen.node.metrics import Metrics
 from trustgen.node.peers import Peers
-from trustgen.node.servicers import (BlobsServicer, GatewayServicer, NodeServicer, VerifierServicer,
-                                     WorkerServicer)
+from trustgen.node.servicers import (BlobsServicer, GatewayServicer, GossipServicer, NodeServicer,
+                                     VerifierServicer, WorkerServicer)
 from trustgen.rpc import trustgen_pb2 as pb
 from trustgen.rpc import trustgen_pb2_grpc as rpc
 
@@ -51,10 +52,15 @@ class Node:
         self.events = EventBus(cfg.events_port)
         self.peers = Peers(self.identity, cfg.network, cfg.insecure, cfg.tls_ca, self.metrics)
         self.guard = RequestGuard(cfg.network)
+        bootstrap = list(cfg.bootstrap) + ([cfg.gateway] if cfg.gateway else [])
+        self.membership = Membership(self.identity.public_key, bootstrap)
+        self.gossip = Gossip(self.identity, self.ledger, self.peers, self.membership, cfg.gossip_fanout,
+                             learn_peers=cfg.learn_peers, events=self.events)
         self.gateway = self.worker = self.verifier = None
         self.engines = None
         self.address = ""
         self._stop = asyncio.Event()
+        self.serving = asyncio.Event()
 
     def info(self) -> pb.NodeInfo:
         return pb.NodeInfo(node_id=self.identity.node_id, roles=self.cfg.roles, network=self.cfg.network,
@@ -94,6 +100,8 @@ class Node:
         services = [pb.DESCRIPTOR.services_by_name["Node"].full_name, pb.DESCRIPTOR.services_by_name["Blobs"].full_name]
         rpc.add_NodeServicer_to_server(NodeServicer(self.info), server)
         rpc.add_BlobsServicer_to_server(BlobsServicer(self.blobs, self.guard, self.metrics), server)
+        rpc.add_GossipServicer_to_server(GossipServicer(self.gossip, self.guard, self.metrics), server)
+        services.append("trustgen.v1.Gossip")
         if self.gateway:
             rpc.add_GatewayServicer_to_server(GatewayServicer(self.gateway, self.guard, self.metrics), server)
             services.append("trustgen.v1.Gateway")
@@ -132,11 +140,15 @@ class Node:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self._stop.set)
         joiner = loop.create_task(self._join_gateway()) if (self.worker or self.verifier) and cfg.gateway else None
+        gossiper = loop.create_task(self.gossip.run(cfg.gossip_interval_s, self._stop)) \
+            if cfg.gossip_interval_s > 0 else None
+        self.serving.set()
         await self._stop.wait()
         log.info("stopping")
         await health.enter_graceful_shutdown()
-        if joiner:
-            joiner.cancel()
+        for t in (joiner, gossiper):
+            if t:
+                t.cancel()
         if self.gateway:
             await self.gateway.close()
         await server.stop(grace=3)

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import json
 
-MAX_MESSAGE_BYTES = 8 * 1024 * 1024  # requests and replies; blobs stream in chunks below this
-BLOB_CHUNK_BYTES = 256 * 1024
+MAX_MESSAGE_BYTES = 8 * 1024 * 1024  # requests and replies; blobs stream in 64 KiB chunks
 KEEPALIVE_MS = 20_000
 KEEPALIVE_TIMEOUT_MS = 10_000
 
@@ -20,13 +19,14 @@ DEADLINE_JOIN = 10.0
 DEADLINE_EXECUTE = 120.0
 DEADLINE_CHECK = 120.0
 DEADLINE_FETCH = 60.0
+DEADLINE_GOSSIP = 5.0
 
 # Retries with exponential backoff and jitter (gRPC adds the jitter), on UNAVAILABLE only:
 # anything else (bad request, auth failure, deadline) is not made better by repeating it.
 _RETRY_POLICY = {
     "methodConfig": [{
-        "name": [{"service": "trustgen.v1.Gateway"}, {"service": "trustgen.v1.Node"},
-                 {"service": "trustgen.v1.Blobs"}],
+        # Gossip and blob fetches are not retried: they fail over to another peer instead.
+        "name": [{"service": "trustgen.v1.Gateway"}, {"service": "trustgen.v1.Node"}],
         "retryPolicy": {"maxAttempts": 4, "initialBackoff": "0.2s", "maxBackoff": "2s",
                         "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]},
     }]
@@ -49,5 +49,9 @@ CHANNEL_OPTIONS = [
     ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.enable_retries", 1),
+    # Reconnect quickly after a peer comes back (the default backoff grows to two minutes).
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.min_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 2000),
     ("grpc.service_config", json.dumps(_RETRY_POLICY)),
 ]

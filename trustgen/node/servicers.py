@@ -12,7 +12,7 @@ import grpc
 
 from trustgen.errors import TrustgenError
 from trustgen.node.auth import RequestGuard, RpcError
-from trustgen.node.grpc_options import BLOB_CHUNK_BYTES
+from trustgen.node.blobs import CHUNK
 from trustgen.node.peers import full_method
 from trustgen.rpc import trustgen_pb2 as pb
 from trustgen.rpc import trustgen_pb2_grpc as rpc
@@ -114,19 +114,56 @@ class BlobsServicer(_Base, rpc.BlobsServicer):
         super().__init__(guard, metrics)
         self.store = store
 
+    def _digest(self, msg: Any) -> str:
+        digest = msg.body["args"].get("digest")
+        if not isinstance(digest, str):
+            raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, "digest must be a hex string")
+        return digest
+
+    @guarded("Blobs", "Manifest")
+    async def Manifest(self, msg, context):
+        m = self.store.manifest(self._digest(msg))
+        if m is None:
+            raise RpcError(grpc.StatusCode.NOT_FOUND, "no such blob")
+        return pb.BlobManifest(digest=m.digest, size=m.size, chunks=m.chunks)
+
     async def Fetch(self, request, context):
         try:
             msg = self.guard.open(request, full_method("Blobs", "Fetch"))
-            digest = msg.body["args"].get("digest")
-            data = self.store.get(digest) if isinstance(digest, str) else None
+            data = self.store.get(self._digest(msg))
             if data is None:
                 raise RpcError(grpc.StatusCode.NOT_FOUND, "no such blob")
+            start = msg.body["args"].get("from_index", 0)
+            if not isinstance(start, int) or start < 0:
+                raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, "from_index must be >= 0")
         except RpcError as e:
             self._count(e.code)
             await context.abort(e.code, str(e))
             return
-        for off in range(0, max(len(data), 1), BLOB_CHUNK_BYTES):
-            yield pb.Chunk(offset=off, data=data[off:off + BLOB_CHUNK_BYTES])
+        for i in range(start, max(1, -(-len(data) // CHUNK))):
+            yield pb.Chunk(index=i, data=data[i * CHUNK:(i + 1) * CHUNK])
+
+
+class GossipServicer(_Base, rpc.GossipServicer):
+    def __init__(self, gossip: Any, guard: RequestGuard, metrics: Any = None) -> None:
+        super().__init__(guard, metrics)
+        self.gossip = gossip
+
+    @guarded("Gossip", "Announce")
+    async def Announce(self, msg, context):
+        return pb.GossipReply(data=self.gossip.on_announce(msg))
+
+    @guarded("Gossip", "Push")
+    async def Push(self, msg, context):
+        return pb.GossipReply(data=self.gossip.on_push(msg))
+
+    @guarded("Gossip", "Sync")
+    async def Sync(self, msg, context):
+        return pb.GossipReply(data=self.gossip.on_sync(msg))
+
+    @guarded("Gossip", "Pull")
+    async def Pull(self, msg, context):
+        return pb.GossipReply(data=self.gossip.on_pull(msg))
 
 
 class NodeServicer(rpc.NodeServicer):

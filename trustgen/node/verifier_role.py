@@ -7,7 +7,6 @@ The `lie` adversary really signs the opposite of what its check found.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from typing import Any
 
@@ -17,6 +16,7 @@ from trustgen.consensus.identity import Identity
 from trustgen.consensus.messages import MessageError, Signed, open_wire, sign
 from trustgen.errors import ModelError, UsageError
 from trustgen.node.auth import RpcError
+from trustgen.node.blobs import blob_digest
 from trustgen.node.engines import Engines, task_params
 from trustgen.node.outputs import read_png
 from trustgen.verifier.fingerprints import image_fingerprint, text_fingerprint
@@ -48,7 +48,7 @@ class VerifierRole:
             vote = verify_text(claimed, "prefill", engine=engine)
             fp = text_fingerprint(tokens) if isinstance(tokens, list) and tokens else {}
         else:
-            if hashlib.sha256(png).hexdigest() != r["output"].get("png_sha256"):
+            if blob_digest(png) != r["output"].get("png_digest"):
                 return reject("phash", "image bytes do not match the result"), {}
             try:
                 pixels = read_png(png)

@@ -36,7 +36,7 @@ def result_body(worker: bytes, task: Signed, out: TextOutput | ImageOutput, png_
         fp = text_fingerprint(out.token_ids)
     else:
         h, w, _ = out.pixels.shape
-        output = {"png_sha256": png_digest, "height": h, "width": w}
+        output = {"png_digest": png_digest, "height": h, "width": w}
         fp = image_fingerprint(out.pixels)
     return {"worker": worker, "task_id": task.id, "model_digest": out.model_digest,
             "output_digest": out.output_digest, "output": output, "fingerprint": fp,

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1btrustgen/rpc/trustgen.proto\x12\x0btrustgen.v1\"3\n\rSignedRequest\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"-\n\x0bSubmitReply\x12\x0f\n\x07task_id\x18\x01 \x01(\x0c\x12\r\n\x05state\x18\x02 \x01(\t\"\xa3\x01\n\nTaskStatus\x12\x0f\n\x07task_id\x18\x01 \x01(\x0c\x12\r\n\x05state\x18\x02 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x04 \x01(\x05\x12\x0e\n\x06result\x18\x05 \x01(\x0c\x12\r\n\x05votes\x18\x06 \x03(\x0c\x12\x13\n\x0b\x63\x65rtificate\x18\x07 \x01(\x0c\x12\x0e\n\x06output\x18\x08 \x01(\x0c\x12\x10\n\x08\x64\x65\x63ision\x18\t \x01(\t\" \n\tJoinReply\x12\x13\n\x0bledger_size\x18\x01 \x01(\x03\".\n\x0c\x45xecuteReply\x12\x0e\n\x06result\x18\x01 \x01(\x0c\x12\x0e\n\x06output\x18\x02 \x01(\x0c\"\x1a\n\nCheckReply\x12\x0c\n\x04vote\x18\x01 \x01(\x0c\"%\n\x05\x43hunk\x12\x0e\n\x06offset\x18\x01 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"\r\n\x0bInfoRequest\"\x8c\x01\n\x08NodeInfo\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\r\n\x05roles\x18\x02 \x03(\t\x12\x0f\n\x07network\x18\x03 \x01(\t\x12\x13\n\x0b\x65vents_port\x18\x04 \x01(\x05\x12\x14\n\x0cmetrics_port\x18\x05 \x01(\x05\x12\x13\n\x0bledger_size\x18\x06 \x01(\x03\x12\x0f\n\x07version\x18\x07 \x01(\t2\x84\x02\n\x07Gateway\x12>\n\x06Submit\x12\x1a.trustgen.v1.SignedRequest\x1a\x18.trustgen.v1.SubmitReply\x12=\n\x06Status\x12\x1a.trustgen.v1.SignedRequest\x1a\x17.trustgen.v1.TaskStatus\x12>\n\x05Watch\x12\x1a.trustgen.v1.SignedRequest\x1a\x17.trustgen.v1.TaskStatus0\x01\x12:\n\x04Join\x12\x1a.trustgen.v1.SignedRequest\x1a\x16.trustgen.v1.JoinReply2J\n\x06Worker\x12@\n\x07\x45xecute\x12\x1a.trustgen.v1.SignedRequest\x1a\x19.trustgen.v1.ExecuteReply2H\n\x08Verifier\x12<\n\x05\x43heck\x12\x1a.trustgen.v1.SignedRequest\x1a\x17.trustgen.v1.CheckReply2B\n\x05\x42lobs\x12\x39\n\x05\x46\x65tch\x12\x1a.trustgen.v1.SignedRequest\x1a\x12.trustgen.v1.Chunk0\x01\x32?\n\x04Node\x12\x37\n\x04Info\x12\x18.trustgen.v1.InfoRequest\x1a\x15.trustgen.v1.NodeInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1btrustgen/rpc/trustgen.proto\x12\x0btrustgen.v1\"3\n\rSignedRequest\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"-\n\x0bSubmitReply\x12\x0f\n\x07task_id\x18\x01 \x01(\x0c\x12\r\n\x05state\x18\x02 \x01(\t\"\xa3\x01\n\nTaskStatus\x12\x0f\n\x07task_id\x18\x01 \x01(\x0c\x12\r\n\x05state\x18\x02 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x04 \x01(\x05\x12\x0e\n\x06result\x18\x05 \x01(\x0c\x12\r\n\x05votes\x18\x06 \x03(\x0c\x12\x13\n\x0b\x63\x65rtificate\x18\x07 \x01(\x0c\x12\x0e\n\x06output\x18\x08 \x01(\x0c\x12\x10\n\x08\x64\x65\x63ision\x18\t \x01(\t\" \n\tJoinReply\x12\x13\n\x0bledger_size\x18\x01 \x01(\x03\".\n\x0c\x45xecuteReply\x12\x0e\n\x06result\x18\x01 \x01(\x0c\x12\x0e\n\x06output\x18\x02 \x01(\x0c\"\x1a\n\nCheckReply\x12\x0c\n\x04vote\x18\x01 \x01(\x0c\"$\n\x05\x43hunk\x12\r\n\x05index\x18\x01 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"<\n\x0c\x42lobManifest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x03\x12\x0e\n\x06\x63hunks\x18\x03 \x03(\x0c\"\x1b\n\x0bGossipReply\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"\r\n\x0bInfoRequest\"\x8c\x01\n\x08NodeInfo\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\r\n\x05roles\x18\x02 \x03(\t\x12\x0f\n\x07network\x18\x03 \x01(\t\x12\x13\n\x0b\x65vents_port\x18\x04 \x01(\x05\x12\x14\n\x0cmetrics_port\x18\x05 \x01(\x05\x12\x13\n\x0bledger_size\x18\x06 \x01(\x03\x12\x0f\n\x07version\x18\x07 \x01(\t2\x84\x02\n\x07Gateway\x12>\n\x06Submit\x12\x1a.trustgen.v1.SignedRequest\x1a\x18.trustgen.v1.SubmitReply\x12=\n\x06Status\x12\x1a.trustgen.v1.SignedRequest\x1a\x17.trustgen.v1.TaskStatus\x12>\n\x05Watch\x12\x1a.trustgen.v1.SignedRequest\x1a\x17.trustgen.v1.TaskStatus0\x01\x12:\n\x04Join\x12\x1a.trustgen.v1.SignedRequest\x1a\x16.trustgen.v1.JoinReply2J\n\x06Worker\x12@\n\x07\x45xecute\x12\x1a.trustgen.v1.SignedRequest\x1a\x19.trustgen.v1.ExecuteReply2H\n\x08Verifier\x12<\n\x05\x43heck\x12\x1a.trustgen.v1.SignedRequest\x1a\x17.trustgen.v1.CheckReply2\x85\x01\n\x05\x42lobs\x12\x41\n\x08Manifest\x12\x1a.trustgen.v1.SignedRequest\x1a\x19.trustgen.v1.BlobManifest\x12\x39\n\x05\x46\x65tch\x12\x1a.trustgen.v1.SignedRequest\x1a\x12.trustgen.v1.Chunk0\x01\x32\x84\x02\n\x06Gossip\x12@\n\x08\x41nnounce\x12\x1a.trustgen.v1.SignedRequest\x1a\x18.trustgen.v1.GossipReply\x12<\n\x04Push\x12\x1a.trustgen.v1.SignedRequest\x1a\x18.trustgen.v1.GossipReply\x12<\n\x04Sync\x12\x1a.trustgen.v1.SignedRequest\x1a\x18.trustgen.v1.GossipReply\x12<\n\x04Pull\x12\x1a.trustgen.v1.SignedRequest\x1a\x18.trustgen.v1.GossipReply2?\n\x04Node\x12\x37\n\x04Info\x12\x18.trustgen.v1.InfoRequest\x1a\x15.trustgen.v1.NodeInfob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -44,19 +44,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CHECKREPLY']._serialized_start=392
   _globals['_CHECKREPLY']._serialized_end=418
   _globals['_CHUNK']._serialized_start=420
-  _globals['_CHUNK']._serialized_end=457
-  _globals['_INFOREQUEST']._serialized_start=459
-  _globals['_INFOREQUEST']._serialized_end=472
-  _globals['_NODEINFO']._serialized_start=475
-  _globals['_NODEINFO']._serialized_end=615
-  _globals['_GATEWAY']._serialized_start=618
-  _globals['_GATEWAY']._serialized_end=878
-  _globals['_WORKER']._serialized_start=880
-  _globals['_WORKER']._serialized_end=954
-  _globals['_VERIFIER']._serialized_start=956
-  _globals['_VERIFIER']._serialized_end=1028
-  _globals['_BLOBS']._serialized_start=1030
-  _globals['_BLOBS']._serialized_end=1096
-  _globals['_NODE']._serialized_start=1098
-  _globals['_NODE']._serialized_end=1161
+  _globals['_CHUNK']._serialized_end=456
+  _globals['_BLOBMANIFEST']._serialized_start=458
+  _globals['_BLOBMANIFEST']._serialized_end=518
+  _globals['_GOSSIPREPLY']._serialized_start=520
+  _globals['_GOSSIPREPLY']._serialized_end=547
+  _globals['_INFOREQUEST']._serialized_start=549
+  _globals['_INFOREQUEST']._serialized_end=562
+  _globals['_NODEINFO']._serialized_start=565
+  _globals['_NODEINFO']._serialized_end=705
+  _globals['_GATEWAY']._serialized_start=708
+  _globals['_GATEWAY']._serialized_end=968
+  _globals['_WORKER']._serialized_start=970
+  _globals['_WORKER']._serialized_end=1044
+  _globals['_VERIFIER']._serialized_start=1046
+  _globals['_VERIFIER']._serialized_end=1118
+  _globals['_BLOBS']._serialized_start=1121
+  _globals['_BLOBS']._serialized_end=1254
+  _globals['_GOSSIP']._serialized_start=1257
+  _globals['_GOSSIP']._serialized_end=1517
+  _globals['_NODE']._serialized_start=1519
+  _globals['_NODE']._serialized_end=1582
 # @@protoc_insertion_point(module_scope)

@@ -379,6 +379,11 @@ class BlobsStub:
         Args:
             channel: A grpc.Channel.
         """
+        self.Manifest = channel.unary_unary(
+                '/trustgen.v1.Blobs/Manifest',
+                request_serializer=trustgen_dot_rpc_dot_trustgen__pb2.SignedRequest.SerializeToString,
+                response_deserializer=trustgen_dot_rpc_dot_trustgen__pb2.BlobManifest.FromString,
+                _registered_method=True)
         self.Fetch = channel.unary_stream(
                 '/trustgen.v1.Blobs/Fetch',
                 request_serializer=trustgen_dot_rpc_dot_trustgen__pb2.SignedRequest.SerializeToString,
@@ -389,8 +394,15 @@ class BlobsStub:
 class BlobsServicer:
     """Missing associated documentation comment in .proto file."""
 
-    def Fetch(self, request, context):
+    def Manifest(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Fetch(self, request, context):
+        """args {digest, from_index}
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -398,6 +410,11 @@ class BlobsServicer:
 
 def add_BlobsServicer_to_server(servicer, server):
     rpc_method_handlers = {
+            'Manifest': grpc.unary_unary_rpc_method_handler(
+                    servicer.Manifest,
+                    request_deserializer=trustgen_dot_rpc_dot_trustgen__pb2.SignedRequest.FromString,
+                    response_serializer=trustgen_dot_rpc_dot_trustgen__pb2.BlobManifest.SerializeToString,
+            ),
             'Fetch': grpc.unary_stream_rpc_method_handler(
                     servicer.Fetch,
                     request_deserializer=trustgen_dot_rpc_dot_trustgen__pb2.SignedRequest.FromString,
@@ -413,6 +430,33 @@ def add_BlobsServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class Blobs:
     """Missing associated documentation comment in .proto file."""
+
+    @staticmethod
+    def Manifest(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/trustgen.v1.Blobs/Manifest',
+            trustgen_dot_rpc_dot_trustgen__pb2.SignedRequest.SerializeToString,
+            trustgen_dot_rpc_dot_trustgen__pb2.BlobManifest.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
 
     @staticmethod
     def Fetch(request,
@@ -431,6 +475,211 @@ class Blobs:
             '/trustgen.v1.Blobs/Fetch',
             trustgen_dot_rpc_dot_trustgen__pb2.SignedRequest.SerializeToString,
             trustgen_dot_rpc_dot_trustgen__pb2.Chunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
+class GossipStub:
+    """Missing associated documentation comment in .proto file."""
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Announce = channel.unary_unary(
+                '/trustgen.v1.Gossip/Announce',
+                request_serializer=trustgen_dot_rpc_dot_trustgen__pb2.SignedRequest.SerializeToString,
+                response_deserializer=trustgen_dot_rpc_dot_trustgen__pb2.GossipReply.FromString,
+                _registered_method=True)
+        self.Push = channel.unary_unary(
+                '/trustgen.v1.Gossip/Push',
+                request_serializer=trustgen_dot_rpc_dot_trustgen__pb2.SignedRequest.SerializeToString,
+                response_deserializer=trustgen_dot_rpc_dot_trustgen__pb2.GossipReply.FromString,
+                _registered_method=True)
+        self.Sync = channel.unary_unary(
+                '/trustgen.v1.Gossip/Sync',
+                request_serializer=trustgen_dot_rpc_dot_trustgen__pb2.SignedRequest.SerializeToString,
+                response_deserializer=trustgen_dot_rpc_dot_trustgen__pb2.GossipReply.FromString,
+                _registered_method=True)
+        self.Pull = channel.unary_unary(
+                '/trustgen.v1.Gossip/Pull',
+                request_serializer=trustgen_dot_rpc_dot_trustgen__pb2.SignedRequest.SerializeToString,
+                response_deserializer=trustgen_dot_rpc_dot_trustgen__pb2.GossipReply.FromString,
+                _registered_method=True)
+
+
+class GossipServicer:
+    """Missing associated documentation comment in .proto file."""
+
+    def Announce(self, request, context):
+        """args {have: [[feed, seq, hash]]} -> {want: [[feed, from, to]]}
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Push(self, request, context):
+        """args {entries: [[payload, sig]]} -> {stored, refused}
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Sync(self, request, context):
+        """args {digest} -> {same} or {heads: [[feed, seq, hash]]}
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Pull(self, request, context):
+        """args {feed, from_seq, limit} -> {entries}
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_GossipServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Announce': grpc.unary_unary_rpc_method_handler(
+                    servicer.Announce,
+                    request_deserializer=trustgen_dot_rpc_dot_trustgen__pb2.SignedRequest.FromString,
+                    response_serializer=trustgen_dot_rpc_dot_trustgen__pb2.GossipReply.SerializeToString,
+            ),
+            'Push': grpc.unary_unary_rpc_method_handler(
+                    servicer.Push,
+                    request_deserializer=trustgen_dot_rpc_dot_trustgen__pb2.SignedRequest.FromString,
+                    response_serializer=trustgen_dot_rpc_dot_trustgen__pb2.GossipReply.SerializeToString,
+            ),
+            'Sync': grpc.unary_unary_rpc_method_handler(
+                    servicer.Sync,
+                    request_deserializer=trustgen_dot_rpc_dot_trustgen__pb2.SignedRequest.FromString,
+                    response_serializer=trustgen_dot_rpc_dot_trustgen__pb2.GossipReply.SerializeToString,
+            ),
+            'Pull': grpc.unary_unary_rpc_method_handler(
+                    servicer.Pull,
+                    request_deserializer=trustgen_dot_rpc_dot_trustgen__pb2.SignedRequest.FromString,
+                    response_serializer=trustgen_dot_rpc_dot_trustgen__pb2.GossipReply.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'trustgen.v1.Gossip', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('trustgen.v1.Gossip', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Gossip:
+    """Missing associated documentation comment in .proto file."""
+
+    @staticmethod
+    def Announce(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/trustgen.v1.Gossip/Announce',
+            trustgen_dot_rpc_dot_trustgen__pb2.SignedRequest.SerializeToString,
+            trustgen_dot_rpc_dot_trustgen__pb2.GossipReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Push(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/trustgen.v1.Gossip/Push',
+            trustgen_dot_rpc_dot_trustgen__pb2.SignedRequest.SerializeToString,
+            trustgen_dot_rpc_dot_trustgen__pb2.GossipReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Sync(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/trustgen.v1.Gossip/Sync',
+            trustgen_dot_rpc_dot_trustgen__pb2.SignedRequest.SerializeToString,
+            trustgen_dot_rpc_dot_trustgen__pb2.GossipReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Pull(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/trustgen.v1.Gossip/Pull',
+            trustgen_dot_rpc_dot_trustgen__pb2.SignedRequest.SerializeToString,
+            trustgen_dot_rpc_dot_trustgen__pb2.GossipReply.FromString,
             options,
             channel_credentials,
             insecure,

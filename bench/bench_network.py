@@ -1,0 +1,105 @@
+"""End-to-end cost of verified tasks on a local multi-process network.
+
+1. Baseline, measured in this run: one generation of the text task plus one prefill
+   verification of its output, in-process on the same machine.
+2. The same task submitted to the network (gateway, workers, verifiers as separate processes)
+   and followed until its certificate is checked by the client: median latency.
+   Overhead = median end-to-end / baseline - 1 (target: under 20 %).
+3. Throughput: verified tasks per second with 1, 4 and 16 concurrent clients.
+
+    python bench/bench_network.py [--tasks 12] [--max-new-tokens 256] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import tempfile
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from trustgen.consensus.identity import Identity  # noqa: E402
+from trustgen.node import cluster  # noqa: E402
+from trustgen.node.client import make_task, submit  # noqa: E402
+from trustgen.node.generate import load_engine  # noqa: E402
+from trustgen.node.params import TextParams  # noqa: E402
+from trustgen.verifier.prefill import prefill_check  # noqa: E402
+
+NET = "trustgen-local"
+
+
+async def one(gw: str, params: TextParams, verifiers: int) -> float:
+    me = Identity.generate()
+    task = make_task(me, NET, "text", "tiny-text", params.to_dict(), verifiers)
+    t0 = time.perf_counter()
+    res = await submit(gw, task, me, NET, insecure=True, timeout_s=600)
+    assert res["decision"] == "accept", res
+    return time.perf_counter() - t0
+
+
+async def clients(gw: str, n_clients: int, per_client: int, verifiers: int, tokens: int) -> float:
+    async def client(c: int) -> None:
+        for i in range(per_client):
+            await one(gw, TextParams(prompt=f"Client {c} task {i}", max_new_tokens=tokens), verifiers)
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(client(c) for c in range(n_clients)))
+    return n_clients * per_client / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--tasks", type=int, default=12)
+    ap.add_argument("--max-new-tokens", type=int, default=256)
+    ap.add_argument("--verifiers", type=int, default=3)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    params = TextParams(prompt="We", max_new_tokens=args.max_new_tokens)
+
+    engine = load_engine("tiny-text", "text", threads=1)  # the nodes run one thread each
+    out = engine.generate(params)
+    gen_t, ver_t = [], []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        out = engine.generate(params)
+        gen_t.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        assert prefill_check(engine, params, out.token_ids, 1e-3).accept
+        ver_t.append(time.perf_counter() - t0)
+    baseline = statistics.median(gen_t) + statistics.median(ver_t)
+
+    root = tempfile.mkdtemp(prefix="tg-bench-net-")
+    ready = cluster.up(root, workers=args.workers, verifiers=args.verifiers)
+    gw = ready["gateway"]["address"]
+    try:
+        asyncio.run(one(gw, params, args.verifiers))  # warm-up: first-call costs in every process
+        lat = [asyncio.run(one(gw, params, args.verifiers)) for _ in range(args.tasks)]
+        tput = {n: asyncio.run(clients(gw, n, max(1, 16 // n) if n < 16 else 1, args.verifiers, 64))
+                for n in (1, 4, 16)}
+    finally:
+        cluster.down(root)
+    med = statistics.median(lat)
+    res = {"tokens": len(out.token_ids), "generate_s": round(statistics.median(gen_t), 4),
+           "verify_s": round(statistics.median(ver_t), 4), "baseline_s": round(baseline, 4),
+           "e2e_median_s": round(med, 4), "e2e_p90_s": round(sorted(lat)[int(0.9 * (len(lat) - 1))], 4),
+           "overhead": round(med / baseline - 1, 3),
+           "tasks_per_s": {str(k): round(v, 3) for k, v in tput.items()}}
+    if args.json:
+        print(json.dumps(res))
+        return
+    print(f"text task, {res['tokens']} tokens, {args.verifiers} verifiers, {args.workers} workers")
+    print(f"baseline (generate + one prefill check): {baseline * 1e3:.0f} ms "
+          f"({res['generate_s'] * 1e3:.0f} + {res['verify_s'] * 1e3:.0f})")
+    print(f"end to end, median of {len(lat)}: {med * 1e3:.0f} ms (p90 {res['e2e_p90_s'] * 1e3:.0f} ms)")
+    print(f"network overhead at the median: {res['overhead']:+.1%} (target < 20%)")
+    for k, v in tput.items():
+        print(f"throughput with {k:>2} concurrent clients: {v:.2f} verified tasks/s (64-token tasks)")
+
+
+if __name__ == "__main__":
+    main()
