@@ -42,6 +42,8 @@ MAX_BYTES = 1 << 20  # entry bytes per push or pull reply
 SUSPECT_AFTER, DEAD_AFTER, BAN_AFTER = 1, 3, 3
 PROBE_DEAD_EVERY = 10  # rounds
 WANT_TTL_S = 2.0  # do not ask twice for one range while a push is on its way
+HOT_ROUNDS = 6  # an entry is re-announced while peers still want it, at most this many rounds
+COLD_AFTER = 2  # ... and until this many rounds in a row found no peer that lacked it
 RATE_PER_S, BURST = 200.0, 400.0
 
 
@@ -145,6 +147,8 @@ class Gossip:
         self._wanted: dict[tuple[bytes, int], float] = {}
         self._buckets: dict[bytes, _Bucket] = {}
         self._known_joins = 0
+        self._hot: dict[tuple[bytes, int], list[Any]] = {}  # (feed, seq) -> [hash, rounds left, misses]
+        self._quiet_rounds = 0
 
     # -- outgoing --------------------------------------------------------------------------------
 
@@ -171,25 +175,46 @@ class Gossip:
         return [[f, s, h] for f, s, h, _ in rows]
 
     async def round(self) -> None:
-        """One gossip round: push what is new, and every few rounds repair with one peer."""
+        """One gossip round: announce hot entries (rumour mongering with feedback: an entry stays
+        hot while some peer it is announced to still wants it); repair by anti-entropy with one
+        peer every few quiet rounds, and probe one dead peer now and then."""
         self.rounds += 1
         if self.learn_peers:
             self._learn()
-        have = self._new_entries()
+        for f, s, h in self._new_entries():
+            self._hot[(f, s)] = [h, HOT_ROUNDS, 0]
         live = self.members.live()
-        if have and live:
+        if self._hot and live:
+            have = [[f, s, v[0]] for (f, s), v in list(self._hot.items())[:MAX_ITEMS]]
             targets = self.rng.sample(live, min(self.fanout, len(live)))
-            await asyncio.gather(*(self._announce(p, have) for p in targets))
-        if self.rounds % self.sync_every == 0 and live:
+            wanted = await asyncio.gather(*(self._announce(p, have) for p in targets))
+            for f, s, _ in have:
+                entry = self._hot[(f, s)]
+                still_news = any(lo <= s <= hi for w in wanted for (wf, lo, hi) in w if wf == f)
+                entry[1] -= 1
+                entry[2] = 0 if still_news else entry[2] + 1
+                if entry[2] >= COLD_AFTER or entry[1] <= 0:
+                    del self._hot[(f, s)]
+            self._quiet_rounds = 0
+        else:
+            self._quiet_rounds += 1
+        # Anti-entropy sends every head when digests differ: keep it for quiet times, when it
+        # repairs what push missed, but run it at least every 4 * sync_every rounds regardless.
+        if live and ((self._quiet_rounds >= self.sync_every and self.rounds % self.sync_every == 0)
+                     or self.rounds % (4 * self.sync_every) == 0):
             await self._sync(self.rng.choice(live))
         if self.rounds % PROBE_DEAD_EVERY == 0 and self.members.dead():
             await self._sync(self.rng.choice(self.members.dead()))
 
-    async def _announce(self, peer: Peer, have: list[list[Any]]) -> None:
+    async def _announce(self, peer: Peer, have: list[list[Any]]) -> list[tuple[bytes, int, int]]:
+        """Announce; push what the peer wants; return the (feed, lo, hi) ranges it wanted."""
         reply = await self._call(peer, "Announce", {"have": have})
         if reply is None:
-            return
-        await self._push_ranges(peer, reply.get("want", []))
+            return []
+        wants = [tuple(w) for w in reply.get("want", []) if isinstance(w, list) and len(w) == 3
+                 and isinstance(w[0], bytes) and isinstance(w[1], int) and isinstance(w[2], int)]
+        await self._push_ranges(peer, [list(w) for w in wants])
+        return wants
 
     async def _push_ranges(self, peer: Peer, wants: Any) -> None:
         batch: list[list[bytes]] = []
