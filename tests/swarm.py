@@ -61,11 +61,16 @@ class Swarm:
         first = self.heads(ids[0])
         return all(self.heads(i) == first for i in ids[1:])
 
-    async def until_converged(self, max_rounds: int = 60, among: list[int] | None = None) -> int:
+    async def until_converged(self, max_rounds: int = 60, among: list[int] | None = None,
+                              pause_s: float = 0.0) -> int:
+        """Rounds until converged; `pause_s` between rounds lets real time pass (reconnect
+        backoff after a cut link is measured in seconds, not rounds)."""
         for r in range(max_rounds + 1):
             if self.converged(among):
                 return r
             await self.rounds()
+            if pause_s:
+                await asyncio.sleep(pause_s)
         raise AssertionError(f"not converged after {max_rounds} rounds")
 
     async def close(self) -> None:

@@ -96,7 +96,7 @@ def test_split_network_heals(tmp_path):
             assert s.heads(0) != s.heads(4)  # the halves really were apart
             for p in proxies:
                 await p.heal()
-            r = await s.until_converged(80)
+            r = await s.until_converged(100, pause_s=0.05)
             assert all(seq == 2 for seq, _ in s.heads(0).values()) and len(s.heads(0)) == 8
             return r
         finally:

@@ -71,16 +71,22 @@ def test_seed_and_prompt_change_the_image_visibly(image_engine):
 
 
 def test_prompt_colours_are_followed(image_engine):
-    # The embedded model was trained on coloured shapes: the background colour named in the
-    # prompt should dominate the image corners.
-    img = image_engine.generate(ImageParams(prompt="a small white circle on a blue background", seed=4))
-    corners = np.concatenate([img.pixels[:4, :4].reshape(-1, 3), img.pixels[-4:, -4:].reshape(-1, 3)])
-    r, g, b = corners.mean(axis=0)
-    assert b > r + 60 and b > g + 60, (r, g, b)
-    img = image_engine.generate(ImageParams(prompt="a small blue circle on a red background", seed=4))
-    corners = np.concatenate([img.pixels[:4, :4].reshape(-1, 3), img.pixels[-4:, -4:].reshape(-1, 3)])
-    r, g, b = corners.mean(axis=0)
-    assert r > g + 60 and r > b + 60, (r, g, b)
+    # The embedded model was trained briefly on coloured shapes: averaged over seeds, the
+    # background named in the prompt dominates the corners. (It is reliable for blue, red,
+    # yellow, orange and white backgrounds; see docs/decisions.md.)
+    def corners(prompt: str) -> np.ndarray:
+        out = []
+        for seed in range(4):
+            px = image_engine.generate(ImageParams(prompt=prompt, seed=seed)).pixels.astype(float)
+            out.append(np.concatenate([px[:4, :4], px[-4:, -4:], px[:4, -4:], px[-4:, :4]]).reshape(-1, 3).mean(0))
+        return np.mean(out, axis=0)
+
+    r, g, b = corners("a small circle on a blue background")
+    assert b > r + 80 and b > g + 80, (r, g, b)
+    r, g, b = corners("a small circle on a red background")
+    assert r > g + 80 and r > b + 80, (r, g, b)
+    r, g, b = corners("a small circle on a yellow background")
+    assert r > b + 80 and g > b + 80, (r, g, b)
 
 
 def test_other_sizes_and_schedulers(image_engine):

@@ -211,3 +211,25 @@ def test_worker_killed_mid_task_and_gateway_restart(tmp_path):
             assert r.ok, r.violations
     finally:
         cluster.down(root)
+
+
+def test_every_node_converges_to_the_same_ledger(net):
+    """Gossip runs in every node process: all ledgers end up with the same feed heads, and each
+    replica audits clean on its own."""
+    root, ready = net
+    run_task(ready["gateway"]["address"], "text", {"prompt": "Replicated", "max_new_tokens": 8})
+
+    def heads(name):
+        db = sqlite3.connect(f"file:{root / name / 'ledger.db'}?mode=ro", uri=True)
+        rows = db.execute("SELECT feed, MAX(seq) FROM entries GROUP BY feed").fetchall()
+        db.close()
+        return dict(rows)
+
+    names = list(ready)
+    wait_for(lambda: all(heads(n) == heads("gateway") for n in names), timeout=60, what="ledger convergence")
+    assert len(heads("verifier-2")) == len(names)  # every node's feed, everywhere
+    for n in names:
+        for r in audit_path(root / n):
+            assert r.ok, (n, r.violations)
+            if n != "gateway":
+                assert r.tasks_checked >= 1  # certificates re-checked on a replica
