@@ -28,6 +28,10 @@ from trustgen.verifier.fingerprints import image_fingerprint, text_fingerprint  
 from trustgen.verifier.prefill import prefill_check  # noqa: E402
 
 
+PROMPTS = ["We", "In this paper", "Decentralized training", "The gossip", "Verifiable", "Language models",
+           "Byzantine", "Our method", "Federated learning", "Consensus"]
+
+
 def best_of(fn, n: int = 3) -> float:
     ts = []
     for _ in range(n):
@@ -56,10 +60,15 @@ def main() -> None:
     res["hamming_speedup_vs_naive"] = t_naive / t_near
 
     text = load_engine("tiny-text", "text")
-    for mode, p in (("greedy", TextParams(prompt="We", max_new_tokens=256)),
-                    ("sample", TextParams(prompt="We", max_new_tokens=256, decoding="sample", seed=3))):
-        out = text.generate(p)
-        assert len(out.token_ids) == 256, "the bench needs 256 generated tokens"
+    for mode in ("greedy", "sample"):
+        # The first prompt whose output runs the full 256 tokens (no early end-of-sequence).
+        for prompt in PROMPTS:
+            p = TextParams(prompt=prompt, max_new_tokens=256, decoding=mode, seed=3)
+            out = text.generate(p)
+            if len(out.token_ids) == 256:
+                break
+        else:
+            raise SystemExit("no prompt generated 256 tokens")
         t_gen = statistics.median(best_of(lambda: text.generate(p), 1) for _ in range(3))
         t_pre = best_of(lambda: prefill_check(text, p, out.token_ids, 1e-3), 5)
         assert prefill_check(text, p, out.token_ids, 1e-3).accept

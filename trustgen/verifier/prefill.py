@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 
 from trustgen.node.params import TextParams
-from trustgen.node.sampling import sample_scores
+from trustgen.node.sampling import sample_scores_rows
 from trustgen.node.text_engine import TextEngine
 from trustgen.verifier.fingerprints import text_fingerprint
 from trustgen.verifier.vote import VoteValue, reject
@@ -63,10 +63,9 @@ def prefill_check(engine: TextEngine, p: TextParams, tokens: list[int], tol: flo
         gaps = logits.max(dim=-1).values - logits.gather(1, claimed[:, None])[:, 0]
         return _verdict(gaps.double(), tol, fp, "token is not the argmax")
     if p.decoding == "sample":
-        gaps = torch.empty(len(tokens), dtype=torch.float64)
-        for i, t in enumerate(tokens):
-            s = sample_scores(logits[i], p.seed, i, p.temperature, p.top_k, p.top_p)
-            gaps[i] = s.max() - s[t]  # +inf when the token was filtered out (top-k / top-p)
+        s = sample_scores_rows(logits, p.seed, p.temperature, p.top_k, p.top_p)
+        # +inf where the claimed token was filtered out (top-k / top-p)
+        gaps = s.max(dim=-1).values - s.gather(1, claimed[:, None])[:, 0]
         return _verdict(gaps, tol / p.temperature, fp, "token is not the seeded sample")
     logprobs = torch.log_softmax(logits.double(), dim=-1)
     chosen = logprobs.gather(1, claimed[:, None])[:, 0]
