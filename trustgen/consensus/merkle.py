@@ -113,3 +113,59 @@ def verify_consistency(old_size: int, new_size: int, old_root: bytes, new_root: 
         fn >>= 1
         sn >>= 1
     return sn == 0 and fr == old_root and sr == new_root
+
+
+class Tree:
+    """A tree built once (bottom-up; an odd last node is carried up, as RFC 6962's split
+    implies), answering root and inclusion proofs in O(log n)."""
+
+    def __init__(self, leaves: list[bytes]) -> None:
+        self.levels = [list(leaves)]
+        while len(self.levels[-1]) > 1:
+            lv = self.levels[-1]
+            nxt = [node_hash(lv[i], lv[i + 1]) for i in range(0, len(lv) - 1, 2)]
+            if len(lv) % 2:
+                nxt.append(lv[-1])
+            self.levels.append(nxt)
+
+    @property
+    def root(self) -> bytes:
+        return self.levels[-1][0] if self.levels[0] else EMPTY_ROOT
+
+    def inclusion_proof(self, index: int) -> list[bytes]:
+        if not 0 <= index < len(self.levels[0]):
+            raise ValueError("leaf index out of range")
+        proof = []
+        for lv in self.levels[:-1]:
+            sib = index ^ 1
+            if sib < len(lv):
+                proof.append(lv[sib])
+            index //= 2
+        return proof
+
+
+def roots_at(leaves: list[bytes], sizes: list[int]) -> dict[int, bytes]:
+    """Roots of the prefixes of `leaves` of each requested size, in one pass (compact range:
+    the peaks of complete subtrees, folded right to left)."""
+    want = sorted(set(s for s in sizes if 0 <= s <= len(leaves)))
+    out: dict[int, bytes] = {}
+    peaks: list[tuple[int, bytes]] = []  # (height, hash)
+    wi = 0
+    for n in range(len(leaves) + 1):
+        while wi < len(want) and want[wi] == n:
+            if not peaks:
+                out[n] = EMPTY_ROOT
+            else:
+                acc = peaks[-1][1]
+                for _, h in reversed(peaks[:-1]):
+                    acc = node_hash(h, acc)
+                out[n] = acc
+            wi += 1
+        if n == len(leaves):
+            break
+        height, h = 0, leaves[n]
+        while peaks and peaks[-1][0] == height:
+            h = node_hash(peaks.pop()[1], h)
+            height += 1
+        peaks.append((height, h))
+    return out
