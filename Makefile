@@ -12,10 +12,14 @@ install:
 	$(PIP) install -q -e '.[test]'
 
 demo: install
-	trustgen demo
+	$(PY) -m trustgen.cli demo
 
 test: install
 	$(PY) -m pytest -q -p no:cacheprovider
 
 bench: install
 	for f in bench/bench_*.py; do $(PY) $$f || exit 1; done
+
+# Regenerate trustgen/rpc from proto/ (the test suite fails when they drift apart).
+protos:
+	$(PY) scripts/gen_protos.py

@@ -13,12 +13,15 @@ def test_majority_error_and_threshold_choice():
 def test_image_calibration_separates_honest_from_dishonest(tmp_path):
     rep = calibrate_image(samples=3, steps=12)
     files = write_report(rep, tmp_path)
-    assert rep["honest_pairs"] == 12 and rep["dishonest_pairs"] == 15
+    assert rep["honest_pairs"] == 12 and rep["dishonest_pairs"] == 18
     for kind in ("bfloat16", "threads", "weight_noise_1e-4", "scheduler_impl", "other_seed",
-                 "other_prompt", "other_model", "fewer_steps", "quantised_model"):
+                 "other_prompt", "other_model", "fewer_steps", "quantised_model", "other_scheduler"):
         assert len(rep["pairs"][kind]["values"]) == 3
     assert max(rep["pairs"]["threads"]["values"]) == 0  # same pixels: thread count does not matter here
-    assert rep["rates"]["false_accept"] <= 0.2
+    assert max(rep["pairs"]["scheduler_impl"]["values"]) == 0  # float64 DDIM: same pixels
+    assert rep["per_kind_accept_rate"]["other_seed"] == 0.0
+    assert rep["per_kind_accept_rate"]["other_scheduler"] == 0.0
+    assert rep["rates"]["false_reject"] == 0.0
     saved = json.loads(open(files["json"]).read())
     assert saved["threshold"] == rep["threshold"]
     assert open(files["png"], "rb").read(8) == b"\x89PNG\r\n\x1a\n"

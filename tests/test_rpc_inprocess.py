@@ -24,10 +24,11 @@ NET = "trustgen-local"
 
 
 class InProcessNode:
-    def __init__(self, tmp_path, roles=("gateway",)) -> None:
+    def __init__(self, tmp_path, roles=("gateway",), **settings) -> None:
         d = tmp_path / "gw"
         Identity.generate().save(d)
-        self.cfg = NodeConfig(name="gw", data_dir=d, roles=list(roles), insecure=True, metrics_port=-1)
+        settings.setdefault("insecure", True)
+        self.cfg = NodeConfig(name="gw", data_dir=d, roles=list(roles), metrics_port=-1, **settings)
         self.loop = asyncio.new_event_loop()
         self.node = None
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -147,3 +148,33 @@ def test_health_and_reflection(gw):
     replies = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5)
     names = {s.name for r in replies for s in r.list_services_response.service}
     assert {"trustgen.v1.Gateway", "trustgen.v1.Node", "grpc.health.v1.Health"} <= names
+
+
+def test_tls_when_configured_and_plaintext_only_when_asked(tmp_path):
+    import subprocess
+
+    from trustgen.errors import UsageError
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key),
+                    "-out", str(cert), "-days", "1", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"], check=True, capture_output=True)
+    with pytest.raises(UsageError, match="insecure"):
+        NodeConfig(name="x", data_dir=tmp_path / "x", roles=["gateway"])  # neither TLS nor insecure
+    node = InProcessNode(tmp_path, insecure=False, tls_cert=str(cert), tls_key=str(key))
+    node.thread.start()
+    deadline = time.monotonic() + 20
+    while (node.node is None or not node.node.address) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    try:
+        creds = grpc.ssl_channel_credentials(cert.read_bytes())
+        with grpc.secure_channel(node.node.address, creds) as ch:
+            info = rpc.NodeStub(ch).Info(pb.InfoRequest(), timeout=10)
+            assert info.roles == ["gateway"]
+        with grpc.insecure_channel(node.node.address) as ch:
+            with pytest.raises(grpc.RpcError) as e:
+                rpc.NodeStub(ch).Info(pb.InfoRequest(), timeout=5)
+            assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        node.loop.call_soon_threadsafe(node.node._stop.set)
+        node.thread.join(10)

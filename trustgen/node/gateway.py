@@ -171,7 +171,7 @@ class GatewayRole:
         st.certificate, st.votes, st.decision = cert, votes, cert.body["decision"]
         if st.result is not None and st.result.id == cert.body["result_id"]:
             png_digest = st.result.body["output"].get("png_digest", "")
-            st.output = self.blobs.get(png_digest) or b"" if png_digest else b""
+            st.output = (self.blobs.get(png_digest) or b"") if png_digest else b""
         st.update("final", "accepted by majority")
 
     def _spawn(self, st: TaskState) -> None:

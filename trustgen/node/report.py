@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pathlib
+
 from rich.console import Console
 from rich.table import Table
 
@@ -13,7 +15,9 @@ def print_audit(console: Console, reports: list[AuditReport]) -> None:
     for col in ("ledger", "network", "feeds", "entries", "tasks", "commitments", "equivocations", "violations"):
         table.add_column(col)
     for r in reports:
-        table.add_row(r.path, r.network, str(r.feeds), str(r.entries), str(r.tasks_checked),
+        path = pathlib.Path(r.path)
+        name = path.parent.name if path.name == "ledger.db" else path.name
+        table.add_row(name, r.network, str(r.feeds), str(r.entries), str(r.tasks_checked),
                       str(r.commitments_checked), str(len(r.equivocations)),
                       "[green]0[/]" if r.ok else f"[red]{len(r.violations)}[/]")
     console.print(table)

@@ -55,7 +55,7 @@ class VerifierRole:
             except (OSError, ValueError):
                 return reject("phash", "image is not a PNG"), {}
             vote = verify_image(claimed, pixels=pixels, engine=engine)
-            fp = image_fingerprint(pixels)
+            fp = image_fingerprint(pixels, "phash")  # the history index keeps 64-bit hashes
         return vote, fp
 
     def _check_and_record(self, task: Signed, result: Signed, png: bytes) -> VoteValue:

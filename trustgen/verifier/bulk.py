@@ -42,14 +42,10 @@ def _run(fn, nq: int, threads: int | None) -> None:
         list(pool.map(lambda t: fn(*t), tiles))
 
 
-def nearest(queries: np.ndarray, db: np.ndarray, threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """For each query, the minimum Hamming distance to `db` and the index where it occurs
-    (lowest index on ties)."""
-    q, d = as_hashes(queries), as_hashes(db)
+def _scan(q: np.ndarray, d: np.ndarray, threads: int | None, on_tile) -> None:
+    """Call on_tile(a, s, counts) for every tile: counts[i, j] = popcount(q[a + i] ^ d[s + j])."""
     if len(d) == 0:
-        raise ValueError("empty database")
-    best = np.full(len(q), 255, dtype=np.uint8)
-    where = np.zeros(len(q), dtype=np.int64)
+        return
 
     def work(a: int, b: int) -> None:
         x = np.empty((b - a, min(D_TILE, len(d))), dtype=np.uint64)
@@ -59,14 +55,28 @@ def nearest(queries: np.ndarray, db: np.ndarray, threads: int | None = None) -> 
             xs, cs = x[:, :len(chunk)], c[:, :len(chunk)]
             np.bitwise_xor(q[a:b, None], chunk[None, :], out=xs)
             np.bitwise_count(xs, out=cs)
-            m = cs.min(axis=1)
-            better = m < best[a:b]
-            if better.any():
-                rows = np.nonzero(better)[0]
-                best[a + rows] = m[rows]
-                where[a + rows] = s + cs[rows].argmin(axis=1)
+            on_tile(a, s, cs)
 
     _run(work, len(q), threads)
+
+
+def nearest(queries: np.ndarray, db: np.ndarray, threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """For each query, the minimum Hamming distance to `db` and the index where it occurs
+    (lowest index on ties)."""
+    q, d = as_hashes(queries), as_hashes(db)
+    if len(d) == 0:
+        raise ValueError("empty database")
+    best = np.full(len(q), 255, dtype=np.uint8)
+    where = np.zeros(len(q), dtype=np.int64)
+
+    def tile(a: int, s: int, cs: np.ndarray) -> None:  # tiles of one query block run in order
+        m = cs.min(axis=1)
+        rows = np.nonzero(m < best[a:a + len(m)])[0]
+        if len(rows):
+            best[a + rows] = m[rows]
+            where[a + rows] = s + cs[rows].argmin(axis=1)
+
+    _scan(q, d, threads, tile)
     return best, where
 
 
@@ -75,22 +85,15 @@ def within(queries: np.ndarray, db: np.ndarray, threshold: int, threads: int | N
     q, d = as_hashes(queries), as_hashes(db)
     found: list[np.ndarray] = []
 
-    def work(a: int, b: int) -> None:
-        x = np.empty((b - a, min(D_TILE, max(len(d), 1))), dtype=np.uint64)
-        c = np.empty(x.shape, dtype=np.uint8)
-        for s in range(0, len(d), D_TILE):
-            chunk = d[s:s + D_TILE]
-            xs, cs = x[:, :len(chunk)], c[:, :len(chunk)]
-            np.bitwise_xor(q[a:b, None], chunk[None, :], out=xs)
-            np.bitwise_count(xs, out=cs)
-            # Matches are rare: a row minimum first, the full scan only of rows that match.
-            rows = np.nonzero(cs.min(axis=1) <= threshold)[0]
-            if len(rows):
-                ri, di = np.nonzero(cs[rows] <= threshold)
-                qi = rows[ri]
-                found.append(np.stack([qi + a, di + s, cs[qi, di].astype(np.int64)], axis=1))
+    def tile(a: int, s: int, cs: np.ndarray) -> None:
+        # Matches are rare: a row minimum first, the full scan only of rows that match.
+        rows = np.nonzero(cs.min(axis=1) <= threshold)[0]
+        if len(rows):
+            ri, di = np.nonzero(cs[rows] <= threshold)
+            qi = rows[ri]
+            found.append(np.stack([qi + a, di + s, cs[qi, di].astype(np.int64)], axis=1))
 
-    _run(work, len(q), threads)
+    _scan(q, d, threads, tile)
     if not found:
         return np.zeros((0, 3), dtype=np.int64)
     out = np.concatenate(found)

@@ -116,7 +116,30 @@ def histogram_png(path: pathlib.Path, honest: list[float], dishonest: list[float
     img.save(path)
 
 
-def calibrate_image(samples: int, model: str = "tiny-image", steps: int = 20, seed: int = 0) -> dict[str, Any]:
+def _ddim_float64(engine: Any) -> Any:
+    """The same DDIM update rule computed by another implementation: diffusers' DDIM with its
+    schedule tables held in float64 instead of float32. It should not change the picture."""
+    import diffusers
+
+    class DDIM64(diffusers.DDIMScheduler):
+        def set_timesteps(self, *a: Any, **k: Any) -> None:
+            super().set_timesteps(*a, **k)
+            self.alphas_cumprod = self.alphas_cumprod.double()
+            self.final_alpha_cumprod = torch.as_tensor(self.final_alpha_cumprod, dtype=torch.float64)
+
+        def step(self, model_output: torch.Tensor, timestep: Any, sample: torch.Tensor, *a: Any, **k: Any) -> Any:
+            out = super().step(model_output.double(), timestep, sample.double(), *a, **k)
+            out.prev_sample = out.prev_sample.to(sample.dtype)
+            return out
+
+    alt = copy.copy(engine)
+    alt.pipe = copy.copy(engine.pipe)
+    alt._set_scheduler = lambda name: setattr(alt.pipe, "scheduler", DDIM64.from_config(engine._base_scheduler_config))
+    return alt
+
+
+def calibrate_image(samples: int, model: str = "tiny-image", steps: int = 20, seed: int = 0,
+                    algo: str = "phash_rgb") -> dict[str, Any]:
     rng = random.Random(seed)
     fp32 = load_engine(model, "image")
     bf16 = load_engine(model, "image", dtype="bfloat16")
@@ -126,9 +149,10 @@ def calibrate_image(samples: int, model: str = "tiny-image", steps: int = 20, se
     other.pipe.unet = _perturbed(fp32.pipe.unet, 0.3, 2)
     quant = load_engine(model, "image")
     quant.pipe.unet = _quantised(fp32.pipe.unet)
+    ddim64 = _ddim_float64(fp32)
 
     def fp(engine, p: ImageParams) -> dict:
-        return image_fingerprint(engine.generate(p).pixels)
+        return image_fingerprint(engine.generate(p).pixels, algo)
 
     dist: dict[str, list[float]] = defaultdict(list)
     honest_kinds = ["bfloat16", "threads", "weight_noise_1e-4", "scheduler_impl"]
@@ -140,9 +164,9 @@ def calibrate_image(samples: int, model: str = "tiny-image", steps: int = 20, se
         dist["bfloat16"].append(distance(ref, fp(bf16, p)))
         dist["threads"].append(distance(ref, _with_threads(1, lambda: fp(fp32, p))))
         dist["weight_noise_1e-4"].append(distance(ref, fp(noisy, p)))
-        # DDPM's and DDIM's update rules coincide at eta=0 on the same timesteps only in the
-        # limit; "euler" integrates the same probability-flow ODE: the same picture, other steps.
-        dist["scheduler_impl"].append(distance(ref, fp(fp32, ImageParams(**{**p.to_dict(), "scheduler": "euler"}))))
+        dist["scheduler_impl"].append(distance(ref, fp(ddim64, p)))
+        # A worker that ignores the task's sampler (Euler instead of DDIM) is cheating.
+        dist["other_scheduler"].append(distance(ref, fp(fp32, ImageParams(**{**p.to_dict(), "scheduler": "euler"}))))
         fg2 = rng.choice([c for c in COLORS if c != fg])
         dist["other_seed"].append(distance(ref, fp(fp32, ImageParams(**{**p.to_dict(), "seed": p.seed + 1}))))
         dist["other_prompt"].append(distance(ref, fp(fp32, ImageParams(**{**p.to_dict(), "prompt": prompt.replace(fg, fg2, 1)}))))
@@ -151,9 +175,12 @@ def calibrate_image(samples: int, model: str = "tiny-image", steps: int = 20, se
         dist["quantised_model"].append(distance(ref, fp(quant, p)))
     honest = [d for k in honest_kinds for d in dist[k]]
     dishonest = [d for k, v in dist.items() if k not in honest_kinds for d in v]
-    threshold = choose_threshold(honest, dishonest, 64)
-    return _report("image", "phash-64 Hamming bits", samples, dist, honest_kinds, honest, dishonest,
-                   threshold, 64)
+    bits = ref["bits"]
+    threshold = choose_threshold(honest, dishonest, bits)
+    rep = _report("image", f"{algo} Hamming bits ({bits})", samples, dist, honest_kinds, honest, dishonest,
+                  threshold, bits)
+    rep["per_kind_accept_rate"] = {k: sum(d <= threshold for d in v) / len(v) for k, v in dist.items()}
+    return rep
 
 
 def _alter(tokens: list[int], vocab: int, rng: random.Random) -> list[int]:
@@ -250,7 +277,7 @@ def write_report(rep: dict[str, Any], out: pathlib.Path) -> dict[str, str]:
     dishonest = [v for k in rep["pairs"].values() if not k["honest"] for v in k["values"]]
     png = out / f"calibration-{rep['kind']}.png"
     if rep["kind"] == "image":
-        histogram_png(png, honest, dishonest, rep["threshold"], 64, "pHash distance")
+        histogram_png(png, honest, dishonest, rep["threshold"], min(rep["max_bits"], 96), rep["measure"])
     else:
         # Text: plot gaps in units of 0.01 logits; rejected pairs land in the last bin.
         def scale(v): return 50 if v is None else min(50, int(v * 100))

@@ -21,7 +21,15 @@ from PIL import Image
 from trustgen.errors import TrustgenError
 from trustgen.node.outputs import text_digest
 
-IMAGE_ALGOS = {"phash": imagehash.phash, "dhash": imagehash.dhash, "whash": imagehash.whash}
+def _phash_rgb(img: Image.Image, hash_size: int = 8) -> str:
+    """pHash of each colour channel, concatenated: a grayscale hash cannot see a change of
+    colour at equal brightness (a red circle for a green one)."""
+    return "".join(str(imagehash.phash(ch, hash_size=hash_size)) for ch in img.convert("RGB").split())
+
+
+IMAGE_ALGOS = {"phash": imagehash.phash, "dhash": imagehash.dhash, "whash": imagehash.whash,
+               "phash_rgb": _phash_rgb}
+_CHANNELS = {"phash_rgb": 3}
 IMAGE_LIB = f"imagehash-{imagehash.__version__}/pillow-{PIL.__version__.split('.')[0]}"
 MINHASH_SCHEME = "affine64"
 MINHASH_HASHFUNC = "sha256-64le"
@@ -36,8 +44,8 @@ def image_fingerprint(pixels: np.ndarray, algo: str = "phash", hash_size: int = 
     if algo not in IMAGE_ALGOS:
         raise FingerprintError(f"unknown image hash {algo!r}; choose one of {', '.join(IMAGE_ALGOS)}")
     h = IMAGE_ALGOS[algo](Image.fromarray(pixels), hash_size=hash_size)
-    return {"kind": "image", "algo": algo, "bits": hash_size * hash_size, "hash": str(h),
-            "lib": IMAGE_LIB}
+    return {"kind": "image", "algo": algo, "bits": hash_size * hash_size * _CHANNELS.get(algo, 1),
+            "hash": str(h), "lib": IMAGE_LIB}
 
 
 def _hash64(b: bytes) -> int:

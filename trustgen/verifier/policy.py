@@ -8,7 +8,8 @@ from __future__ import annotations
 PREFILL_TOL_SAME_DTYPE = 1e-3
 # Claimed under another dtype (a bfloat16/float16 worker checked by a float32 verifier).
 PREFILL_TOL_CROSS_DTYPE = 0.25
-# Images: maximum pHash (64-bit) Hamming distance between the claimed and the re-generated image.
+# Images: maximum Hamming distance between the per-channel pHashes (3 x 64 bits, "phash_rgb")
+# of the claimed and the re-generated image.
 PHASH_THRESHOLD = 10
 
 

@@ -27,7 +27,7 @@ def regenerate_text(engine, p: TextParams, tokens: list[int]) -> VoteValue:
 
 
 def regenerate_image(engine, p: ImageParams, pixels: np.ndarray, threshold: float,
-                     algo: str = "phash") -> VoteValue:
+                     algo: str = "phash_rgb") -> VoteValue:
     own = engine.generate(p).pixels
     fp = image_fingerprint(own, algo)
     if pixels.shape != own.shape:
