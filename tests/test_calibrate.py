@@ -7,7 +7,8 @@ from trustgen.verifier.calibrate import calibrate_image, choose_threshold, major
 def test_majority_error_and_threshold_choice():
     assert majority_error(0.0) == 0.0 and majority_error(1.0) == 1.0
     assert abs(majority_error(0.1) - (3 * 0.01 * 0.9 + 0.001)) < 1e-12
-    assert choose_threshold([0, 1, 2], [10, 12, 30], 64) == 6.0  # midpoint of the clean gap 2..9
+    assert choose_threshold([0, 1, 2], [10, 12, 30], 64) == 4.0  # largest honest + 2-bit margin
+    assert choose_threshold([0, 8, 12], [1, 40], 64) == 15.0  # + a quarter of it; overlap reported, not chased
 
 
 def test_image_calibration_separates_honest_from_dishonest(tmp_path):

@@ -14,7 +14,7 @@ def test_honest_image_is_accepted_bit_identical(image_engine):
     pixels = image_engine.generate(P).pixels
     v = regenerate_image(image_engine, P, pixels, PHASH_THRESHOLD)
     assert v.accept and v.distance == 0 and "bit-identical" in v.reason
-    assert v.fingerprint["algo"] == "phash" and v.fingerprint["bits"] == 64
+    assert v.fingerprint["algo"] == "phash_rgb" and v.fingerprint["bits"] == 192
 
 
 def test_small_pixel_noise_is_tolerated(image_engine):

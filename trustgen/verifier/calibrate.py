@@ -78,17 +78,14 @@ def _rates(honest: list[float], dishonest: list[float], threshold: float) -> dic
 
 
 def choose_threshold(honest: list[float], dishonest: list[float], max_bits: int) -> float:
-    """The threshold with the fewest errors (false rejects weigh as much as false accepts);
-    among equals, the midpoint of the widest gap, so both sides keep a margin."""
-    best, best_t = None, 0
-    for t in range(max_bits + 1):
-        r = _rates(honest, dishonest, t)
-        err = r["false_reject"] + r["false_accept"]
-        if best is None or err < best - 1e-12:
-            best, best_t = err, [t]
-        elif abs(err - best) <= 1e-12:
-            best_t.append(t)
-    return float(best_t[len(best_t) // 2])
+    """Accept every honest reproduction seen, with a margin (a quarter of the largest honest
+    distance, at least 2 bits) for profiles calibration did not cover. False accepts are then
+    reported per class: a class whose outputs really are the same images (a model that ignores
+    a prompt word, a near-lossless quantisation) cannot be separated by any output comparison,
+    and must not push honest workers into rejection."""
+    top = max(honest, default=0.0)
+    t = top + max(2.0, math.ceil(0.25 * top))
+    return float(min(t, max_bits))
 
 
 def histogram_png(path: pathlib.Path, honest: list[float], dishonest: list[float], threshold: float,
