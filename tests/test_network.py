@@ -233,3 +233,36 @@ def test_every_node_converges_to_the_same_ledger(net):
             assert r.ok, (n, r.violations)
             if n != "gateway":
                 assert r.tasks_checked >= 1  # certificates re-checked on a replica
+
+
+def test_verifier_rebuilds_its_history_from_the_replicated_ledger(net, tmp_path):
+    """A verifier's replay index is derived state: rebuilt from the certificates that gossip
+    brought into its ledger, it holds the accepted text outputs."""
+    import shutil
+
+    from trustgen.consensus.ledger import Ledger
+    from trustgen.node.blobs import BlobStore
+    from trustgen.node.verifier_role import VerifierRole
+
+    root, ready = net
+    task, out = run_task(ready["gateway"]["address"], "text", {"prompt": "History", "max_new_tokens": 8})
+    replica = root / "verifier-1" / "ledger.db"
+
+    def has_certificate() -> bool:
+        db = sqlite3.connect(f"file:{replica}?mode=ro", uri=True)
+        try:
+            es = [parse_entry(p, s, NET) for p, s in db.execute("SELECT payload, sig FROM entries WHERE type='TaskFinalized'")]
+        finally:
+            db.close()
+        return any(open_wire(e.body["certificate"], "Certificate", NET).body["task_id"] == task.id for e in es)
+
+    wait_for(has_certificate, what="the certificate to reach verifier-1 by gossip")
+    for suffix in ("", "-wal", "-shm"):  # a consistent copy: the node keeps writing its own
+        src = root / "verifier-1" / f"ledger.db{suffix}"
+        if src.exists():
+            shutil.copy(src, tmp_path / f"ledger.db{suffix}")
+    role = VerifierRole(Identity.generate(), NET, engines=None)
+    n = role.rebuild_history(Ledger(tmp_path / "ledger.db", NET), BlobStore(root / "verifier-1" / "blobs"))
+    assert n >= 1 and task.id.hex() in role.history._text
+    replay = role.history.find_replay("another-task", role.history._text[task.id.hex()])
+    assert replay is not None and replay.earlier_task == task.id.hex()

@@ -130,6 +130,7 @@ def test_join_refuses_foreign_feeds_and_false_addresses(gw, tmp_path):
     e2 = other.append("NodeJoined", {"address": "127.0.0.1:1", "roles": ["worker"]})
     req = make_request(node, NET, "/trustgen.v1.Gateway/Join", {"entries": [[e2.payload, e2.sig]]})
     assert code_of(stub.Join, req) == grpc.StatusCode.PERMISSION_DENIED  # someone else's feed
+    assert gw.node.ledger.head(ident(45).public_key)[0] == 0  # and nothing of it was stored
     req = make_request(node, NET, "/trustgen.v1.Gateway/Join", {"entries": [[b"x", b"y"]]})
     assert code_of(stub.Join, req) == grpc.StatusCode.INVALID_ARGUMENT
     unreachable = Ledger(tmp_path / "u.db", NET, ident(46))

@@ -86,6 +86,8 @@ class Node:
 
             self.verifier = VerifierRole(self.identity, cfg.network, self.engines,
                                          cfg.adversary if cfg.adversary == "lie" else "", self.metrics)
+            log.info("history index: %d accepted outputs from the ledger",
+                     self.verifier.rebuild_history(self.ledger, self.blobs))
         if "gateway" in cfg.roles:
             from trustgen.node.gateway import GatewayRole
 

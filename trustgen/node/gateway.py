@@ -23,7 +23,7 @@ import grpc
 from trustgen.consensus.assignment import effective_verifiers, rank
 from trustgen.consensus.finality import certify
 from trustgen.consensus.identity import Identity
-from trustgen.consensus.ledger import IngestError, Ledger
+from trustgen.consensus.ledger import IngestError, Ledger, parse_entry
 from trustgen.consensus.messages import MessageError, Signed, open_wire
 from trustgen.consensus.reputation import reputation
 from trustgen.errors import UsageError
@@ -109,12 +109,15 @@ class GatewayRole:
             if not (isinstance(item, list) and len(item) == 2 and all(isinstance(x, bytes) for x in item)):
                 raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, "entries are [payload, signature] pairs")
             try:
+                entry = parse_entry(item[0], item[1], self.network)
+            except MessageError as e:
+                raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, f"entry refused: {e}") from None
+            if entry.feed != sender:  # checked before anything is stored
+                raise RpcError(grpc.StatusCode.PERMISSION_DENIED, "a node may only join with its own feed")
+            try:
                 self.ledger.ingest(item[0], item[1])
             except IngestError as e:
                 raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, f"entry refused ({e.code}): {e}") from None
-            entry = self.ledger.get(sender, self.ledger.head(sender)[0])
-            if entry is None or entry.feed != sender:
-                raise RpcError(grpc.StatusCode.PERMISSION_DENIED, "a node may only join with its own feed")
             if entry.type == "NodeJoined":
                 joined = entry
         if joined is None:

@@ -16,7 +16,8 @@ from trustgen.consensus.identity import Identity
 from trustgen.consensus.messages import MessageError, Signed, open_wire, sign
 from trustgen.errors import ModelError, UsageError
 from trustgen.node.auth import RpcError
-from trustgen.node.blobs import blob_digest
+from trustgen.consensus.ledger import Ledger
+from trustgen.node.blobs import BlobStore, blob_digest
 from trustgen.node.engines import Engines, task_params
 from trustgen.node.outputs import read_png
 from trustgen.verifier.fingerprints import image_fingerprint, text_fingerprint
@@ -34,6 +35,32 @@ class VerifierRole:
         self.adversary, self.metrics = adversary, metrics
         self.gateways: set[bytes] = set()
         self.history = HistoryIndex()
+
+    def rebuild_history(self, ledger: Ledger, blobs: BlobStore) -> int:
+        """Index the outputs of every result finalised as accepted in the ledger (gossip brings
+        the gateway's certificates here). Returns how many were indexed."""
+        results: dict[bytes, Signed] = {}
+        added = 0
+        for e in ledger.iter_entries():
+            try:
+                if e.type == "ResultCommitted":
+                    r = open_wire(e.body["result"], "Result", self.network)
+                    results[r.id] = r
+                elif e.type == "TaskFinalized":
+                    c = open_wire(e.body["certificate"], "Certificate", self.network).body
+                    r = results.get(c["result_id"])
+                    if c["decision"] != "accept" or r is None:
+                        continue
+                    out = r.body["output"]
+                    if isinstance(out.get("token_ids"), list) and out["token_ids"]:
+                        self.history.add(c["task_id"].hex(), text_fingerprint(out["token_ids"]))
+                        added += 1
+                    elif (png := blobs.get(str(out.get("png_digest", "")))) is not None:
+                        self.history.add(c["task_id"].hex(), image_fingerprint(read_png(png), "phash"))
+                        added += 1
+            except (MessageError, ValueError, TypeError, KeyError):
+                continue  # a malformed entry is the audit's business, not the index's
+        return added
 
     def _check(self, task: Signed, result: Signed, png: bytes) -> tuple[VoteValue, dict]:
         kind = task.body["kind"]

@@ -5,8 +5,8 @@ estimated Jaccard similarity. Images: an exact linear scan of all accepted 64-bi
 hashes with the bulk Hamming kernel (about 10^9 comparisons/s: a million stored images cost ~1 ms
 a query, simpler and exact compared with multi-index hashing at this scale).
 
-The index holds no state of its own that matters: a node rebuilds it from the accepted results
-in its ledger at start.
+The index holds no state of its own that matters: a verifier node rebuilds it at start from the
+results its ledger shows as accepted (`VerifierRole.rebuild_history`).
 """
 
 from __future__ import annotations
