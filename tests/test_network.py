@@ -220,10 +220,7 @@ def test_every_node_converges_to_the_same_ledger(net):
     run_task(ready["gateway"]["address"], "text", {"prompt": "Replicated", "max_new_tokens": 8})
 
     def heads(name):
-        db = sqlite3.connect(f"file:{root / name / 'ledger.db'}?mode=ro", uri=True)
-        rows = db.execute("SELECT feed, MAX(seq) FROM entries GROUP BY feed").fetchall()
-        db.close()
-        return dict(rows)
+        return cluster.ledger_heads(root / name)
 
     names = list(ready)
     wait_for(lambda: all(heads(n) == heads("gateway") for n in names), timeout=60, what="ledger convergence")
@@ -266,3 +263,14 @@ def test_verifier_rebuilds_its_history_from_the_replicated_ledger(net, tmp_path)
     assert n >= 1 and task.id.hex() in role.history._text
     replay = role.history.find_replay("another-task", role.history._text[task.id.hex()])
     assert replay is not None and replay.earlier_task == task.id.hex()
+
+
+def test_demo_is_the_main_job(tmp_path):
+    res = run_cli("demo", "--json", "--dir", str(tmp_path / "demo"), timeout=240)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    report = json.loads(res.stdout)
+    assert report["ok"] and report["replicated_s"] is not None
+    assert [t["decision"] for t in report["tasks"]] == ["accept", "accept"]
+    assert len(report["audit"]) == 7 and all(a["ok"] for a in report["audit"])
+    assert len({a["entries"] for a in report["audit"]}) == 1  # every replica holds the same ledger
+    assert not any(s["running"] for s in cluster.status(tmp_path / "demo"))  # and it cleaned up

@@ -170,3 +170,26 @@ def down(root: pathlib.Path, timeout: float = 15.0) -> int:
         if _alive(p):
             os.kill(p, signal.SIGKILL)
     return len(pids)
+
+
+def ledger_heads(node_dir: pathlib.Path) -> dict[bytes, int]:
+    """A running node's feed heads, read from its ledger file without disturbing it."""
+    import sqlite3
+
+    db = sqlite3.connect(f"file:{pathlib.Path(node_dir) / 'ledger.db'}?mode=ro", uri=True)
+    try:
+        return dict(db.execute("SELECT feed, MAX(seq) FROM entries GROUP BY feed").fetchall())
+    finally:
+        db.close()
+
+
+def wait_replicated(root: pathlib.Path, timeout: float = 20.0) -> float | None:
+    """Seconds until every node's ledger has the same heads (gossip), or None on timeout."""
+    t0 = time.monotonic()
+    dirs = node_dirs(root)
+    while time.monotonic() - t0 < timeout:
+        heads = [ledger_heads(d) for d in dirs]
+        if all(h == heads[0] for h in heads[1:]):
+            return time.monotonic() - t0
+        time.sleep(0.2)
+    return None

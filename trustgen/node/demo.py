@@ -55,13 +55,18 @@ def run_demo(console: Console, as_json: bool, workers: int = 3, verifiers: int =
         for res in results:
             if not as_json:
                 print_task(console, res)
+        replicated = cluster.wait_replicated(root)
+        report["replicated_s"] = None if replicated is None else round(replicated, 2)
+        say(f"every node's ledger identical after {replicated:.1f}s of gossip" if replicated is not None
+            else "[red]ledgers did not converge within 20 s[/]")
     finally:
         cluster.down(root)
     audits = [r for d in cluster.node_dirs(root) for r in audit_path(d)]
     report["audit"] = [r.to_dict() for r in audits]
     if not as_json:
         print_audit(console, audits)
-    ok = all(r.get("decision") == "accept" for r in report["tasks"]) and all(a.ok for a in audits)
+    ok = (all(r.get("decision") == "accept" for r in report["tasks"]) and all(a.ok for a in audits)
+          and report.get("replicated_s") is not None)
     report["ok"] = ok
     report["total_s"] = round(time.monotonic() - t0, 2)
     if as_json:
