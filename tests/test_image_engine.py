@@ -1,10 +1,8 @@
 import json
-import subprocess
-import sys
 
 import numpy as np
 
-from tests.helpers import run_cli
+from tests.helpers import digests_in_child, run_cli
 from trustgen.node.outputs import image_digest, read_png
 from trustgen.node.params import ImageParams
 
@@ -14,24 +12,8 @@ TASKS = {
                     scheduler="euler_ancestral"),
 }
 
-_CHILD = """
-import json, sys
-from trustgen.node.generate import load_engine
-from trustgen.node.params import ImageParams
-engine = load_engine("tiny-image", "image")
-tasks = json.loads(sys.argv[1])
-print(json.dumps({k: engine.generate(ImageParams(**v)).output_digest for k, v in tasks.items()}))
-"""
-
-
-def _digests_in_child() -> dict:
-    res = subprocess.run([sys.executable, "-c", _CHILD, json.dumps(TASKS)], capture_output=True,
-                         text=True, timeout=180, check=True)
-    return json.loads(res.stdout.strip().splitlines()[-1])
-
-
 def test_same_task_same_digest_across_processes(image_engine):
-    first, second = _digests_in_child(), _digests_in_child()
+    first, second = digests_in_child("image", TASKS), digests_in_child("image", TASKS)
     here = {k: image_engine.generate(ImageParams(**v)).output_digest for k, v in TASKS.items()}
     assert first == second == here
 

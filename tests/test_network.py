@@ -47,6 +47,14 @@ def run_task(gw, kind, params, verifiers=3, wait=True, timeout=120):
     return task, asyncio.run(submit(gw, task, me, NET, insecure=True, wait=wait, timeout_s=timeout))
 
 
+def submit_nowait(gw, prompt, max_new_tokens=16, verifiers=3):
+    """Submit a text task and return it once the gateway has accepted (persisted) it."""
+    me = Identity.generate()
+    task = make_task(me, NET, "text", "tiny-text", {"prompt": prompt, "max_new_tokens": max_new_tokens}, verifiers)
+    asyncio.run(submit(gw, task, me, NET, insecure=True, wait=False))
+    return task
+
+
 def status(gw, task_id):
     me = Identity.generate()
     with grpc.insecure_channel(gw) as ch:
@@ -155,9 +163,7 @@ def test_cheating_workers_are_rejected_and_task_completes_through_honest_worker(
         add_worker("worker-replay", "replay")
         t1, first = run_task(gw, "text", {"prompt": "Decentralized", "max_new_tokens": 24})
         assert first["decision"] == "accept"  # nothing to replay yet: its first output is honest
-        me = Identity.generate()
-        t2 = make_task(me, NET, "text", "tiny-text", {"prompt": "Verifiable", "max_new_tokens": 24})
-        asyncio.run(submit(gw, t2, me, NET, insecure=True, wait=False))
+        t2 = submit_nowait(gw, "Verifiable", 24)
         wait_for(lambda: status(gw, t2.id).state == "waiting", what="the replayed result to be rejected")
         for name, mode in (("worker-alter", "alter"), ("worker-othermodel", "other-model")):
             n = len(certificates(root, t2.id))  # before the worker joins: it may be rejected at once
@@ -185,9 +191,7 @@ def test_worker_killed_mid_task_and_gateway_restart(tmp_path):
     ready = cluster.up(root, workers=2, verifiers=1, node_settings={"worker-1": slow, "worker-2": slow})
     gw = ready["gateway"]["address"]
     try:
-        me = Identity.generate()
-        task = make_task(me, NET, "text", "tiny-text", {"prompt": "Consensus", "max_new_tokens": 16}, verifiers=1)
-        asyncio.run(submit(gw, task, me, NET, insecure=True, wait=False))
+        task = submit_nowait(gw, "Consensus", 16, verifiers=1)
         st = wait_for(lambda: (s := status(gw, task.id)).state == "running" and s, what="a worker to start")
         victim = next(n for n in ("worker-1", "worker-2") if ready[n]["node_id"][:12] in st.detail)
         os.kill(ready[victim]["pid"], signal.SIGKILL)
@@ -197,10 +201,7 @@ def test_worker_killed_mid_task_and_gateway_restart(tmp_path):
         assert cert.body["worker"].hex() == ready[survivor]["node_id"] and final.decision == "accept"
 
         # Gateway: accept two tasks, kill -9 it while they run, restart it, and both complete.
-        tasks = [make_task(me, NET, "text", "tiny-text", {"prompt": p, "max_new_tokens": 12}, verifiers=1)
-                 for p in ("Gossip", "Ledger")]
-        for t in tasks:
-            asyncio.run(submit(gw, t, me, NET, insecure=True, wait=False))
+        tasks = [submit_nowait(gw, p, 12, verifiers=1) for p in ("Gossip", "Ledger")]
         os.kill(ready["gateway"]["pid"], signal.SIGKILL)
         wait_for(lambda: not cluster._alive(ready["gateway"]["pid"]), what="the gateway to die")
         cluster.wait_ready(root / "gateway", cluster.start(root / "gateway"))

@@ -1,9 +1,8 @@
 import json
-import subprocess
-import sys
 
 import pytest
 
+from tests.helpers import digests_in_child, run_cli
 from trustgen.node.params import TextParams
 
 PROMPTS = ["Verifiable training", "Locality-sensitive hashing", "The gossip protocol", "We propose"]
@@ -15,30 +14,13 @@ TASKS = {
                    temperature=0.9, top_k=50, top_p=0.95),
 }
 
-_CHILD = """
-import json, sys
-from trustgen.node.generate import load_engine
-from trustgen.node.params import TextParams
-engine = load_engine("tiny-text", "text")
-tasks = json.loads(sys.argv[1])
-print(json.dumps({k: engine.generate(TextParams(**v)).output_digest for k, v in tasks.items()}))
-"""
-
-
-def _digests_in_child() -> dict:
-    res = subprocess.run([sys.executable, "-c", _CHILD, json.dumps(TASKS)], capture_output=True,
-                         text=True, timeout=180, check=True)
-    return json.loads(res.stdout.strip().splitlines()[-1])
-
-
 def test_same_task_same_digest_across_processes(text_engine):
-    first, second = _digests_in_child(), _digests_in_child()
+    first, second = digests_in_child("text", TASKS), digests_in_child("text", TASKS)
     here = {k: text_engine.generate(TextParams(**v)).output_digest for k, v in TASKS.items()}
     assert first == second == here
 
 
 def test_cli_json_matches_library(text_engine, tmp_path):
-    from tests.helpers import run_cli
 
     res = run_cli("generate", "text", "Verifiable training of", "--max-new-tokens", "24", "--json")
     assert res.returncode == 0, res.stderr
