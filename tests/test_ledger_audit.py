@@ -10,7 +10,7 @@ from trustgen.consensus import merkle
 from trustgen.consensus.audit import AuditInputError, audit_ledger
 from trustgen.consensus.finality import certify
 from trustgen.consensus.ledger import IngestError, Ledger
-from trustgen.consensus.messages import MessageError, sign
+from trustgen.consensus.messages import MessageError, open_wire, sign
 from trustgen.consensus.reputation import reputation
 
 
@@ -292,3 +292,28 @@ def test_ingest_of_random_garbage_never_changes_the_store(tmp_path):
         with pytest.raises(IngestError):
             led.ingest(bytes(payload), good[1])
     assert snapshot(tmp_path / "ledger.db") == before
+
+
+def test_accusations_must_be_proven(tmp_path):
+    """Evidence that a worker cheated or a verifier voted against the majority must carry the
+    certificate (and vote) that prove it; a gateway cannot slander a node in its ledger."""
+    scen = build(tmp_path / "ledger.db", n_tasks=2, lying={0})
+    led = scen.ledger
+    certs = [open_wire(e.body["certificate"], "Certificate", NET) for e in led.iter_entries() if e.type == "TaskFinalized"]
+    cert = certs[0]
+    liar = scen.verifiers[0].public_key
+    liar_votes = [v for v in cert.body["votes"] if open_wire(v, "Vote", NET).body["verifier"] == liar]
+    if liar_votes:  # the liar was assigned to this task: a true accusation audits clean
+        led.append("Evidence", {"kind": "minority_vote", "subject": liar,
+                                "proof": {"certificate": cert.wire(), "vote": liar_votes[0]}})
+        assert audit_ledger(tmp_path / "ledger.db").ok
+    honest = next(v for v in cert.body["votes"] if open_wire(v, "Vote", NET).body["accept"])
+    honest_key = open_wire(honest, "Vote", NET).body["verifier"]
+    led.append("Evidence", {"kind": "minority_vote", "subject": honest_key,
+                            "proof": {"certificate": cert.wire(), "vote": honest}})
+    led.append("Evidence", {"kind": "rejected_result", "subject": scen.worker.public_key,
+                            "proof": {"certificate": cert.wire()}})  # the certificate accepted it
+    led.close()
+    bad = [v for v in audit_ledger(tmp_path / "ledger.db").violations if v.code == "bad_evidence"]
+    assert len(bad) == 2
+    assert "agrees with the decision" in bad[0].detail and "does not reject" in bad[1].detail

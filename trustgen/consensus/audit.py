@@ -271,7 +271,12 @@ class _Auditor:
 
     def check_evidence(self) -> None:
         for e in self.entries:
-            if e.type != "Evidence" or e.body["kind"] != "equivocation":
+            if e.type != "Evidence":
+                continue
+            if e.body["kind"] in ("rejected_result", "minority_vote"):
+                self.check_accusation(e)
+                continue
+            if e.body["kind"] != "equivocation":
                 continue
             where = _where(e.feed, e.seq)
             p = e.body["proof"]
@@ -285,6 +290,37 @@ class _Auditor:
                 self.bad(where, "bad_evidence", "proof is not two entries at one (feed, seq)")
                 continue
             self.r.equivocations.append({"feed": a.feed.hex(), "seq": a.seq, "reported_by": e.feed.hex()})
+
+    def check_accusation(self, e: Entry) -> None:
+        problem = _accusation_problem(e, self.r.network)
+        if problem is not None:
+            self.bad(_where(e.feed, e.seq), "bad_evidence", f"{e.body['kind']}: {problem}")
+
+
+def _accusation_problem(e: Entry, network: str) -> str | None:
+    """Why a rejected-result or minority-vote accusation does not hold, or None when it does:
+    it must carry a certificate signed by the accuser whose votes convict the subject."""
+    p = e.body["proof"]
+    try:
+        cert = open_wire(p["certificate"], "Certificate", network)
+    except (MessageError, KeyError, TypeError) as err:
+        return f"certificate in the proof is invalid: {err}"
+    c = cert.body
+    if c["gateway"] != e.feed:
+        return "certificate in the proof is not the accuser's"
+    if e.body["kind"] == "rejected_result":
+        if c["decision"] != "reject" or c["worker"] != e.body["subject"]:
+            return "certificate does not reject the accused worker's result"
+        return None
+    try:
+        vote = open_wire(p["vote"], "Vote", network)
+    except (MessageError, KeyError, TypeError) as err:
+        return f"vote in the proof is invalid: {err}"
+    if vote.wire() not in c["votes"] or vote.body["verifier"] != e.body["subject"]:
+        return "vote is not the accused verifier's vote in this certificate"
+    if vote.body["accept"] == (c["decision"] == "accept"):
+        return "the accused vote agrees with the decision"
+    return None
 
 
 def _verify_chunk(items: list[tuple[bytes, bytes, bytes]]) -> list[bool]:
