@@ -34,6 +34,6 @@ def test_text_calibration_cli(tmp_path):
     s = json.loads(res.stdout)
     assert s["kind"] == "text" and s["dishonest_pairs"] > 0
     assert s["rates"]["false_accept"] == 0.0  # every cheat is caught by the prefill check
-    assert s["per_pair"]["altered_token"]["rejected_outright"] == 3
+    assert s["per_pair"]["altered_token"]["min"] > 0.25  # far outside even the cross-dtype tolerance
     assert (tmp_path / "calibration-text.png").exists()
     assert run_cli("calibrate", "sound", "--out", str(tmp_path)).returncode == 2

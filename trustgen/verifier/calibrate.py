@@ -27,7 +27,7 @@ from trustgen.node.params import ImageParams, TextParams
 from trustgen.verifier.compare import distance
 from trustgen.verifier.fingerprints import image_fingerprint
 from trustgen.verifier.policy import prefill_tolerance
-from trustgen.verifier.prefill import prefill_check
+from trustgen.verifier.prefill import prefill_check, token_gaps
 
 COLORS = ["red", "green", "blue", "yellow", "purple", "orange", "white", "black"]
 SHAPES = ["circle", "square", "triangle", "cross"]
@@ -188,8 +188,9 @@ def _alter(tokens: list[int], vocab: int, rng: random.Random) -> list[int]:
 
 
 def calibrate_text(samples: int, model: str = "tiny-text", max_new_tokens: int = 48, seed: int = 0) -> dict[str, Any]:
-    """Text verification is a pass/fail prefill check: its "distance" is the largest logit gap
-    between a claimed token and the best one (inf for a token that could not have been chosen)."""
+    """Text verification is a pass/fail prefill check. Distances are the largest logit gap between
+    a claimed token and the one the decoding rule picks (greedy and sampled tasks; inf for a
+    token top-k/top-p excluded); accept rates cover every pair, beam tasks included."""
     rng = random.Random(seed)
     ver = load_engine(model, "text")
     bf16 = load_engine(model, "text", dtype="bfloat16")
@@ -205,7 +206,10 @@ def calibrate_text(samples: int, model: str = "tiny-text", max_new_tokens: int =
     def check(kind: str, p: TextParams, tokens: list[int], dtype: str = "float32") -> None:
         v = prefill_check(ver, p, tokens, prefill_tolerance(dtype, "float32"))
         accepted[kind].append(v.accept)
-        dist[kind].append(v.distance if v.accept else float("inf"))
+        # The worst token's gap in logits (greedy and sampled tasks; structural rejections such
+        # as a truncation have none): what a tolerance must stay below to catch the pair.
+        if p.decoding != "beam" and tokens and len(tokens) <= p.max_new_tokens:
+            dist[kind].append(float(token_gaps(ver, p, tokens).max()))
 
     for i in range(samples):
         decoding = ["greedy", "sample", "beam"][i % 3]

@@ -6,8 +6,9 @@ from __future__ import annotations
 # Text prefill: how far (in logit units, after temperature) a claimed token may fall below the
 # best one. Same dtype: incremental (KV-cache) vs one-pass logits differ by ~1e-5 in float32.
 PREFILL_TOL_SAME_DTYPE = 1e-3
-# Claimed under another dtype (a bfloat16/float16 worker checked by a float32 verifier).
-PREFILL_TOL_CROSS_DTYPE = 0.25
+# Claimed under another dtype (a bfloat16/float16 worker checked by a float32 verifier). Honest
+# bfloat16 gaps reached 0.28 logits in calibration; the nearest cheat (another seed) 3.46.
+PREFILL_TOL_CROSS_DTYPE = 0.5
 # Images: maximum Hamming distance between the per-channel pHashes (3 x 64 bits, "phash_rgb")
 # of the claimed and the re-generated image.
 PHASH_THRESHOLD = 8  # largest honest distance seen (6, bfloat16) + margin; docs/calibration.md

@@ -46,27 +46,38 @@ def _termination(engine: TextEngine, p: TextParams, tokens: list[int]) -> VoteVa
     return None
 
 
+def _logits(engine: TextEngine, p: TextParams, tokens: list[int]) -> torch.Tensor:
+    """Logits predicting each claimed token, from one teacher-forced pass."""
+    prompt = engine.encode_prompt(p.prompt)
+    ids = torch.tensor([prompt + tokens[:-1]], device=engine.device)
+    with torch.inference_mode():
+        return engine.model(input_ids=ids).logits[0, len(prompt) - 1:].float().cpu()
+
+
+def token_gaps(engine: TextEngine, p: TextParams, tokens: list[int], logits: torch.Tensor | None = None) -> torch.Tensor:
+    """For greedy and sampled tasks: how far, in logits, each claimed token falls below the
+    token the decoding rule picks (0 for the picked one; +inf for one top-k/top-p excluded)."""
+    logits = _logits(engine, p, tokens) if logits is None else logits
+    claimed = torch.tensor(tokens)
+    if p.decoding == "greedy":
+        return (logits.max(dim=-1).values - logits.gather(1, claimed[:, None])[:, 0]).double()
+    s = sample_scores_rows(logits, p.seed, p.temperature, p.top_k, p.top_p)
+    return (s.max(dim=-1).values - s.gather(1, claimed[:, None])[:, 0]) * p.temperature
+
+
 def prefill_check(engine: TextEngine, p: TextParams, tokens: list[int], tol: float) -> VoteValue:
     """Check claimed `tokens` for task `p` with one forward pass."""
     fp = text_fingerprint(tokens) if tokens else {}
     bad = _termination(engine, p, tokens)
     if bad is not None:
         return VoteValue(bad.accept, bad.method, bad.distance, bad.margin, bad.reason, bad.position, fp)
-    prompt = engine.encode_prompt(p.prompt)
-    if len(prompt) + len(tokens) > engine.max_positions:
+    if len(engine.encode_prompt(p.prompt)) + len(tokens) > engine.max_positions:
         return reject(METHOD, "prompt and output exceed the model's context", fingerprint=fp)
-    ids = torch.tensor([prompt + tokens[:-1]], device=engine.device)
-    with torch.inference_mode():
-        logits = engine.model(input_ids=ids).logits[0, len(prompt) - 1:].float().cpu()
+    logits = _logits(engine, p, tokens)
+    if p.decoding in ("greedy", "sample"):
+        why = "token is not the argmax" if p.decoding == "greedy" else "token is not the seeded sample"
+        return _verdict(token_gaps(engine, p, tokens, logits), tol, fp, why)
     claimed = torch.tensor(tokens)
-    if p.decoding == "greedy":
-        gaps = logits.max(dim=-1).values - logits.gather(1, claimed[:, None])[:, 0]
-        return _verdict(gaps.double(), tol, fp, "token is not the argmax")
-    if p.decoding == "sample":
-        s = sample_scores_rows(logits, p.seed, p.temperature, p.top_k, p.top_p)
-        # +inf where the claimed token was filtered out (top-k / top-p)
-        gaps = s.max(dim=-1).values - s.gather(1, claimed[:, None])[:, 0]
-        return _verdict(gaps, tol / p.temperature, fp, "token is not the seeded sample")
     logprobs = torch.log_softmax(logits.double(), dim=-1)
     chosen = logprobs.gather(1, claimed[:, None])[:, 0]
     ranks = (logprobs > (chosen + tol)[:, None]).sum(dim=-1)
