@@ -118,8 +118,8 @@ def test_events_metrics_and_bad_requests_keep_nodes_serving(net):
     import subprocess
     import sys
 
-    ev = subprocess.Popen([sys.executable, "-m", "trustgen.cli", "events", "--node", gw, "--count", "2",
-                           "--timeout", "60"], stdout=subprocess.PIPE, text=True)
+    ev = subprocess.Popen([sys.executable, "-m", "trustgen.cli", "events", "--node", gw, "--insecure",
+                           "--count", "2", "--timeout", "60"], stdout=subprocess.PIPE, text=True)
     time.sleep(1.5)  # PUB/SUB: a subscriber must be connected before events are sent
     task, out = run_task(gw, "text", {"prompt": "Gossip", "max_new_tokens": 8})
     assert out["decision"] == "accept"

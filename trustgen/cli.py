@@ -367,7 +367,8 @@ def events(
     node: str = typer.Option(..., "--node", help="HOST:PORT of the node's gRPC address."),
     count: int = typer.Option(0, "--count", help="Stop after this many events (0: never)."),
     timeout: float = typer.Option(0.0, "--timeout", help="Stop after this many seconds (0: never)."),
-    insecure: bool = typer.Option(True, "--insecure/--tls"),
+    insecure: bool = typer.Option(False, "--insecure", help="Plaintext gRPC (loopback, tests)."),
+    tls_ca: str = typer.Option("", "--tls-ca", help="CA certificate for TLS."),
 ) -> None:
     """Tail a node's live event feed (one JSON object a line)."""
     import asyncio
@@ -379,8 +380,11 @@ def events(
     from trustgen.rpc import trustgen_pb2 as pb
     from trustgen.rpc import trustgen_pb2_grpc as rpc
 
+    if not insecure and not tls_ca:
+        raise TrustgenError("give --tls-ca FILE, or --insecure for plaintext gRPC")
+
     async def info() -> Any:
-        async with transport.channel(node, insecure) as ch:
+        async with transport.channel(node, insecure, tls_ca) as ch:
             return await rpc.NodeStub(ch).Info(pb.InfoRequest(), timeout=5)
 
     try:
