@@ -72,6 +72,13 @@ def wait_for(pred, timeout=60, what="condition"):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def assert_audits_clean(path) -> list:
+    reports = audit_path(path)
+    for r in reports:
+        assert r.ok, (str(path), r.violations)
+    return reports
+
+
 def node_key(root, name):
     return bytes.fromhex(ready_info(root / name)["node_id"])
 
@@ -108,8 +115,7 @@ def test_honest_text_and_image_paths_with_a_lying_verifier(net, tmp_path):
 
     rep = reputation(gateway_entries(root), NET)
     assert rep[bytes.fromhex(liar)] < 0.5 < rep[bytes.fromhex(ready["verifier-1"]["node_id"])]
-    for r in audit_path(root / "gateway"):
-        assert r.ok, r.violations
+    assert_audits_clean(root / "gateway")
 
 
 def test_events_metrics_and_bad_requests_keep_nodes_serving(net):
@@ -179,8 +185,7 @@ def test_cheating_workers_are_rejected_and_task_completes_through_honest_worker(
         evidence = [e.body["subject"] for e in gateway_entries(root, "Evidence") if e.body["kind"] == "rejected_result"]
         assert evidence == cheaters
         assert final.decision == "accept"
-        for r in audit_path(root / "gateway"):
-            assert r.ok, r.violations
+        assert_audits_clean(root / "gateway")
     finally:
         cluster.down(root)
 
@@ -208,8 +213,7 @@ def test_worker_killed_mid_task_and_gateway_restart(tmp_path):
         for t in tasks:
             s = wait_for(lambda: (x := status(gw, t.id)).state == "final" and x, timeout=90, what="resumed task")
             assert s.decision == "accept"
-        for r in audit_path(root / "gateway"):
-            assert r.ok, r.violations
+        assert_audits_clean(root / "gateway")
     finally:
         cluster.down(root)
 
@@ -227,8 +231,7 @@ def test_every_node_converges_to_the_same_ledger(net):
     wait_for(lambda: all(heads(n) == heads("gateway") for n in names), timeout=60, what="ledger convergence")
     assert len(heads("verifier-2")) == len(names)  # every node's feed, everywhere
     for n in names:
-        for r in audit_path(root / n):
-            assert r.ok, (n, r.violations)
+        for r in assert_audits_clean(root / n):
             if n != "gateway":
                 assert r.tasks_checked >= 1  # certificates re-checked on a replica
 
