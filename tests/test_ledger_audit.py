@@ -234,6 +234,8 @@ def test_merkle_proofs_against_reference():
             proof = merkle.inclusion_proof(i, leaves[:n])
             assert merkle.verify_inclusion(i, n, leaves[i], proof, root)
             assert not merkle.verify_inclusion(i, n, leaves[(i + 1) % 40], proof, root)
+        assert merkle.roots_at(leaves[:n], list(range(n + 1)))[n] == root
+        assert merkle.Tree(leaves[:n]).root == root
         for m in range(1, n + 1):
             proof = merkle.consistency_proof(m, leaves[:n])
             assert merkle.verify_consistency(m, n, merkle.root(leaves[:m]), root, proof)

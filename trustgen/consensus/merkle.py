@@ -20,31 +20,42 @@ def _split(n: int) -> int:
     return 1 << ((n - 1).bit_length() - 1)
 
 
+class CompactRange:
+    """The peaks of the complete subtrees over the leaves appended so far: the root of the
+    prefix in O(log n), and O(1) amortised per appended leaf (RFC 6962's tree, folded right to
+    left over the peaks)."""
+
+    def __init__(self) -> None:
+        self.size = 0
+        self.peaks: list[tuple[int, bytes]] = []  # (height, hash), left to right
+
+    def append(self, leaf: bytes) -> None:
+        height, h = 0, leaf
+        while self.peaks and self.peaks[-1][0] == height:
+            h = node_hash(self.peaks.pop()[1], h)
+            height += 1
+        self.peaks.append((height, h))
+        self.size += 1
+
+    def root(self) -> bytes:
+        if not self.peaks:
+            return EMPTY_ROOT
+        acc = self.peaks[-1][1]
+        for _, h in reversed(self.peaks[:-1]):
+            acc = node_hash(h, acc)
+        return acc
+
+
 def root(leaves: list[bytes]) -> bytes:
     """Merkle tree hash over leaf hashes (already hashed with `leaf_hash`)."""
-    if not leaves:
-        return EMPTY_ROOT
-    level = list(leaves)
-    # Bottom-up pairing gives the same tree as RFC 6962's recursive split: an odd node is
-    # carried up unchanged.
-    while len(level) > 1:
-        nxt = [node_hash(level[i], level[i + 1]) for i in range(0, len(level) - 1, 2)]
-        if len(level) % 2:
-            nxt.append(level[-1])
-        level = nxt
-    return level[0]
+    r = CompactRange()
+    for leaf in leaves:
+        r.append(leaf)
+    return r.root()
 
 
 def inclusion_proof(index: int, leaves: list[bytes]) -> list[bytes]:
-    n = len(leaves)
-    if not 0 <= index < n:
-        raise ValueError("leaf index out of range")
-    if n == 1:
-        return []
-    k = _split(n)
-    if index < k:
-        return inclusion_proof(index, leaves[:k]) + [root(leaves[k:])]
-    return inclusion_proof(index - k, leaves[k:]) + [root(leaves[:k])]
+    return Tree(leaves).inclusion_proof(index)
 
 
 def verify_inclusion(index: int, size: int, leaf: bytes, proof: list[bytes], expected_root: bytes) -> bool:
@@ -145,27 +156,12 @@ class Tree:
 
 
 def roots_at(leaves: list[bytes], sizes: list[int]) -> dict[int, bytes]:
-    """Roots of the prefixes of `leaves` of each requested size, in one pass (compact range:
-    the peaks of complete subtrees, folded right to left)."""
-    want = sorted(set(s for s in sizes if 0 <= s <= len(leaves)))
-    out: dict[int, bytes] = {}
-    peaks: list[tuple[int, bytes]] = []  # (height, hash)
-    wi = 0
-    for n in range(len(leaves) + 1):
-        while wi < len(want) and want[wi] == n:
-            if not peaks:
-                out[n] = EMPTY_ROOT
-            else:
-                acc = peaks[-1][1]
-                for _, h in reversed(peaks[:-1]):
-                    acc = node_hash(h, acc)
-                out[n] = acc
-            wi += 1
-        if n == len(leaves):
-            break
-        height, h = 0, leaves[n]
-        while peaks and peaks[-1][0] == height:
-            h = node_hash(peaks.pop()[1], h)
-            height += 1
-        peaks.append((height, h))
+    """Roots of the prefixes of `leaves` of each requested size, in one pass."""
+    want = set(s for s in sizes if 0 <= s <= len(leaves))
+    r = CompactRange()
+    out = {0: EMPTY_ROOT} if 0 in want else {}
+    for leaf in leaves:
+        r.append(leaf)
+        if r.size in want:
+            out[r.size] = r.root()
     return out
