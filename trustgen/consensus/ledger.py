@@ -115,6 +115,7 @@ class Ledger:
         self.network = network
         self.identity = identity
         self._lock = threading.RLock()
+        self._range = merkle.CompactRange()  # over the log, extended lazily by commit()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self.db.execute("PRAGMA journal_mode=WAL")
@@ -134,7 +135,11 @@ class Ledger:
         self.db.close()
 
     def _tx(self) -> "_Tx":
-        return _Tx(self.db, self._lock)
+        return _Tx(self.db, self._lock, self._forget_range)
+
+    def _forget_range(self) -> None:
+        # A rolled-back transaction may have fed the range rows that no longer exist.
+        self._range = merkle.CompactRange()
 
     def batch(self) -> "_Tx":
         """One durable transaction around many appends/ingests (all or nothing)."""
@@ -163,24 +168,27 @@ class Ledger:
                               (feed, seq)).fetchone()
         return parse_entry(row[0], row[1], self.network) if row else None
 
-    def iter_entries(self) -> Iterator[Entry]:
-        """Every stored entry in log order, parsed and verified."""
-        for payload, sig in self.db.execute("SELECT payload, sig FROM entries ORDER BY log_index"):
+    def iter_entries(self, since: int = 0, entry_type: str | None = None) -> Iterator[Entry]:
+        """Stored entries from log index `since` on (optionally of one type), in log order,
+        parsed and verified."""
+        q = "SELECT payload, sig FROM entries WHERE log_index >= ?"
+        args: tuple = (since,)
+        if entry_type is not None:
+            q, args = q + " AND type = ?", (since, entry_type)
+        for payload, sig in self.db.execute(q + " ORDER BY log_index", args).fetchall():
             yield parse_entry(payload, sig, self.network)
 
     def size(self) -> int:
         return self.db.execute("SELECT COUNT(*) FROM entries").fetchone()[0]
 
-    def leaves(self, size: int | None = None) -> list[bytes]:
-        q = "SELECT feed, seq, hash FROM entries ORDER BY log_index"
-        rows = self.db.execute(q + (" LIMIT ?" if size is not None else ""),
-                               (size,) if size is not None else ()).fetchall()
-        return [merkle.leaf_hash(leaf_data(f, s, h)) for f, s, h in rows]
+    def next_index(self) -> int:
+        """The log index the next stored entry gets (an indexed lookup, unlike COUNT)."""
+        return self.db.execute("SELECT COALESCE(MAX(log_index) + 1, 0) FROM entries").fetchone()[0]
 
     # -- writes ------------------------------------------------------------------------------
 
     def _store(self, e: Entry) -> None:
-        idx = self.db.execute("SELECT COALESCE(MAX(log_index) + 1, 0) FROM entries").fetchone()[0]
+        idx = self.next_index()
         self.db.execute("INSERT INTO entries VALUES (?,?,?,?,?,?,?)",
                         (e.feed, e.seq, e.hash, e.type, e.payload, e.sig, idx))
 
@@ -235,28 +243,20 @@ class Ledger:
                 "a_payload": other_payload, "a_sig": other_sig, "b_payload": e.payload, "b_sig": e.sig}})
 
     def commit(self) -> Entry:
-        """Append a Commitment: the Merkle root over this node's log of entries so far."""
+        """Append a Commitment: the Merkle root over this node's log of entries so far. Only
+        the entries stored since the last commitment are hashed."""
         with self._tx():
-            leaves = self.leaves()
-            return self.append("Commitment", {"size": len(leaves), "root": merkle.root(leaves)})
-
-    def latest_commitment(self) -> tuple[int, bytes]:
-        """(size, root) of this node's latest commitment, or (0, empty root)."""
-        if self.identity is None:
-            return 0, merkle.EMPTY_ROOT
-        for payload, sig in self.db.execute(
-                "SELECT payload, sig FROM entries WHERE feed=? AND type='Commitment' ORDER BY seq DESC "
-                "LIMIT 1", (self.identity.public_key,)):
-            e = parse_entry(payload, sig, self.network)
-            return e.body["size"], e.body["root"]
-        return 0, merkle.EMPTY_ROOT
+            for f, seq, h in self.db.execute("SELECT feed, seq, hash FROM entries WHERE log_index >= ? "
+                                             "ORDER BY log_index", (self._range.size,)).fetchall():
+                self._range.append(merkle.leaf_hash(leaf_data(f, seq, h)))
+            return self.append("Commitment", {"size": self._range.size, "root": self._range.root()})
 
 
 class _Tx:
     """Re-entrant transaction: BEGIN IMMEDIATE on the outermost level, commit or roll back."""
 
-    def __init__(self, db: sqlite3.Connection, lock: threading.RLock) -> None:
-        self.db, self.lock = db, lock
+    def __init__(self, db: sqlite3.Connection, lock: threading.RLock, on_rollback=lambda: None) -> None:
+        self.db, self.lock, self.on_rollback = db, lock, on_rollback
 
     def __enter__(self) -> sqlite3.Connection:
         self.lock.acquire()
@@ -269,6 +269,8 @@ class _Tx:
         try:
             if self.outer:
                 self.db.execute("COMMIT" if exc_type is None else "ROLLBACK")
+                if exc_type is not None:
+                    self.on_rollback()
         finally:
             self.lock.release()
 
