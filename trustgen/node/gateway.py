@@ -25,7 +25,7 @@ from trustgen.consensus.finality import certify
 from trustgen.consensus.identity import Identity
 from trustgen.consensus.ledger import IngestError, Ledger, parse_entry
 from trustgen.consensus.messages import MessageError, Signed, open_wire
-from trustgen.consensus.reputation import reputation
+from trustgen.consensus.reputation import Reputation
 from trustgen.errors import UsageError
 from trustgen.node import grpc_options as opts
 from trustgen.node.auth import RpcError
@@ -85,18 +85,23 @@ class GatewayRole:
         self.inflight: dict[bytes, int] = defaultdict(int)
         self.suspects: dict[bytes, float] = {}
         self.reputation: dict[bytes, float] = {}
+        self._rep = Reputation(network)
+        self._rep_cursor = 0
         self._joined = asyncio.Event()
         self._runners: set[asyncio.Task] = set()
 
     # -- membership ----------------------------------------------------------------------------
 
     def _load_members(self) -> None:
-        for e in self.ledger.iter_entries():
-            if e.type == "NodeJoined":
-                self.members[e.feed] = {"address": e.body["address"], "roles": list(e.body["roles"])}
+        for e in self.ledger.iter_entries(entry_type="NodeJoined"):
+            self.members[e.feed] = {"address": e.body["address"], "roles": list(e.body["roles"])}
 
     def _refresh_reputation(self) -> None:
-        self.reputation = reputation(self.ledger.iter_entries(), self.network)
+        """Feed the entries stored since the last refresh (only those) to the accumulator."""
+        for e in self.ledger.iter_entries(since=self._rep_cursor):
+            self._rep.add(e)
+        self._rep_cursor = self.ledger.next_index()
+        self.reputation = self._rep.scores()
 
     async def join(self, req: Signed) -> int:
         """A node sends its own feed's entries, ending with a NodeJoined naming its address."""

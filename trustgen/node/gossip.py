@@ -146,7 +146,7 @@ class Gossip:
         self.replied_bytes = 0
         self._wanted: dict[tuple[bytes, int], float] = {}
         self._buckets: dict[bytes, _Bucket] = {}
-        self._known_joins = 0
+        self._learn_cursor = 0
         self._hot: dict[tuple[bytes, int], list[Any]] = {}  # (feed, seq) -> [hash, rounds left, misses]
         self._quiet_rounds = 0
 
@@ -253,15 +253,10 @@ class Gossip:
             await self._push_ranges(peer, surplus[:MAX_ITEMS])
 
     def _learn(self) -> None:
-        """Peers from NodeJoined entries of any feed (address, key)."""
-        rows = self.ledger.db.execute(
-            "SELECT COUNT(*) FROM entries WHERE type='NodeJoined'").fetchone()[0]
-        if rows == self._known_joins:
-            return
-        self._known_joins = rows
-        for e in self.ledger.iter_entries():
-            if e.type == "NodeJoined":
-                self.members.add(e.body["address"], e.feed)
+        """Peers from NodeJoined entries of any feed (address, key), stored since last round."""
+        for e in self.ledger.iter_entries(since=self._learn_cursor, entry_type="NodeJoined"):
+            self.members.add(e.body["address"], e.feed)
+        self._learn_cursor = self.ledger.next_index()
 
     # -- incoming (called by the servicer, after the request was authenticated) ---------------
 
