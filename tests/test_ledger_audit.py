@@ -338,3 +338,22 @@ def test_incremental_commitments_survive_a_rolled_back_batch(tmp_path):
     r = audit_ledger(tmp_path / "ledger.db")
     assert r.ok, r.violations  # the audit recomputes every root from the stored log
     assert r.commitments_checked == 2
+
+
+def test_beacon_and_candidates_are_checked(tmp_path):
+    """A task's beacon must be an earlier commitment of the gateway, and its candidates every
+    verifier the gateway knew at that commitment: no picking one's favourite verifiers."""
+    scen = build(tmp_path / "ledger.db", n_tasks=1)
+    led = scen.ledger
+    c = led.commit()
+    everyone = sorted(v.public_key for v in scen.verifiers)
+    task = make_task(ident(3), nonce=b"later")
+    good = {"task": task.wire(), "beacon": c.body["root"], "beacon_size": c.body["size"], "candidates": everyone}
+    led.append("TaskAccepted", good)
+    assert audit_ledger(tmp_path / "ledger.db").ok
+    led.append("TaskAccepted", dict(good, candidates=everyone[1:]))  # one verifier left out
+    led.append("TaskAccepted", dict(good, beacon=b"\x05" * 32))  # not a commitment
+    led.append("TaskAccepted", dict(good, beacon_size=c.body["size"] - 1))  # size does not match
+    led.close()
+    found = [v.code for v in audit_ledger(tmp_path / "ledger.db").violations]
+    assert found.count("bad_candidates") == 1 and found.count("bad_beacon") == 2

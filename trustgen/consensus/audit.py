@@ -183,7 +183,22 @@ class _Auditor:
             self.bad(where, f"bad_{msg_type.lower()}", str(err))
             return None
 
+    def _index_beacons(self) -> None:
+        """Built once, so each task's beacon check is a lookup, not a scan of the ledger."""
+        self._commitments: dict[tuple[bytes, int, bytes], int] = {}
+        for c in self.entries:
+            if c.type == "Commitment":
+                key = (c.feed, c.body["size"], c.body["root"])
+                self._commitments[key] = min(c.seq, self._commitments.get(key, c.seq))
+        index_of = {(f, s): i for i, (f, s, _) in enumerate(self.log)}
+        self._first_verifier_join: dict[bytes, int] = {}
+        for x in self.entries:
+            if x.type == "NodeJoined" and "verifier" in x.body["roles"]:
+                i = index_of[(x.feed, x.seq)]
+                self._first_verifier_join[x.feed] = min(i, self._first_verifier_join.get(x.feed, i))
+
     def check_tasks(self) -> None:
+        self._index_beacons()
         accepted: dict[bytes, tuple[Entry, Any]] = {}
         results: dict[bytes, Any] = {}
         for e in self.entries:
@@ -210,15 +225,12 @@ class _Auditor:
             if beacon != merkle.EMPTY_ROOT:
                 self.bad(where, "bad_beacon", "empty beacon must be the empty root")
             return
-        ok = any(c.feed == e.feed and c.type == "Commitment" and c.seq < e.seq
-                 and c.body["size"] == size and c.body["root"] == beacon for c in self.entries)
-        if not ok:
+        if self._commitments.get((e.feed, size, beacon), e.seq) >= e.seq:
             self.bad(where, "bad_beacon", "beacon is not an earlier commitment of the gateway")
         if e.feed == self.owner:
-            # The candidates must be every verifier the gateway knew when it committed.
-            known = {f: s for (f, s, _) in self.log[:size]}
-            joined = {x.feed for x in self.entries if x.type == "NodeJoined"
-                      and "verifier" in x.body["roles"] and known.get(x.feed, 0) >= x.seq}
+            # The candidates must be every verifier the gateway knew when it committed: those
+            # whose first verifier NodeJoined lies within the committed prefix of the log.
+            joined = {f for f, i in self._first_verifier_join.items() if i < size}
             if set(e.body["candidates"]) != joined:
                 self.bad(where, "bad_candidates", "candidates differ from the verifiers known at the beacon")
 
