@@ -47,11 +47,14 @@ def test_restarted_node_catches_up_and_late_joiner_gets_everything(tmp_path):
         try:
             await s.start_many(6, links=2, seed=1)
             await s.until_converged()
+            gone = s.nodes[2].address
             await s.stop(2)  # its server really goes away: peers see refused connections
             burst(s, 3, "while-down")
             await s.rounds(6)
-            states = s.nodes[0].membership.snapshot()
-            assert "dead" in states.values() or "suspect" in states.values()
+            # Peers are picked at random, so not every node has tried it; but some have, and
+            # they no longer count it as alive.
+            seen = [n.membership.snapshot().get(gone) for n in s.nodes.values()]
+            assert any(st in ("suspect", "dead") for st in seen), seen
             await s.until_converged(among=[i for i in s.nodes])
             await s.start(2, [s.nodes[0].address])  # same data dir and key, new port
             await s.until_converged(60)
