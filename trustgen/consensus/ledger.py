@@ -21,7 +21,7 @@ from typing import Any, Iterator
 
 from trustgen.consensus import merkle
 from trustgen.consensus.identity import Identity
-from trustgen.consensus.messages import MessageError, open_payload, parse_payload, sign
+from trustgen.consensus.messages import MessageError, check_fields, open_payload, parse_payload, sign
 from trustgen.errors import TrustgenError
 
 ZERO = bytes(32)
@@ -83,15 +83,7 @@ def check_entry_body(entry_type: str, body: dict[str, Any]) -> None:
     schema = ENTRY_SCHEMAS.get(entry_type)
     if schema is None:
         raise MessageError(f"unknown entry type {entry_type!r}")
-    if set(body) != set(schema):
-        raise MessageError(f"{entry_type} body fields {sorted(body)} != {sorted(schema)}")
-    for name, kind in schema.items():
-        v = body[name]
-        ok = (isinstance(v, bytes) and len(v) == 32) if kind == "bytes32" else (
-            isinstance(v, int) and not isinstance(v, bool)) if kind == "int" else isinstance(
-            v, {"str": str, "list": list, "dict": dict, "bytes": bytes}[kind])
-        if not ok:
-            raise MessageError(f"{entry_type}.{name} must be {kind}")
+    check_fields(entry_type, schema, body)
 
 
 def parse_entry(payload: bytes, sig: bytes, network: str, verify_signature: bool = True) -> Entry:

@@ -46,15 +46,15 @@ class MessageError(TrustgenError):
     """A message that is malformed, of the wrong type or network, or wrongly signed."""
 
 
-def check_schema(msg_type: str, body: dict[str, Any]) -> None:
-    schema = SCHEMAS.get(msg_type)
-    if schema is None:
-        raise MessageError(f"unknown message type {msg_type!r}")
+def check_fields(name: str, schema: dict[str, str], body: Any) -> None:
+    """`body` has exactly the fields of `schema`, each of its declared type."""
+    if not isinstance(body, dict):
+        raise MessageError(f"{name} body must be a map")
     if set(body) != set(schema):
         missing, extra = set(schema) - set(body), set(body) - set(schema)
-        raise MessageError(f"{msg_type}: missing fields {sorted(missing)}, unexpected {sorted(extra)}")
-    for name, kind in schema.items():
-        v = body[name]
+        raise MessageError(f"{name}: missing fields {sorted(missing)}, unexpected {sorted(extra)}")
+    for field, kind in schema.items():
+        v = body[field]
         if kind == B32:
             ok = isinstance(v, bytes) and len(v) == 32
         elif kind == "int":
@@ -62,7 +62,14 @@ def check_schema(msg_type: str, body: dict[str, Any]) -> None:
         else:
             ok = isinstance(v, _PY[kind])
         if not ok:
-            raise MessageError(f"{msg_type}.{name} must be {kind}")
+            raise MessageError(f"{name}.{field} must be {kind}")
+
+
+def check_schema(msg_type: str, body: dict[str, Any]) -> None:
+    schema = SCHEMAS.get(msg_type)
+    if schema is None:
+        raise MessageError(f"unknown message type {msg_type!r}")
+    check_fields(msg_type, schema, body)
 
 
 def message_id(payload: bytes) -> bytes:
