@@ -8,7 +8,6 @@ the whole download, and the fetch continues from there with another peer.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import pathlib
 import re

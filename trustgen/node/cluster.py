@@ -135,25 +135,6 @@ def status(root: pathlib.Path) -> list[dict[str, Any]]:
     return out
 
 
-def stop_node(node_dir: pathlib.Path, timeout: float = 15.0, sig: int = signal.SIGTERM) -> bool:
-    info = ready_info(node_dir)
-    if not info:
-        return False
-    pid = info["pid"]
-    try:
-        os.kill(pid, sig)
-    except ProcessLookupError:
-        (pathlib.Path(node_dir) / READY_FILE).unlink(missing_ok=True)
-        return False
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and _alive(pid):
-        time.sleep(0.05)
-    if _alive(pid):
-        os.kill(pid, signal.SIGKILL)
-    (pathlib.Path(node_dir) / READY_FILE).unlink(missing_ok=True)
-    return True
-
-
 def down(root: pathlib.Path, timeout: float = 15.0) -> int:
     """SIGTERM every node (workers and verifiers first), wait, SIGKILL what is left."""
     pids = {}

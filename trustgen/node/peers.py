@@ -49,11 +49,6 @@ class Peers:
     async def info(self, address: str, timeout: float = 5.0) -> pb.NodeInfo:
         return await self.stub(address, "Node").Info(pb.InfoRequest(), timeout=timeout)
 
-    async def drop(self, address: str) -> None:
-        ch = self._channels.pop(address, None)
-        if ch is not None:
-            await ch.close()
-
     async def close(self) -> None:
         for ch in self._channels.values():
             await ch.close()
