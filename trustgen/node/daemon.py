@@ -124,8 +124,8 @@ class Node:
 
         me = self.identity.public_key
         latest = None
-        for e in self.ledger.iter_entries():
-            if e.feed == me and e.type == "NodeJoined":
+        for e in self.ledger.iter_entries(entry_type="NodeJoined"):
+            if e.feed == me:
                 latest = e
         if latest is None or latest.body["address"] != self.address or list(latest.body["roles"]) != cfg.roles:
             self.ledger.append("NodeJoined", {"address": self.address, "roles": cfg.roles})
