@@ -9,12 +9,12 @@ import pytest
 
 from tests.netproxy import Proxy
 from tests.swarm import NET, Swarm
-from trustgen.consensus.encoding import decode
 from trustgen.consensus.identity import Identity
 from trustgen.consensus.ledger import Ledger
 from trustgen.node.blobfetch import BlobFetchError, fetch_blob
 from trustgen.node.blobs import CHUNK, BlobStore
 from trustgen.node.peers import Peers
+from trustgen.node.session import ClientSession
 from trustgen.rpc import trustgen_pb2 as pb
 
 
@@ -124,22 +124,27 @@ def test_hostile_peer_is_refused_evidence_recorded_and_banned(tmp_path):
             target = s.nodes[0]
             peers = Peers(liar, NET, insecure=True)
             target.membership.add("127.0.0.1:9", liar.public_key)
+            sess = await ClientSession.open(peers.stub(target.address, "Gossip"), liar, NET,
+                                            target.identity.public_key)
 
             async def push(entries):
-                reply = await peers.call(target.address, "Gossip", "Push", {"entries": entries}, timeout=5)
-                return decode(reply.data)
+                op = pb.GossipOp(push=pb.Entries(entries=[pb.Entry(payload=p, sig=g) for p, g in entries]))
+                return (await sess.request(op, timeout=5)).ack
 
-            bad_sig = [a1.payload, os.urandom(64)]
-            assert (await push([bad_sig]))["refused"] == 1
-            assert (await push([[a2.payload, a2.sig]]))["refused"] == 1  # reordered: seq 2 before 1
-            assert (await push([[a1.payload, a1.sig]]))["stored"] == 1
-            assert (await push([[b1.payload, b1.sig]]))["equivocation"] == 1
+            assert (await push([(a1.payload, os.urandom(64))])).refused == 1  # forged signature
+            assert (await push([(a2.payload, a2.sig)])).refused == 1  # reordered: seq 2 before 1
+            assert (await push([(a1.payload, a1.sig)])).stored == 1
+            assert (await push([(b1.payload, b1.sig)])).equivocation == 1
             evidence = [e for e in target.ledger.iter_entries() if e.type == "Evidence"]
             assert len(evidence) == 1 and evidence[0].body["subject"] == liar.public_key
-            await push([[os.urandom(50), os.urandom(64)]])  # third invalid batch: banned
+            await push([(os.urandom(50), os.urandom(64))])  # third invalid batch: banned
             with pytest.raises(grpc.aio.AioRpcError) as e:
-                await push([[a2.payload, a2.sig]])
+                await push([(a2.payload, a2.sig)])
             assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            with pytest.raises(grpc.aio.AioRpcError) as e:  # and no new session either
+                await ClientSession.open(peers.stub(target.address, "Gossip"), liar, NET)
+            assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            assert target.membership.snapshot()["127.0.0.1:9"] == "banned"
             await peers.close()
             # Honest nodes still converge, evidence included.
             await s.until_converged(40)

@@ -214,11 +214,9 @@ def test_random_signed_requests_never_crash_a_node(gw):
     allowed = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.PERMISSION_DENIED,
                grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.UNAUTHENTICATED,
                grpc.StatusCode.RESOURCE_EXHAUSTED}
-    methods = {"Gateway": ["Submit", "Status", "Join"], "Gossip": ["Announce", "Push", "Sync", "Pull"],
-               "Blobs": ["Manifest"]}
-    stubs = {"Gateway": rpc.GatewayStub(gw.channel), "Gossip": rpc.GossipStub(gw.channel),
-             "Blobs": rpc.BlobsStub(gw.channel)}
-    answered = 0
+    methods = {"Gateway": ["Submit", "Status", "Join"], "Blobs": ["Manifest"]}
+    stubs = {"Gateway": rpc.GatewayStub(gw.channel), "Blobs": rpc.BlobsStub(gw.channel)}
+    answered, seen = 0, set()
     for _ in range(40):
         for service, names in methods.items():
             for name in names:
@@ -229,6 +227,7 @@ def test_random_signed_requests_never_crash_a_node(gw):
                     answered += 1
                 except grpc.RpcError as e:
                     assert e.code() in allowed, (service, name, args, e.code(), e.details())
+                    seen.add(e.code())
     for name, stub_name in (("Watch", "Gateway"), ("Fetch", "Blobs")):
         for _ in range(20):
             req = make_request(me, NET, f"/trustgen.v1.{stub_name}/{name}", _random_args(rng))
@@ -237,25 +236,5 @@ def test_random_signed_requests_never_crash_a_node(gw):
             except grpc.RpcError as e:
                 assert e.code() in allowed, (name, e.code(), e.details())
     assert rpc.NodeStub(gw.channel).Info(pb.InfoRequest(), timeout=5).roles == ["gateway"]
-    assert answered > 0  # some random requests are valid (empty announces, syncs, pulls)
-
-
-def test_gossip_rate_limit(gw):
-    from trustgen.node import gossip
-
-    stub = rpc.GossipStub(gw.channel)
-    me = ident(51)
-    # Faster than the refill rate: all at once.
-    futures = [stub.Sync.future(make_request(me, NET, "/trustgen.v1.Gossip/Sync", {"digest": b""}), timeout=20)
-               for _ in range(int(2 * gossip.BURST))]
-    codes = []
-    for f in futures:
-        try:
-            f.result()
-            codes.append(grpc.StatusCode.OK)
-        except grpc.RpcError as e:
-            codes.append(e.code())
-    assert set(codes) == {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}
-    assert codes.count(grpc.StatusCode.OK) >= gossip.BURST * 0.9
-    other = make_request(ident(52), NET, "/trustgen.v1.Gossip/Sync", {"digest": b""})
-    stub.Sync(other, timeout=10)  # the limit is per sender: others are still served
+    # The requests got past authentication into the handlers, which refused them precisely.
+    assert answered or {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND} <= seen

@@ -35,9 +35,13 @@ SCHEMAS: dict[str, dict[str, str]] = {
                     "body": "dict"},
     # An authenticated RPC request (trustgen/node/auth.py).
     "Request": {"sender": B32, "method": "str", "nonce": "bytes", "time": "int", "args": "dict"},
+    # A server's answer to a gossip session hello, bound to the client's nonce
+    # (trustgen/node/session.py).
+    "GossipAccept": {"server": B32, "client_nonce": "bytes", "eph": B32},
 }
 SIGNER_FIELD = {"Task": "client", "Result": "worker", "Vote": "verifier", "Certificate": "gateway",
-                "LedgerEntry": "feed", "Request": "sender"}
+                "LedgerEntry": "feed", "Request": "sender",
+                "GossipAccept": "server"}
 _PY = {"str": str, "int": int, "float": float, "bool": bool, "bytes": bytes, "dict": dict,
        "list": list}
 

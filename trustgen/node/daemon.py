@@ -151,6 +151,7 @@ class Node:
         for t in (joiner, gossiper):
             if t:
                 t.cancel()
+        self.gossip.close()
         if self.gateway:
             await self.gateway.close()
         await server.stop(grace=3)

@@ -28,7 +28,6 @@ class Peers:
         self.insecure, self.ca_file = insecure, ca_file
         self.metrics = metrics
         self._channels: dict[str, grpc.aio.Channel] = {}
-        self.sent_bytes: dict[str, int] = {}  # request bytes sent, by service
 
     def stub(self, address: str, service: str) -> Any:
         ch = self._channels.get(address)
@@ -38,7 +37,6 @@ class Peers:
 
     async def call(self, address: str, service: str, method: str, args: dict[str, Any], timeout: float) -> Any:
         req = make_request(self.identity, self.network, full_method(service, method), args)
-        self.sent_bytes[service] = self.sent_bytes.get(service, 0) + len(req.payload) + len(req.signature)
         t0 = time.perf_counter()
         try:
             return await getattr(self.stub(address, service), method)(req, timeout=timeout)

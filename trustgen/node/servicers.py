@@ -149,21 +149,13 @@ class GossipServicer(_Base, rpc.GossipServicer):
         super().__init__(guard, metrics)
         self.gossip = gossip
 
-    @guarded("Gossip", "Announce")
-    async def Announce(self, msg, context):
-        return pb.GossipReply(data=self.gossip.on_announce(msg))
-
-    @guarded("Gossip", "Push")
-    async def Push(self, msg, context):
-        return pb.GossipReply(data=self.gossip.on_push(msg))
-
-    @guarded("Gossip", "Sync")
-    async def Sync(self, msg, context):
-        return pb.GossipReply(data=self.gossip.on_sync(msg))
-
-    @guarded("Gossip", "Pull")
-    async def Pull(self, msg, context):
-        return pb.GossipReply(data=self.gossip.on_pull(msg))
+    async def Session(self, request_iterator, context):
+        try:
+            async for frame in self.gossip.serve(request_iterator, self.guard):
+                yield frame
+        except RpcError as e:
+            self._count(e.code)
+            await context.abort(e.code, str(e))
 
 
 class NodeServicer(rpc.NodeServicer):

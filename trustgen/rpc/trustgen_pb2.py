@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1btrustgen/rpc/trustgen.proto\x12\x0btrustgen.v1\"3\n\rSignedRequest\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"-\n\x0bSubmitReply\x12\x0f\n\x07task_id\x18\x01 \x01(\x0c\x12\r\n\x05state\x18\x02 \x01(\t\"\xa3\x01\n\nTaskStatus\x12\x0f\n\x07task_id\x18\x01 \x01(\x0c\x12\r\n\x05state\x18\x02 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x04 \x01(\x05\x12\x0e\n\x06result\x18\x05 \x01(\x0c\x12\r\n\x05votes\x18\x06 \x03(\x0c\x12\x13\n\x0b\x63\x65rtificate\x18\x07 \x01(\x0c\x12\x0e\n\x06output\x18\x08 \x01(\x0c\x12\x10\n\x08\x64\x65\x63ision\x18\t \x01(\t\" \n\tJoinReply\x12\x13\n\x0bledger_size\x18\x01 \x01(\x03\".\n\x0c\x45xecuteReply\x12\x0e\n\x06result\x18\x01 \x01(\x0c\x12\x0e\n\x06output\x18\x02 \x01(\x0c\"\x1a\n\nCheckReply\x12\x0c\n\x04vote\x18\x01 \x01(\x0c\"$\n\x05\x43hunk\x12\r\n\x05index\x18\x01 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"<\n\x0c\x42lobManifest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x03\x12\x0e\n\x06\x63hunks\x18\x03 \x03(\x0c\"\x1b\n\x0bGossipReply\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"\r\n\x0bInfoRequest\"\x8c\x01\n\x08NodeInfo\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\r\n\x05roles\x18\x02 \x03(\t\x12\x0f\n\x07network\x18\x03 \x01(\t\x12\x13\n\x0b\x65vents_port\x18\x04 \x01(\x05\x12\x14\n\x0cmetrics_port\x18\x05 \x01(\x05\x12\x13\n\x0bledger_size\x18\x06 \x01(\x03\x12\x0f\n\x07version\x18\x07 \x01(\t2\x84\x02\n\x07Gateway\x12>\n\x06Submit\x12\x1a.trustgen.v1.SignedRequest\x1a\x18.trustgen.v1.SubmitReply\x12=\n\x06Status\x12\x1a.trustgen.v1.SignedRequest\x1a\x17.trustgen.v1.TaskStatus\x12>\n\x05Watch\x12\x1a.trustgen.v1.SignedRequest\x1a\x17.trustgen.v1.TaskStatus0\x01\x12:\n\x04Join\x12\x1a.trustgen.v1.SignedRequest\x1a\x16.trustgen.v1.JoinReply2J\n\x06Worker\x12@\n\x07\x45xecute\x12\x1a.trustgen.v1.SignedRequest\x1a\x19.trustgen.v1.ExecuteReply2H\n\x08Verifier\x12<\n\x05\x43heck\x12\x1a.trustgen.v1.SignedRequest\x1a\x17.trustgen.v1.CheckReply2\x85\x01\n\x05\x42lobs\x12\x41\n\x08Manifest\x12\x1a.trustgen.v1.SignedRequest\x1a\x19.trustgen.v1.BlobManifest\x12\x39\n\x05\x46\x65tch\x12\x1a.trustgen.v1.SignedRequest\x1a\x12.trustgen.v1.Chunk0\x01\x32\x84\x02\n\x06Gossip\x12@\n\x08\x41nnounce\x12\x1a.trustgen.v1.SignedRequest\x1a\x18.trustgen.v1.GossipReply\x12<\n\x04Push\x12\x1a.trustgen.v1.SignedRequest\x1a\x18.trustgen.v1.GossipReply\x12<\n\x04Sync\x12\x1a.trustgen.v1.SignedRequest\x1a\x18.trustgen.v1.GossipReply\x12<\n\x04Pull\x12\x1a.trustgen.v1.SignedRequest\x1a\x18.trustgen.v1.GossipReply2?\n\x04Node\x12\x37\n\x04Info\x12\x18.trustgen.v1.InfoRequest\x1a\x15.trustgen.v1.NodeInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1btrustgen/rpc/trustgen.proto\x12\x0btrustgen.v1\"3\n\rSignedRequest\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"-\n\x0bSubmitReply\x12\x0f\n\x07task_id\x18\x01 \x01(\x0c\x12\r\n\x05state\x18\x02 \x01(\t\"\xa3\x01\n\nTaskStatus\x12\x0f\n\x07task_id\x18\x01 \x01(\x0c\x12\r\n\x05state\x18\x02 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x04 \x01(\x05\x12\x0e\n\x06result\x18\x05 \x01(\x0c\x12\r\n\x05votes\x18\x06 \x03(\x0c\x12\x13\n\x0b\x63\x65rtificate\x18\x07 \x01(\x0c\x12\x0e\n\x06output\x18\x08 \x01(\x0c\x12\x10\n\x08\x64\x65\x63ision\x18\t \x01(\t\" \n\tJoinReply\x12\x13\n\x0bledger_size\x18\x01 \x01(\x03\".\n\x0c\x45xecuteReply\x12\x0e\n\x06result\x18\x01 \x01(\x0c\x12\x0e\n\x06output\x18\x02 \x01(\x0c\"\x1a\n\nCheckReply\x12\x0c\n\x04vote\x18\x01 \x01(\x0c\"$\n\x05\x43hunk\x12\r\n\x05index\x18\x01 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"<\n\x0c\x42lobManifest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x03\x12\x0e\n\x06\x63hunks\x18\x03 \x03(\x0c\"(\n\x0bGossipFrame\x12\x0c\n\x04\x62ody\x18\x01 \x01(\x0c\x12\x0b\n\x03tag\x18\x02 \x01(\x0c\"\xcb\x02\n\x08GossipOp\x12!\n\x04have\x18\x01 \x01(\x0b\x32\x11.trustgen.v1.HaveH\x00\x12!\n\x04want\x18\x02 \x01(\x0b\x32\x11.trustgen.v1.WantH\x00\x12$\n\x04push\x18\x03 \x01(\x0b\x32\x14.trustgen.v1.EntriesH\x00\x12\x1f\n\x03\x61\x63k\x18\x04 \x01(\x0b\x32\x10.trustgen.v1.AckH\x00\x12\x10\n\x06\x64igest\x18\x05 \x01(\x0cH\x00\x12#\n\x05heads\x18\x06 \x01(\x0b\x32\x12.trustgen.v1.HeadsH\x00\x12\"\n\x04pull\x18\x07 \x01(\x0b\x32\x12.trustgen.v1.RangeH\x00\x12\'\n\x07\x65ntries\x18\x08 \x01(\x0b\x32\x14.trustgen.v1.EntriesH\x00\x12(\n\x08heads_of\x18\t \x01(\x0b\x32\x14.trustgen.v1.HeadsOfH\x00\x42\x04\n\x02op\"?\n\x03Pos\x12\x0c\n\x04\x66\x65\x65\x64\x18\x01 \x01(\x0c\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x0c\n\x04hash\x18\x03 \x01(\x0c\x12\x0f\n\x07\x66\x65\x65\x64_id\x18\x04 \x01(\r\"H\n\x05Range\x12\x0c\n\x04\x66\x65\x65\x64\x18\x01 \x01(\x0c\x12\x10\n\x08\x66rom_seq\x18\x02 \x01(\x04\x12\x0e\n\x06to_seq\x18\x03 \x01(\x04\x12\x0f\n\x07\x66\x65\x65\x64_id\x18\x04 \x01(\r\"\'\n\x04Have\x12\x1f\n\x05items\x18\x01 \x03(\x0b\x32\x10.trustgen.v1.Pos\"*\n\x04Want\x12\"\n\x06ranges\x18\x01 \x03(\x0b\x32\x12.trustgen.v1.Range\"d\n\x05Heads\x12\x0c\n\x04same\x18\x01 \x01(\x08\x12\x1f\n\x05heads\x18\x02 \x03(\x0b\x32\x10.trustgen.v1.Pos\x12\x14\n\x0c\x62ucket_count\x18\x03 \x01(\r\x12\x16\n\x0e\x62ucket_digests\x18\x04 \x03(\x0c\"0\n\x07HeadsOf\x12\x14\n\x0c\x62ucket_count\x18\x01 \x01(\r\x12\x0f\n\x07\x62uckets\x18\x02 \x03(\r\"%\n\x05\x45ntry\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x12\x0b\n\x03sig\x18\x02 \x01(\x0c\".\n\x07\x45ntries\x12#\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x12.trustgen.v1.Entry\"O\n\x03\x41\x63k\x12\x0e\n\x06stored\x18\x01 \x01(\r\x12\x11\n\tduplicate\x18\x02 \x01(\r\x12\x14\n\x0c\x65quivocation\x18\x03 \x01(\r\x12\x0f\n\x07refused\x18\x04 \x01(\r\"\r\n\x0bInfoRequest\"\x8c\x01\n\x08NodeInfo\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\r\n\x05roles\x18\x02 \x03(\t\x12\x0f\n\x07network\x18\x03 \x01(\t\x12\x13\n\x0b\x65vents_port\x18\x04 \x01(\x05\x12\x14\n\x0cmetrics_port\x18\x05 \x01(\x05\x12\x13\n\x0bledger_size\x18\x06 \x01(\x03\x12\x0f\n\x07version\x18\x07 \x01(\t2\x84\x02\n\x07Gateway\x12>\n\x06Submit\x12\x1a.trustgen.v1.SignedRequest\x1a\x18.trustgen.v1.SubmitReply\x12=\n\x06Status\x12\x1a.trustgen.v1.SignedRequest\x1a\x17.trustgen.v1.TaskStatus\x12>\n\x05Watch\x12\x1a.trustgen.v1.SignedRequest\x1a\x17.trustgen.v1.TaskStatus0\x01\x12:\n\x04Join\x12\x1a.trustgen.v1.SignedRequest\x1a\x16.trustgen.v1.JoinReply2J\n\x06Worker\x12@\n\x07\x45xecute\x12\x1a.trustgen.v1.SignedRequest\x1a\x19.trustgen.v1.ExecuteReply2H\n\x08Verifier\x12<\n\x05\x43heck\x12\x1a.trustgen.v1.SignedRequest\x1a\x17.trustgen.v1.CheckReply2\x85\x01\n\x05\x42lobs\x12\x41\n\x08Manifest\x12\x1a.trustgen.v1.SignedRequest\x1a\x19.trustgen.v1.BlobManifest\x12\x39\n\x05\x46\x65tch\x12\x1a.trustgen.v1.SignedRequest\x1a\x12.trustgen.v1.Chunk0\x01\x32K\n\x06Gossip\x12\x41\n\x07Session\x12\x18.trustgen.v1.GossipFrame\x1a\x18.trustgen.v1.GossipFrame(\x01\x30\x01\x32?\n\x04Node\x12\x37\n\x04Info\x12\x18.trustgen.v1.InfoRequest\x1a\x15.trustgen.v1.NodeInfob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -47,22 +47,42 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CHUNK']._serialized_end=456
   _globals['_BLOBMANIFEST']._serialized_start=458
   _globals['_BLOBMANIFEST']._serialized_end=518
-  _globals['_GOSSIPREPLY']._serialized_start=520
-  _globals['_GOSSIPREPLY']._serialized_end=547
-  _globals['_INFOREQUEST']._serialized_start=549
-  _globals['_INFOREQUEST']._serialized_end=562
-  _globals['_NODEINFO']._serialized_start=565
-  _globals['_NODEINFO']._serialized_end=705
-  _globals['_GATEWAY']._serialized_start=708
-  _globals['_GATEWAY']._serialized_end=968
-  _globals['_WORKER']._serialized_start=970
-  _globals['_WORKER']._serialized_end=1044
-  _globals['_VERIFIER']._serialized_start=1046
-  _globals['_VERIFIER']._serialized_end=1118
-  _globals['_BLOBS']._serialized_start=1121
-  _globals['_BLOBS']._serialized_end=1254
-  _globals['_GOSSIP']._serialized_start=1257
-  _globals['_GOSSIP']._serialized_end=1517
-  _globals['_NODE']._serialized_start=1519
-  _globals['_NODE']._serialized_end=1582
+  _globals['_GOSSIPFRAME']._serialized_start=520
+  _globals['_GOSSIPFRAME']._serialized_end=560
+  _globals['_GOSSIPOP']._serialized_start=563
+  _globals['_GOSSIPOP']._serialized_end=894
+  _globals['_POS']._serialized_start=896
+  _globals['_POS']._serialized_end=959
+  _globals['_RANGE']._serialized_start=961
+  _globals['_RANGE']._serialized_end=1033
+  _globals['_HAVE']._serialized_start=1035
+  _globals['_HAVE']._serialized_end=1074
+  _globals['_WANT']._serialized_start=1076
+  _globals['_WANT']._serialized_end=1118
+  _globals['_HEADS']._serialized_start=1120
+  _globals['_HEADS']._serialized_end=1220
+  _globals['_HEADSOF']._serialized_start=1222
+  _globals['_HEADSOF']._serialized_end=1270
+  _globals['_ENTRY']._serialized_start=1272
+  _globals['_ENTRY']._serialized_end=1309
+  _globals['_ENTRIES']._serialized_start=1311
+  _globals['_ENTRIES']._serialized_end=1357
+  _globals['_ACK']._serialized_start=1359
+  _globals['_ACK']._serialized_end=1438
+  _globals['_INFOREQUEST']._serialized_start=1440
+  _globals['_INFOREQUEST']._serialized_end=1453
+  _globals['_NODEINFO']._serialized_start=1456
+  _globals['_NODEINFO']._serialized_end=1596
+  _globals['_GATEWAY']._serialized_start=1599
+  _globals['_GATEWAY']._serialized_end=1859
+  _globals['_WORKER']._serialized_start=1861
+  _globals['_WORKER']._serialized_end=1935
+  _globals['_VERIFIER']._serialized_start=1937
+  _globals['_VERIFIER']._serialized_end=2009
+  _globals['_BLOBS']._serialized_start=2012
+  _globals['_BLOBS']._serialized_end=2145
+  _globals['_GOSSIP']._serialized_start=2147
+  _globals['_GOSSIP']._serialized_end=2222
+  _globals['_NODE']._serialized_start=2224
+  _globals['_NODE']._serialized_end=2287
 # @@protoc_insertion_point(module_scope)

@@ -1,8 +1,8 @@
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Iterable as _Iterable
-from typing import ClassVar as _ClassVar, Optional as _Optional
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
@@ -82,11 +82,117 @@ class BlobManifest(_message.Message):
     chunks: _containers.RepeatedScalarFieldContainer[bytes]
     def __init__(self, digest: _Optional[str] = ..., size: _Optional[int] = ..., chunks: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
-class GossipReply(_message.Message):
-    __slots__ = ("data",)
-    DATA_FIELD_NUMBER: _ClassVar[int]
-    data: bytes
-    def __init__(self, data: _Optional[bytes] = ...) -> None: ...
+class GossipFrame(_message.Message):
+    __slots__ = ("body", "tag")
+    BODY_FIELD_NUMBER: _ClassVar[int]
+    TAG_FIELD_NUMBER: _ClassVar[int]
+    body: bytes
+    tag: bytes
+    def __init__(self, body: _Optional[bytes] = ..., tag: _Optional[bytes] = ...) -> None: ...
+
+class GossipOp(_message.Message):
+    __slots__ = ("have", "want", "push", "ack", "digest", "heads", "pull", "entries", "heads_of")
+    HAVE_FIELD_NUMBER: _ClassVar[int]
+    WANT_FIELD_NUMBER: _ClassVar[int]
+    PUSH_FIELD_NUMBER: _ClassVar[int]
+    ACK_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    HEADS_FIELD_NUMBER: _ClassVar[int]
+    PULL_FIELD_NUMBER: _ClassVar[int]
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    HEADS_OF_FIELD_NUMBER: _ClassVar[int]
+    have: Have
+    want: Want
+    push: Entries
+    ack: Ack
+    digest: bytes
+    heads: Heads
+    pull: Range
+    entries: Entries
+    heads_of: HeadsOf
+    def __init__(self, have: _Optional[_Union[Have, _Mapping]] = ..., want: _Optional[_Union[Want, _Mapping]] = ..., push: _Optional[_Union[Entries, _Mapping]] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ..., digest: _Optional[bytes] = ..., heads: _Optional[_Union[Heads, _Mapping]] = ..., pull: _Optional[_Union[Range, _Mapping]] = ..., entries: _Optional[_Union[Entries, _Mapping]] = ..., heads_of: _Optional[_Union[HeadsOf, _Mapping]] = ...) -> None: ...
+
+class Pos(_message.Message):
+    __slots__ = ("feed", "seq", "hash", "feed_id")
+    FEED_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    HASH_FIELD_NUMBER: _ClassVar[int]
+    FEED_ID_FIELD_NUMBER: _ClassVar[int]
+    feed: bytes
+    seq: int
+    hash: bytes
+    feed_id: int
+    def __init__(self, feed: _Optional[bytes] = ..., seq: _Optional[int] = ..., hash: _Optional[bytes] = ..., feed_id: _Optional[int] = ...) -> None: ...
+
+class Range(_message.Message):
+    __slots__ = ("feed", "from_seq", "to_seq", "feed_id")
+    FEED_FIELD_NUMBER: _ClassVar[int]
+    FROM_SEQ_FIELD_NUMBER: _ClassVar[int]
+    TO_SEQ_FIELD_NUMBER: _ClassVar[int]
+    FEED_ID_FIELD_NUMBER: _ClassVar[int]
+    feed: bytes
+    from_seq: int
+    to_seq: int
+    feed_id: int
+    def __init__(self, feed: _Optional[bytes] = ..., from_seq: _Optional[int] = ..., to_seq: _Optional[int] = ..., feed_id: _Optional[int] = ...) -> None: ...
+
+class Have(_message.Message):
+    __slots__ = ("items",)
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[Pos]
+    def __init__(self, items: _Optional[_Iterable[_Union[Pos, _Mapping]]] = ...) -> None: ...
+
+class Want(_message.Message):
+    __slots__ = ("ranges",)
+    RANGES_FIELD_NUMBER: _ClassVar[int]
+    ranges: _containers.RepeatedCompositeFieldContainer[Range]
+    def __init__(self, ranges: _Optional[_Iterable[_Union[Range, _Mapping]]] = ...) -> None: ...
+
+class Heads(_message.Message):
+    __slots__ = ("same", "heads", "bucket_count", "bucket_digests")
+    SAME_FIELD_NUMBER: _ClassVar[int]
+    HEADS_FIELD_NUMBER: _ClassVar[int]
+    BUCKET_COUNT_FIELD_NUMBER: _ClassVar[int]
+    BUCKET_DIGESTS_FIELD_NUMBER: _ClassVar[int]
+    same: bool
+    heads: _containers.RepeatedCompositeFieldContainer[Pos]
+    bucket_count: int
+    bucket_digests: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, same: _Optional[bool] = ..., heads: _Optional[_Iterable[_Union[Pos, _Mapping]]] = ..., bucket_count: _Optional[int] = ..., bucket_digests: _Optional[_Iterable[bytes]] = ...) -> None: ...
+
+class HeadsOf(_message.Message):
+    __slots__ = ("bucket_count", "buckets")
+    BUCKET_COUNT_FIELD_NUMBER: _ClassVar[int]
+    BUCKETS_FIELD_NUMBER: _ClassVar[int]
+    bucket_count: int
+    buckets: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, bucket_count: _Optional[int] = ..., buckets: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class Entry(_message.Message):
+    __slots__ = ("payload", "sig")
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    SIG_FIELD_NUMBER: _ClassVar[int]
+    payload: bytes
+    sig: bytes
+    def __init__(self, payload: _Optional[bytes] = ..., sig: _Optional[bytes] = ...) -> None: ...
+
+class Entries(_message.Message):
+    __slots__ = ("entries",)
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    entries: _containers.RepeatedCompositeFieldContainer[Entry]
+    def __init__(self, entries: _Optional[_Iterable[_Union[Entry, _Mapping]]] = ...) -> None: ...
+
+class Ack(_message.Message):
+    __slots__ = ("stored", "duplicate", "equivocation", "refused")
+    STORED_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATE_FIELD_NUMBER: _ClassVar[int]
+    EQUIVOCATION_FIELD_NUMBER: _ClassVar[int]
+    REFUSED_FIELD_NUMBER: _ClassVar[int]
+    stored: int
+    duplicate: int
+    equivocation: int
+    refused: int
+    def __init__(self, stored: _Optional[int] = ..., duplicate: _Optional[int] = ..., equivocation: _Optional[int] = ..., refused: _Optional[int] = ...) -> None: ...
 
 class InfoRequest(_message.Message):
     __slots__ = ()

@@ -495,55 +495,18 @@ class GossipStub:
         Args:
             channel: A grpc.Channel.
         """
-        self.Announce = channel.unary_unary(
-                '/trustgen.v1.Gossip/Announce',
-                request_serializer=trustgen_dot_rpc_dot_trustgen__pb2.SignedRequest.SerializeToString,
-                response_deserializer=trustgen_dot_rpc_dot_trustgen__pb2.GossipReply.FromString,
-                _registered_method=True)
-        self.Push = channel.unary_unary(
-                '/trustgen.v1.Gossip/Push',
-                request_serializer=trustgen_dot_rpc_dot_trustgen__pb2.SignedRequest.SerializeToString,
-                response_deserializer=trustgen_dot_rpc_dot_trustgen__pb2.GossipReply.FromString,
-                _registered_method=True)
-        self.Sync = channel.unary_unary(
-                '/trustgen.v1.Gossip/Sync',
-                request_serializer=trustgen_dot_rpc_dot_trustgen__pb2.SignedRequest.SerializeToString,
-                response_deserializer=trustgen_dot_rpc_dot_trustgen__pb2.GossipReply.FromString,
-                _registered_method=True)
-        self.Pull = channel.unary_unary(
-                '/trustgen.v1.Gossip/Pull',
-                request_serializer=trustgen_dot_rpc_dot_trustgen__pb2.SignedRequest.SerializeToString,
-                response_deserializer=trustgen_dot_rpc_dot_trustgen__pb2.GossipReply.FromString,
+        self.Session = channel.stream_stream(
+                '/trustgen.v1.Gossip/Session',
+                request_serializer=trustgen_dot_rpc_dot_trustgen__pb2.GossipFrame.SerializeToString,
+                response_deserializer=trustgen_dot_rpc_dot_trustgen__pb2.GossipFrame.FromString,
                 _registered_method=True)
 
 
 class GossipServicer:
     """Missing associated documentation comment in .proto file."""
 
-    def Announce(self, request, context):
-        """args {have: [[feed, seq, hash]]} -> {want: [[feed, from, to]]}
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def Push(self, request, context):
-        """args {entries: [[payload, sig]]} -> {stored, refused}
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def Sync(self, request, context):
-        """args {digest} -> {same} or {heads: [[feed, seq, hash]]}
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def Pull(self, request, context):
-        """args {feed, from_seq, limit} -> {entries}
-        """
+    def Session(self, request_iterator, context):
+        """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -551,25 +514,10 @@ class GossipServicer:
 
 def add_GossipServicer_to_server(servicer, server):
     rpc_method_handlers = {
-            'Announce': grpc.unary_unary_rpc_method_handler(
-                    servicer.Announce,
-                    request_deserializer=trustgen_dot_rpc_dot_trustgen__pb2.SignedRequest.FromString,
-                    response_serializer=trustgen_dot_rpc_dot_trustgen__pb2.GossipReply.SerializeToString,
-            ),
-            'Push': grpc.unary_unary_rpc_method_handler(
-                    servicer.Push,
-                    request_deserializer=trustgen_dot_rpc_dot_trustgen__pb2.SignedRequest.FromString,
-                    response_serializer=trustgen_dot_rpc_dot_trustgen__pb2.GossipReply.SerializeToString,
-            ),
-            'Sync': grpc.unary_unary_rpc_method_handler(
-                    servicer.Sync,
-                    request_deserializer=trustgen_dot_rpc_dot_trustgen__pb2.SignedRequest.FromString,
-                    response_serializer=trustgen_dot_rpc_dot_trustgen__pb2.GossipReply.SerializeToString,
-            ),
-            'Pull': grpc.unary_unary_rpc_method_handler(
-                    servicer.Pull,
-                    request_deserializer=trustgen_dot_rpc_dot_trustgen__pb2.SignedRequest.FromString,
-                    response_serializer=trustgen_dot_rpc_dot_trustgen__pb2.GossipReply.SerializeToString,
+            'Session': grpc.stream_stream_rpc_method_handler(
+                    servicer.Session,
+                    request_deserializer=trustgen_dot_rpc_dot_trustgen__pb2.GossipFrame.FromString,
+                    response_serializer=trustgen_dot_rpc_dot_trustgen__pb2.GossipFrame.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -583,7 +531,7 @@ class Gossip:
     """Missing associated documentation comment in .proto file."""
 
     @staticmethod
-    def Announce(request,
+    def Session(request_iterator,
             target,
             options=(),
             channel_credentials=None,
@@ -593,93 +541,12 @@ class Gossip:
             wait_for_ready=None,
             timeout=None,
             metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
+        return grpc.experimental.stream_stream(
+            request_iterator,
             target,
-            '/trustgen.v1.Gossip/Announce',
-            trustgen_dot_rpc_dot_trustgen__pb2.SignedRequest.SerializeToString,
-            trustgen_dot_rpc_dot_trustgen__pb2.GossipReply.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def Push(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/trustgen.v1.Gossip/Push',
-            trustgen_dot_rpc_dot_trustgen__pb2.SignedRequest.SerializeToString,
-            trustgen_dot_rpc_dot_trustgen__pb2.GossipReply.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def Sync(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/trustgen.v1.Gossip/Sync',
-            trustgen_dot_rpc_dot_trustgen__pb2.SignedRequest.SerializeToString,
-            trustgen_dot_rpc_dot_trustgen__pb2.GossipReply.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def Pull(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/trustgen.v1.Gossip/Pull',
-            trustgen_dot_rpc_dot_trustgen__pb2.SignedRequest.SerializeToString,
-            trustgen_dot_rpc_dot_trustgen__pb2.GossipReply.FromString,
+            '/trustgen.v1.Gossip/Session',
+            trustgen_dot_rpc_dot_trustgen__pb2.GossipFrame.SerializeToString,
+            trustgen_dot_rpc_dot_trustgen__pb2.GossipFrame.FromString,
             options,
             channel_credentials,
             insecure,
