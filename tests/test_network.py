@@ -269,6 +269,49 @@ def test_verifier_rebuilds_its_history_from_the_replicated_ledger(net, tmp_path)
     assert replay is not None and replay.earlier_task == task.id.hex()
 
 
+def test_verifiers_fetch_accepted_images_they_did_not_check(net, tmp_path):
+    """An image checked by one verifier: the others learn its certificate by gossip, fetch the
+    PNG by digest from a node that has it (every chunk checked), and index it for replay
+    detection. A user fetches the same blob by digest with `trustgen blob get`."""
+    from trustgen.node.blobs import BlobStore
+
+    from trustgen.consensus.assignment import rank
+
+    root, ready = net
+    gw = ready["gateway"]["address"]
+    liar = bytes.fromhex(ready["verifier-3"]["node_id"])
+    for seed in range(9, 30):
+        # The one verifier is drawn from the gateway's beacon; a task that draws the liar is
+        # rejected whatever the worker does, so draw until an honest verifier has it.
+        me = Identity.generate()
+        task = make_task(me, NET, "image", "tiny-image",
+                         {"prompt": "a red circle on a white background", "seed": seed}, 1)
+        asyncio.run(submit(gw, task, me, NET, insecure=True, wait=False))
+        accepted = next(e for e in gateway_entries(root, "TaskAccepted")
+                        if open_wire(e.body["task"], "Task", NET).id == task.id)
+        if rank(accepted.body["beacon"], task.id, list(accepted.body["candidates"]))[0] != liar:
+            break
+    out = asyncio.run(submit(gw, task, me, NET, insecure=True, wait=True, timeout_s=120))
+    assert out["decision"] == "accept"
+    digest = out["result"]["output"]["png_digest"]
+    checked = {v["verifier"] for v in out["votes"]}
+    others = [n for n in ("verifier-1", "verifier-2", "verifier-3") if ready[n]["node_id"] not in checked]
+    assert len(others) == 2
+    for name in others:
+        wait_for(lambda: BlobStore(root / name / "blobs").get(digest) is not None,
+                 what=f"{name} to fetch the accepted image")
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{ready[name]['metrics_port']}/metrics", timeout=5).read()
+        fetched = [ln for ln in metrics.decode().splitlines() if ln.startswith("trustgen_blobs_fetched_total ")]
+        assert fetched and float(fetched[0].split()[1]) >= 1
+    png = BlobStore(root / "gateway" / "blobs").get(digest)
+    res = run_cli("blob", "get", digest, "--peer", ready[others[0]]["address"], "--insecure", "--json",
+                  "-o", str(tmp_path / "got.png"))
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "got.png").read_bytes() == png and json.loads(res.stdout)["bad_peers"] == []
+    res = run_cli("blob", "get", "ab" * 32, "--peer", gw, "--insecure", "-o", str(tmp_path / "none"))
+    assert res.returncode == 2 and "no peer has" in res.stderr and not (tmp_path / "none").exists()
+
+
 def test_demo_is_the_main_job(tmp_path):
     res = run_cli("demo", "--json", "--dir", str(tmp_path / "demo"), timeout=240)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]

@@ -23,6 +23,8 @@ node_app = typer.Typer(no_args_is_help=True, help="Run a node.")
 app.add_typer(node_app, name="node")
 cluster_app = typer.Typer(no_args_is_help=True, help="A local cluster of node processes.")
 app.add_typer(cluster_app, name="cluster")
+blob_app = typer.Typer(no_args_is_help=True, help="Content-addressed blobs (outputs, checkpoints).")
+app.add_typer(blob_app, name="blob")
 
 out = Console()
 err = Console(stderr=True, soft_wrap=True)
@@ -399,6 +401,47 @@ def events(
         seen += 1
         if count and seen >= count:
             break
+
+
+@blob_app.command("get")
+def blob_get(
+    digest: str = typer.Argument(..., help="The blob's address: a Merkle root, 64 hex digits."),
+    peer: list[str] = typer.Option(..., "--peer", help="HOST:PORT of a node to ask; repeat for more."),
+    output: pathlib.Path = typer.Option(..., "-o", "--output"),
+    network: str = typer.Option("trustgen-local"),
+    insecure: bool = typer.Option(False, "--insecure", help="Plaintext gRPC (loopback, tests)."),
+    tls_ca: str = typer.Option("", "--tls-ca", help="CA certificate for TLS."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Fetch a blob by digest from whichever of the peers has it, every chunk checked; a peer
+    serving bad data is skipped and the download continues from another."""
+    import asyncio
+    import re
+
+    from trustgen.consensus.identity import Identity
+    from trustgen.node.blobfetch import fetch_blob
+    from trustgen.node.peers import Peers
+
+    if not re.fullmatch(r"[0-9a-f]{64}", digest):
+        raise TrustgenError("digest must be 64 lowercase hex digits")
+    if not insecure and not tls_ca:
+        raise TrustgenError("give --tls-ca FILE, or --insecure for plaintext gRPC")
+
+    async def fetch() -> tuple[bytes, list[str]]:
+        peers = Peers(Identity.generate(), network, insecure, tls_ca)
+        try:
+            return await fetch_blob(peers, digest, list(peer))
+        finally:
+            await peers.close()
+
+    data, dropped = asyncio.run(fetch())
+    tmp = output.with_name(output.name + ".part")
+    tmp.write_bytes(data)
+    tmp.replace(output)  # never a half-written file under the asked-for name
+    emit({"digest": digest, "bytes": len(data), "output": str(output), "bad_peers": dropped}, as_json)
+    if not as_json:
+        out.print(f"{digest[:16]}: {len(data)} bytes -> {output}"
+                  + (f" (skipped bad peers: {', '.join(dropped)})" if dropped else ""))
 
 
 @app.command("demo")

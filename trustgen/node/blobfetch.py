@@ -8,6 +8,8 @@ from the same chunk with the next peer, so one lying peer costs at most one chun
 from __future__ import annotations
 
 import logging
+import random
+from typing import Any
 
 import grpc
 
@@ -24,27 +26,30 @@ class BlobFetchError(TrustgenError):
     pass
 
 
-async def _manifest(peers: Peers, address: str, digest: str) -> Manifest | None:
+async def _manifest(peers: Peers, address: str, digest: str) -> tuple[Manifest | None, bool]:
+    """The peer's manifest for `digest`, and whether the peer lied (a manifest that does not
+    hash to the digest). A peer without the blob, or out of reach, has not lied."""
     try:
         reply = await peers.call(address, "Blobs", "Manifest", {"digest": digest}, timeout=opts.DEADLINE_FETCH)
     except grpc.aio.AioRpcError:
-        return None
+        return None, False
     m = Manifest(reply.digest, reply.size, list(reply.chunks))
-    return m if m.digest == digest and m.valid() else None
+    return (m, False) if m.digest == digest and m.valid() else (None, True)
 
 
 async def fetch_blob(peers: Peers, digest: str, sources: list[str], store: BlobStore | None = None) -> tuple[bytes, list[str]]:
-    """Download `digest` from `sources` (addresses, tried in order). Returns the data and the
-    sources dropped for serving bad data."""
+    """Download `digest` from `sources` (addresses, tried in order; those without the blob are
+    skipped). Returns the data and the sources dropped for serving bad data."""
     dropped: list[str] = []
     manifest = None
     pool = list(sources)
     for address in list(pool):
-        manifest = await _manifest(peers, address, digest)
+        manifest, lied = await _manifest(peers, address, digest)
         if manifest is not None:
             break
         pool.remove(address)
-        dropped.append(address)
+        if lied:
+            dropped.append(address)
     if manifest is None:
         raise BlobFetchError(f"no peer has a valid manifest for {digest}")
     chunks: list[bytes] = []
@@ -77,3 +82,13 @@ async def fetch_blob(peers: Peers, digest: str, sources: list[str], store: BlobS
     if store is not None:
         store.put(data)
     return data, dropped
+
+
+def sources_for(holders: list[bytes], members: Any, limit: int = 8) -> list[str]:
+    """Addresses to ask for a blob: live peers known to have had it first (by key), then other
+    live peers in random order, at most `limit`."""
+    live = members.live()
+    first = [p.address for k in holders for p in live if p.key == k]
+    rest = [p.address for p in live if p.address not in first]
+    random.shuffle(rest)
+    return list(dict.fromkeys(first + rest))[:limit]

@@ -26,6 +26,7 @@ from trustgen.consensus.ledger import Ledger
 from trustgen.node import grpc_options as opts
 from trustgen.node import transport
 from trustgen.node.auth import RequestGuard
+from trustgen.node.blobfetch import BlobFetchError, fetch_blob, sources_for
 from trustgen.node.blobs import BlobStore
 from trustgen.node.config import NodeConfig
 from trustgen.node.events import EventBus
@@ -56,6 +57,10 @@ class Node:
         self.membership = Membership(self.identity.public_key, bootstrap)
         self.gossip = Gossip(self.identity, self.ledger, self.peers, self.membership, cfg.gossip_fanout,
                              learn_peers=cfg.learn_peers, events=self.events)
+        self.metrics.gossip_bytes.set_function(lambda: self.gossip.bytes_sent)
+        for state in ("alive", "suspect", "dead", "banned"):
+            self.metrics.peers.labels(state).set_function(
+                lambda st=state: sum(1 for p in self.membership.peers.values() if p.state == st))
         self.gateway = self.worker = self.verifier = None
         self.engines = None
         self.address = ""
@@ -144,11 +149,12 @@ class Node:
         joiner = loop.create_task(self._join_gateway()) if (self.worker or self.verifier) and cfg.gateway else None
         gossiper = loop.create_task(self.gossip.run(cfg.gossip_interval_s, self._stop)) \
             if cfg.gossip_interval_s > 0 else None
+        follower = loop.create_task(self._follow_outputs(max(cfg.gossip_interval_s, 0.5))) if self.verifier else None
         self.serving.set()
         await self._stop.wait()
         log.info("stopping")
         await health.enter_graceful_shutdown()
-        for t in (joiner, gossiper):
+        for t in (joiner, gossiper, follower):
             if t:
                 t.cancel()
         self.gossip.close()
@@ -162,6 +168,38 @@ class Node:
         self.metrics.close()
         self.ledger.close()
         (cfg.data_dir / READY_FILE).unlink(missing_ok=True)
+
+    async def _follow_outputs(self, interval_s: float) -> None:
+        """Keep the verifier's replay index current as certificates arrive by gossip, fetching
+        accepted images it does not have by digest from the nodes that had them, then any peer."""
+        tries: dict[str, int] = {}
+        while not self._stop.is_set():
+            try:
+                self.verifier.follow(self.ledger, self.blobs)
+                for digest, (task_key, holders) in list(self.verifier.missing.items())[:4]:
+                    try:
+                        png, bad = await fetch_blob(self.peers, digest, sources_for(holders, self.membership), self.blobs)
+                    except BlobFetchError as e:
+                        tries[digest] = tries.get(digest, 0) + 1
+                        if tries[digest] >= 10:
+                            log.warning("giving up on output %s: %s", digest[:12], e)
+                            del self.verifier.missing[digest]
+                        continue
+                    for address in bad:
+                        p = self.membership.peers.get(address)
+                        if p is not None and p.key is not None:
+                            self.membership.misbehaved(p.key)
+                    del self.verifier.missing[digest]
+                    tries.pop(digest, None)
+                    self.verifier.index_image(task_key, png)
+                    self.metrics.blobs_fetched.inc()
+                self.metrics.replay_index.set(len(self.verifier.history))
+            except Exception:  # the index is derived state: a failed pass is retried, never fatal
+                log.exception("output follower pass failed")
+            try:
+                await asyncio.wait_for(self._stop.wait(), timeout=interval_s)
+            except asyncio.TimeoutError:
+                pass
 
     def _write_ready(self, joined: bool = False) -> None:
         ready = {"node_id": self.identity.node_id, "address": self.address, "pid": os.getpid(),

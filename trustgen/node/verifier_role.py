@@ -35,32 +35,52 @@ class VerifierRole:
         self.adversary, self.metrics = adversary, metrics
         self.gateways: set[bytes] = set()
         self.history = HistoryIndex()
+        self.missing: dict[str, tuple[str, list[bytes]]] = {}
+        self._cursor = 0
+        self._results: dict[bytes, Signed] = {}  # committed, not yet finalised
 
     def rebuild_history(self, ledger: Ledger, blobs: BlobStore) -> int:
         """Index the outputs of every result finalised as accepted in the ledger (gossip brings
         the gateway's certificates here). Returns how many were indexed."""
-        results: dict[bytes, Signed] = {}
+        self._cursor, self._results = 0, {}
+        return self.follow(ledger, blobs)
+
+    def follow(self, ledger: Ledger, blobs: BlobStore) -> int:
+        """Index accepted outputs finalised since the last call. Accepted images whose bytes are
+        not here are left in `missing` (png digest -> (task id hex, keys of nodes that had them))
+        for the node to fetch by digest and hand to `index_image`. Returns how many were indexed."""
         added = 0
-        for e in ledger.iter_entries():
+        for e in ledger.iter_entries(since=self._cursor):
             try:
                 if e.type == "ResultCommitted":
                     r = open_wire(e.body["result"], "Result", self.network)
-                    results[r.id] = r
+                    self._results[r.id] = r
                 elif e.type == "TaskFinalized":
                     c = open_wire(e.body["certificate"], "Certificate", self.network).body
-                    r = results.get(c["result_id"])
+                    r = self._results.pop(c["result_id"], None)
                     if c["decision"] != "accept" or r is None:
                         continue
-                    out = r.body["output"]
+                    out, task_key = r.body["output"], c["task_id"].hex()
                     if isinstance(out.get("token_ids"), list) and out["token_ids"]:
-                        self.history.add(c["task_id"].hex(), text_fingerprint(out["token_ids"]))
+                        self.history.add(task_key, text_fingerprint(out["token_ids"]))
                         added += 1
-                    elif (png := blobs.get(str(out.get("png_digest", "")))) is not None:
-                        self.history.add(c["task_id"].hex(), image_fingerprint(read_png(png), "phash"))
-                        added += 1
+                    elif isinstance(out.get("png_digest"), str) and task_key not in self.history:
+                        png = blobs.get(out["png_digest"])
+                        if png is None:
+                            self.missing[out["png_digest"]] = (task_key, [r.body["worker"], c["gateway"]])
+                        else:
+                            added += self.index_image(task_key, png)
             except (MessageError, ValueError, TypeError, KeyError):
                 continue  # a malformed entry is the audit's business, not the index's
+        self._cursor = ledger.next_index()
         return added
+
+    def index_image(self, task_key: str, png: bytes) -> int:
+        try:
+            self.history.add(task_key, image_fingerprint(read_png(png), "phash"))
+        except (OSError, ValueError):
+            return 0
+        return 1
 
     def _check(self, task: Signed, result: Signed, png: bytes) -> tuple[VoteValue, dict]:
         kind = task.body["kind"]

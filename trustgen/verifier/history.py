@@ -38,9 +38,13 @@ class HistoryIndex:
         self._image_keys: list[str] = []
         self._image_hashes: list[int] = []
         self._image_ref: dict[str, Any] | None = None
+        self._image_set: set[str] = set()
 
     def __len__(self) -> int:
         return len(self._text) + len(self._image_keys)
+
+    def __contains__(self, task_id: str) -> bool:
+        return task_id in self._text or task_id in self._image_set
 
     def add(self, task_id: str, fp: dict[str, Any]) -> None:
         if fp["kind"] == "text":
@@ -49,9 +53,12 @@ class HistoryIndex:
             self._lsh.insert(task_id, minhash_from(fp))
             self._text[task_id] = fp
         else:
+            if task_id in self._image_set:
+                return
             if self._image_ref is None:
                 self._image_ref = fp
             check_compatible(self._image_ref, fp)
+            self._image_set.add(task_id)
             self._image_keys.append(task_id)
             self._image_hashes.append(int(fp["hash"], 16))
 
