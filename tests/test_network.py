@@ -297,12 +297,15 @@ def test_verifiers_fetch_accepted_images_they_did_not_check(net, tmp_path):
     checked = {v["verifier"] for v in out["votes"]}
     others = [n for n in ("verifier-1", "verifier-2", "verifier-3") if ready[n]["node_id"] not in checked]
     assert len(others) == 2
+    def fetched(name: str) -> float:
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{ready[name]['metrics_port']}/metrics", timeout=5)
+        line = [ln for ln in metrics.read().decode().splitlines() if ln.startswith("trustgen_blobs_fetched_total ")]
+        return float(line[0].split()[1])
+
     for name in others:
-        wait_for(lambda: BlobStore(root / name / "blobs").get(digest) is not None,
-                 what=f"{name} to fetch the accepted image")
-        metrics = urllib.request.urlopen(f"http://127.0.0.1:{ready[name]['metrics_port']}/metrics", timeout=5).read()
-        fetched = [ln for ln in metrics.decode().splitlines() if ln.startswith("trustgen_blobs_fetched_total ")]
-        assert fetched and float(fetched[0].split()[1]) >= 1
+        # The counter moves once the image is stored and indexed (the file appears a moment before).
+        wait_for(lambda: fetched(name) >= 1, what=f"{name} to fetch and index the accepted image")
+        assert BlobStore(root / name / "blobs").get(digest) is not None
     png = BlobStore(root / "gateway" / "blobs").get(digest)
     res = run_cli("blob", "get", digest, "--peer", ready[others[0]]["address"], "--insecure", "--json",
                   "-o", str(tmp_path / "got.png"))
