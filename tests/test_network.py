@@ -214,6 +214,14 @@ def test_worker_killed_mid_task_and_gateway_restart(tmp_path):
             s = wait_for(lambda: (x := status(gw, t.id)).state == "final" and x, timeout=90, what="resumed task")
             assert s.decision == "accept"
         assert_audits_clean(root / "gateway")
+        # The worker killed at the start missed all of that; restarted, it catches up by gossip.
+        behind = cluster.ledger_heads(root / victim)
+        assert behind != cluster.ledger_heads(root / "gateway")
+        cluster.wait_ready(root / victim, cluster.start(root / victim))
+        names = [d.name for d in cluster.node_dirs(root)]
+        wait_for(lambda: all(cluster.ledger_heads(root / n) == cluster.ledger_heads(root / "gateway") for n in names),
+                 timeout=60, what="the restarted worker to catch up")
+        assert_audits_clean(root / victim)
     finally:
         cluster.down(root)
 
