@@ -186,6 +186,24 @@ def test_rate_limit_and_session_caps(tmp_path, monkeypatch):
     run(body, tmp_path)
 
 
+def test_unknown_keys_cannot_take_the_slots_of_known_peers(tmp_path, monkeypatch):
+    monkeypatch.setattr(gossip, "MAX_STRANGER_SESSIONS", 2)
+
+    async def body(s):
+        a, b = s.nodes[0], s.nodes[1]
+        st = stub(a)
+        crowd = [await ClientSession.open(st, Identity.generate(), NET) for _ in range(2)]
+        with pytest.raises(grpc.aio.AioRpcError) as e:
+            await ClientSession.open(st, Identity.generate(), NET)
+        assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "unknown" in e.value.details()
+        a.membership.add(b.address, b.identity.public_key)  # as if learnt from b's NodeJoined entry
+        known = await ClientSession.open(st, b.identity, NET, a.identity.public_key)
+        assert (await known.request(pb.GossipOp(digest=bytes(32)), 5)).WhichOneof("op") == "heads"
+        for c in crowd:
+            c.close()
+    run(body, tmp_path, n=2)
+
+
 def test_idle_session_closed_by_server_is_reopened_without_marking_the_peer(tmp_path, monkeypatch):
     monkeypatch.setattr(gossip, "SESSION_IDLE_S", 0.3)
 

@@ -49,6 +49,7 @@ HOT_ROUNDS = 6  # an entry is re-announced while peers still want it, at most th
 COLD_AFTER = 2  # ... and until this many rounds in a row found no peer that lacked it
 RATE_PER_S, BURST = 200.0, 400.0  # requests per sender
 MAX_SESSIONS, MAX_SESSIONS_PER_PEER = 1024, 4  # served sessions; a restarted peer may overlap its old one
+MAX_STRANGER_SESSIONS = 256  # ... of which keys not (yet) known from the ledger may hold this many
 SESSION_IDLE_S = 600.0  # a served session with no request for this long is closed
 MAX_FRAME = MAX_BYTES + 64 * 1024
 HASH_HINT = 8  # bytes of an entry's hash in announcements: enough to notice a fork
@@ -198,6 +199,7 @@ class Gossip:
         self._sessions: dict[str, ClientSession] = {}
         self._opening: dict[str, asyncio.Lock] = {}
         self._served: dict[bytes, int] = {}  # open served sessions by client key
+        self._open = self._strangers = 0  # served sessions, handshakes included; of unknown keys
         self._closing = asyncio.Event()
 
     def _count(self, n: int) -> None:
@@ -383,29 +385,40 @@ class Gossip:
     async def serve(self, frames: AsyncIterator[pb.GossipFrame], guard: RequestGuard) -> AsyncIterator[pb.GossipFrame]:
         """One served session: handshake, then answer each request in order. Raises RpcError
         with the status that ends the stream."""
-        if sum(self._served.values()) >= MAX_SESSIONS:
+        if self._open >= MAX_SESSIONS:
             raise RpcError(grpc.StatusCode.RESOURCE_EXHAUSTED, "too many gossip sessions")
-        opened = await session.accept(frames, guard, self.identity, self.peers.network, self._count)
-        if opened is None:
-            return
-        sender, framer, accept = opened
-        if self.members.banned(sender):
-            raise RpcError(grpc.StatusCode.PERMISSION_DENIED, "banned for sending invalid entries")
-        if self._served.get(sender, 0) >= MAX_SESSIONS_PER_PEER:
-            raise RpcError(grpc.StatusCode.RESOURCE_EXHAUSTED, "too many gossip sessions from this peer")
-        self._served[sender] = self._served.get(sender, 0) + 1
-        feeds: list[bytes] = []  # the client's feed numbers on this session (index + 1)
+        self._open += 1  # handshakes count too: each holds a slot for up to the hello timeout
         try:
-            yield accept
-            async for op in session.frames_in(frames, framer, SESSION_IDLE_S, MAX_FRAME, self._closing):
-                self._limit(sender)
-                if self.members.banned(sender):
-                    raise RpcError(grpc.StatusCode.PERMISSION_DENIED, "banned for sending invalid entries")
-                yield framer.seal(self.answer(sender, op, feeds))
+            opened = await session.accept(frames, guard, self.identity, self.peers.network, self._count)
+            if opened is None:
+                return
+            sender, framer, accept = opened
+            if self.members.banned(sender):
+                raise RpcError(grpc.StatusCode.PERMISSION_DENIED, "banned for sending invalid entries")
+            if self._served.get(sender, 0) >= MAX_SESSIONS_PER_PEER:
+                raise RpcError(grpc.StatusCode.RESOURCE_EXHAUSTED, "too many gossip sessions from this peer")
+            # Keys we have not learnt from the ledger share a smaller pool, so a crowd of fresh
+            # keys cannot take every slot from known peers.
+            stranger = self.members.by_key(sender) is None
+            if stranger and self._strangers >= MAX_STRANGER_SESSIONS:
+                raise RpcError(grpc.StatusCode.RESOURCE_EXHAUSTED, "too many gossip sessions from unknown peers")
+            self._served[sender] = self._served.get(sender, 0) + 1
+            self._strangers += stranger
+            feeds: list[bytes] = []  # the client's feed numbers on this session (index + 1)
+            try:
+                yield accept
+                async for op in session.frames_in(frames, framer, SESSION_IDLE_S, MAX_FRAME, self._closing):
+                    self._limit(sender)
+                    if self.members.banned(sender):
+                        raise RpcError(grpc.StatusCode.PERMISSION_DENIED, "banned for sending invalid entries")
+                    yield framer.seal(self.answer(sender, op, feeds))
+            finally:
+                self._strangers -= stranger
+                self._served[sender] -= 1
+                if not self._served[sender]:
+                    del self._served[sender]
         finally:
-            self._served[sender] -= 1
-            if not self._served[sender]:
-                del self._served[sender]
+            self._open -= 1
 
     def answer(self, sender: bytes, op: pb.GossipOp, feeds: list[bytes]) -> pb.GossipOp:
         """The answer to one request of a session; `feeds` is the session's feed numbering."""

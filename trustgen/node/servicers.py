@@ -4,6 +4,7 @@ INTERNAL and are logged, and the node keeps serving."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 from typing import Any, Callable
@@ -151,8 +152,10 @@ class GossipServicer(_Base, rpc.GossipServicer):
 
     async def Session(self, request_iterator, context):
         try:
-            async for frame in self.gossip.serve(request_iterator, self.guard):
-                yield frame
+            # aclosing: when the client goes, the session's cleanup runs now, not at collection.
+            async with contextlib.aclosing(self.gossip.serve(request_iterator, self.guard)) as frames:
+                async for frame in frames:
+                    yield frame
         except RpcError as e:
             self._count(e.code)
             await context.abort(e.code, str(e))
