@@ -213,7 +213,11 @@ def test_idle_session_closed_by_server_is_reopened_without_marking_the_peer(tmp_
         await a.gossip.connect()
         first = a.gossip._sessions[b.address]
         assert first.peer_key == b.identity.public_key  # learnt in the handshake
-        await asyncio.sleep(0.8)  # b closes the idle session
+        for _ in range(200):  # b closes the idle session
+            if b.gossip._open == 0:
+                break
+            await asyncio.sleep(0.05)
+        assert b.gossip._open == 0 and not first.closed  # a has not noticed yet
         b.ledger.append("NodeJoined", {"address": b.address, "roles": ["x"]})
         await a.gossip._sync(a.membership.peers[b.address])
         assert a.gossip._sessions[b.address] is not first
