@@ -201,3 +201,72 @@ def test_blob_fetch_survives_a_peer_serving_corrupt_chunks(tmp_path):
                 await srv.stop(0)
 
     asyncio.run(main())
+
+
+def test_a_slow_peer_cannot_stall_gossip(tmp_path, monkeypatch, caplog):
+    """A peer that answers every request late (after the handshake, so it looks alive) is marked
+    failing and the honest peer still gets everything; one that answers each request just in time
+    but has much to send is cut off at its budget for the round."""
+    from trustgen.node import gossip as gossip_mod
+    from trustgen.node import grpc_options, transport
+    from trustgen.node.auth import RequestGuard
+    from trustgen.node.gossip import Gossip, Membership
+    from trustgen.node.servicers import GossipServicer
+    from trustgen.rpc import trustgen_pb2_grpc as rpc
+
+    monkeypatch.setattr(grpc_options, "DEADLINE_GOSSIP", 0.5)
+    monkeypatch.setattr(gossip_mod, "PEER_BUDGET_S", 1.0)
+
+    class SlowGossip(GossipServicer):
+        delay = 30.0
+
+        async def Session(self, request_iterator, context):
+            first = True
+            async for frame in super().Session(request_iterator, context):
+                if not first:
+                    await asyncio.sleep(self.delay)
+                first = False
+                yield frame
+
+    async def main():
+        s = Swarm(tmp_path)
+        me = Identity.generate()
+        slow_ledger = Ledger(tmp_path / "slow.db", NET, me)
+        slow_ledger.append("NodeJoined", {"address": "127.0.0.1:9", "roles": []})
+        slow_peers = Peers(me, NET, insecure=True)
+        g = Gossip(me, slow_ledger, slow_peers, Membership(me.public_key))
+        srv = transport.server()
+        servicer = SlowGossip(g, RequestGuard(NET))
+        rpc.add_GossipServicer_to_server(servicer, srv)
+        slow = f"127.0.0.1:{transport.add_port(srv, '127.0.0.1:0', insecure=True)}"
+        await srv.start()
+        try:
+            a, b = await s.start(0), await s.start(1)
+            a.membership.add(slow)
+            a.membership.add(b.address)
+            a.ledger.append("NodeJoined", {"address": a.address, "roles": ["news"]})
+            b.ledger.append("NodeJoined", {"address": b.address, "roles": ["news"]})
+            for _ in range(8):
+                await asyncio.wait_for(a.gossip.round(), 10)  # a hang would fail here
+                await b.gossip.round()
+            assert a.membership.snapshot()[slow] in ("suspect", "dead")
+            for feed in (a.identity.public_key, b.identity.public_key):
+                assert a.ledger.head(feed) == b.ledger.head(feed)
+            # Just in time for each request (0.35 s < 0.5 s), but five feeds to pull: over budget.
+            servicer.delay = 0.35
+            for k in range(4):
+                other = Ledger(tmp_path / f"other{k}.db", NET, Identity.generate())
+                e = other.append("NodeJoined", {"address": f"127.0.0.1:{10 + k}", "roles": []})
+                slow_ledger.ingest(e.payload, e.sig)
+            caplog.set_level("INFO", logger="trustgen.node")
+            peer = a.membership.peers[slow]
+            await asyncio.wait_for(a.gossip._bounded(peer, a.gossip._sync(peer), None), 10)
+            assert "ran over its 1.0 s budget" in caplog.text
+            assert slow not in a.gossip._sessions  # dropped: its answers no longer pair up
+        finally:
+            g.close()
+            await srv.stop(0)
+            await slow_peers.close()
+            await s.close()
+
+    asyncio.run(main())

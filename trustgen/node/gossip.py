@@ -54,6 +54,7 @@ SESSION_IDLE_S = 600.0  # a served session with no request for this long is clos
 MAX_FRAME = MAX_BYTES + 64 * 1024
 HASH_HINT = 8  # bytes of an entry's hash in announcements: enough to notice a fork
 MAX_SEQ = 2**63 - 1
+PEER_BUDGET_S = 15.0  # one peer's share of a round (requests have their own, shorter deadline)
 MAX_FEED_IDS = 65536  # feeds a client may number in one session
 FULL_HEADS_UPTO = 16  # feeds; with more, anti-entropy first narrows the difference down by bucket
 MAX_BUCKETS, BUCKET_DIGEST = 1024, 8
@@ -291,7 +292,7 @@ class Gossip:
         if self._hot and live:
             have = [(f, s, v[0]) for (f, s), v in list(self._hot.items())[:MAX_ITEMS]]
             targets = self.rng.sample(live, min(self.fanout, len(live)))
-            wanted = await asyncio.gather(*(self._announce(p, have) for p in targets))
+            wanted = await asyncio.gather(*(self._bounded(p, self._announce(p, have), []) for p in targets))
             for f, s, _ in have:
                 entry = self._hot[(f, s)]
                 still_news = any(lo <= s <= hi for w in wanted for (wf, lo, hi) in w if wf == f)
@@ -306,9 +307,22 @@ class Gossip:
         # repairs what push missed, but run it at least every 4 * sync_every rounds regardless.
         if live and ((self._quiet_rounds >= self.sync_every and self.rounds % self.sync_every == 0)
                      or self.rounds % (4 * self.sync_every) == 0):
-            await self._sync(self.rng.choice(live))
+            peer = self.rng.choice(live)
+            await self._bounded(peer, self._sync(peer), None)
         if self.rounds % PROBE_DEAD_EVERY == 0 and self.members.dead():
-            await self._sync(self.rng.choice(self.members.dead()))
+            peer = self.rng.choice(self.members.dead())
+            await self._bounded(peer, self._sync(peer), None)
+
+    async def _bounded(self, peer: Peer, work: Any, default: Any) -> Any:
+        """Run one peer's share of a round within PEER_BUDGET_S: a slow peer (each answer just
+        inside the request deadline) costs a round this long at most, and counts as failing."""
+        try:
+            return await asyncio.wait_for(work, PEER_BUDGET_S)
+        except asyncio.TimeoutError:
+            log.info("gossip with %s ran over its %.1f s budget", peer.address, PEER_BUDGET_S)
+            self._drop(peer.address)
+            self.members.fail(peer.address)
+            return default
 
     async def _announce(self, peer: Peer, have: list[tuple[bytes, int, bytes]]) -> list[tuple[bytes, int, int]]:
         """Announce; push what the peer wants; return the (feed, lo, hi) ranges it wanted."""
