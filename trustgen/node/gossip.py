@@ -196,6 +196,7 @@ class Gossip:
         self._buckets: dict[bytes, _Bucket] = {}
         self._learn_cursor = 0
         self._hot: dict[tuple[bytes, int], list[Any]] = {}  # (feed, seq) -> [hash, rounds left, misses]
+        self._holders: dict[tuple[bytes, int], set[bytes]] = {}  # (feed, seq) -> keys known to have it
         self._quiet_rounds = 0
         self._sessions: dict[str, ClientSession] = {}
         self._opening: dict[str, asyncio.Lock] = {}
@@ -291,15 +292,22 @@ class Gossip:
         live = self.members.live()
         if self._hot and live:
             have = [(f, s, v[0]) for (f, s), v in list(self._hot.items())[:MAX_ITEMS]]
-            targets = self.rng.sample(live, min(self.fanout, len(live)))
-            wanted = await asyncio.gather(*(self._bounded(p, self._announce(p, have), []) for p in targets))
+            # Announce only to peers not already known to hold all of it: the peer we got an
+            # entry from, and peers that announced it to us or that we announced it to, do.
+            news_for = {p.address: [x for x in have if p.key is None or p.key not in self._holders.get(x[:2], ())]
+                        for p in live}
+            candidates = [p for p in live if news_for[p.address]]
+            targets = self.rng.sample(candidates, min(self.fanout, len(candidates)))
+            wanted = await asyncio.gather(*(self._bounded(p, self._announce(p, news_for[p.address]), [])
+                                            for p in targets))
             for f, s, _ in have:
                 entry = self._hot[(f, s)]
                 still_news = any(lo <= s <= hi for w in wanted for (wf, lo, hi) in w if wf == f)
                 entry[1] -= 1
                 entry[2] = 0 if still_news else entry[2] + 1
-                if entry[2] >= COLD_AFTER or entry[1] <= 0:
+                if entry[2] >= COLD_AFTER or entry[1] <= 0 or not candidates:
                     del self._hot[(f, s)]
+                    self._holders.pop((f, s), None)
             self._quiet_rounds = 0
         else:
             self._quiet_rounds += 1
@@ -339,6 +347,9 @@ class Gossip:
         reply = await self._request(peer, build, "want")
         if reply is None:
             return []
+        if peer.key is not None:  # it has these now, is fetching them elsewhere, or gets them below
+            for f, seq, _ in have:
+                self._note_holder(peer.key, f, seq)
         announced = used[-1].announced
         wants = [(announced[r.feed_id - 1], r.from_seq, r.to_seq) for r in reply.want.ranges[:MAX_ITEMS]
                  if 1 <= r.feed_id <= len(announced) and 1 <= r.from_seq <= r.to_seq <= MAX_SEQ]
@@ -387,6 +398,11 @@ class Gossip:
                    and (in_scope is None or bucket_of(f, count) in in_scope)]
         if surplus:
             await self._push_ranges(peer, surplus[:MAX_ITEMS])
+
+    def _note_holder(self, key: bytes, feed: bytes, seq: int) -> None:
+        if len(self._holders) >= 100_000:  # bounded: keep only what is still being spread
+            self._holders = {k: v for k, v in self._holders.items() if k in self._hot}
+        self._holders.setdefault((feed, seq), set()).add(key)
 
     def _learn(self) -> None:
         """Peers from NodeJoined entries of any feed (address, key), stored since last round."""
@@ -438,7 +454,7 @@ class Gossip:
         """The answer to one request of a session; `feeds` is the session's feed numbering."""
         kind = op.WhichOneof("op")
         if kind == "have":
-            return self.on_have(op.have, feeds)
+            return self.on_have(sender, op.have, feeds)
         if kind == "push":
             return self.on_push(sender, op.push)
         if kind == "digest":
@@ -454,7 +470,7 @@ class Gossip:
         if not b.take():
             raise RpcError(grpc.StatusCode.RESOURCE_EXHAUSTED, "gossip rate limit")
 
-    def on_have(self, have: pb.Have, feeds: list[bytes]) -> pb.GossipOp:
+    def on_have(self, sender: bytes, have: pb.Have, feeds: list[bytes]) -> pb.GossipOp:
         if len(have.items) > MAX_ITEMS:
             raise RpcError(grpc.StatusCode.RESOURCE_EXHAUSTED, f"more than {MAX_ITEMS} announced entries")
         now = time.monotonic()
@@ -462,6 +478,7 @@ class Gossip:
         for item in have.items:
             feed = self._announced_feed(item, feeds)
             seq = item.seq
+            self._note_holder(sender, feed, seq)
             head, _ = self.ledger.head(feed)
             if seq <= head:
                 stored = self.ledger.get(feed, seq)
