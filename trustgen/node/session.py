@@ -121,6 +121,8 @@ class ClientSession:
         try:
             frame = pb.GossipFrame(body=hello.payload, tag=hello.sig)
             await asyncio.wait_for(call.write(frame), timeout)
+            if on_send is not None:
+                on_send(frame.ByteSize())
             reply = await asyncio.wait_for(call.read(), timeout)
             if reply is grpc.aio.EOF:
                 raise SessionError("server closed the session during the handshake")
@@ -137,8 +139,6 @@ class ClientSession:
         except BaseException:
             call.cancel()
             raise
-        if on_send is not None:
-            on_send(frame.ByteSize())
         return cls(call, Framer(key, client=True, on_send=on_send), server)
 
     def feed_id(self, feed: bytes) -> tuple[int, bool]:
