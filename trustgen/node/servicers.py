@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 import logging
 from typing import Any, Callable
 
@@ -21,27 +22,45 @@ from trustgen.rpc import trustgen_pb2_grpc as rpc
 log = logging.getLogger("trustgen.node")
 
 
-def guarded(service: str, method: str) -> Callable:
-    """Open the request for `service/method`, run the handler, map errors to statuses."""
+_REFUSED = (RpcError, TrustgenError, ValueError, TypeError, KeyError)
+
+
+def _refusal(name: str, e: Exception) -> tuple[grpc.StatusCode, str]:
+    """The status for an error a handler raised over what a peer sent."""
+    if isinstance(e, RpcError):
+        return e.code, str(e)
+    if isinstance(e, TrustgenError):
+        return grpc.StatusCode.INVALID_ARGUMENT, str(e)
+    log.warning("%s: bad request: %r", name, e)  # a peer's odd values reaching a handler
+    return grpc.StatusCode.INVALID_ARGUMENT, f"bad request: {e}"
+
+
+def guarded(service: str, method: str, opens: bool = True) -> Callable:
+    """Open the request for `service/method` (unless the handler authenticates a stream itself:
+    `opens=False`), run the handler, unary or streaming, and map errors to statuses."""
     name = full_method(service, method)
 
     def wrap(fn: Callable) -> Callable:
+        def arg(self, request: Any) -> Any:
+            return self.guard.open(request, name) if opens else request
+
+        if inspect.isasyncgenfunction(fn):
+            @functools.wraps(fn)
+            async def stream(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+                try:
+                    async for item in fn(self, arg(self, request), context):
+                        yield item
+                except _REFUSED as e:
+                    await self._refuse(context, *_refusal(name, e))
+            return stream
+
         @functools.wraps(fn)
-        async def handler(self, request: pb.SignedRequest, context: grpc.aio.ServicerContext) -> Any:
+        async def unary(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
             try:
-                msg = self.guard.open(request, name)
-                return await fn(self, msg, context)
-            except RpcError as e:
-                self._count(e.code)
-                await context.abort(e.code, str(e))
-            except TrustgenError as e:
-                self._count(grpc.StatusCode.INVALID_ARGUMENT)
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
-            except (ValueError, TypeError, KeyError) as e:  # a peer's odd values reaching a handler
-                log.warning("%s: bad request: %r", name, e)
-                self._count(grpc.StatusCode.INVALID_ARGUMENT)
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"bad request: {e}")
-        return handler
+                return await fn(self, arg(self, request), context)
+            except _REFUSED as e:
+                await self._refuse(context, *_refusal(name, e))
+        return unary
     return wrap
 
 
@@ -49,9 +68,10 @@ class _Base:
     def __init__(self, guard: RequestGuard, metrics: Any = None) -> None:
         self.guard, self.metrics = guard, metrics
 
-    def _count(self, code: grpc.StatusCode) -> None:
+    async def _refuse(self, context: grpc.aio.ServicerContext, code: grpc.StatusCode, detail: str) -> None:
         if self.metrics is not None:
             self.metrics.rejected_requests.labels(code.name).inc()
+        await context.abort(code, detail)
 
 
 def _task_id(msg: Any) -> bytes:
@@ -75,14 +95,10 @@ class GatewayServicer(_Base, rpc.GatewayServicer):
     async def Status(self, msg, context):
         return self.role.get(_task_id(msg)).to_proto()
 
-    async def Watch(self, request, context):
-        try:
-            msg = self.guard.open(request, full_method("Gateway", "Watch"))
-            async for status in self.role.watch(_task_id(msg)):
-                yield status
-        except RpcError as e:
-            self._count(e.code)
-            await context.abort(e.code, str(e))
+    @guarded("Gateway", "Watch")
+    async def Watch(self, msg, context):
+        async for status in self.role.watch(_task_id(msg)):
+            yield status
 
     @guarded("Gateway", "Join")
     async def Join(self, msg, context):
@@ -128,19 +144,14 @@ class BlobsServicer(_Base, rpc.BlobsServicer):
             raise RpcError(grpc.StatusCode.NOT_FOUND, "no such blob")
         return pb.BlobManifest(digest=m.digest, size=m.size, chunks=m.chunks)
 
-    async def Fetch(self, request, context):
-        try:
-            msg = self.guard.open(request, full_method("Blobs", "Fetch"))
-            data = self.store.get(self._digest(msg))
-            if data is None:
-                raise RpcError(grpc.StatusCode.NOT_FOUND, "no such blob")
-            start = msg.body["args"].get("from_index", 0)
-            if not isinstance(start, int) or start < 0:
-                raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, "from_index must be >= 0")
-        except RpcError as e:
-            self._count(e.code)
-            await context.abort(e.code, str(e))
-            return
+    @guarded("Blobs", "Fetch")
+    async def Fetch(self, msg, context):
+        data = self.store.get(self._digest(msg))
+        if data is None:
+            raise RpcError(grpc.StatusCode.NOT_FOUND, "no such blob")
+        start = msg.body["args"].get("from_index", 0)
+        if not isinstance(start, int) or start < 0:
+            raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, "from_index must be >= 0")
         for i in range(start, max(1, -(-len(data) // CHUNK))):
             yield pb.Chunk(index=i, data=data[i * CHUNK:(i + 1) * CHUNK])
 
@@ -150,15 +161,12 @@ class GossipServicer(_Base, rpc.GossipServicer):
         super().__init__(guard, metrics)
         self.gossip = gossip
 
+    @guarded("Gossip", "Session", opens=False)  # the session's first frame is its signed hello
     async def Session(self, request_iterator, context):
-        try:
-            # aclosing: when the client goes, the session's cleanup runs now, not at collection.
-            async with contextlib.aclosing(self.gossip.serve(request_iterator, self.guard)) as frames:
-                async for frame in frames:
-                    yield frame
-        except RpcError as e:
-            self._count(e.code)
-            await context.abort(e.code, str(e))
+        # aclosing: when the client goes, the session's cleanup runs now, not at collection.
+        async with contextlib.aclosing(self.gossip.serve(request_iterator, self.guard)) as frames:
+            async for frame in frames:
+                yield frame
 
 
 class NodeServicer(rpc.NodeServicer):
