@@ -170,6 +170,12 @@ class Ledger:
         for payload, sig in self.db.execute(q + " ORDER BY log_index", args).fetchall():
             yield parse_entry(payload, sig, self.network)
 
+    def positions(self, since: int, limit: int) -> list[tuple[bytes, int, bytes, int]]:
+        """(feed, seq, hash, log index) of stored entries from log index `since` on, in log order,
+        without parsing them (what gossip announces)."""
+        return self.db.execute("SELECT feed, seq, hash, log_index FROM entries WHERE log_index >= ? "
+                               "ORDER BY log_index LIMIT ?", (since, limit)).fetchall()
+
     def size(self) -> int:
         return self.db.execute("SELECT COUNT(*) FROM entries").fetchone()[0]
 

@@ -66,8 +66,6 @@ class Peer:
     key: bytes | None = None
     state: str = "alive"  # alive | suspect | dead | banned
     failures: int = 0
-    bad: int = 0
-    last_ok: float = 0.0
 
 
 class Membership:
@@ -101,7 +99,7 @@ class Membership:
     def ok(self, address: str) -> None:
         p = self.peers.get(address)
         if p is not None and p.state != "banned":
-            p.state, p.failures, p.last_ok = "alive", 0, time.monotonic()
+            p.state, p.failures = "alive", 0
 
     def fail(self, address: str) -> None:
         p = self.peers.get(address)
@@ -114,8 +112,6 @@ class Membership:
             self.strikes.pop(next(iter(self.strikes)))
         self.strikes[key] = self.strikes.get(key, 0) + 1
         p = self.by_key(key)
-        if p is not None:
-            p.bad = self.strikes[key]
         if self.strikes[key] == BAN_AFTER:
             if p is not None:
                 p.state = "banned"
@@ -189,7 +185,7 @@ class Gossip:
         self.fanout, self.sync_every, self.learn_peers = fanout, sync_every, learn_peers
         self.rng = random.Random(seed)
         self.events = events
-        self.cursor = ledger.size()  # entries already stored before start are synced by anti-entropy
+        self.cursor = ledger.next_index()  # entries stored before start are synced by anti-entropy
         self.rounds = 0
         self.bytes_sent = 0  # every gossip frame this node wrote, as client or server, hellos included
         self._wanted: dict[tuple[bytes, int], float] = {}
@@ -272,13 +268,11 @@ class Gossip:
         except (grpc.aio.AioRpcError, asyncio.TimeoutError, SessionError) as e:
             self._failed(peer, e)
 
-    def _new_entries(self) -> list[list[Any]]:
-        rows = self.ledger.db.execute(
-            "SELECT feed, seq, hash, log_index FROM entries WHERE log_index >= ? ORDER BY log_index LIMIT ?",
-            (self.cursor, MAX_ITEMS)).fetchall()
+    def _new_entries(self) -> list[tuple[bytes, int, bytes]]:
+        rows = self.ledger.positions(self.cursor, MAX_ITEMS)
         if rows:
             self.cursor = rows[-1][3] + 1
-        return [[f, s, h] for f, s, h, _ in rows]
+        return [(f, s, h) for f, s, h, _ in rows]
 
     async def round(self) -> None:
         """One gossip round: announce hot entries (rumour mongering with feedback: an entry stays
