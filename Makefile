@@ -3,8 +3,10 @@ PY ?= python3
 PIP = $(PY) -m pip
 export HF_HUB_OFFLINE = 1
 export TRANSFORMERS_OFFLINE = 1
+# A loaded 2-core host: OpenMP threads that spin while waiting make torch many times slower.
+export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: install demo test bench protos
+.PHONY: install demo test test-fast lint bench protos
 
 # torch first, pinned to the CPU build; the project's range accepts it and installs nothing more.
 install:
@@ -14,8 +16,19 @@ install:
 demo: install
 	$(PY) -m trustgen.cli demo
 
-test: install
+# Style, types and the one-way import contracts, then the whole suite (slow cases included).
+lint:
+	$(PY) -m ruff check trustgen tests bench scripts
+	$(PY) -m ruff format --check trustgen tests bench scripts
+	$(PY) -m mypy
+	lint-imports
+
+test: install lint
 	$(PY) -m pytest -q -p no:cacheprovider
+
+# The inner loop: everything but the `slow` cases, no install, no lint.
+test-fast:
+	$(PY) -m pytest -q -p no:cacheprovider -m "not slow"
 
 bench: install
 	for f in bench/bench_*.py; do $(PY) $$f || exit 1; done

@@ -17,14 +17,13 @@ import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from trustgen.node.determinism import configure  # noqa: E402
-from trustgen.node.generate import load_engine  # noqa: E402
-from trustgen.node.params import ImageParams, TextParams  # noqa: E402
+from trustgen.engines.determinism import configure  # noqa: E402
+from trustgen.engines.generate import load_engine  # noqa: E402
+from trustgen.engines.params import ImageParams, TextParams  # noqa: E402
 
 TEXT = {
     "greedy": TextParams(prompt="Verifiable training", max_new_tokens=128),
-    "sample": TextParams(prompt="Verifiable training", max_new_tokens=128, decoding="sample",
-                         seed=1, top_p=0.95),
+    "sample": TextParams(prompt="Verifiable training", max_new_tokens=128, decoding="sample", seed=1, top_p=0.95),
     "beam4": TextParams(prompt="Verifiable training", max_new_tokens=64, decoding="beam", num_beams=4),
 }
 IMAGE = ImageParams(prompt="a large red circle on a blue background", seed=1, steps=20)
@@ -62,16 +61,21 @@ def main() -> None:
     for name, t in times.items():
         det, rel = statistics.median(t[True]), statistics.median(t[False])
         unit = "images/s" if name == "image" else "tokens/s"
-        report[name] = {unit: round(units[name] / det, 2), f"{unit}_relaxed": round(units[name] / rel, 2),
-                        "det_over_relaxed": round(det / rel, 3)}
+        report[name] = {
+            unit: round(units[name] / det, 2),
+            f"{unit}_relaxed": round(units[name] / rel, 2),
+            "det_over_relaxed": round(det / rel, 3),
+        }
     if args.json:
         print(json.dumps(report))
         return
     print(f"{'case':<14}{'deterministic':>18}{'relaxed':>18}{'det/relaxed':>14}")
     for name, r in report.items():
         unit = "images/s" if name == "image" else "tokens/s"
-        print(f"{name:<14}{r[unit]:>12.1f} {unit[:-2]}/s{r[unit + '_relaxed']:>12.1f} {unit[:-2]}/s"
-              f"{r['det_over_relaxed']:>14.3f}")
+        print(
+            f"{name:<14}{r[unit]:>12.1f} {unit[:-2]}/s{r[unit + '_relaxed']:>12.1f} {unit[:-2]}/s"
+            f"{r['det_over_relaxed']:>14.3f}"
+        )
     worst = max(r["det_over_relaxed"] for r in report.values())
     print(f"cost of deterministic mode (worst case): {worst:.3f}x (target <= 1.10)")
 

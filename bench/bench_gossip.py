@@ -44,10 +44,12 @@ async def spread(s: Swarm, origin: int, n_entries: int, pad: int = 0) -> tuple[i
     before = total_bytes(s)
     node = s.nodes[origin]
     me = node.identity.public_key
-    entries = [node.ledger.append("NodeJoined", {"address": node.address, "roles": ["bench", str(k)]}) if not pad
-               else node.ledger.append("Evidence", {"kind": "bench", "subject": me,
-                                                    "proof": {"pad": bytes(pad), "k": k}})
-               for k in range(n_entries)]
+    entries = [
+        node.ledger.append("NodeJoined", {"address": node.address, "roles": ["bench", str(k)]})
+        if not pad
+        else node.ledger.append("Evidence", {"kind": "bench", "subject": me, "proof": {"pad": bytes(pad), "k": k}})
+        for k in range(n_entries)
+    ]
     entry_bytes = statistics.mean(len(e.payload) + len(e.sig) for e in entries)
     target = node.ledger.head(node.identity.public_key)
     t0 = time.perf_counter()
@@ -83,14 +85,19 @@ async def measure(n: int, trials: int) -> dict:
             burst = await spread(s, 0, 20)
         finally:
             await s.close()
-    return {"nodes": n, "target_rounds": math.ceil(math.log2(n)) + 3,
-            "rounds_median": statistics.median(r for r, _, _ in single), "rounds_max": max(r for r, _, _ in single),
-            "seconds_median": round(statistics.median(t for _, t, _ in single), 3),
-            "bytes_per_node_per_entry_x": round(statistics.median(b for _, _, b in single), 2),
-            "vote_sized_bytes_per_node_per_entry_x": round(statistics.median(b for _, _, b in vote_sized), 2),
-            "vote_sized_rounds_max": max(r for r, _, _ in vote_sized),
-            "burst20_bytes_per_node_per_entry_x": round(burst[2], 2), "burst20_rounds": burst[0],
-            "session_setup_bytes": round(setup)}
+    return {
+        "nodes": n,
+        "target_rounds": math.ceil(math.log2(n)) + 3,
+        "rounds_median": statistics.median(r for r, _, _ in single),
+        "rounds_max": max(r for r, _, _ in single),
+        "seconds_median": round(statistics.median(t for _, t, _ in single), 3),
+        "bytes_per_node_per_entry_x": round(statistics.median(b for _, _, b in single), 2),
+        "vote_sized_bytes_per_node_per_entry_x": round(statistics.median(b for _, _, b in vote_sized), 2),
+        "vote_sized_rounds_max": max(r for r, _, _ in vote_sized),
+        "burst20_bytes_per_node_per_entry_x": round(burst[2], 2),
+        "burst20_rounds": burst[0],
+        "session_setup_bytes": round(setup),
+    }
 
 
 def main() -> None:
@@ -104,13 +111,19 @@ def main() -> None:
         print(json.dumps(rows))
         return
     print("bytes sent per node per entry, as a multiple of the entry's size:")
-    print(f"{'nodes':>5} {'rounds med/max':>15} {'target':>7} {'seconds':>8} {'350 B entry':>12} {'2 KB entry':>11} {'burst of 20':>12}")
+    print(
+        f"{'nodes':>5} {'rounds med/max':>15} {'target':>7} {'seconds':>8} {'350 B entry':>12} {'2 KB entry':>11} {'burst of 20':>12}"
+    )
     for r in rows:
-        print(f"{r['nodes']:>5} {r['rounds_median']:>9}/{r['rounds_max']:<5} {r['target_rounds']:>7} "
-              f"{r['seconds_median']:>8} {r['bytes_per_node_per_entry_x']:>11}x "
-              f"{r['vote_sized_bytes_per_node_per_entry_x']:>10}x {r['burst20_bytes_per_node_per_entry_x']:>11}x")
+        print(
+            f"{r['nodes']:>5} {r['rounds_median']:>9}/{r['rounds_max']:<5} {r['target_rounds']:>7} "
+            f"{r['seconds_median']:>8} {r['bytes_per_node_per_entry_x']:>11}x "
+            f"{r['vote_sized_bytes_per_node_per_entry_x']:>10}x {r['burst20_bytes_per_node_per_entry_x']:>11}x"
+        )
     print("targets: rounds <= ceil(log2 N) + 3; bytes sent per node per entry <= 3x the entry's size.")
-    print(f"Sessions are long-lived; opening one costs about {rows[-1]['session_setup_bytes']} B (signed hello and accept), once.")
+    print(
+        f"Sessions are long-lived; opening one costs about {rows[-1]['session_setup_bytes']} B (signed hello and accept), once."
+    )
 
 
 if __name__ == "__main__":

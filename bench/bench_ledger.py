@@ -83,17 +83,24 @@ def main() -> None:
         nacl.signing.VerifyKey(key).verify(p, s)
     verify_rate = len(sample) / (time.perf_counter() - t0)
 
-    res = {"entries": report.entries, "durable_appends_per_s": round(durable_rate),
-           "batched_appends_per_s": round(batched_rate), "ingests_per_s": round(ingest_rate),
-           "audit_entries_per_s": round(audit_rate), "raw_verify_per_s": round(verify_rate),
-           "audit_over_raw_verify": round(audit_rate / verify_rate, 3)}
+    res = {
+        "entries": report.entries,
+        "durable_appends_per_s": round(durable_rate),
+        "batched_appends_per_s": round(batched_rate),
+        "ingests_per_s": round(ingest_rate),
+        "audit_entries_per_s": round(audit_rate),
+        "raw_verify_per_s": round(verify_rate),
+        "audit_over_raw_verify": round(audit_rate / verify_rate, 3),
+    }
     if args.json:
         print(json.dumps(res))
         return
     for k, v in res.items():
         print(f"{k:<24}{v:>12}")
-    print(f"audit: {audit_rate:,.0f} entries/s (target >= 10,000) = {audit_rate / verify_rate:.2f}x "
-          "the single-core raw signature-verification rate")
+    print(
+        f"audit: {audit_rate:,.0f} entries/s (target >= 10,000) = {audit_rate / verify_rate:.2f}x "
+        "the single-core raw signature-verification rate"
+    )
 
 
 if __name__ == "__main__":

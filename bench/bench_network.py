@@ -23,10 +23,10 @@ import time
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from trustgen.consensus.identity import Identity  # noqa: E402
+from trustgen.engines.generate import load_engine  # noqa: E402
+from trustgen.engines.params import TextParams  # noqa: E402
 from trustgen.node import cluster  # noqa: E402
 from trustgen.node.client import make_task, submit  # noqa: E402
-from trustgen.node.generate import load_engine  # noqa: E402
-from trustgen.node.params import TextParams  # noqa: E402
 from trustgen.verifier.prefill import prefill_check  # noqa: E402
 
 NET = "trustgen-local"
@@ -79,22 +79,30 @@ def main() -> None:
     try:
         asyncio.run(one(gw, params, args.verifiers))  # warm-up: first-call costs in every process
         lat = [asyncio.run(one(gw, params, args.verifiers)) for _ in range(args.tasks)]
-        tput = {n: asyncio.run(clients(gw, n, max(1, 16 // n) if n < 16 else 1, args.verifiers, 64))
-                for n in (1, 4, 16)}
+        tput = {
+            n: asyncio.run(clients(gw, n, max(1, 16 // n) if n < 16 else 1, args.verifiers, 64)) for n in (1, 4, 16)
+        }
     finally:
         cluster.down(root)
     med = statistics.median(lat)
-    res = {"tokens": len(out.token_ids), "generate_s": round(statistics.median(gen_t), 4),
-           "verify_s": round(statistics.median(ver_t), 4), "baseline_s": round(baseline, 4),
-           "e2e_median_s": round(med, 4), "e2e_p90_s": round(sorted(lat)[int(0.9 * (len(lat) - 1))], 4),
-           "overhead": round(med / baseline - 1, 3),
-           "tasks_per_s": {str(k): round(v, 3) for k, v in tput.items()}}
+    res = {
+        "tokens": len(out.token_ids),
+        "generate_s": round(statistics.median(gen_t), 4),
+        "verify_s": round(statistics.median(ver_t), 4),
+        "baseline_s": round(baseline, 4),
+        "e2e_median_s": round(med, 4),
+        "e2e_p90_s": round(sorted(lat)[int(0.9 * (len(lat) - 1))], 4),
+        "overhead": round(med / baseline - 1, 3),
+        "tasks_per_s": {str(k): round(v, 3) for k, v in tput.items()},
+    }
     if args.json:
         print(json.dumps(res))
         return
     print(f"text task, {res['tokens']} tokens, {args.verifiers} verifiers, {args.workers} workers")
-    print(f"baseline (generate + one prefill check): {baseline * 1e3:.0f} ms "
-          f"({res['generate_s'] * 1e3:.0f} + {res['verify_s'] * 1e3:.0f})")
+    print(
+        f"baseline (generate + one prefill check): {baseline * 1e3:.0f} ms "
+        f"({res['generate_s'] * 1e3:.0f} + {res['verify_s'] * 1e3:.0f})"
+    )
     print(f"end to end, median of {len(lat)}: {med * 1e3:.0f} ms (p90 {res['e2e_p90_s'] * 1e3:.0f} ms)")
     print(f"network overhead at the median: {res['overhead']:+.1%} (target < 20%)")
     for k, v in tput.items():

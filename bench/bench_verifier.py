@@ -21,15 +21,24 @@ import numpy as np
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from trustgen.node.generate import load_engine  # noqa: E402
-from trustgen.node.params import ImageParams, TextParams  # noqa: E402
+from trustgen.engines.generate import load_engine  # noqa: E402
+from trustgen.engines.params import ImageParams, TextParams  # noqa: E402
 from trustgen.verifier.bulk import nearest, within  # noqa: E402
 from trustgen.verifier.fingerprints import image_fingerprint, text_fingerprint  # noqa: E402
 from trustgen.verifier.prefill import prefill_check  # noqa: E402
 
-
-PROMPTS = ["We", "In this paper", "Decentralized training", "The gossip", "Verifiable", "Language models",
-           "Byzantine", "Our method", "Federated learning", "Consensus"]
+PROMPTS = [
+    "We",
+    "In this paper",
+    "Decentralized training",
+    "The gossip",
+    "Verifiable",
+    "Language models",
+    "Byzantine",
+    "Our method",
+    "Federated learning",
+    "Consensus",
+]
 
 
 def best_of(fn, n: int = 3) -> float:
@@ -86,13 +95,17 @@ def main() -> None:
     if args.json:
         print(json.dumps({k: round(v, 4) for k, v in res.items()}))
         return
-    print(f"bulk Hamming: {res['hamming_nearest_per_s']:.3g} comparisons/s (nearest), "
-          f"{res['hamming_within_per_s']:.3g}/s (within 8 bits); 10^9 in {t_near:.2f} s (target < 2 s); "
-          f"{res['hamming_speedup_vs_naive']:.0f}x the naive NumPy broadcast")
+    print(
+        f"bulk Hamming: {res['hamming_nearest_per_s']:.3g} comparisons/s (nearest), "
+        f"{res['hamming_within_per_s']:.3g}/s (within 8 bits); 10^9 in {t_near:.2f} s (target < 2 s); "
+        f"{res['hamming_speedup_vs_naive']:.0f}x the naive NumPy broadcast"
+    )
     for mode in ("greedy", "sample"):
-        print(f"prefill check ({mode}, 256 tokens): {res[f'prefill_256_{mode}_s'] * 1e3:.1f} ms vs generation "
-              f"{res[f'generate_256_{mode}_s'] * 1e3:.0f} ms: {res[f'prefill_cheaper_{mode}_x']:.1f}x cheaper "
-              "(target >= 20x)")
+        print(
+            f"prefill check ({mode}, 256 tokens): {res[f'prefill_256_{mode}_s'] * 1e3:.1f} ms vs generation "
+            f"{res[f'generate_256_{mode}_s'] * 1e3:.0f} ms: {res[f'prefill_cheaper_{mode}_x']:.1f}x cheaper "
+            "(target >= 20x)"
+        )
     for algo in ("phash", "dhash", "whash"):
         print(f"fingerprint {algo}: {res[f'fingerprint_{algo}_ms_per_image']:.3f} ms/image")
     print(f"fingerprint MinHash: {res['fingerprint_minhash_ms_per_1000_tokens']:.3f} ms/1000 tokens")

@@ -28,7 +28,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, PreTrainedTokenizerFast
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from trustgen.node.pixel_pipeline import PixelTextToImagePipeline  # noqa: E402
+from trustgen.engines.pixel_pipeline import PixelTextToImagePipeline  # noqa: E402
 
 DEFAULT_OUT = ROOT / "trustgen" / "models" / "tiny-image"
 RES = 32
@@ -45,19 +45,15 @@ COLORS = {
 }
 SHAPES = ["circle", "square", "triangle", "cross"]
 SIZES = {"small": 0.22, "large": 0.40}
-PLACES = {"left": (0.3, 0.5), "right": (0.7, 0.5), "top": (0.5, 0.3), "bottom": (0.5, 0.7),
-          "center": (0.5, 0.5)}
-WORDS = ["<pad>", "<unk>", "<eos>", "a", "an", "on", "in", "the", "background", *COLORS, *SHAPES,
-         *SIZES, *PLACES]
+PLACES = {"left": (0.3, 0.5), "right": (0.7, 0.5), "top": (0.5, 0.3), "bottom": (0.5, 0.7), "center": (0.5, 0.5)}
+WORDS = ["<pad>", "<unk>", "<eos>", "a", "an", "on", "in", "the", "background", *COLORS, *SHAPES, *SIZES, *PLACES]
 
 
 def build_tokenizer() -> PreTrainedTokenizerFast:
     vocab = {w: i for i, w in enumerate(dict.fromkeys(WORDS))}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>", eos_token="<eos>"
-    )
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>", eos_token="<eos>")
 
 
 def sample_scene(rng: random.Random) -> tuple[str, dict]:
@@ -105,8 +101,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=1200)
     ap.add_argument("--batch", type=int, default=24)
     ap.add_argument("--out", type=pathlib.Path, default=DEFAULT_OUT)
-    ap.add_argument("--init", type=pathlib.Path, default=None,
-                    help="continue training from this pipeline directory")
+    ap.add_argument("--init", type=pathlib.Path, default=None, help="continue training from this pipeline directory")
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
@@ -146,11 +141,14 @@ def main() -> None:
         init = PixelTextToImagePipeline.from_pretrained(args.init)
         unet.load_state_dict(init.unet.state_dict())
         text_encoder.load_state_dict(init.text_encoder.state_dict())
-    train_sched = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2",
-                                prediction_type="v_prediction")
+    train_sched = DDPMScheduler(
+        num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction"
+    )
     params = list(unet.parameters()) + list(text_encoder.parameters())
-    print(f"unet {sum(p.numel() for p in unet.parameters())/1e6:.2f}M params, "
-          f"text encoder {sum(p.numel() for p in text_encoder.parameters())/1e6:.2f}M")
+    print(
+        f"unet {sum(p.numel() for p in unet.parameters()) / 1e6:.2f}M params, "
+        f"text encoder {sum(p.numel() for p in text_encoder.parameters()) / 1e6:.2f}M"
+    )
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
     pipe = PixelTextToImagePipeline(unet, text_encoder, tokenizer, train_sched)
     t0 = time.time()
@@ -184,9 +182,19 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     pipe.save_pretrained(args.out, safe_serialization=True)
     # Record the prompt grammar next to the weights so users know what the model can draw.
-    (args.out / "prompts.json").write_text(json.dumps(
-        {"colors": list(COLORS), "shapes": SHAPES, "sizes": list(SIZES), "places": list(PLACES),
-         "example": "a large red circle on a blue background in the left"}, indent=1) + "\n")
+    (args.out / "prompts.json").write_text(
+        json.dumps(
+            {
+                "colors": list(COLORS),
+                "shapes": SHAPES,
+                "sizes": list(SIZES),
+                "places": list(PLACES),
+                "example": "a large red circle on a blue background in the left",
+            },
+            indent=1,
+        )
+        + "\n"
+    )
     print(f"saved to {args.out}")
 
 

@@ -1,7 +1,7 @@
 """Generate trustgen/rpc/*_pb2*.py from proto/ (run after editing a .proto; commit the output).
 
-    python scripts/gen_protos.py           # regenerate
-    python scripts/gen_protos.py --check   # exit 1 if the committed code drifted from the sources
+python scripts/gen_protos.py           # regenerate
+python scripts/gen_protos.py --check   # exit 1 if the committed code drifted from the sources
 """
 
 from __future__ import annotations
@@ -22,8 +22,14 @@ OUT = ROOT / "trustgen" / "rpc"
 
 def generate(dest: pathlib.Path) -> list[pathlib.Path]:
     protos = sorted(PROTO_DIR.rglob("*.proto"))
-    args = ["protoc", f"-I{PROTO_DIR}", f"--python_out={dest}", f"--pyi_out={dest}",
-            f"--grpc_python_out={dest}", *map(str, protos)]
+    args = [
+        "protoc",
+        f"-I{PROTO_DIR}",
+        f"--python_out={dest}",
+        f"--pyi_out={dest}",
+        f"--grpc_python_out={dest}",
+        *map(str, protos),
+    ]
     if protoc.main(args) != 0:
         raise SystemExit("protoc failed")
     return sorted((dest / "trustgen" / "rpc").glob("*_pb2*.py*"))
@@ -36,7 +42,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         files = generate(pathlib.Path(tmp))
         if args.check:
-            drift = [f.name for f in files if not (OUT / f.name).exists() or not filecmp.cmp(f, OUT / f.name, shallow=False)]
+            drift = [
+                f.name for f in files if not (OUT / f.name).exists() or not filecmp.cmp(f, OUT / f.name, shallow=False)
+            ]
             if drift:
                 print(f"generated code drifted from proto/: {', '.join(drift)}; run scripts/gen_protos.py")
                 return 1

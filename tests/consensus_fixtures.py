@@ -18,24 +18,57 @@ def ident(i: int) -> Identity:
 
 
 def make_task(client: Identity, nonce: bytes = b"n1", k: int = 3) -> Signed:
-    return sign(client, "Task", NET, {
-        "client": client.public_key, "kind": "text", "model": "sha256:" + "ab" * 32,
-        "params": {"prompt": "hello", "max_new_tokens": 8, "decoding": "greedy"},
-        "workers": 1, "verifiers": k, "nonce": nonce, "expiry": 2_000_000_000_000})
+    return sign(
+        client,
+        "Task",
+        NET,
+        {
+            "client": client.public_key,
+            "kind": "text",
+            "model": "sha256:" + "ab" * 32,
+            "params": {"prompt": "hello", "max_new_tokens": 8, "decoding": "greedy"},
+            "workers": 1,
+            "verifiers": k,
+            "nonce": nonce,
+            "expiry": 2_000_000_000_000,
+        },
+    )
 
 
 def make_result(worker: Identity, task: Signed, digest: str = "sha256:" + "cd" * 32) -> Signed:
-    return sign(worker, "Result", NET, {
-        "worker": worker.public_key, "task_id": task.id, "model_digest": task.body["model"],
-        "output_digest": digest, "output": {"token_ids": [1, 2, 3]}, "fingerprint": {},
-        "profile": {"device": "cpu"}})
+    return sign(
+        worker,
+        "Result",
+        NET,
+        {
+            "worker": worker.public_key,
+            "task_id": task.id,
+            "model_digest": task.body["model"],
+            "output_digest": digest,
+            "output": {"token_ids": [1, 2, 3]},
+            "fingerprint": {},
+            "profile": {"device": "cpu"},
+        },
+    )
 
 
 def make_vote(verifier: Identity, result: Signed, accept: bool) -> Signed:
-    return sign(verifier, "Vote", NET, {
-        "verifier": verifier.public_key, "task_id": result.body["task_id"], "result_id": result.id,
-        "accept": accept, "method": "prefill", "distance": 0.0, "margin": 1.5,
-        "reason": "" if accept else "token 3 is not the argmax", "fingerprint": {}})
+    return sign(
+        verifier,
+        "Vote",
+        NET,
+        {
+            "verifier": verifier.public_key,
+            "task_id": result.body["task_id"],
+            "result_id": result.id,
+            "accept": accept,
+            "method": "prefill",
+            "distance": 0.0,
+            "margin": 1.5,
+            "reason": "" if accept else "token 3 is not the argmax",
+            "fingerprint": {},
+        },
+    )
 
 
 @dataclass
@@ -66,8 +99,10 @@ def build(path: pathlib.Path, n_tasks: int = 2, lying: set[int] | None = None) -
         c = led.commit()
         task = make_task(ident(3), nonce=bytes([t]))
         candidates = sorted(by_key)
-        led.append("TaskAccepted", {"task": task.wire(), "beacon": c.body["root"],
-                                    "beacon_size": c.body["size"], "candidates": candidates})
+        led.append(
+            "TaskAccepted",
+            {"task": task.wire(), "beacon": c.body["root"], "beacon_size": c.body["size"], "candidates": candidates},
+        )
         result = make_result(worker, task)
         led.append("ResultCommitted", {"result": result.wire()})
         from trustgen.consensus.assignment import effective_verifiers, rank

@@ -18,7 +18,7 @@ class Proxy:
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    async def start(self) -> "Proxy":
+    async def start(self) -> Proxy:
         self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
         self.port = self._server.sockets[0].getsockname()[1]
         return self

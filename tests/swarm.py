@@ -25,8 +25,16 @@ class Swarm:
         d = self.root / f"n{i}"
         if not (d / "node.key").exists():
             Identity.generate().save(d)
-        return NodeConfig(name=f"n{i}", data_dir=d, roles=[], insecure=True, metrics_port=-1,
-                          gossip_interval_s=0, gossip_fanout=self.fanout, learn_peers=self.learn_peers)
+        return NodeConfig(
+            name=f"n{i}",
+            data_dir=d,
+            roles=[],
+            insecure=True,
+            metrics_port=-1,
+            gossip_interval_s=0,
+            gossip_fanout=self.fanout,
+            learn_peers=self.learn_peers,
+        )
 
     async def start(self, i: int, bootstrap: list[str] | None = None) -> Node:
         node = Node(self.config(i))
@@ -61,8 +69,7 @@ class Swarm:
         first = self.heads(ids[0])
         return all(self.heads(i) == first for i in ids[1:])
 
-    async def until_converged(self, max_rounds: int = 60, among: list[int] | None = None,
-                              pause_s: float = 0.0) -> int:
+    async def until_converged(self, max_rounds: int = 60, among: list[int] | None = None, pause_s: float = 0.0) -> int:
         """Rounds until converged; `pause_s` between rounds lets real time pass (reconnect
         backoff after a cut link is measured in seconds, not rounds)."""
         for r in range(max_rounds + 1):

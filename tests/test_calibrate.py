@@ -15,8 +15,18 @@ def test_image_calibration_separates_honest_from_dishonest(tmp_path):
     rep = calibrate_image(samples=3, steps=12)
     files = write_report(rep, tmp_path)
     assert rep["honest_pairs"] == 12 and rep["dishonest_pairs"] == 18
-    for kind in ("bfloat16", "threads", "weight_noise_1e-4", "scheduler_impl", "other_seed",
-                 "other_prompt", "other_model", "fewer_steps", "quantised_model", "other_scheduler"):
+    for kind in (
+        "bfloat16",
+        "threads",
+        "weight_noise_1e-4",
+        "scheduler_impl",
+        "other_seed",
+        "other_prompt",
+        "other_model",
+        "fewer_steps",
+        "quantised_model",
+        "other_scheduler",
+    ):
         assert len(rep["pairs"][kind]["values"]) == 3
     assert max(rep["pairs"]["threads"]["values"]) == 0  # same pixels: thread count does not matter here
     assert max(rep["pairs"]["scheduler_impl"]["values"]) == 0  # float64 DDIM: same pixels

@@ -21,21 +21,25 @@ def test_encoding_by_hand():
     assert encode(-1) == b"\x03" + b"\xff" * 8
     assert encode(b"ab") == b"\x05\x00\x00\x00\x02ab"
     assert encode("é") == b"\x06\x00\x00\x00\x02\xc3\xa9"
-    assert encode({"b": 1, "a": None}) == (b"\x08\x00\x00\x00\x02" + b"\x06\x00\x00\x00\x01a\x00"
-                                           + b"\x06\x00\x00\x00\x01b" + encode(1))
+    assert encode({"b": 1, "a": None}) == (
+        b"\x08\x00\x00\x00\x02" + b"\x06\x00\x00\x00\x01a\x00" + b"\x06\x00\x00\x00\x01b" + encode(1)
+    )
     assert signing_bytes("Vote", "n", {}) == b"TGv1" + encode(["Vote", "n", 1, {}])
 
 
-@pytest.mark.parametrize("bad", [
-    encode({"a": 1})[:-1],                                   # truncated
-    encode({"a": 1}) + b"\x00",                              # trailing
-    b"\x08\x00\x00\x00\x02" + encode("b") + encode(1) + encode("a") + encode(1),  # unsorted keys
-    b"\x08\x00\x00\x00\x02" + encode("a") + encode(1) + encode("a") + encode(2),  # duplicate key
-    b"\x04" + bytes.fromhex("7ff8000000000000"),             # NaN
-    b"\x09",                                                  # unknown tag
-    b"\x06\x00\x00\x00\x01\xff",                              # invalid UTF-8
-    b"\x07" * 40 + b"\x00\x00\x00\x00",                       # absurd nesting / bad lengths
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        encode({"a": 1})[:-1],  # truncated
+        encode({"a": 1}) + b"\x00",  # trailing
+        b"\x08\x00\x00\x00\x02" + encode("b") + encode(1) + encode("a") + encode(1),  # unsorted keys
+        b"\x08\x00\x00\x00\x02" + encode("a") + encode(1) + encode("a") + encode(2),  # duplicate key
+        b"\x04" + bytes.fromhex("7ff8000000000000"),  # NaN
+        b"\x09",  # unknown tag
+        b"\x06\x00\x00\x00\x01\xff",  # invalid UTF-8
+        b"\x07" * 40 + b"\x00\x00\x00\x00",  # absurd nesting / bad lengths
+    ],
+)
 def test_decoder_refuses_non_canonical_bytes(bad):
     with pytest.raises(EncodingError):
         decode(bad)
@@ -125,9 +129,24 @@ def test_keys_cli(tmp_path):
     assert shown["node_id"] == info["node_id"]
     again = run_cli("keys", "new", "--home", str(home))
     assert again.returncode == 2 and "refusing to overwrite" in again.stderr
-    enc = run_cli("keys", "new", "--home", str(tmp_path / "enc"), "--passphrase-env", "TG_PASS", "--json",
-                  env={**os.environ, "TG_PASS": "s3cret"})
+    enc = run_cli(
+        "keys",
+        "new",
+        "--home",
+        str(tmp_path / "enc"),
+        "--passphrase-env",
+        "TG_PASS",
+        "--json",
+        env={**os.environ, "TG_PASS": "s3cret"},
+    )
     assert enc.returncode == 0 and json.loads(enc.stdout)["encrypted"] is True
-    wrong = run_cli("keys", "show", "--home", str(tmp_path / "enc"), "--passphrase-env", "TG_PASS",
-                    env={**os.environ, "TG_PASS": "nope"})
+    wrong = run_cli(
+        "keys",
+        "show",
+        "--home",
+        str(tmp_path / "enc"),
+        "--passphrase-env",
+        "TG_PASS",
+        env={**os.environ, "TG_PASS": "nope"},
+    )
     assert wrong.returncode == 2 and "wrong passphrase" in wrong.stderr

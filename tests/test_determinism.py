@@ -2,7 +2,7 @@ import os
 
 import torch
 
-from trustgen.node.determinism import configure
+from trustgen.engines.determinism import configure
 
 
 def test_deterministic_flags_are_set_and_reported():

@@ -11,15 +11,15 @@ from tests.netproxy import Proxy
 from tests.swarm import NET, Swarm
 from trustgen.consensus.identity import Identity
 from trustgen.consensus.ledger import Ledger
-from trustgen.node.blobfetch import BlobFetchError, fetch_blob
-from trustgen.node.blobs import CHUNK, BlobStore
-from trustgen.node.peers import Peers
-from trustgen.node.session import ClientSession
+from trustgen.gossip.blobfetch import BlobFetchError, fetch_blob
+from trustgen.gossip.blobs import CHUNK, BlobStore
+from trustgen.gossip.session import ClientSession
+from trustgen.net.peers import Peers
 from trustgen.rpc import trustgen_pb2 as pb
 
 
 def burst(swarm: Swarm, per_node: int, tag: str) -> None:
-    for i, node in swarm.nodes.items():
+    for node in swarm.nodes.values():
         for k in range(per_node):
             node.ledger.append("NodeJoined", {"address": node.address, "roles": [f"{tag}{k}"]})
 
@@ -70,6 +70,7 @@ def test_restarted_node_catches_up_and_late_joiner_gets_everything(tmp_path):
 def test_split_network_heals(tmp_path):
     """Two halves whose cross links go through TCP proxies; cutting the proxies really splits
     the network, both halves keep appending, and they converge once the links return."""
+
     async def main():
         s = Swarm(tmp_path, learn_peers=False)
         a, b = [0, 1, 2, 3], [4, 5, 6, 7]
@@ -124,8 +125,7 @@ def test_hostile_peer_is_refused_evidence_recorded_and_banned(tmp_path):
             target = s.nodes[0]
             peers = Peers(liar, NET, insecure=True)
             target.membership.add("127.0.0.1:9", liar.public_key)
-            sess = await ClientSession.open(peers.stub(target.address, "Gossip"), liar, NET,
-                                            target.identity.public_key)
+            sess = await ClientSession.open(peers.stub(target.address, "Gossip"), liar, NET, target.identity.public_key)
 
             async def push(entries):
                 op = pb.GossipOp(push=pb.Entries(entries=[pb.Entry(payload=p, sig=g) for p, g in entries]))
@@ -156,8 +156,8 @@ def test_hostile_peer_is_refused_evidence_recorded_and_banned(tmp_path):
 
 
 def test_blob_fetch_survives_a_peer_serving_corrupt_chunks(tmp_path):
-    from trustgen.node import transport
-    from trustgen.node.auth import RequestGuard
+    from trustgen.net import transport
+    from trustgen.net.auth import RequestGuard
     from trustgen.node.servicers import BlobsServicer
     from trustgen.rpc import trustgen_pb2_grpc as rpc
 
@@ -207,10 +207,10 @@ def test_a_slow_peer_cannot_stall_gossip(tmp_path, monkeypatch, caplog):
     """A peer that answers every request late (after the handshake, so it looks alive) is marked
     failing and the honest peer still gets everything; one that answers each request just in time
     but has much to send is cut off at its budget for the round."""
-    from trustgen.node import gossip as gossip_mod
-    from trustgen.node import grpc_options, transport
-    from trustgen.node.auth import RequestGuard
-    from trustgen.node.gossip import Gossip, Membership
+    from trustgen.gossip import gossip as gossip_mod
+    from trustgen.gossip.gossip import Gossip, Membership
+    from trustgen.net import grpc_options, transport
+    from trustgen.net.auth import RequestGuard
     from trustgen.node.servicers import GossipServicer
     from trustgen.rpc import trustgen_pb2_grpc as rpc
 

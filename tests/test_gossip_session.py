@@ -13,8 +13,8 @@ import pytest
 from tests.swarm import NET, Swarm
 from trustgen.consensus.identity import Identity
 from trustgen.consensus.messages import sign
-from trustgen.node import gossip
-from trustgen.node.session import METHOD, ClientSession, SessionError
+from trustgen.gossip import gossip
+from trustgen.gossip.session import METHOD, ClientSession, SessionError
 from trustgen.rpc import trustgen_pb2 as pb
 from trustgen.rpc import trustgen_pb2_grpc as rpc
 
@@ -28,6 +28,7 @@ def run(coro_fn, tmp_path, n=1):
             return await coro_fn(s)
         finally:
             await s.close()
+
     return asyncio.run(main())
 
 
@@ -46,9 +47,18 @@ async def status_of(call) -> grpc.StatusCode:
 
 
 def hello(identity, method=METHOD, network=NET, args=None):
-    msg = sign(identity, "Request", network, {
-        "sender": identity.public_key, "method": method, "nonce": os.urandom(16),
-        "time": int(time.time() * 1000), "args": {"eph": os.urandom(32)} if args is None else args})
+    msg = sign(
+        identity,
+        "Request",
+        network,
+        {
+            "sender": identity.public_key,
+            "method": method,
+            "nonce": os.urandom(16),
+            "time": int(time.time() * 1000),
+            "args": {"eph": os.urandom(32)} if args is None else args,
+        },
+    )
     return pb.GossipFrame(body=msg.payload, tag=msg.sig)
 
 
@@ -69,8 +79,10 @@ def test_hello_is_checked_like_any_signed_request(tmp_path):
         assert await refused(st, hello(me, network="other-net")) == grpc.StatusCode.UNAUTHENTICATED
         assert await refused(st, hello(me, args={})) == grpc.StatusCode.INVALID_ARGUMENT
         assert await refused(st, hello(me, args={"eph": bytes(32)})) == grpc.StatusCode.INVALID_ARGUMENT  # low order
-        assert await refused(st, pb.GossipFrame(body=os.urandom(300), tag=os.urandom(64))) \
+        assert (
+            await refused(st, pb.GossipFrame(body=os.urandom(300), tag=os.urandom(64)))
             == grpc.StatusCode.INVALID_ARGUMENT
+        )
         first = st.Session()
         await first.write(h)
         assert (await first.read()).body  # accepted...
@@ -81,6 +93,7 @@ def test_hello_is_checked_like_any_signed_request(tmp_path):
         reply = await sess.request(pb.GossipOp(digest=b"x" * 32), 5)
         assert reply.WhichOneof("op") == "heads" and not reply.heads.same
         sess.close()
+
     run(body, tmp_path)
 
 
@@ -139,9 +152,11 @@ def test_frames_are_bound_to_their_session_and_place(tmp_path):
         # Nothing was stored, and an honest session works.
         assert node.ledger.heads() == before
         ok = await session()
-        assert (await ok.request(pb.GossipOp(pull=pb.Range(feed=node.identity.public_key, from_seq=1, to_seq=1)),
-                                 5)).entries.entries
+        assert (
+            await ok.request(pb.GossipOp(pull=pb.Range(feed=node.identity.public_key, from_seq=1, to_seq=1)), 5)
+        ).entries.entries
         ok.close()
+
     run(body, tmp_path)
 
 
@@ -151,6 +166,7 @@ def test_client_refuses_a_server_that_is_not_the_expected_node(tmp_path):
             await ClientSession.open(stub(s.nodes[0]), Identity.generate(), NET, os.urandom(32))
         with pytest.raises(grpc.aio.AioRpcError):  # another network: the server refuses the hello
             await ClientSession.open(stub(s.nodes[0]), Identity.generate(), "other-net")
+
     run(body, tmp_path)
 
 
@@ -183,6 +199,7 @@ def test_rate_limit_and_session_caps(tmp_path, monkeypatch):
             except grpc.aio.AioRpcError:
                 await asyncio.sleep(0.05)  # the server notices the cancellation shortly
         assert len(held) == gossip.MAX_SESSIONS_PER_PEER
+
     run(body, tmp_path)
 
 
@@ -201,6 +218,7 @@ def test_unknown_keys_cannot_take_the_slots_of_known_peers(tmp_path, monkeypatch
         assert (await known.request(pb.GossipOp(digest=bytes(32)), 5)).WhichOneof("op") == "heads"
         for c in crowd:
             c.close()
+
     run(body, tmp_path, n=2)
 
 
@@ -223,6 +241,7 @@ def test_idle_session_closed_by_server_is_reopened_without_marking_the_peer(tmp_
         assert a.gossip._sessions[b.address] is not first
         assert a.membership.snapshot()[b.address] == "alive"
         assert a.ledger.head(b.identity.public_key) == b.ledger.head(b.identity.public_key)
+
     run(body, tmp_path, n=2)
 
 
@@ -243,15 +262,17 @@ def _random_op(rng: random.Random) -> pb.GossipOp:
     if kind == 0:
         return pb.GossipOp(have=pb.Have(items=[pos() for _ in range(rng.randrange(4))]))
     if kind == 1:
-        return pb.GossipOp(push=pb.Entries(entries=[pb.Entry(payload=blob(), sig=blob())
-                                                    for _ in range(rng.randrange(3))]))
+        return pb.GossipOp(
+            push=pb.Entries(entries=[pb.Entry(payload=blob(), sig=blob()) for _ in range(rng.randrange(3))])
+        )
     if kind == 2:
         return pb.GossipOp(digest=blob())
     if kind == 3:
         return pb.GossipOp(pull=rng_range())
     if kind == 4:
-        return pb.GossipOp(heads_of=pb.HeadsOf(bucket_count=num() % 2**32,
-                                               buckets=[num() % 2**32 for _ in range(rng.randrange(3))]))
+        return pb.GossipOp(
+            heads_of=pb.HeadsOf(bucket_count=num() % 2**32, buckets=[num() % 2**32 for _ in range(rng.randrange(3))])
+        )
     if kind == 5:
         return pb.GossipOp(want=pb.Want(ranges=[rng_range()]))
     if kind == 6:
@@ -264,8 +285,7 @@ def _random_op(rng: random.Random) -> pb.GossipOp:
 def test_random_ops_never_crash_a_node(tmp_path):
     """Authentic sessions carrying random operations: every answer is an op or a deliberate
     status (never UNKNOWN or INTERNAL), and the node keeps serving."""
-    allowed = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED,
-               grpc.StatusCode.PERMISSION_DENIED}
+    allowed = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.PERMISSION_DENIED}
 
     async def body(s):
         node = s.nodes[0]
@@ -287,4 +307,5 @@ def test_random_ops_never_crash_a_node(tmp_path):
         assert (await node.gossip.connect()) == 0  # it knows no peers; and it still answers:
         ok = await ClientSession.open(st, Identity.generate(), NET)
         assert (await ok.request(pb.GossipOp(digest=bytes(32)), 5)).heads.heads
+
     run(body, tmp_path)

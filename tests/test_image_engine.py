@@ -3,14 +3,14 @@ import json
 import numpy as np
 
 from tests.helpers import digests_in_child, run_cli
-from trustgen.node.outputs import image_digest, read_png
-from trustgen.node.params import ImageParams
+from trustgen.engines.outputs import image_digest, read_png
+from trustgen.engines.params import ImageParams
 
 TASKS = {
     "ddim": dict(prompt="a large red circle on a blue background", seed=11, steps=12),
-    "euler_a": dict(prompt="a small yellow square in the left", seed=3, steps=10,
-                    scheduler="euler_ancestral"),
+    "euler_a": dict(prompt="a small yellow square in the left", seed=3, steps=10, scheduler="euler_ancestral"),
 }
+
 
 def test_same_task_same_digest_across_processes(image_engine):
     first, second = digests_in_child("image", TASKS), digests_in_child("image", TASKS)
@@ -20,8 +20,18 @@ def test_same_task_same_digest_across_processes(image_engine):
 
 def test_cli_writes_png_whose_pixels_match_digest(tmp_path):
     path = tmp_path / "out.png"
-    res = run_cli("generate", "image", "a green triangle on a white background", "--seed", "5",
-                  "--steps", "8", "-o", str(path), "--json")
+    res = run_cli(
+        "generate",
+        "image",
+        "a green triangle on a white background",
+        "--seed",
+        "5",
+        "--steps",
+        "8",
+        "-o",
+        str(path),
+        "--json",
+    )
     assert res.returncode == 0, res.stderr
     obj = json.loads(res.stdout)
     assert obj["image_path"] == str(path)
@@ -32,8 +42,11 @@ def test_cli_writes_png_whose_pixels_match_digest(tmp_path):
 
 
 def test_output_is_batch_invariant(image_engine):
-    batch = [ImageParams(**TASKS["euler_a"]), ImageParams(**TASKS["ddim"]),
-             ImageParams(prompt="a black cross", seed=9, steps=6, guidance=1.0)]
+    batch = [
+        ImageParams(**TASKS["euler_a"]),
+        ImageParams(**TASKS["ddim"]),
+        ImageParams(prompt="a black cross", seed=9, steps=6, guidance=1.0),
+    ]
     together = image_engine.generate_batch(batch)
     alone = [image_engine.generate(p) for p in reversed(batch)][::-1]
     assert [o.output_digest for o in together] == [o.output_digest for o in alone]
@@ -73,7 +86,8 @@ def test_prompt_colours_are_followed(image_engine):
 
 def test_other_sizes_and_schedulers(image_engine):
     for sched in ("ddim", "euler", "dpmsolver", "pndm", "ddpm"):
-        out = image_engine.generate(ImageParams(prompt="a red square", seed=1, steps=6,
-                                                height=48, width=64, scheduler=sched))
+        out = image_engine.generate(
+            ImageParams(prompt="a red square", seed=1, steps=6, height=48, width=64, scheduler=sched)
+        )
         assert out.pixels.shape == (48, 64, 3)
         assert out.pixels.dtype == np.uint8

@@ -76,8 +76,14 @@ def test_entry_replayed_into_other_feed_or_network_is_refused(tmp_path):
     # The same body re-signed by another key as if it were feed 1's entry: signature fails.
     from trustgen.consensus.encoding import signing_bytes
 
-    body = {"feed": ident(1).public_key, "seq": 1, "prev": bytes(32), "time": 1, "type": "NodeJoined",
-            "body": {"address": "x", "roles": []}}
+    body = {
+        "feed": ident(1).public_key,
+        "seq": 1,
+        "prev": bytes(32),
+        "time": 1,
+        "type": "NodeJoined",
+        "body": {"address": "x", "roles": []},
+    }
     forged = signing_bytes("LedgerEntry", NET, body)
     c = Ledger(tmp_path / "c.db", NET, ident(3))
     with pytest.raises(IngestError) as err:
@@ -118,9 +124,19 @@ def test_bad_link_is_refused(tmp_path):
     b = Ledger(tmp_path / "b.db", NET, ident(5))
     b.ingest(*a.entries(ident(1).public_key)[0])
     # A second entry whose prev does not name entry 1.
-    bad = sign(ident(1), "LedgerEntry", NET, {"feed": ident(1).public_key, "seq": 2, "prev": b"\x07" * 32,
-                                              "time": 5, "type": "NodeJoined",
-                                              "body": {"address": "y", "roles": []}})
+    bad = sign(
+        ident(1),
+        "LedgerEntry",
+        NET,
+        {
+            "feed": ident(1).public_key,
+            "seq": 2,
+            "prev": b"\x07" * 32,
+            "time": 5,
+            "type": "NodeJoined",
+            "body": {"address": "y", "roles": []},
+        },
+    )
     with pytest.raises(IngestError) as err:
         b.ingest(bad.payload, bad.sig)
     assert err.value.code == "bad_link"
@@ -141,8 +157,9 @@ def test_equivocation_yields_evidence_and_store_is_unchanged_otherwise(tmp_path)
     assert node.get(liar.public_key, 1).hash == e1.hash  # the first entry stays
     node.close()
     r = audit_ledger(tmp_path / "ledger.db")
-    assert r.ok and r.equivocations == [{"feed": liar.public_key.hex(), "seq": 1,
-                                         "reported_by": ident(8).public_key.hex()}]
+    assert r.ok and r.equivocations == [
+        {"feed": liar.public_key.hex(), "seq": 1, "reported_by": ident(8).public_key.hex()}
+    ]
     rep = reputation(Ledger(tmp_path / "ledger.db", NET).iter_entries(), NET)
     assert rep[liar.public_key] < 0.1
 
@@ -203,8 +220,9 @@ def test_certify_refuses_without_majority(tmp_path):
     votes = [make_vote(vs[0], result, True), make_vote(vs[1], result, False)]
     with pytest.raises(MessageError, match="no majority"):
         certify(gw, NET, task, merkle.EMPTY_ROOT, [v.public_key for v in vs], result, votes)
-    cert = certify(gw, NET, task, merkle.EMPTY_ROOT, [v.public_key for v in vs], result,
-                   votes + [make_vote(vs[2], result, True)])
+    cert = certify(
+        gw, NET, task, merkle.EMPTY_ROOT, [v.public_key for v in vs], result, votes + [make_vote(vs[2], result, True)]
+    )
     assert cert.body["decision"] == "accept" and len(cert.body["votes"]) == 3
 
 
@@ -301,20 +319,28 @@ def test_accusations_must_be_proven(tmp_path):
     certificate (and vote) that prove it; a gateway cannot slander a node in its ledger."""
     scen = build(tmp_path / "ledger.db", n_tasks=2, lying={0})
     led = scen.ledger
-    certs = [open_wire(e.body["certificate"], "Certificate", NET) for e in led.iter_entries() if e.type == "TaskFinalized"]
+    certs = [
+        open_wire(e.body["certificate"], "Certificate", NET) for e in led.iter_entries() if e.type == "TaskFinalized"
+    ]
     cert = certs[0]
     liar = scen.verifiers[0].public_key
     liar_votes = [v for v in cert.body["votes"] if open_wire(v, "Vote", NET).body["verifier"] == liar]
     if liar_votes:  # the liar was assigned to this task: a true accusation audits clean
-        led.append("Evidence", {"kind": "minority_vote", "subject": liar,
-                                "proof": {"certificate": cert.wire(), "vote": liar_votes[0]}})
+        led.append(
+            "Evidence",
+            {"kind": "minority_vote", "subject": liar, "proof": {"certificate": cert.wire(), "vote": liar_votes[0]}},
+        )
         assert audit_ledger(tmp_path / "ledger.db").ok
     honest = next(v for v in cert.body["votes"] if open_wire(v, "Vote", NET).body["accept"])
     honest_key = open_wire(honest, "Vote", NET).body["verifier"]
-    led.append("Evidence", {"kind": "minority_vote", "subject": honest_key,
-                            "proof": {"certificate": cert.wire(), "vote": honest}})
-    led.append("Evidence", {"kind": "rejected_result", "subject": scen.worker.public_key,
-                            "proof": {"certificate": cert.wire()}})  # the certificate accepted it
+    led.append(
+        "Evidence",
+        {"kind": "minority_vote", "subject": honest_key, "proof": {"certificate": cert.wire(), "vote": honest}},
+    )
+    led.append(
+        "Evidence",
+        {"kind": "rejected_result", "subject": scen.worker.public_key, "proof": {"certificate": cert.wire()}},
+    )  # the certificate accepted it
     led.close()
     bad = [v for v in audit_ledger(tmp_path / "ledger.db").violations if v.code == "bad_evidence"]
     assert len(bad) == 2

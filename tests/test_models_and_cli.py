@@ -5,8 +5,8 @@ import shutil
 import pytest
 
 from tests.helpers import run_cli
+from trustgen.engines.registry import MODELS_DIR, embedded_models, model_digest, resolve
 from trustgen.errors import ModelError
-from trustgen.node.registry import MODELS_DIR, embedded_models, model_digest, resolve
 
 
 def test_embedded_models_match_their_pinned_digests():
@@ -61,23 +61,26 @@ def test_tampered_model_via_cli_is_one_line_exit_2(tmp_path):
     assert "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) <= 2
 
 
-@pytest.mark.parametrize("args,needle", [
-    (["text", ""], "prompt must not be empty"),
-    (["text", "hi", "--decoding", "nucleus"], "unknown decoding"),
-    (["text", "hi", "--max-new-tokens", "0"], "max-new-tokens"),
-    (["text", "hi", "--decoding", "beam", "--num-beams", "1"], "num-beams"),
-    (["text", "hi", "--temperature", "-1"], "temperature"),
-    (["text", "hi", "--top-p", "1.5"], "top-p"),
-    (["text", "hi", "--model", "no-such-model"], "unknown model"),
-    (["text", "hi", "--model", "tiny-image"], "image model"),
-    (["text", "hi", "--device", "tpu"], "unsupported device"),
-    (["image", "a cat", "--steps", "-2"], "steps"),
-    (["image", "a cat", "--height", "100000"], "height"),
-    (["image", "a cat", "--width", "30"], "width"),
-    (["image", "a cat", "--scheduler", "magic"], "unknown scheduler"),
-    (["image", "   "], "prompt must not be empty"),
-    (["image", "a cat", "-o", "cat.jpg"], ".png"),
-])
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["text", ""], "prompt must not be empty"),
+        (["text", "hi", "--decoding", "nucleus"], "unknown decoding"),
+        (["text", "hi", "--max-new-tokens", "0"], "max-new-tokens"),
+        (["text", "hi", "--decoding", "beam", "--num-beams", "1"], "num-beams"),
+        (["text", "hi", "--temperature", "-1"], "temperature"),
+        (["text", "hi", "--top-p", "1.5"], "top-p"),
+        (["text", "hi", "--model", "no-such-model"], "unknown model"),
+        (["text", "hi", "--model", "tiny-image"], "image model"),
+        (["text", "hi", "--device", "tpu"], "unsupported device"),
+        (["image", "a cat", "--steps", "-2"], "steps"),
+        (["image", "a cat", "--height", "100000"], "height"),
+        (["image", "a cat", "--width", "30"], "width"),
+        (["image", "a cat", "--scheduler", "magic"], "unknown scheduler"),
+        (["image", "   "], "prompt must not be empty"),
+        (["image", "a cat", "-o", "cat.jpg"], ".png"),
+    ],
+)
 def test_bad_parameters_give_one_line_and_exit_2(args, needle, tmp_path):
     res = run_cli("generate", *args, cwd=tmp_path)
     assert res.returncode == 2, (res.stdout, res.stderr)
@@ -87,9 +90,9 @@ def test_bad_parameters_give_one_line_and_exit_2(args, needle, tmp_path):
 
 
 def test_max_context_is_checked():
+    from trustgen.engines.generate import run_text
+    from trustgen.engines.params import TextParams
     from trustgen.errors import UsageError
-    from trustgen.node.generate import run_text
-    from trustgen.node.params import TextParams
 
     with pytest.raises(UsageError, match="context"):
         run_text("tiny-text", TextParams(prompt="word " * 200, max_new_tokens=200))

@@ -17,8 +17,8 @@ from trustgen.consensus.audit import audit_path
 from trustgen.consensus.identity import Identity
 from trustgen.consensus.ledger import parse_entry
 from trustgen.consensus.messages import open_wire
+from trustgen.net.auth import make_request
 from trustgen.node import cluster
-from trustgen.node.auth import make_request
 from trustgen.node.client import make_task, submit
 from trustgen.node.daemon import ready_info
 from trustgen.rpc import trustgen_pb2 as pb
@@ -58,8 +58,9 @@ def submit_nowait(gw, prompt, max_new_tokens=16, verifiers=3):
 def status(gw, task_id):
     me = Identity.generate()
     with grpc.insecure_channel(gw) as ch:
-        return rpc.GatewayStub(ch).Status(make_request(me, NET, "/trustgen.v1.Gateway/Status",
-                                                       {"task_id": task_id}), timeout=5)
+        return rpc.GatewayStub(ch).Status(
+            make_request(me, NET, "/trustgen.v1.Gateway/Status", {"task_id": task_id}), timeout=5
+        )
 
 
 def wait_for(pred, timeout=60, what="condition"):
@@ -95,16 +96,44 @@ def net(tmp_path_factory):
 def test_honest_text_and_image_paths_with_a_lying_verifier(net, tmp_path):
     root, ready = net
     gw = ready["gateway"]["address"]
-    res = run_cli("submit", "text", "Byzantine-robust", "--gateway", gw, "--insecure", "--wait", "--json",
-                  "--decoding", "sample", "--seed", "3", "--max-new-tokens", "32", timeout=180)
+    res = run_cli(
+        "submit",
+        "text",
+        "Byzantine-robust",
+        "--gateway",
+        gw,
+        "--insecure",
+        "--wait",
+        "--json",
+        "--decoding",
+        "sample",
+        "--seed",
+        "3",
+        "--max-new-tokens",
+        "32",
+        timeout=180,
+    )
     assert res.returncode == 0, res.stdout + res.stderr
     out = json.loads(res.stdout)
     assert out["decision"] == "accept" and out["attempts"] == 1 and out["result"]["output"]["text"]
     liar = ready["verifier-3"]["node_id"]
     votes = {v["verifier"]: v["accept"] for v in out["votes"]}
     assert len(votes) == 3 and votes[liar] is False and sum(votes.values()) == 2  # outvoted
-    img = run_cli("submit", "image", "a small green square on a black background", "--gateway", gw,
-                  "--insecure", "--wait", "--json", "--seed", "5", "-o", str(tmp_path / "sq.png"), timeout=180)
+    img = run_cli(
+        "submit",
+        "image",
+        "a small green square on a black background",
+        "--gateway",
+        gw,
+        "--insecure",
+        "--wait",
+        "--json",
+        "--seed",
+        "5",
+        "-o",
+        str(tmp_path / "sq.png"),
+        timeout=180,
+    )
     assert img.returncode == 0, img.stdout + img.stderr
     io = json.loads(img.stdout)
     assert io["decision"] == "accept" and (tmp_path / "sq.png").read_bytes()[:4] == b"\x89PNG"
@@ -124,8 +153,11 @@ def test_events_metrics_and_bad_requests_keep_nodes_serving(net):
     import subprocess
     import sys
 
-    ev = subprocess.Popen([sys.executable, "-m", "trustgen.cli", "events", "--node", gw, "--insecure",
-                           "--count", "2", "--timeout", "60"], stdout=subprocess.PIPE, text=True)
+    ev = subprocess.Popen(
+        [sys.executable, "-m", "trustgen.cli", "events", "--node", gw, "--insecure", "--count", "2", "--timeout", "60"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     time.sleep(1.5)  # PUB/SUB: a subscriber must be connected before events are sent
     task, out = run_task(gw, "text", {"prompt": "Gossip", "max_new_tokens": 8})
     assert out["decision"] == "accept"
@@ -162,8 +194,11 @@ def test_cheating_workers_are_rejected_and_task_completes_through_honest_worker(
     ready = cluster.up(root, workers=0, verifiers=3, node_settings={"gateway": {"max_attempts": 5}})
     gw = ready["gateway"]["address"]
     try:
+
         def add_worker(name, adversary=""):
-            d = cluster.write_node(root, name, ["worker"], gateway=gw, **({"adversary": adversary} if adversary else {}))
+            d = cluster.write_node(
+                root, name, ["worker"], gateway=gw, **({"adversary": adversary} if adversary else {})
+            )
             cluster.wait_ready(d, cluster.start(d))
 
         add_worker("worker-replay", "replay")
@@ -174,8 +209,10 @@ def test_cheating_workers_are_rejected_and_task_completes_through_honest_worker(
         for name, mode in (("worker-alter", "alter"), ("worker-othermodel", "other-model")):
             n = len(certificates(root, t2.id))  # before the worker joins: it may be rejected at once
             add_worker(name, mode)
-            wait_for(lambda: len(certificates(root, t2.id)) > n and status(gw, t2.id).state == "waiting",
-                     what=f"{mode} to be rejected")
+            wait_for(
+                lambda: len(certificates(root, t2.id)) > n and status(gw, t2.id).state == "waiting",
+                what=f"{mode} to be rejected",
+            )
         add_worker("worker-honest")
         final = wait_for(lambda: (s := status(gw, t2.id)).state == "final" and s, what="completion")
         certs = certificates(root, t2.id)
@@ -219,8 +256,11 @@ def test_worker_killed_mid_task_and_gateway_restart(tmp_path):
         assert behind != cluster.ledger_heads(root / "gateway")
         cluster.wait_ready(root / victim, cluster.start(root / victim))
         names = [d.name for d in cluster.node_dirs(root)]
-        wait_for(lambda: all(cluster.ledger_heads(root / n) == cluster.ledger_heads(root / "gateway") for n in names),
-                 timeout=60, what="the restarted worker to catch up")
+        wait_for(
+            lambda: all(cluster.ledger_heads(root / n) == cluster.ledger_heads(root / "gateway") for n in names),
+            timeout=60,
+            what="the restarted worker to catch up",
+        )
         assert_audits_clean(root / victim)
     finally:
         cluster.down(root)
@@ -250,7 +290,7 @@ def test_verifier_rebuilds_its_history_from_the_replicated_ledger(net, tmp_path)
     import shutil
 
     from trustgen.consensus.ledger import Ledger
-    from trustgen.node.blobs import BlobStore
+    from trustgen.gossip.blobs import BlobStore
     from trustgen.node.verifier_role import VerifierRole
 
     root, ready = net
@@ -260,7 +300,10 @@ def test_verifier_rebuilds_its_history_from_the_replicated_ledger(net, tmp_path)
     def has_certificate() -> bool:
         db = sqlite3.connect(f"file:{replica}?mode=ro", uri=True)
         try:
-            es = [parse_entry(p, s, NET) for p, s in db.execute("SELECT payload, sig FROM entries WHERE type='TaskFinalized'")]
+            es = [
+                parse_entry(p, s, NET)
+                for p, s in db.execute("SELECT payload, sig FROM entries WHERE type='TaskFinalized'")
+            ]
         finally:
             db.close()
         return any(open_wire(e.body["certificate"], "Certificate", NET).body["task_id"] == task.id for e in es)
@@ -281,9 +324,8 @@ def test_verifiers_fetch_accepted_images_they_did_not_check(net, tmp_path):
     """An image checked by one verifier: the others learn its certificate by gossip, fetch the
     PNG by digest from a node that has it (every chunk checked), and index it for replay
     detection. A user fetches the same blob by digest with `trustgen blob get`."""
-    from trustgen.node.blobs import BlobStore
-
     from trustgen.consensus.assignment import rank
+    from trustgen.gossip.blobs import BlobStore
 
     root, ready = net
     gw = ready["gateway"]["address"]
@@ -292,11 +334,13 @@ def test_verifiers_fetch_accepted_images_they_did_not_check(net, tmp_path):
         # The one verifier is drawn from the gateway's beacon; a task that draws the liar is
         # rejected whatever the worker does, so draw until an honest verifier has it.
         me = Identity.generate()
-        task = make_task(me, NET, "image", "tiny-image",
-                         {"prompt": "a red circle on a white background", "seed": seed}, 1)
+        task = make_task(
+            me, NET, "image", "tiny-image", {"prompt": "a red circle on a white background", "seed": seed}, 1
+        )
         asyncio.run(submit(gw, task, me, NET, insecure=True, wait=False))
-        accepted = next(e for e in gateway_entries(root, "TaskAccepted")
-                        if open_wire(e.body["task"], "Task", NET).id == task.id)
+        accepted = next(
+            e for e in gateway_entries(root, "TaskAccepted") if open_wire(e.body["task"], "Task", NET).id == task.id
+        )
         if rank(accepted.body["beacon"], task.id, list(accepted.body["candidates"]))[0] != liar:
             break
     out = asyncio.run(submit(gw, task, me, NET, insecure=True, wait=True, timeout_s=120))
@@ -305,6 +349,7 @@ def test_verifiers_fetch_accepted_images_they_did_not_check(net, tmp_path):
     checked = {v["verifier"] for v in out["votes"]}
     others = [n for n in ("verifier-1", "verifier-2", "verifier-3") if ready[n]["node_id"] not in checked]
     assert len(others) == 2
+
     def fetched(name: str) -> float:
         metrics = urllib.request.urlopen(f"http://127.0.0.1:{ready[name]['metrics_port']}/metrics", timeout=5)
         line = [ln for ln in metrics.read().decode().splitlines() if ln.startswith("trustgen_blobs_fetched_total ")]
@@ -315,8 +360,17 @@ def test_verifiers_fetch_accepted_images_they_did_not_check(net, tmp_path):
         wait_for(lambda: fetched(name) >= 1, what=f"{name} to fetch and index the accepted image")
         assert BlobStore(root / name / "blobs").get(digest) is not None
     png = BlobStore(root / "gateway" / "blobs").get(digest)
-    res = run_cli("blob", "get", digest, "--peer", ready[others[0]]["address"], "--insecure", "--json",
-                  "-o", str(tmp_path / "got.png"))
+    res = run_cli(
+        "blob",
+        "get",
+        digest,
+        "--peer",
+        ready[others[0]]["address"],
+        "--insecure",
+        "--json",
+        "-o",
+        str(tmp_path / "got.png"),
+    )
     assert res.returncode == 0, res.stderr
     assert (tmp_path / "got.png").read_bytes() == png and json.loads(res.stdout)["bad_peers"] == []
     res = run_cli("blob", "get", "ab" * 32, "--peer", gw, "--insecure", "-o", str(tmp_path / "none"))

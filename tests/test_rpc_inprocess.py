@@ -13,7 +13,7 @@ from tests.consensus_fixtures import ident
 from trustgen.consensus.encoding import encode, signing_bytes
 from trustgen.consensus.identity import Identity
 from trustgen.consensus.ledger import Ledger
-from trustgen.node.auth import make_request
+from trustgen.net.auth import make_request
 from trustgen.node.client import make_task
 from trustgen.node.config import NodeConfig
 from trustgen.node.daemon import Node
@@ -73,19 +73,28 @@ def test_requests_are_authenticated_precisely(gw):
     good = make_request(me, NET, "/trustgen.v1.Gateway/Status", status_args)
     forged = pb.SignedRequest(payload=good.payload, signature=ident(41).sign(good.payload))
     assert code_of(stub.Status, forged) == grpc.StatusCode.UNAUTHENTICATED
-    assert code_of(stub.Status, pb.SignedRequest(payload=b"TGv1\x99garbage", signature=b"x" * 64)) \
+    assert (
+        code_of(stub.Status, pb.SignedRequest(payload=b"TGv1\x99garbage", signature=b"x" * 64))
         == grpc.StatusCode.INVALID_ARGUMENT
+    )
     wrong_method = make_request(me, NET, "/trustgen.v1.Gateway/Submit", status_args)
     assert code_of(stub.Status, wrong_method) == grpc.StatusCode.PERMISSION_DENIED
     other_net = make_request(me, "trustgen-elsewhere", "/trustgen.v1.Gateway/Status", status_args)
     assert code_of(stub.Status, other_net) == grpc.StatusCode.UNAUTHENTICATED
     assert code_of(stub.Status, good) == grpc.StatusCode.NOT_FOUND  # authenticated; no such task
     assert code_of(stub.Status, good) == grpc.StatusCode.ALREADY_EXISTS  # the same request again
-    stale_body = {"sender": me.public_key, "method": "/trustgen.v1.Gateway/Status", "nonce": os.urandom(16),
-                  "time": int(time.time() * 1000) - 3_600_000, "args": status_args}
+    stale_body = {
+        "sender": me.public_key,
+        "method": "/trustgen.v1.Gateway/Status",
+        "nonce": os.urandom(16),
+        "time": int(time.time() * 1000) - 3_600_000,
+        "args": status_args,
+    }
     stale = signing_bytes("Request", NET, stale_body)
-    assert code_of(stub.Status, pb.SignedRequest(payload=stale, signature=me.sign(stale))) \
+    assert (
+        code_of(stub.Status, pb.SignedRequest(payload=stale, signature=me.sign(stale)))
         == grpc.StatusCode.UNAUTHENTICATED
+    )
     bad_id = make_request(me, NET, "/trustgen.v1.Gateway/Status", {"task_id": b"short"})
     assert code_of(stub.Status, bad_id) == grpc.StatusCode.INVALID_ARGUMENT
 
@@ -157,9 +166,28 @@ def test_tls_when_configured_and_plaintext_only_when_asked(tmp_path):
     from trustgen.errors import UsageError
 
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key),
-                    "-out", str(cert), "-days", "1", "-subj", "/CN=localhost",
-                    "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"], check=True, capture_output=True)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+    )
     with pytest.raises(UsageError, match="insecure"):
         NodeConfig(name="x", data_dir=tmp_path / "x", roles=["gateway"])  # neither TLS nor insecure
     node = InProcessNode(tmp_path, insecure=False, tls_cert=str(cert), tls_key=str(key))
@@ -184,7 +212,7 @@ def test_tls_when_configured_and_plaintext_only_when_asked(tmp_path):
 def _random_value(rng, depth=0):
     kind = rng.randrange(8 if depth < 3 else 5)
     if kind == 0:
-        return rng.randrange(-2**63, 2**63)
+        return rng.randrange(-(2**63), 2**63)
     if kind == 1:
         return rng.randbytes(rng.choice([0, 1, 8, 32, 33, 200]))
     if kind == 2:
@@ -211,9 +239,14 @@ def test_random_signed_requests_never_crash_a_node(gw):
 
     rng = random.Random(7)
     me = ident(50)
-    allowed = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.PERMISSION_DENIED,
-               grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.UNAUTHENTICATED,
-               grpc.StatusCode.RESOURCE_EXHAUSTED}
+    allowed = {
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.UNAUTHENTICATED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+    }
     methods = {"Gateway": ["Submit", "Status", "Join"], "Blobs": ["Manifest"]}
     stubs = {"Gateway": rpc.GatewayStub(gw.channel), "Blobs": rpc.BlobsStub(gw.channel)}
     answered, seen = 0, set()

@@ -3,16 +3,24 @@ import json
 import pytest
 
 from tests.helpers import digests_in_child, run_cli
-from trustgen.node.params import TextParams
+from trustgen.engines.params import TextParams
 
 PROMPTS = ["Verifiable training", "Locality-sensitive hashing", "The gossip protocol", "We propose"]
 
 TASKS = {
     "greedy": dict(prompt="Verifiable training of", max_new_tokens=24, decoding="greedy"),
     "beam": dict(prompt="Verifiable training of", max_new_tokens=16, decoding="beam", num_beams=3),
-    "sample": dict(prompt="Verifiable training of", max_new_tokens=24, decoding="sample", seed=7,
-                   temperature=0.9, top_k=50, top_p=0.95),
+    "sample": dict(
+        prompt="Verifiable training of",
+        max_new_tokens=24,
+        decoding="sample",
+        seed=7,
+        temperature=0.9,
+        top_k=50,
+        top_p=0.95,
+    ),
 }
+
 
 def test_same_task_same_digest_across_processes(text_engine):
     first, second = digests_in_child("text", TASKS), digests_in_child("text", TASKS)
@@ -35,17 +43,23 @@ def test_cli_json_matches_library(text_engine, tmp_path):
 
 
 def test_output_is_batch_invariant(text_engine):
-    batch = [TextParams(**TASKS["sample"]), TextParams(**TASKS["greedy"]),
-             TextParams(prompt="Byzantine", max_new_tokens=30, decoding="sample", seed=3)]
+    batch = [
+        TextParams(**TASKS["sample"]),
+        TextParams(**TASKS["greedy"]),
+        TextParams(prompt="Byzantine", max_new_tokens=30, decoding="sample", seed=3),
+    ]
     together = text_engine.generate_batch(batch)
     alone = [text_engine.generate(p) for p in reversed(batch)][::-1]
     assert [o.output_digest for o in together] == [o.output_digest for o in alone]
 
 
 def test_seed_changes_sampled_text(text_engine):
-    outs = {text_engine.generate(TextParams(prompt="We propose", max_new_tokens=32,
-                                            decoding="sample", seed=s)).output_digest
-            for s in range(4)}
+    outs = {
+        text_engine.generate(
+            TextParams(prompt="We propose", max_new_tokens=32, decoding="sample", seed=s)
+        ).output_digest
+        for s in range(4)
+    }
     assert len(outs) == 4
 
 
@@ -57,8 +71,9 @@ def test_seed_does_not_change_greedy(text_engine):
 
 @pytest.mark.parametrize("decoding", ["greedy", "beam", "sample"])
 def test_prompt_changes_output_and_text_is_varied(text_engine, decoding):
-    outs = [text_engine.generate(TextParams(prompt=p, max_new_tokens=32, decoding=decoding,
-                                            num_beams=3)) for p in PROMPTS]
+    outs = [
+        text_engine.generate(TextParams(prompt=p, max_new_tokens=32, decoding=decoding, num_beams=3)) for p in PROMPTS
+    ]
     assert len({o.output_digest for o in outs}) == len(PROMPTS)
     for o in outs:
         assert o.text.strip()
@@ -89,7 +104,7 @@ def test_beam_score_is_best_of_greedy_and_beam(text_engine):
 def test_sampling_respects_top_k(text_engine):
     import torch
 
-    from trustgen.node.sampling import filter_logits
+    from trustgen.engines.sampling import filter_logits
 
     p = TextParams(prompt="Consensus", max_new_tokens=12, decoding="sample", seed=5, top_k=1)
     out = text_engine.generate(p)

@@ -3,7 +3,7 @@ import json
 import numpy as np
 
 from tests.helpers import run_cli
-from trustgen.node.params import ImageParams
+from trustgen.engines.params import ImageParams
 from trustgen.verifier.policy import PHASH_THRESHOLD
 from trustgen.verifier.reexec import regenerate_image
 
@@ -25,9 +25,11 @@ def test_small_pixel_noise_is_tolerated(image_engine):
 
 
 def test_dishonest_images_are_rejected(image_engine):
-    for other in (ImageParams(**{**P.to_dict(), "seed": 22}),
-                  ImageParams(**{**P.to_dict(), "prompt": "a small white circle on a green background"}),
-                  ImageParams(**{**P.to_dict(), "steps": 2})):
+    for other in (
+        ImageParams(**{**P.to_dict(), "seed": 22}),
+        ImageParams(**{**P.to_dict(), "prompt": "a small white circle on a green background"}),
+        ImageParams(**{**P.to_dict(), "steps": 2}),
+    ):
         claimed = image_engine.generate(other).pixels
         v = regenerate_image(image_engine, P, claimed, PHASH_THRESHOLD)
         assert not v.accept, (other, v)
@@ -36,16 +38,18 @@ def test_dishonest_images_are_rejected(image_engine):
 
 
 def test_verify_cli_on_image(tmp_path):
-    gen = run_cli("generate", "image", P.prompt, "--seed", "21", "--steps", "16", "-o", "img.png",
-                  "--json", cwd=tmp_path)
+    gen = run_cli(
+        "generate", "image", P.prompt, "--seed", "21", "--steps", "16", "-o", "img.png", "--json", cwd=tmp_path
+    )
     assert gen.returncode == 0, gen.stderr
     (tmp_path / "result.json").write_text(gen.stdout)
     res = run_cli("verify", str(tmp_path / "result.json"), "--json")
     assert res.returncode == 0, res.stdout + res.stderr
     assert json.loads(res.stdout)["accept"] is True
     # Swap in another seed's picture, digest made consistent: the perceptual check rejects it.
-    other = run_cli("generate", "image", P.prompt, "--seed", "99", "--steps", "16", "-o", "img.png",
-                    "--json", cwd=tmp_path)
+    other = run_cli(
+        "generate", "image", P.prompt, "--seed", "99", "--steps", "16", "-o", "img.png", "--json", cwd=tmp_path
+    )
     forged = dict(json.loads(gen.stdout), output_digest=json.loads(other.stdout)["output_digest"])
     (tmp_path / "result.json").write_text(json.dumps(forged))
     res = run_cli("verify", str(tmp_path / "result.json"), "--json")

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from tests.helpers import run_cli
-from trustgen.node.params import TextParams
+from trustgen.engines.params import TextParams
 from trustgen.verifier.prefill import prefill_check
 from trustgen.verifier.reexec import regenerate_text
 
@@ -98,8 +98,9 @@ def _write(tmp_path, obj) -> str:
 
 
 def test_verify_cli(tmp_path):
-    gen = run_cli("generate", "text", "Consensus", "--max-new-tokens", "32", "--decoding", "sample",
-                  "--seed", "4", "--json")
+    gen = run_cli(
+        "generate", "text", "Consensus", "--max-new-tokens", "32", "--decoding", "sample", "--seed", "4", "--json"
+    )
     assert gen.returncode == 0, gen.stderr
     result = json.loads(gen.stdout)
     res = run_cli("verify", _write(tmp_path, result), "--json")
@@ -107,7 +108,7 @@ def test_verify_cli(tmp_path):
     assert json.loads(res.stdout)["accept"] is True
     assert run_cli("verify", _write(tmp_path, result), "--method", "regenerate").returncode == 0
 
-    from trustgen.node.outputs import text_digest
+    from trustgen.engines.outputs import text_digest
 
     forged = dict(result, token_ids=result["token_ids"][:5] + [7] + result["token_ids"][6:])
     forged["output_digest"] = text_digest(forged["token_ids"])  # consistent digest, wrong token

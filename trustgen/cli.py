@@ -6,15 +6,19 @@ from __future__ import annotations
 import json
 import pathlib
 import sys
-from typing import Any, Optional
+from typing import Any
 
 import typer
 from rich.console import Console
 
 from trustgen.errors import TrustgenError
 
-app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
-                  help="Verifiable generative AI in trustless networks.")
+app = typer.Typer(
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    help="Verifiable generative AI in trustless networks.",
+)
 generate_app = typer.Typer(no_args_is_help=True, help="One local generation, no network.")
 app.add_typer(generate_app, name="generate")
 keys_app = typer.Typer(no_args_is_help=True, help="Ed25519 node identities.")
@@ -48,23 +52,32 @@ def generate_text(
     top_p: float = typer.Option(1.0, "--top-p"),
     device: str = typer.Option("cpu", help="cpu | cuda | auto"),
     dtype: str = typer.Option("float32", help="float32 | bfloat16 | float16"),
-    threads: Optional[int] = typer.Option(None, help="CPU threads (recorded in the profile)."),
+    threads: int | None = typer.Option(None, help="CPU threads (recorded in the profile)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Generate text locally with controlled determinism."""
-    from trustgen.node.generate import run_text
-    from trustgen.node.params import TextParams
+    from trustgen.engines.generate import run_text
+    from trustgen.engines.params import TextParams
 
-    params = TextParams(prompt=prompt, max_new_tokens=max_new_tokens, decoding=decoding,
-                        num_beams=num_beams, seed=seed, temperature=temperature, top_k=top_k,
-                        top_p=top_p)
+    params = TextParams(
+        prompt=prompt,
+        max_new_tokens=max_new_tokens,
+        decoding=decoding,
+        num_beams=num_beams,
+        seed=seed,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+    )
     result = run_text(model, params, device=device, dtype=dtype, threads=threads)
     if as_json:
         emit(result, True)
     else:
         out.print(result["text"], markup=False, highlight=False)
-        err.print(f"[dim]{len(result['token_ids'])} tokens, {result['finish_reason']}; "
-                  f"output {result['output_digest'][:23]}…, model {result['model_digest'][:23]}…[/]")
+        err.print(
+            f"[dim]{len(result['token_ids'])} tokens, {result['finish_reason']}; "
+            f"output {result['output_digest'][:23]}…, model {result['model_digest'][:23]}…[/]"
+        )
 
 
 @generate_app.command("image")
@@ -77,27 +90,31 @@ def generate_image(
     height: int = typer.Option(32),
     width: int = typer.Option(32),
     scheduler: str = typer.Option("ddim", help="ddim | euler | euler_ancestral | dpmsolver | pndm | ddpm"),
-    output: Optional[pathlib.Path] = typer.Option(None, "-o", "--output", help="PNG file to write."),
+    output: pathlib.Path | None = typer.Option(None, "-o", "--output", help="PNG file to write."),
     device: str = typer.Option("cpu", help="cpu | cuda | auto"),
     dtype: str = typer.Option("float32", help="float32 | bfloat16 | float16"),
-    threads: Optional[int] = typer.Option(None, help="CPU threads (recorded in the profile)."),
+    threads: int | None = typer.Option(None, help="CPU threads (recorded in the profile)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Generate an image locally with controlled determinism."""
-    from trustgen.node.generate import run_image
-    from trustgen.node.params import ImageParams
+    from trustgen.engines.generate import run_image
+    from trustgen.engines.params import ImageParams
 
-    params = ImageParams(prompt=prompt, seed=seed, steps=steps, guidance=guidance, height=height,
-                         width=width, scheduler=scheduler)
+    params = ImageParams(
+        prompt=prompt, seed=seed, steps=steps, guidance=guidance, height=height, width=width, scheduler=scheduler
+    )
     result = run_image(model, params, output, device=device, dtype=dtype, threads=threads)
     if as_json:
         emit(result, True)
     else:
-        out.print(f"wrote {result['image_path']} ({result['width']}x{result['height']}); "
-                  f"pixels {result['output_digest'][:23]}…", highlight=False)
+        out.print(
+            f"wrote {result['image_path']} ({result['width']}x{result['height']}); "
+            f"pixels {result['output_digest'][:23]}…",
+            highlight=False,
+        )
 
 
-def _passphrase(env_var: Optional[str]) -> Optional[bytes]:
+def _passphrase(env_var: str | None) -> bytes | None:
     import os
 
     if env_var is None:
@@ -111,8 +128,9 @@ def _passphrase(env_var: Optional[str]) -> Optional[bytes]:
 @keys_app.command("new")
 def keys_new(
     home: pathlib.Path = typer.Option(..., "--home", help="Node home directory."),
-    passphrase_env: Optional[str] = typer.Option(
-        None, "--passphrase-env", help="Encrypt the key with the passphrase in this variable."),
+    passphrase_env: str | None = typer.Option(
+        None, "--passphrase-env", help="Encrypt the key with the passphrase in this variable."
+    ),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Create a new identity (key file mode 0600). Refuses to overwrite one."""
@@ -129,7 +147,7 @@ def keys_new(
 @keys_app.command("show")
 def keys_show(
     home: pathlib.Path = typer.Option(..., "--home", help="Node home directory."),
-    passphrase_env: Optional[str] = typer.Option(None, "--passphrase-env"),
+    passphrase_env: str | None = typer.Option(None, "--passphrase-env"),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Show the public identity of a node home (never the private key)."""
@@ -174,8 +192,10 @@ def verify(
     else:
         word = "[green]ACCEPT[/]" if vote.accept else "[red]REJECT[/]"
         where = "" if vote.position is None else f" at position {vote.position}"
-        out.print(f"{word} ({vote.method}): {vote.reason}{where}; distance {vote.distance:.4g}, "
-                  f"margin {vote.margin:.4g}", highlight=False)
+        out.print(
+            f"{word} ({vote.method}): {vote.reason}{where}; distance {vote.distance:.4g}, margin {vote.margin:.4g}",
+            highlight=False,
+        )
     raise typer.Exit(0 if vote.accept else 1)
 
 
@@ -184,7 +204,7 @@ def calibrate(
     kind: str = typer.Argument(..., help="image | text"),
     samples: int = typer.Option(20, "--samples", help="Tasks to sample."),
     out_dir: pathlib.Path = typer.Option(pathlib.Path("calibration"), "--out"),
-    model: Optional[str] = typer.Option(None, help="Model (default: the embedded one)."),
+    model: str | None = typer.Option(None, help="Model (default: the embedded one)."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Measure honest vs dishonest distances, choose thresholds, report error rates."""
@@ -203,9 +223,14 @@ def calibrate(
         rep = cal.calibrate_text(samples, model or "tiny-text")
     files = cal.write_report(rep, out_dir)
     summary = {k: rep[k] for k in ("kind", "samples", "honest_pairs", "dishonest_pairs", "rates")}
-    summary.update(threshold=rep.get("threshold"), files=files,
-                   per_pair={k: {kk: v[kk] for kk in ("honest", "n", "rejected_outright", "min", "median", "max")}
-                             for k, v in rep["pairs"].items()})
+    summary.update(
+        threshold=rep.get("threshold"),
+        files=files,
+        per_pair={
+            k: {kk: v[kk] for kk in ("honest", "n", "rejected_outright", "min", "median", "max")}
+            for k, v in rep["pairs"].items()
+        },
+    )
     if as_json:
         emit(summary, True)
         return
@@ -215,13 +240,20 @@ def calibrate(
     for c in ("pair", "honest", "n", "rejected", "min", "median", "max"):
         t.add_column(c)
     for k, v in summary["per_pair"].items():
-        t.add_row(k, "yes" if v["honest"] else "no", str(v["n"]), str(v["rejected_outright"]),
-                  *(f"{x:.4g}" if x is not None else "-" for x in (v["min"], v["median"], v["max"])))
+        t.add_row(
+            k,
+            "yes" if v["honest"] else "no",
+            str(v["n"]),
+            str(v["rejected_outright"]),
+            *(f"{x:.4g}" if x is not None else "-" for x in (v["min"], v["median"], v["max"])),
+        )
     out.print(t)
     r = rep["rates"]
-    out.print(f"threshold {rep.get('threshold', 'policy tolerance')}: false accept {r['false_accept']:.4%}, "
-              f"false reject {r['false_reject']:.4%}; majority of 3: false accept "
-              f"{r['majority3_false_accept']:.6%}, false reject {r['majority3_false_reject']:.6%}")
+    out.print(
+        f"threshold {rep.get('threshold', 'policy tolerance')}: false accept {r['false_accept']:.4%}, "
+        f"false reject {r['false_reject']:.4%}; majority of 3: false accept "
+        f"{r['majority3_false_accept']:.6%}, false reject {r['majority3_false_reject']:.6%}"
+    )
     out.print(f"wrote {files['json']} and {files['png']}")
 
 
@@ -255,8 +287,7 @@ def cluster_up(
     dir: pathlib.Path = typer.Option(..., "--dir"),
     workers: int = typer.Option(3, "--workers"),
     verifiers: int = typer.Option(3, "--verifiers"),
-    node_setting: list[str] = typer.Option([], "--node-setting",
-                                           help="NAME=adversary:MODE or NAME=delay_s:SECONDS"),
+    node_setting: list[str] = typer.Option([], "--node-setting", help="NAME=adversary:MODE or NAME=delay_s:SECONDS"),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Start a gateway, workers and verifiers as separate processes on loopback."""
@@ -273,8 +304,9 @@ def cluster_up(
 
 
 @cluster_app.command("status")
-def cluster_status(dir: pathlib.Path = typer.Option(..., "--dir"),
-                   as_json: bool = typer.Option(False, "--json")) -> None:
+def cluster_status(
+    dir: pathlib.Path = typer.Option(..., "--dir"), as_json: bool = typer.Option(False, "--json")
+) -> None:
     """Which nodes of a local cluster run."""
     from trustgen.node import cluster
 
@@ -288,8 +320,7 @@ def cluster_status(dir: pathlib.Path = typer.Option(..., "--dir"),
 
 
 @cluster_app.command("down")
-def cluster_down(dir: pathlib.Path = typer.Option(..., "--dir"),
-                 as_json: bool = typer.Option(False, "--json")) -> None:
+def cluster_down(dir: pathlib.Path = typer.Option(..., "--dir"), as_json: bool = typer.Option(False, "--json")) -> None:
     """Stop every node of a local cluster (SIGTERM, then SIGKILL after 15 s)."""
     from trustgen.node import cluster
 
@@ -303,7 +334,7 @@ def submit(
     prompt: str = typer.Argument(...),
     gateway: str = typer.Option(..., "--gateway", help="HOST:PORT"),
     wait: bool = typer.Option(False, "--wait", help="Follow the task until it is final."),
-    model: Optional[str] = typer.Option(None, help="Model name or sha256 digest."),
+    model: str | None = typer.Option(None, help="Model name or sha256 digest."),
     verifiers: int = typer.Option(3, "--verifiers"),
     max_new_tokens: int = typer.Option(64, "--max-new-tokens"),
     decoding: str = typer.Option("greedy"),
@@ -328,19 +359,27 @@ def submit(
     import asyncio
 
     from trustgen.consensus.identity import Identity
+    from trustgen.engines.params import ImageParams, TextParams
     from trustgen.node.client import make_task, save_output
     from trustgen.node.client import submit as do_submit
-    from trustgen.node.params import ImageParams, TextParams
 
     if not insecure and not tls_ca:
         raise TrustgenError("give --tls-ca FILE, or --insecure for plaintext gRPC")
     if kind == "text":
-        params = TextParams(prompt=prompt, max_new_tokens=max_new_tokens, decoding=decoding,
-                            num_beams=num_beams, seed=seed, temperature=temperature, top_k=top_k,
-                            top_p=top_p).to_dict()
+        params = TextParams(
+            prompt=prompt,
+            max_new_tokens=max_new_tokens,
+            decoding=decoding,
+            num_beams=num_beams,
+            seed=seed,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+        ).to_dict()
     elif kind == "image":
-        params = ImageParams(prompt=prompt, seed=seed, steps=steps, guidance=guidance, height=height,
-                             width=width, scheduler=scheduler).to_dict()
+        params = ImageParams(
+            prompt=prompt, seed=seed, steps=steps, guidance=guidance, height=height, width=width, scheduler=scheduler
+        ).to_dict()
     else:
         raise TrustgenError(f"unknown kind {kind!r}; choose text or image")
     me = Identity.generate()
@@ -377,7 +416,7 @@ def events(
 
     import grpc
 
-    from trustgen.node import transport
+    from trustgen.net import transport
     from trustgen.node.events import subscribe
     from trustgen.rpc import trustgen_pb2 as pb
     from trustgen.rpc import trustgen_pb2_grpc as rpc
@@ -419,8 +458,8 @@ def blob_get(
     import re
 
     from trustgen.consensus.identity import Identity
-    from trustgen.node.blobfetch import fetch_blob
-    from trustgen.node.peers import Peers
+    from trustgen.gossip.blobfetch import fetch_blob
+    from trustgen.net.peers import Peers
 
     if not re.fullmatch(r"[0-9a-f]{64}", digest):
         raise TrustgenError("digest must be 64 lowercase hex digits")
@@ -440,8 +479,10 @@ def blob_get(
     tmp.replace(output)  # never a half-written file under the asked-for name
     emit({"digest": digest, "bytes": len(data), "output": str(output), "bad_peers": dropped}, as_json)
     if not as_json:
-        out.print(f"{digest[:16]}: {len(data)} bytes -> {output}"
-                  + (f" (skipped bad peers: {', '.join(dropped)})" if dropped else ""))
+        out.print(
+            f"{digest[:16]}: {len(data)} bytes -> {output}"
+            + (f" (skipped bad peers: {', '.join(dropped)})" if dropped else "")
+        )
 
 
 @app.command("demo")
@@ -449,7 +490,7 @@ def demo(
     as_json: bool = typer.Option(False, "--json"),
     workers: int = typer.Option(3, "--workers"),
     verifiers: int = typer.Option(3, "--verifiers"),
-    keep: Optional[pathlib.Path] = typer.Option(None, "--dir", help="Keep the cluster's files here."),
+    keep: pathlib.Path | None = typer.Option(None, "--dir", help="Keep the cluster's files here."),
 ) -> None:
     """The main job: a local network verifies a text and an image task, then audits itself."""
     from trustgen.node.demo import run_demo

@@ -12,8 +12,8 @@ import multiprocessing
 import os
 import pathlib
 import sqlite3
-from concurrent.futures import ProcessPoolExecutor
 from collections import defaultdict
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -93,8 +93,9 @@ class _Auditor:
         self.check_evidence()
 
     def check_entries(self) -> None:
-        rows = self.db.execute("SELECT feed, seq, hash, type, payload, sig, log_index FROM entries "
-                               "ORDER BY log_index").fetchall()
+        rows = self.db.execute(
+            "SELECT feed, seq, hash, type, payload, sig, log_index FROM entries ORDER BY log_index"
+        ).fetchall()
         self.r.entries = len(rows)
         # Signatures are checked against the stored feed column, in parallel; a tampered column
         # fails here or in the index comparison below.
@@ -172,8 +173,9 @@ class _Auditor:
                 break
         if len(good) > 1 and 0 < good[-2][0] < size:
             old_size, old_root = good[-2]
-            if not merkle.verify_consistency(old_size, size, old_root, root,
-                                             merkle.consistency_proof(old_size, leaves[:size])):
+            if not merkle.verify_consistency(
+                old_size, size, old_root, root, merkle.consistency_proof(old_size, leaves[:size])
+            ):
                 self.bad(_where(self.owner, 0), "inconsistent_commitment", f"{size} does not extend {old_size}")
 
     def _open(self, where: str, data: bytes, msg_type: str) -> Any:
@@ -277,9 +279,12 @@ class _Auditor:
             votes[b["verifier"]] = b["accept"]
         t = tally(votes, expected, k)
         if t.decision == PENDING or t.decision != c["decision"]:
-            self.bad(where, "bad_decision",
-                     f"recorded {c['decision']!r} but the votes give {t.decision!r} "
-                     f"({t.accepts} accept, {t.rejects} reject of {k})")
+            self.bad(
+                where,
+                "bad_decision",
+                f"recorded {c['decision']!r} but the votes give {t.decision!r} "
+                f"({t.accepts} accept, {t.rejects} reject of {k})",
+            )
 
     def check_evidence(self) -> None:
         for e in self.entries:
@@ -346,7 +351,7 @@ def verify_all(items: list[tuple[bytes, bytes, bytes]]) -> list[bool]:
     if len(items) < PARALLEL_FROM or workers < 2:
         return _verify_chunk(items)
     size = -(-len(items) // (workers * 4))
-    chunks = [items[i:i + size] for i in range(0, len(items), size)]
+    chunks = [items[i : i + size] for i in range(0, len(items), size)]
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
         return [ok for part in pool.map(_verify_chunk, chunks) for ok in part]
 

@@ -86,7 +86,7 @@ class _Reader:
     def take(self, n: int) -> bytes:
         if n > len(self.data) - self.pos:
             raise EncodingError(f"truncated at byte {self.pos}")
-        b = bytes(self.data[self.pos:self.pos + n])
+        b = bytes(self.data[self.pos : self.pos + n])
         self.pos += n
         return b
 
@@ -156,8 +156,14 @@ def signing_bytes(msg_type: str, network: str, body: dict[str, Any], version: in
 def parse_signing_bytes(data: bytes) -> tuple[str, str, int, dict[str, Any]]:
     if not data.startswith(MAGIC):
         raise EncodingError("missing trustgen magic")
-    v = decode(data[len(MAGIC):])
-    if (not isinstance(v, list) or len(v) != 4 or not isinstance(v[0], str)
-            or not isinstance(v[1], str) or not isinstance(v[2], int) or not isinstance(v[3], dict)):
+    v = decode(data[len(MAGIC) :])
+    if (
+        not isinstance(v, list)
+        or len(v) != 4
+        or not isinstance(v[0], str)
+        or not isinstance(v[1], str)
+        or not isinstance(v[2], int)
+        or not isinstance(v[3], dict)
+    ):
         raise EncodingError("header is not [type, network, version, body]")
     return v[0], v[1], v[2], v[3]

@@ -8,14 +8,21 @@ from trustgen.consensus.messages import MessageError, Signed, sign
 from trustgen.consensus.tally import PENDING, tally
 
 
-def certify(gateway: Identity, network: str, task: Signed, beacon: bytes, candidates: list[bytes],
-            result: Signed, votes: list[Signed], skipped: list[bytes] | None = None) -> Signed:
+def certify(
+    gateway: Identity,
+    network: str,
+    task: Signed,
+    beacon: bytes,
+    candidates: list[bytes],
+    result: Signed,
+    votes: list[Signed],
+    skipped: list[bytes] | None = None,
+) -> Signed:
     """Sign a certificate for `result`, or raise MessageError while no strict majority exists.
     Only votes of the effective verifiers for this very result are used."""
     skipped = list(skipped or [])
     worker = result.body["worker"]
-    verifiers = effective_verifiers(rank(beacon, task.id, candidates, worker), skipped,
-                                    task.body["verifiers"])
+    verifiers = effective_verifiers(rank(beacon, task.id, candidates, worker), skipped, task.body["verifiers"])
     counted: dict[bytes, Signed] = {}
     for v in votes:
         b = v.body
@@ -24,7 +31,19 @@ def certify(gateway: Identity, network: str, task: Signed, beacon: bytes, candid
     t = tally({k: v.body["accept"] for k, v in counted.items()}, verifiers, task.body["verifiers"])
     if t.decision == PENDING:
         raise MessageError(f"no majority yet ({t.accepts} accept, {t.rejects} reject of {t.k})")
-    return sign(gateway, "Certificate", network, {
-        "gateway": gateway.public_key, "task_id": task.id, "result_id": result.id, "worker": worker,
-        "decision": t.decision, "beacon": beacon, "verifiers": verifiers, "skipped": skipped,
-        "votes": [counted[v].wire() for v in verifiers if v in counted]})
+    return sign(
+        gateway,
+        "Certificate",
+        network,
+        {
+            "gateway": gateway.public_key,
+            "task_id": task.id,
+            "result_id": result.id,
+            "worker": worker,
+            "decision": t.decision,
+            "beacon": beacon,
+            "verifiers": verifiers,
+            "skipped": skipped,
+            "votes": [counted[v].wire() for v in verifiers if v in counted],
+        },
+    )

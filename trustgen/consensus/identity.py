@@ -40,11 +40,11 @@ class Identity:
         self._sk = signing_key
 
     @classmethod
-    def generate(cls) -> "Identity":
+    def generate(cls) -> Identity:
         return cls(nacl.signing.SigningKey.generate())
 
     @classmethod
-    def from_seed(cls, seed: bytes) -> "Identity":
+    def from_seed(cls, seed: bytes) -> Identity:
         """Deterministic identity, for test vectors and reproducible local clusters only."""
         return cls(nacl.signing.SigningKey(seed))
 
@@ -71,11 +71,20 @@ class Identity:
         seed = bytes(self._sk)
         if passphrase:
             salt = nacl.utils.random(nacl.pwhash.argon2id.SALTBYTES)
-            key = nacl.pwhash.argon2id.kdf(nacl.secret.SecretBox.KEY_SIZE, passphrase, salt,
-                                           opslimit=nacl.pwhash.argon2id.OPSLIMIT_INTERACTIVE,
-                                           memlimit=nacl.pwhash.argon2id.MEMLIMIT_INTERACTIVE)
-            doc = {"version": 1, "kdf": "argon2id", "salt": salt.hex(), "public_key": self.node_id,
-                   "sealed": nacl.secret.SecretBox(key).encrypt(seed).hex()}
+            key = nacl.pwhash.argon2id.kdf(
+                nacl.secret.SecretBox.KEY_SIZE,
+                passphrase,
+                salt,
+                opslimit=nacl.pwhash.argon2id.OPSLIMIT_INTERACTIVE,
+                memlimit=nacl.pwhash.argon2id.MEMLIMIT_INTERACTIVE,
+            )
+            doc = {
+                "version": 1,
+                "kdf": "argon2id",
+                "salt": salt.hex(),
+                "public_key": self.node_id,
+                "sealed": nacl.secret.SecretBox(key).encrypt(seed).hex(),
+            }
         else:
             doc = {"version": 1, "public_key": self.node_id, "seed": seed.hex()}
         # Create with 0600 from the start: a chmod after writing leaves a window.
@@ -85,7 +94,7 @@ class Identity:
         return path
 
     @classmethod
-    def load(cls, home: pathlib.Path, passphrase: bytes | None = None) -> "Identity":
+    def load(cls, home: pathlib.Path, passphrase: bytes | None = None) -> Identity:
         path = pathlib.Path(home) / KEY_FILE
         try:
             mode = stat.S_IMODE(path.stat().st_mode)
@@ -98,10 +107,13 @@ class Identity:
             if "sealed" in doc:
                 if not passphrase:
                     raise KeyFileError(f"{path} is encrypted: a passphrase is needed")
-                key = nacl.pwhash.argon2id.kdf(nacl.secret.SecretBox.KEY_SIZE, passphrase,
-                                               bytes.fromhex(doc["salt"]),
-                                               opslimit=nacl.pwhash.argon2id.OPSLIMIT_INTERACTIVE,
-                                               memlimit=nacl.pwhash.argon2id.MEMLIMIT_INTERACTIVE)
+                key = nacl.pwhash.argon2id.kdf(
+                    nacl.secret.SecretBox.KEY_SIZE,
+                    passphrase,
+                    bytes.fromhex(doc["salt"]),
+                    opslimit=nacl.pwhash.argon2id.OPSLIMIT_INTERACTIVE,
+                    memlimit=nacl.pwhash.argon2id.MEMLIMIT_INTERACTIVE,
+                )
                 seed = nacl.secret.SecretBox(key).decrypt(bytes.fromhex(doc["sealed"]))
             else:
                 seed = bytes.fromhex(doc["seed"])

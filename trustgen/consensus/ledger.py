@@ -16,8 +16,9 @@ import sqlite3
 import struct
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 from trustgen.consensus import merkle
 from trustgen.consensus.identity import Identity
@@ -94,15 +95,15 @@ def parse_entry(payload: bytes, sig: bytes, network: str, verify_signature: bool
     if b["seq"] < 1:
         raise MessageError("sequence numbers start at 1")
     check_entry_body(b["type"], b["body"])
-    return Entry(b["feed"], b["seq"], b["prev"], b["time"], b["type"], b["body"], payload, sig,
-                 entry_hash(payload, sig))
+    return Entry(
+        b["feed"], b["seq"], b["prev"], b["time"], b["type"], b["body"], payload, sig, entry_hash(payload, sig)
+    )
 
 
 class Ledger:
     """One node's ledger store. Thread-safe; one writer at a time."""
 
-    def __init__(self, path: pathlib.Path, network: str = DEFAULT_NETWORK,
-                 identity: Identity | None = None) -> None:
+    def __init__(self, path: pathlib.Path, network: str = DEFAULT_NETWORK, identity: Identity | None = None) -> None:
         self.path = pathlib.Path(path)
         self.network = network
         self.identity = identity
@@ -126,38 +127,40 @@ class Ledger:
     def close(self) -> None:
         self.db.close()
 
-    def _tx(self) -> "_Tx":
+    def _tx(self) -> _Tx:
         return _Tx(self.db, self._lock, self._forget_range)
 
     def _forget_range(self) -> None:
         # A rolled-back transaction may have fed the range rows that no longer exist.
         self._range = merkle.CompactRange()
 
-    def batch(self) -> "_Tx":
+    def batch(self) -> _Tx:
         """One durable transaction around many appends/ingests (all or nothing)."""
         return self._tx()
 
     # -- reads -------------------------------------------------------------------------------
 
     def head(self, feed: bytes) -> tuple[int, bytes]:
-        row = self.db.execute("SELECT seq, hash FROM entries WHERE feed=? ORDER BY seq DESC LIMIT 1",
-                              (feed,)).fetchone()
+        row = self.db.execute(
+            "SELECT seq, hash FROM entries WHERE feed=? ORDER BY seq DESC LIMIT 1", (feed,)
+        ).fetchone()
         return (row[0], row[1]) if row else (0, ZERO)
 
     def heads(self) -> dict[bytes, tuple[int, bytes]]:
         rows = self.db.execute(
             "SELECT e.feed, e.seq, e.hash FROM entries e JOIN (SELECT feed, MAX(seq) m FROM entries "
-            "GROUP BY feed) h ON e.feed = h.feed AND e.seq = h.m").fetchall()
+            "GROUP BY feed) h ON e.feed = h.feed AND e.seq = h.m"
+        ).fetchall()
         return {f: (s, h) for f, s, h in rows}
 
     def entries(self, feed: bytes, from_seq: int = 1, limit: int = 1000) -> list[tuple[bytes, bytes]]:
         """(payload, sig) of a feed's entries from `from_seq`, in order."""
-        return self.db.execute("SELECT payload, sig FROM entries WHERE feed=? AND seq>=? ORDER BY seq "
-                               "LIMIT ?", (feed, from_seq, limit)).fetchall()
+        return self.db.execute(
+            "SELECT payload, sig FROM entries WHERE feed=? AND seq>=? ORDER BY seq LIMIT ?", (feed, from_seq, limit)
+        ).fetchall()
 
     def get(self, feed: bytes, seq: int) -> Entry | None:
-        row = self.db.execute("SELECT payload, sig FROM entries WHERE feed=? AND seq=?",
-                              (feed, seq)).fetchone()
+        row = self.db.execute("SELECT payload, sig FROM entries WHERE feed=? AND seq=?", (feed, seq)).fetchone()
         return parse_entry(row[0], row[1], self.network) if row else None
 
     def iter_entries(self, since: int = 0, entry_type: str | None = None) -> Iterator[Entry]:
@@ -173,8 +176,10 @@ class Ledger:
     def positions(self, since: int, limit: int) -> list[tuple[bytes, int, bytes, int]]:
         """(feed, seq, hash, log index) of stored entries from log index `since` on, in log order,
         without parsing them (what gossip announces)."""
-        return self.db.execute("SELECT feed, seq, hash, log_index FROM entries WHERE log_index >= ? "
-                               "ORDER BY log_index LIMIT ?", (since, limit)).fetchall()
+        return self.db.execute(
+            "SELECT feed, seq, hash, log_index FROM entries WHERE log_index >= ? ORDER BY log_index LIMIT ?",
+            (since, limit),
+        ).fetchall()
 
     def size(self) -> int:
         return self.db.execute("SELECT COUNT(*) FROM entries").fetchone()[0]
@@ -187,8 +192,9 @@ class Ledger:
 
     def _store(self, e: Entry) -> None:
         idx = self.next_index()
-        self.db.execute("INSERT INTO entries VALUES (?,?,?,?,?,?,?)",
-                        (e.feed, e.seq, e.hash, e.type, e.payload, e.sig, idx))
+        self.db.execute(
+            "INSERT INTO entries VALUES (?,?,?,?,?,?,?)", (e.feed, e.seq, e.hash, e.type, e.payload, e.sig, idx)
+        )
 
     def append(self, entry_type: str, body: dict[str, Any], time_ms: int | None = None) -> Entry:
         """Sign and append an entry to this node's own feed."""
@@ -197,12 +203,30 @@ class Ledger:
         check_entry_body(entry_type, body)
         with self._tx():
             seq, prev = self.head(self.identity.public_key)
-            msg = sign(self.identity, "LedgerEntry", self.network, {
-                "feed": self.identity.public_key, "seq": seq + 1, "prev": prev,
-                "time": int(time.time() * 1000) if time_ms is None else time_ms,
-                "type": entry_type, "body": body})
-            e = Entry(msg.body["feed"], seq + 1, prev, msg.body["time"], entry_type, body,
-                      msg.payload, msg.sig, entry_hash(msg.payload, msg.sig))
+            msg = sign(
+                self.identity,
+                "LedgerEntry",
+                self.network,
+                {
+                    "feed": self.identity.public_key,
+                    "seq": seq + 1,
+                    "prev": prev,
+                    "time": int(time.time() * 1000) if time_ms is None else time_ms,
+                    "type": entry_type,
+                    "body": body,
+                },
+            )
+            e = Entry(
+                msg.body["feed"],
+                seq + 1,
+                prev,
+                msg.body["time"],
+                entry_type,
+                body,
+                msg.payload,
+                msg.sig,
+                entry_hash(msg.payload, msg.sig),
+            )
             self._store(e)
         return e
 
@@ -212,12 +236,13 @@ class Ledger:
         try:
             e = parse_entry(payload, sig, self.network)
         except MessageError as err:
-            code = "bad_signature" if "signature" in str(err) else (
-                "wrong_network" if "network" in str(err) else "malformed")
+            # Ingest codes for these cases are the message codes; anything else is malformed.
+            code = err.code if err.code in MessageError.AUTH_CODES else MessageError.MALFORMED
             raise IngestError(code, str(err)) from None
         with self._tx():
-            row = self.db.execute("SELECT hash, payload, sig FROM entries WHERE feed=? AND seq=?",
-                                  (e.feed, e.seq)).fetchone()
+            row = self.db.execute(
+                "SELECT hash, payload, sig FROM entries WHERE feed=? AND seq=?", (e.feed, e.seq)
+            ).fetchone()
             if row is not None:
                 if row[0] == e.hash:
                     return "duplicate"
@@ -225,27 +250,33 @@ class Ledger:
                 return "equivocation"
             seq, prev = self.head(e.feed)
             if e.seq != seq + 1:
-                raise IngestError("gap", f"entry {e.seq} of feed {e.feed.hex()[:16]} does not follow "
-                                         f"its head {seq}")
+                raise IngestError("gap", f"entry {e.seq} of feed {e.feed.hex()[:16]} does not follow its head {seq}")
             if e.prev != prev:
-                raise IngestError("bad_link", f"entry {e.seq} of feed {e.feed.hex()[:16]} does not "
-                                              "link to the stored predecessor")
+                raise IngestError(
+                    "bad_link", f"entry {e.seq} of feed {e.feed.hex()[:16]} does not link to the stored predecessor"
+                )
             self._store(e)
             return "stored"
 
     def _record_equivocation(self, e: Entry, other_payload: bytes, other_sig: bytes) -> None:
-        cur = self.db.execute("INSERT OR IGNORE INTO equivocations VALUES (?,?,?)",
-                              (e.feed, e.seq, e.hash))
+        cur = self.db.execute("INSERT OR IGNORE INTO equivocations VALUES (?,?,?)", (e.feed, e.seq, e.hash))
         if cur.rowcount and self.identity is not None:
-            self.append("Evidence", {"kind": "equivocation", "subject": e.feed, "proof": {
-                "a_payload": other_payload, "a_sig": other_sig, "b_payload": e.payload, "b_sig": e.sig}})
+            self.append(
+                "Evidence",
+                {
+                    "kind": "equivocation",
+                    "subject": e.feed,
+                    "proof": {"a_payload": other_payload, "a_sig": other_sig, "b_payload": e.payload, "b_sig": e.sig},
+                },
+            )
 
     def commit(self) -> Entry:
         """Append a Commitment: the Merkle root over this node's log of entries so far. Only
         the entries stored since the last commitment are hashed."""
         with self._tx():
-            for f, seq, h in self.db.execute("SELECT feed, seq, hash FROM entries WHERE log_index >= ? "
-                                             "ORDER BY log_index", (self._range.size,)).fetchall():
+            for f, seq, h in self.db.execute(
+                "SELECT feed, seq, hash FROM entries WHERE log_index >= ? ORDER BY log_index", (self._range.size,)
+            ).fetchall():
                 self._range.append(merkle.leaf_hash(leaf_data(f, seq, h)))
             return self.append("Commitment", {"size": self._range.size, "root": self._range.root()})
 
@@ -271,4 +302,3 @@ class _Tx:
                     self.on_rollback()
         finally:
             self.lock.release()
-

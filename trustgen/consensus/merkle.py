@@ -94,8 +94,7 @@ def consistency_proof(old_size: int, leaves: list[bytes]) -> list[bytes]:
     return _subproof(old_size, leaves, True)
 
 
-def verify_consistency(old_size: int, new_size: int, old_root: bytes, new_root: bytes,
-                       proof: list[bytes]) -> bool:
+def verify_consistency(old_size: int, new_size: int, old_root: bytes, new_root: bytes, proof: list[bytes]) -> bool:
     if old_size == new_size:
         return old_root == new_root and not proof
     if not 0 < old_size < new_size:

@@ -22,32 +22,81 @@ B32 = "bytes32"
 
 # field -> type name; every field is required, no others are allowed.
 SCHEMAS: dict[str, dict[str, str]] = {
-    "Task": {"client": B32, "kind": "str", "model": "str", "params": "dict", "workers": "int",
-             "verifiers": "int", "nonce": "bytes", "expiry": "int"},
-    "Result": {"worker": B32, "task_id": B32, "model_digest": "str", "output_digest": "str",
-               "output": "dict", "fingerprint": "dict", "profile": "dict"},
-    "Vote": {"verifier": B32, "task_id": B32, "result_id": B32, "accept": "bool", "method": "str",
-             "distance": "float", "margin": "float", "reason": "str", "fingerprint": "dict"},
-    "Certificate": {"gateway": B32, "task_id": B32, "result_id": B32, "worker": B32,
-                    "decision": "str", "beacon": B32, "verifiers": "list", "skipped": "list",
-                    "votes": "list"},
-    "LedgerEntry": {"feed": B32, "seq": "int", "prev": B32, "time": "int", "type": "str",
-                    "body": "dict"},
-    # An authenticated RPC request (trustgen/node/auth.py).
+    "Task": {
+        "client": B32,
+        "kind": "str",
+        "model": "str",
+        "params": "dict",
+        "workers": "int",
+        "verifiers": "int",
+        "nonce": "bytes",
+        "expiry": "int",
+    },
+    "Result": {
+        "worker": B32,
+        "task_id": B32,
+        "model_digest": "str",
+        "output_digest": "str",
+        "output": "dict",
+        "fingerprint": "dict",
+        "profile": "dict",
+    },
+    "Vote": {
+        "verifier": B32,
+        "task_id": B32,
+        "result_id": B32,
+        "accept": "bool",
+        "method": "str",
+        "distance": "float",
+        "margin": "float",
+        "reason": "str",
+        "fingerprint": "dict",
+    },
+    "Certificate": {
+        "gateway": B32,
+        "task_id": B32,
+        "result_id": B32,
+        "worker": B32,
+        "decision": "str",
+        "beacon": B32,
+        "verifiers": "list",
+        "skipped": "list",
+        "votes": "list",
+    },
+    "LedgerEntry": {"feed": B32, "seq": "int", "prev": B32, "time": "int", "type": "str", "body": "dict"},
+    # An authenticated RPC request (trustgen/net/auth.py).
     "Request": {"sender": B32, "method": "str", "nonce": "bytes", "time": "int", "args": "dict"},
     # A server's answer to a gossip session hello, bound to the client's nonce
-    # (trustgen/node/session.py).
+    # (trustgen/gossip/session.py).
     "GossipAccept": {"server": B32, "client_nonce": "bytes", "eph": B32},
 }
-SIGNER_FIELD = {"Task": "client", "Result": "worker", "Vote": "verifier", "Certificate": "gateway",
-                "LedgerEntry": "feed", "Request": "sender",
-                "GossipAccept": "server"}
-_PY = {"str": str, "int": int, "float": float, "bool": bool, "bytes": bytes, "dict": dict,
-       "list": list}
+SIGNER_FIELD = {
+    "Task": "client",
+    "Result": "worker",
+    "Vote": "verifier",
+    "Certificate": "gateway",
+    "LedgerEntry": "feed",
+    "Request": "sender",
+    "GossipAccept": "server",
+}
+_PY = {"str": str, "int": int, "float": float, "bool": bool, "bytes": bytes, "dict": dict, "list": list}
 
 
 class MessageError(TrustgenError):
-    """A message that is malformed, of the wrong type or network, or wrongly signed."""
+    """A message that is malformed, of the wrong type or network, or wrongly signed; `code` says
+    which (callers map codes to statuses; they never read the text)."""
+
+    MALFORMED = "malformed"
+    BAD_SIGNATURE = "bad_signature"
+    WRONG_NETWORK = "wrong_network"
+    WRONG_TYPE = "wrong_type"
+    UNSUPPORTED_VERSION = "unsupported_version"
+    # Codes that mean "not from who it claims, or not for us": authentication failures.
+    AUTH_CODES = frozenset({BAD_SIGNATURE, WRONG_NETWORK})
+
+    def __init__(self, message: str, code: str = MALFORMED) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 def check_fields(name: str, schema: dict[str, str], body: Any) -> None:
@@ -114,7 +163,7 @@ def open_payload(payload: bytes, sig: bytes, msg_type: str, network: str) -> Sig
     """Parse and verify a payload and its signature as `msg_type` on `network`."""
     msg = parse_payload(payload, sig, msg_type, network)
     if not verify(msg.signer, payload, sig):
-        raise MessageError(f"{msg_type} signature is invalid")
+        raise MessageError(f"{msg_type} signature is invalid", MessageError.BAD_SIGNATURE)
     return msg
 
 
@@ -126,11 +175,11 @@ def parse_payload(payload: bytes, sig: bytes, msg_type: str, network: str) -> Si
     except EncodingError as e:
         raise MessageError(f"malformed {msg_type}: {e}") from None
     if t != msg_type:
-        raise MessageError(f"expected a {msg_type}, got a {t}")
+        raise MessageError(f"expected a {msg_type}, got a {t}", MessageError.WRONG_TYPE)
     if net != network:
-        raise MessageError(f"{msg_type} is for network {net!r}, not {network!r}")
+        raise MessageError(f"{msg_type} is for network {net!r}, not {network!r}", MessageError.WRONG_NETWORK)
     if version != VERSION:
-        raise MessageError(f"{msg_type} version {version} is not supported")
+        raise MessageError(f"{msg_type} version {version} is not supported", MessageError.UNSUPPORTED_VERSION)
     check_schema(msg_type, body)
     return Signed(msg_type, network, body, payload, sig)
 
@@ -141,7 +190,11 @@ def open_wire(data: bytes, msg_type: str, network: str) -> Signed:
         env = decode(data)
     except EncodingError as e:
         raise MessageError(f"malformed {msg_type} envelope: {e}") from None
-    if (not isinstance(env, dict) or set(env) != {"payload", "sig"}
-            or not isinstance(env["payload"], bytes) or not isinstance(env["sig"], bytes)):
+    if (
+        not isinstance(env, dict)
+        or set(env) != {"payload", "sig"}
+        or not isinstance(env["payload"], bytes)
+        or not isinstance(env["sig"], bytes)
+    ):
         raise MessageError(f"malformed {msg_type} envelope")
     return open_payload(env["payload"], env["sig"], msg_type, network)

@@ -10,7 +10,7 @@ mean (good + 1) / (good + bad + 2): 0.5 for a stranger, towards 1 with a clean r
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Iterable
+from collections.abc import Iterable
 
 from trustgen.consensus.ledger import Entry, parse_entry
 from trustgen.consensus.messages import MessageError, open_wire

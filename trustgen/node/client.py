@@ -10,18 +10,19 @@ import asyncio
 import os
 import pathlib
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import grpc
 
 from trustgen.consensus.identity import Identity
 from trustgen.consensus.messages import MessageError, Signed, open_wire, sign
 from trustgen.consensus.tally import tally
+from trustgen.engines.registry import resolve
 from trustgen.errors import TrustgenError
-from trustgen.node import grpc_options as opts
-from trustgen.node.auth import make_request
-from trustgen.node.peers import Peers, full_method
-from trustgen.node.registry import resolve
+from trustgen.net import grpc_options as opts
+from trustgen.net.auth import make_request
+from trustgen.net.peers import Peers, full_method
 
 TASK_TTL_MS = 3_600_000
 
@@ -34,12 +35,24 @@ def model_digest(model: str) -> str:
     return model if model.startswith("sha256:") else resolve(model).digest
 
 
-def make_task(identity: Identity, network: str, kind: str, model: str, params: dict[str, Any],
-              verifiers: int = 3) -> Signed:
-    return sign(identity, "Task", network, {
-        "client": identity.public_key, "kind": kind, "model": model_digest(model), "params": params,
-        "workers": 1, "verifiers": verifiers, "nonce": os.urandom(16),
-        "expiry": int(time.time() * 1000) + TASK_TTL_MS})
+def make_task(
+    identity: Identity, network: str, kind: str, model: str, params: dict[str, Any], verifiers: int = 3
+) -> Signed:
+    return sign(
+        identity,
+        "Task",
+        network,
+        {
+            "client": identity.public_key,
+            "kind": kind,
+            "model": model_digest(model),
+            "params": params,
+            "workers": 1,
+            "verifiers": verifiers,
+            "nonce": os.urandom(16),
+            "expiry": int(time.time() * 1000) + TASK_TTL_MS,
+        },
+    )
 
 
 def jsonable(v: Any) -> Any:
@@ -66,24 +79,47 @@ def check_final(status: Any, task: Signed, gateway_key: bytes, network: str) -> 
         raise SubmitError("certificate is not signed by the gateway")
     if c["task_id"] != task.id or result.body["task_id"] != task.id or c["result_id"] != result.id:
         raise SubmitError("certificate is for another task or result")
-    counted = {v.body["verifier"]: v.body["accept"] for v in votes
-               if v.body["result_id"] == result.id and v.body["verifier"] in c["verifiers"]}
+    counted = {
+        v.body["verifier"]: v.body["accept"]
+        for v in votes
+        if v.body["result_id"] == result.id and v.body["verifier"] in c["verifiers"]
+    }
     t = tally(counted, list(c["verifiers"]), task.body["verifiers"])
     if t.decision != c["decision"]:
         raise SubmitError(f"certificate says {c['decision']} but its votes say {t.decision}")
     return {
-        "task_id": task.id.hex(), "decision": c["decision"], "worker": c["worker"].hex(),
-        "result": jsonable(result.body), "result_id": result.id.hex(), "certificate_id": cert.id.hex(),
+        "task_id": task.id.hex(),
+        "decision": c["decision"],
+        "worker": c["worker"].hex(),
+        "result": jsonable(result.body),
+        "result_id": result.id.hex(),
+        "certificate_id": cert.id.hex(),
         "skipped": [s.hex() for s in c["skipped"]],
-        "votes": [{"verifier": v.body["verifier"].hex(), "accept": v.body["accept"], "method": v.body["method"],
-                   "distance": v.body["distance"], "margin": v.body["margin"], "reason": v.body["reason"]}
-                  for v in votes],
+        "votes": [
+            {
+                "verifier": v.body["verifier"].hex(),
+                "accept": v.body["accept"],
+                "method": v.body["method"],
+                "distance": v.body["distance"],
+                "margin": v.body["margin"],
+                "reason": v.body["reason"],
+            }
+            for v in votes
+        ],
     }
 
 
-async def submit(gateway: str, task: Signed, identity: Identity, network: str, insecure: bool,
-                 ca_file: str = "", wait: bool = True, timeout_s: float = 300.0,
-                 on_status: Callable[[Any], None] | None = None) -> dict[str, Any]:
+async def submit(
+    gateway: str,
+    task: Signed,
+    identity: Identity,
+    network: str,
+    insecure: bool,
+    ca_file: str = "",
+    wait: bool = True,
+    timeout_s: float = 300.0,
+    on_status: Callable[[Any], None] | None = None,
+) -> dict[str, Any]:
     peers = Peers(identity, network, insecure, ca_file)
     try:
         try:
@@ -101,7 +137,8 @@ async def submit(gateway: str, task: Signed, identity: Identity, network: str, i
             try:
                 stream = peers.stub(gateway, "Gateway").Watch(
                     make_request(identity, network, full_method("Gateway", "Watch"), req_args),
-                    timeout=max(1.0, timeout_s - (time.monotonic() - t0)))
+                    timeout=max(1.0, timeout_s - (time.monotonic() - t0)),
+                )
                 async for status in stream:
                     last = status
                     if on_status is not None:
@@ -111,8 +148,9 @@ async def submit(gateway: str, task: Signed, identity: Identity, network: str, i
                 if e.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() - t0 > timeout_s:
                     raise SubmitError(f"watching the task: {e.code().name}: {e.details()}") from None
                 await asyncio.sleep(0.5)
-        out.update(state=last.state, detail=last.detail, attempts=last.attempt,
-                   latency_s=round(time.monotonic() - t0, 3))
+        out.update(
+            state=last.state, detail=last.detail, attempts=last.attempt, latency_s=round(time.monotonic() - t0, 3)
+        )
         if last.state == "final":
             out.update(check_final(last, task, bytes.fromhex(info.node_id), network))
             out["output_png"] = last.output

@@ -39,8 +39,16 @@ def write_node(root: pathlib.Path, name: str, roles: list[str], gateway: str = "
     d.mkdir(parents=True, exist_ok=True)
     if not (d / "node.key").exists():
         Identity.generate().save(d)
-    cfg = {"name": name, "data_dir": str(d.resolve()), "roles": roles, "listen": "127.0.0.1:0",
-           "insecure": True, "threads": 1, **({"gateway": gateway} if gateway else {}), **extra}
+    cfg = {
+        "name": name,
+        "data_dir": str(d.resolve()),
+        "roles": roles,
+        "listen": "127.0.0.1:0",
+        "insecure": True,
+        "threads": 1,
+        **({"gateway": gateway} if gateway else {}),
+        **extra,
+    }
     (d / "node.toml").write_text(dump_config(cfg))
     return d
 
@@ -51,14 +59,29 @@ def start(node_dir: pathlib.Path, log_level: str = "INFO") -> subprocess.Popen:
     log = open(node_dir / "node.log", "ab")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     # A session of its own: the node outlives the launcher and ignores the launcher's Ctrl-C.
-    return subprocess.Popen([sys.executable, "-m", "trustgen.cli", "node", "run", "--config",
-                             str(node_dir / "node.toml"), "--log-level", log_level],
-                            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                            start_new_session=True)
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "trustgen.cli",
+            "node",
+            "run",
+            "--config",
+            str(node_dir / "node.toml"),
+            "--log-level",
+            log_level,
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        env=env,
+        start_new_session=True,
+    )
 
 
-def wait_ready(node_dir: pathlib.Path, proc: subprocess.Popen | None = None, joined: bool = True,
-               timeout: float = START_TIMEOUT_S) -> dict[str, Any]:
+def wait_ready(
+    node_dir: pathlib.Path, proc: subprocess.Popen | None = None, joined: bool = True, timeout: float = START_TIMEOUT_S
+) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         info = ready_info(node_dir)
@@ -77,8 +100,9 @@ def pin_port(node_dir: pathlib.Path, address: str) -> None:
     path.write_text(text)
 
 
-def up(root: pathlib.Path, workers: int = 3, verifiers: int = 3,
-       node_settings: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+def up(
+    root: pathlib.Path, workers: int = 3, verifiers: int = 3, node_settings: dict[str, dict[str, Any]] | None = None
+) -> dict[str, Any]:
     """Create (or reuse) and start a cluster; returns {name: ready info}."""
     root = pathlib.Path(root)
     root.mkdir(parents=True, exist_ok=True)
@@ -129,9 +153,17 @@ def status(root: pathlib.Path) -> list[dict[str, Any]]:
         info = ready_info(d) or {}
         cfg = load_config(d / "node.toml")
         pid = info.get("pid")
-        out.append({"name": d.name, "roles": cfg.roles, "address": info.get("address", ""),
-                    "pid": pid, "running": bool(pid) and _alive(pid), "joined": info.get("joined", False),
-                    "adversary": cfg.adversary})
+        out.append(
+            {
+                "name": d.name,
+                "roles": cfg.roles,
+                "address": info.get("address", ""),
+                "pid": pid,
+                "running": bool(pid) and _alive(pid),
+                "joined": info.get("joined", False),
+                "adversary": cfg.adversary,
+            }
+        )
     return out
 
 

@@ -49,7 +49,7 @@ class NodeConfig:
         if bad:  # no roles at all is a plain replica: it keeps the ledger and gossips
             raise UsageError(f"roles must be some of {', '.join(ROLES)}; got {self.roles}")
         if ("worker" in self.roles or "verifier" in self.roles) and not self.gateway and "gateway" not in self.roles:
-            raise UsageError("a worker or verifier needs `gateway = \"HOST:PORT\"`")
+            raise UsageError('a worker or verifier needs `gateway = "HOST:PORT"`')
         if not self.insecure and not (self.tls_cert and self.tls_key):
             raise UsageError("set tls_cert and tls_key, or `insecure = true` for plaintext gRPC")
         if self.adversary and self.adversary not in WORKER_ADVERSARIES + VERIFIER_ADVERSARIES:

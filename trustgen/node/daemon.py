@@ -23,18 +23,24 @@ from grpc_reflection.v1alpha import reflection
 import trustgen
 from trustgen.consensus.identity import Identity
 from trustgen.consensus.ledger import Ledger
-from trustgen.node import grpc_options as opts
-from trustgen.node import transport
-from trustgen.node.auth import RequestGuard
-from trustgen.node.blobfetch import BlobFetchError, fetch_blob, sources_for
-from trustgen.node.blobs import BlobStore
+from trustgen.gossip.blobfetch import BlobFetchError, fetch_blob, sources_for
+from trustgen.gossip.blobs import BlobStore
+from trustgen.gossip.gossip import Gossip, Membership
+from trustgen.net import grpc_options as opts
+from trustgen.net import transport
+from trustgen.net.auth import RequestGuard
+from trustgen.net.peers import Peers
 from trustgen.node.config import NodeConfig
 from trustgen.node.events import EventBus
-from trustgen.node.gossip import Gossip, Membership
 from trustgen.node.metrics import Metrics
-from trustgen.node.peers import Peers
-from trustgen.node.servicers import (BlobsServicer, GatewayServicer, GossipServicer, NodeServicer,
-                                     VerifierServicer, WorkerServicer)
+from trustgen.node.servicers import (
+    BlobsServicer,
+    GatewayServicer,
+    GossipServicer,
+    NodeServicer,
+    VerifierServicer,
+    WorkerServicer,
+)
 from trustgen.rpc import trustgen_pb2 as pb
 from trustgen.rpc import trustgen_pb2_grpc as rpc
 
@@ -55,12 +61,20 @@ class Node:
         self.guard = RequestGuard(cfg.network)
         bootstrap = list(cfg.bootstrap) + ([cfg.gateway] if cfg.gateway else [])
         self.membership = Membership(self.identity.public_key, bootstrap)
-        self.gossip = Gossip(self.identity, self.ledger, self.peers, self.membership, cfg.gossip_fanout,
-                             learn_peers=cfg.learn_peers, events=self.events)
+        self.gossip = Gossip(
+            self.identity,
+            self.ledger,
+            self.peers,
+            self.membership,
+            cfg.gossip_fanout,
+            learn_peers=cfg.learn_peers,
+            events=self.events,
+        )
         self.metrics.gossip_bytes.set_function(lambda: self.gossip.bytes_sent)
         for state in ("alive", "suspect", "dead", "banned"):
             self.metrics.peers.labels(state).set_function(
-                lambda st=state: sum(1 for p in self.membership.peers.values() if p.state == st))
+                lambda st=state: sum(1 for p in self.membership.peers.values() if p.state == st)
+            )
         self.gateway = self.worker = self.verifier = None
         self.engines = None
         self.address = ""
@@ -68,37 +82,61 @@ class Node:
         self.serving = asyncio.Event()
 
     def info(self) -> pb.NodeInfo:
-        return pb.NodeInfo(node_id=self.identity.node_id, roles=self.cfg.roles, network=self.cfg.network,
-                           events_port=self.events.port, metrics_port=self.metrics.port,
-                           ledger_size=self.ledger.size(), version=trustgen.__version__)
+        return pb.NodeInfo(
+            node_id=self.identity.node_id,
+            roles=self.cfg.roles,
+            network=self.cfg.network,
+            events_port=self.events.port,
+            metrics_port=self.metrics.port,
+            ledger_size=self.ledger.size(),
+            version=trustgen.__version__,
+        )
 
     def _load_roles(self) -> None:
         cfg = self.cfg
         if "worker" in cfg.roles or "verifier" in cfg.roles:
             from trustgen.logs import quiet_libraries
-            from trustgen.node.engines import Engines
+            from trustgen.node.engine_pool import Engines
 
             quiet_libraries()
             self.engines = Engines(cfg.text_model, cfg.image_model, cfg.threads)
         if "worker" in cfg.roles:
             from trustgen.node.worker import WorkerRole
 
-            self.worker = WorkerRole(self.identity, cfg.network, self.engines, self.blobs,
-                                     cfg.adversary if cfg.adversary in ("other-model", "alter", "replay") else "",
-                                     cfg.delay_s, self.metrics)
+            self.worker = WorkerRole(
+                self.identity,
+                cfg.network,
+                self.engines,
+                self.blobs,
+                cfg.adversary if cfg.adversary in ("other-model", "alter", "replay") else "",
+                cfg.delay_s,
+                self.metrics,
+            )
         if "verifier" in cfg.roles:
             from trustgen.node.verifier_role import VerifierRole
 
-            self.verifier = VerifierRole(self.identity, cfg.network, self.engines,
-                                         cfg.adversary if cfg.adversary == "lie" else "", self.metrics)
-            log.info("history index: %d accepted outputs from the ledger",
-                     self.verifier.rebuild_history(self.ledger, self.blobs))
+            self.verifier = VerifierRole(
+                self.identity, cfg.network, self.engines, cfg.adversary if cfg.adversary == "lie" else "", self.metrics
+            )
+            log.info(
+                "history index: %d accepted outputs from the ledger",
+                self.verifier.rebuild_history(self.ledger, self.blobs),
+            )
         if "gateway" in cfg.roles:
             from trustgen.node.gateway import GatewayRole
 
-            self.gateway = GatewayRole(self.identity, cfg.network, self.ledger, self.peers, self.blobs,
-                                       cfg.max_attempts, cfg.worker_timeout_s, cfg.verifier_timeout_s,
-                                       self.events, self.metrics)
+            self.gateway = GatewayRole(
+                self.identity,
+                cfg.network,
+                self.ledger,
+                self.peers,
+                self.blobs,
+                cfg.max_attempts,
+                cfg.worker_timeout_s,
+                cfg.verifier_timeout_s,
+                self.events,
+                self.metrics,
+            )
 
     async def run(self, handle_signals: bool = True) -> None:
         cfg = self.cfg
@@ -147,8 +185,9 @@ class Node:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self._stop.set)
         joiner = loop.create_task(self._join_gateway()) if (self.worker or self.verifier) and cfg.gateway else None
-        gossiper = loop.create_task(self.gossip.run(cfg.gossip_interval_s, self._stop)) \
-            if cfg.gossip_interval_s > 0 else None
+        gossiper = (
+            loop.create_task(self.gossip.run(cfg.gossip_interval_s, self._stop)) if cfg.gossip_interval_s > 0 else None
+        )
         follower = loop.create_task(self._follow_outputs(max(cfg.gossip_interval_s, 0.5))) if self.verifier else None
         self.serving.set()
         await self._stop.wait()
@@ -178,7 +217,9 @@ class Node:
                 self.verifier.follow(self.ledger, self.blobs)
                 for digest, (task_key, holders) in list(self.verifier.missing.items())[:4]:
                     try:
-                        png, bad = await fetch_blob(self.peers, digest, sources_for(holders, self.membership), self.blobs)
+                        png, bad = await fetch_blob(
+                            self.peers, digest, sources_for(holders, self.membership), self.blobs
+                        )
                     except BlobFetchError as e:
                         tries[digest] = tries.get(digest, 0) + 1
                         if tries[digest] >= 10:
@@ -198,13 +239,19 @@ class Node:
                 log.exception("output follower pass failed")
             try:
                 await asyncio.wait_for(self._stop.wait(), timeout=interval_s)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     def _write_ready(self, joined: bool = False) -> None:
-        ready = {"node_id": self.identity.node_id, "address": self.address, "pid": os.getpid(),
-                 "roles": self.cfg.roles, "events_port": self.events.port, "metrics_port": self.metrics.port,
-                 "joined": joined}
+        ready = {
+            "node_id": self.identity.node_id,
+            "address": self.address,
+            "pid": os.getpid(),
+            "roles": self.cfg.roles,
+            "events_port": self.events.port,
+            "metrics_port": self.metrics.port,
+            "joined": joined,
+        }
         tmp = self.cfg.data_dir / (READY_FILE + ".tmp")
         tmp.write_text(json.dumps(ready))
         os.replace(tmp, self.cfg.data_dir / READY_FILE)
@@ -218,8 +265,9 @@ class Node:
             try:
                 info = await self.peers.info(self.cfg.gateway, timeout=opts.DEADLINE_INFO)
                 entries = [[p, s] for p, s in self.ledger.entries(me, 1, 1000)]
-                await self.peers.call(self.cfg.gateway, "Gateway", "Join", {"entries": entries},
-                                      timeout=opts.DEADLINE_JOIN)
+                await self.peers.call(
+                    self.cfg.gateway, "Gateway", "Join", {"entries": entries}, timeout=opts.DEADLINE_JOIN
+                )
                 gw = bytes.fromhex(info.node_id)
                 for role in (self.worker, self.verifier):
                     if role is not None:

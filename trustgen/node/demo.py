@@ -18,29 +18,33 @@ from rich.console import Console
 
 from trustgen.consensus.audit import audit_path
 from trustgen.consensus.identity import Identity
+from trustgen.engines.params import ImageParams, TextParams
 from trustgen.node import cluster
 from trustgen.node.client import make_task, save_output, submit
-from trustgen.node.params import ImageParams, TextParams
 from trustgen.node.report import print_audit, print_task
 
 NETWORK = "trustgen-local"
-TEXT = TextParams(prompt="Verifiable generative AI", max_new_tokens=48, decoding="sample", seed=7,
-                  temperature=0.8, top_p=0.95)
+TEXT = TextParams(
+    prompt="Verifiable generative AI", max_new_tokens=48, decoding="sample", seed=7, temperature=0.8, top_p=0.95
+)
 IMAGE = ImageParams(prompt="a large red circle on a blue background", seed=3, steps=20)
 
 
 async def _run_tasks(gateway: str, out_dir: pathlib.Path) -> list[dict[str, Any]]:
     me = Identity.generate()
-    tasks = [make_task(me, NETWORK, "text", "tiny-text", TEXT.to_dict()),
-             make_task(me, NETWORK, "image", "tiny-image", IMAGE.to_dict())]
+    tasks = [
+        make_task(me, NETWORK, "text", "tiny-text", TEXT.to_dict()),
+        make_task(me, NETWORK, "image", "tiny-image", IMAGE.to_dict()),
+    ]
     results = await asyncio.gather(*(submit(gateway, t, me, NETWORK, insecure=True, timeout_s=120) for t in tasks))
     save_output(results[1], out_dir / "demo-image.png")
     results[0].pop("output_png", None)
     return list(results)
 
 
-def run_demo(console: Console, as_json: bool, workers: int = 3, verifiers: int = 3,
-             keep: pathlib.Path | None = None) -> bool:
+def run_demo(
+    console: Console, as_json: bool, workers: int = 3, verifiers: int = 3, keep: pathlib.Path | None = None
+) -> bool:
     root = pathlib.Path(keep) if keep else pathlib.Path(tempfile.mkdtemp(prefix="trustgen-demo-"))
     say = (lambda *a, **k: None) if as_json else console.print
     t0 = time.monotonic()
@@ -57,16 +61,22 @@ def run_demo(console: Console, as_json: bool, workers: int = 3, verifiers: int =
                 print_task(console, res)
         replicated = cluster.wait_replicated(root)
         report["replicated_s"] = None if replicated is None else round(replicated, 2)
-        say(f"every node's ledger identical after {replicated:.1f}s of gossip" if replicated is not None
-            else "[red]ledgers did not converge within 20 s[/]")
+        say(
+            f"every node's ledger identical after {replicated:.1f}s of gossip"
+            if replicated is not None
+            else "[red]ledgers did not converge within 20 s[/]"
+        )
     finally:
         cluster.down(root)
     audits = [r for d in cluster.node_dirs(root) for r in audit_path(d)]
     report["audit"] = [r.to_dict() for r in audits]
     if not as_json:
         print_audit(console, audits)
-    ok = (all(r.get("decision") == "accept" for r in report["tasks"]) and all(a.ok for a in audits)
-          and report.get("replicated_s") is not None)
+    ok = (
+        all(r.get("decision") == "accept" for r in report["tasks"])
+        and all(a.ok for a in audits)
+        and report.get("replicated_s") is not None
+    )
     report["ok"] = ok
     report["total_s"] = round(time.monotonic() - t0, 2)
     if as_json:

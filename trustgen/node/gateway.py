@@ -15,8 +15,9 @@ import hashlib
 import logging
 import time
 from collections import defaultdict
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator
+from typing import Any
 
 import grpc
 
@@ -27,11 +28,11 @@ from trustgen.consensus.ledger import IngestError, Ledger, parse_entry
 from trustgen.consensus.messages import MessageError, Signed, open_wire
 from trustgen.consensus.reputation import Reputation
 from trustgen.errors import UsageError
-from trustgen.node import grpc_options as opts
-from trustgen.node.auth import RpcError
-from trustgen.node.blobs import BlobStore
-from trustgen.node.engines import task_params
-from trustgen.node.peers import Peers
+from trustgen.gossip.blobs import BlobStore
+from trustgen.net import grpc_options as opts
+from trustgen.net.auth import RpcError
+from trustgen.net.peers import Peers
+from trustgen.node.engine_pool import task_params
 from trustgen.rpc import trustgen_pb2 as pb
 
 log = logging.getLogger("trustgen.node")
@@ -65,16 +66,32 @@ class TaskState:
 
     def to_proto(self) -> pb.TaskStatus:
         return pb.TaskStatus(
-            task_id=self.task.id, state=self.state, detail=self.detail, attempt=self.attempt,
-            result=self.result.wire() if self.result else b"", votes=[v.wire() for v in self.votes],
-            certificate=self.certificate.wire() if self.certificate else b"", output=self.output,
-            decision=self.decision)
+            task_id=self.task.id,
+            state=self.state,
+            detail=self.detail,
+            attempt=self.attempt,
+            result=self.result.wire() if self.result else b"",
+            votes=[v.wire() for v in self.votes],
+            certificate=self.certificate.wire() if self.certificate else b"",
+            output=self.output,
+            decision=self.decision,
+        )
 
 
 class GatewayRole:
-    def __init__(self, identity: Identity, network: str, ledger: Ledger, peers: Peers, blobs: BlobStore,
-                 max_attempts: int = 3, worker_timeout_s: float = 60.0, verifier_timeout_s: float = 60.0,
-                 events: Any = None, metrics: Any = None) -> None:
+    def __init__(
+        self,
+        identity: Identity,
+        network: str,
+        ledger: Ledger,
+        peers: Peers,
+        blobs: BlobStore,
+        max_attempts: int = 3,
+        worker_timeout_s: float = 60.0,
+        verifier_timeout_s: float = 60.0,
+        events: Any = None,
+        metrics: Any = None,
+    ) -> None:
         self.identity, self.network, self.ledger = identity, network, ledger
         self.peers, self.blobs = peers, blobs
         self.max_attempts = max_attempts
@@ -191,7 +208,11 @@ class GatewayRole:
         try:
             task = open_wire(req.body["args"].get("task", b""), "Task", self.network)
         except MessageError as e:
-            code = grpc.StatusCode.UNAUTHENTICATED if "signature" in str(e) else grpc.StatusCode.INVALID_ARGUMENT
+            code = (
+                grpc.StatusCode.UNAUTHENTICATED
+                if e.code == MessageError.BAD_SIGNATURE
+                else grpc.StatusCode.INVALID_ARGUMENT
+            )
             raise RpcError(code, f"task refused: {e}") from None
         if task.id in self.tasks:
             return self.tasks[task.id]  # idempotent: a retried submit gets the same task
@@ -211,8 +232,15 @@ class GatewayRole:
         # The beacon is a fresh commitment; the candidates are every verifier it covers.
         commitment = self.ledger.commit()
         candidates = sorted(k for k, m in self.members.items() if "verifier" in m["roles"])
-        self.ledger.append("TaskAccepted", {"task": task.wire(), "beacon": commitment.body["root"],
-                                            "beacon_size": commitment.body["size"], "candidates": candidates})
+        self.ledger.append(
+            "TaskAccepted",
+            {
+                "task": task.wire(),
+                "beacon": commitment.body["root"],
+                "beacon_size": commitment.body["size"],
+                "candidates": candidates,
+            },
+        )
         st = TaskState(task, commitment.body["root"], candidates)
         self.tasks[task.id] = st
         if self.metrics is not None:
@@ -240,13 +268,17 @@ class GatewayRole:
 
     def _pick_worker(self, st: TaskState) -> bytes | None:
         now = time.monotonic()
-        pool = [k for k, m in self.members.items() if "worker" in m["roles"] and k not in st.excluded
-                and now - self.suspects.get(k, -1e9) > SUSPECT_S]
+        pool = [
+            k
+            for k, m in self.members.items()
+            if "worker" in m["roles"] and k not in st.excluded and now - self.suspects.get(k, -1e9) > SUSPECT_S
+        ]
         if not pool:
             return None
         tid = st.task.id
-        return min(pool, key=lambda k: (-self.reputation.get(k, 0.5), self.inflight[k],
-                                        hashlib.sha256(tid + k).digest()))
+        return min(
+            pool, key=lambda k: (-self.reputation.get(k, 0.5), self.inflight[k], hashlib.sha256(tid + k).digest())
+        )
 
     async def _run(self, st: TaskState) -> None:
         try:
@@ -274,7 +306,7 @@ class GatewayRole:
                 joined = self._joined
                 try:
                     await asyncio.wait_for(joined.wait(), timeout=1.0)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
                 continue
             st.update("running", f"worker {worker.hex()[:12]}")
@@ -303,17 +335,29 @@ class GatewayRole:
             accepted = cert.body["decision"] == "accept"
             for v in counted:
                 if v.body["accept"] != accepted:
-                    self.ledger.append("Evidence", {"kind": "minority_vote", "subject": v.body["verifier"],
-                                                    "proof": {"certificate": cert.wire(), "vote": v.wire()}})
-            self._publish("decision", task=task.id.hex(), decision=cert.body["decision"], worker=worker.hex(),
-                          votes=[[v.body["verifier"].hex(), v.body["accept"]] for v in counted])
+                    self.ledger.append(
+                        "Evidence",
+                        {
+                            "kind": "minority_vote",
+                            "subject": v.body["verifier"],
+                            "proof": {"certificate": cert.wire(), "vote": v.wire()},
+                        },
+                    )
+            self._publish(
+                "decision",
+                task=task.id.hex(),
+                decision=cert.body["decision"],
+                worker=worker.hex(),
+                votes=[[v.body["verifier"].hex(), v.body["accept"]] for v in counted],
+            )
             self._refresh_reputation()
             if accepted:
                 self._finish(st, cert, counted)
                 self._publish("task", task=task.id.hex(), state="final")
                 return
-            self.ledger.append("Evidence", {"kind": "rejected_result", "subject": worker,
-                                            "proof": {"certificate": cert.wire()}})
+            self.ledger.append(
+                "Evidence", {"kind": "rejected_result", "subject": worker, "proof": {"certificate": cert.wire()}}
+            )
             st.excluded.add(worker)
             st.votes, st.certificate, st.decision = counted, cert, "reject"
         st.update("failed", "no worker produced an accepted result")
@@ -322,8 +366,9 @@ class GatewayRole:
         address = self.members[worker]["address"]
         self.inflight[worker] += 1
         try:
-            reply = await self.peers.call(address, "Worker", "Execute", {"task": st.task.wire()},
-                                          timeout=self.worker_timeout_s)
+            reply = await self.peers.call(
+                address, "Worker", "Execute", {"task": st.task.wire()}, timeout=self.worker_timeout_s
+            )
         except grpc.aio.AioRpcError as e:
             log.warning("worker %s failed task %s: %s", worker.hex()[:12], st.task.id.hex()[:12], e.code().name)
             self._publish("worker_failed", task=st.task.id.hex(), worker=worker.hex(), code=e.code().name)
@@ -347,9 +392,13 @@ class GatewayRole:
         if member is None:
             return None
         try:
-            reply = await self.peers.call(member["address"], "Verifier", "Check",
-                                          {"task": st.task.wire(), "result": result.wire(), "output": png},
-                                          timeout=self.verifier_timeout_s)
+            reply = await self.peers.call(
+                member["address"],
+                "Verifier",
+                "Check",
+                {"task": st.task.wire(), "result": result.wire(), "output": png},
+                timeout=self.verifier_timeout_s,
+            )
             vote = open_wire(reply.vote, "Vote", self.network)
         except (grpc.aio.AioRpcError, MessageError) as e:
             log.warning("verifier %s gave no vote: %s", verifier.hex()[:12], e)

@@ -17,16 +17,25 @@ def print_audit(console: Console, reports: list[AuditReport]) -> None:
     for r in reports:
         path = pathlib.Path(r.path)
         name = path.parent.name if path.name == "ledger.db" else path.name
-        table.add_row(name, r.network, str(r.feeds), str(r.entries), str(r.tasks_checked),
-                      str(r.commitments_checked), str(len(r.equivocations)),
-                      "[green]0[/]" if r.ok else f"[red]{len(r.violations)}[/]")
+        table.add_row(
+            name,
+            r.network,
+            str(r.feeds),
+            str(r.entries),
+            str(r.tasks_checked),
+            str(r.commitments_checked),
+            str(len(r.equivocations)),
+            "[green]0[/]" if r.ok else f"[red]{len(r.violations)}[/]",
+        )
     console.print(table)
     for r in reports:
         for v in r.violations:
             console.print(f"[red]violation[/] {r.path}: {v.where}: {v.code}: {v.detail}", highlight=False)
         for e in r.equivocations:
-            console.print(f"[yellow]equivocation[/] feed {e['feed'][:16]} seq {e['seq']} "
-                          f"(reported by {e['reported_by'][:16]})", highlight=False)
+            console.print(
+                f"[yellow]equivocation[/] feed {e['feed'][:16]} seq {e['seq']} (reported by {e['reported_by'][:16]})",
+                highlight=False,
+            )
     clean = all(r.ok for r in reports)
     console.print("[green]audit clean[/]" if clean else "[red]audit found violations[/]")
 
@@ -36,8 +45,14 @@ def votes_table(title: str, res: dict) -> Table:
     for col in ("verifier", "vote", "method", "distance", "margin", "reason"):
         t.add_column(col)
     for v in res.get("votes", []):
-        t.add_row(v["verifier"][:12], "[green]accept[/]" if v["accept"] else "[red]reject[/]", v["method"],
-                  f"{v['distance']:.4g}", f"{v['margin']:.4g}", v["reason"][:60])
+        t.add_row(
+            v["verifier"][:12],
+            "[green]accept[/]" if v["accept"] else "[red]reject[/]",
+            v["method"],
+            f"{v['distance']:.4g}",
+            f"{v['margin']:.4g}",
+            v["reason"][:60],
+        )
     return t
 
 
@@ -46,13 +61,17 @@ def print_task(console: Console, res: dict) -> None:
     if state != "final":
         console.print(f"task {res['task_id'][:16]}: {state} {res.get('detail', '')}", highlight=False)
         return
-    console.print(f"task {res['task_id'][:16]}: [bold]{res['decision']}[/] by majority after "
-                  f"{res['attempts']} attempt(s), {res['latency_s']:.2f}s; worker {res['worker'][:12]}", highlight=False)
+    console.print(
+        f"task {res['task_id'][:16]}: [bold]{res['decision']}[/] by majority after "
+        f"{res['attempts']} attempt(s), {res['latency_s']:.2f}s; worker {res['worker'][:12]}",
+        highlight=False,
+    )
     out = res["result"]["output"]
     if "text" in out:
         console.print(f"[bold]text:[/] {out['text']}", markup=True, highlight=False)
     if res.get("image_path"):
         console.print(f"[bold]image:[/] {res['image_path']} ({out['width']}x{out['height']})", highlight=False)
     console.print(votes_table("votes", res))
-    console.print(f"certificate {res['certificate_id'][:16]} (checked: gateway signature, votes, majority)",
-                  highlight=False)
+    console.print(
+        f"certificate {res['certificate_id'][:16]} (checked: gateway signature, votes, majority)", highlight=False
+    )

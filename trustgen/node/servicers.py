@@ -8,14 +8,15 @@ import contextlib
 import functools
 import inspect
 import logging
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import grpc
 
 from trustgen.errors import TrustgenError
-from trustgen.node.auth import RequestGuard, RpcError
-from trustgen.node.blobs import CHUNK
-from trustgen.node.peers import full_method
+from trustgen.gossip.blobs import CHUNK
+from trustgen.net.auth import RequestGuard, RpcError
+from trustgen.net.peers import full_method
 from trustgen.rpc import trustgen_pb2 as pb
 from trustgen.rpc import trustgen_pb2_grpc as rpc
 
@@ -45,6 +46,7 @@ def guarded(service: str, method: str, opens: bool = True) -> Callable:
             return self.guard.open(request, name) if opens else request
 
         if inspect.isasyncgenfunction(fn):
+
             @functools.wraps(fn)
             async def stream(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
                 try:
@@ -52,6 +54,7 @@ def guarded(service: str, method: str, opens: bool = True) -> Callable:
                         yield item
                 except _REFUSED as e:
                     await self._refuse(context, *_refusal(name, e))
+
             return stream
 
         @functools.wraps(fn)
@@ -60,7 +63,9 @@ def guarded(service: str, method: str, opens: bool = True) -> Callable:
                 return await fn(self, arg(self, request), context)
             except _REFUSED as e:
                 await self._refuse(context, *_refusal(name, e))
+
         return unary
+
     return wrap
 
 
@@ -153,7 +158,7 @@ class BlobsServicer(_Base, rpc.BlobsServicer):
         if not isinstance(start, int) or start < 0:
             raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, "from_index must be >= 0")
         for i in range(start, max(1, -(-len(data) // CHUNK))):
-            yield pb.Chunk(index=i, data=data[i * CHUNK:(i + 1) * CHUNK])
+            yield pb.Chunk(index=i, data=data[i * CHUNK : (i + 1) * CHUNK])
 
 
 class GossipServicer(_Base, rpc.GossipServicer):

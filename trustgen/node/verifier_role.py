@@ -13,13 +13,13 @@ from typing import Any
 import grpc
 
 from trustgen.consensus.identity import Identity
-from trustgen.consensus.messages import MessageError, Signed, open_wire, sign
-from trustgen.errors import ModelError, UsageError
-from trustgen.node.auth import RpcError
 from trustgen.consensus.ledger import Ledger
-from trustgen.node.blobs import BlobStore, blob_digest
-from trustgen.node.engines import Engines, task_params
-from trustgen.node.outputs import read_png
+from trustgen.consensus.messages import MessageError, Signed, open_wire, sign
+from trustgen.engines.outputs import read_png
+from trustgen.errors import ModelError, UsageError
+from trustgen.gossip.blobs import BlobStore, blob_digest
+from trustgen.net.auth import RpcError
+from trustgen.node.engine_pool import Engines, task_params
 from trustgen.verifier.fingerprints import image_fingerprint, text_fingerprint
 from trustgen.verifier.history import HistoryIndex
 from trustgen.verifier.verify import verify_image, verify_text
@@ -29,8 +29,9 @@ log = logging.getLogger("trustgen.node")
 
 
 class VerifierRole:
-    def __init__(self, identity: Identity, network: str, engines: Engines, adversary: str = "",
-                 metrics: Any = None) -> None:
+    def __init__(
+        self, identity: Identity, network: str, engines: Engines, adversary: str = "", metrics: Any = None
+    ) -> None:
         self.identity, self.network, self.engines = identity, network, engines
         self.adversary, self.metrics = adversary, metrics
         self.gateways: set[bytes] = set()
@@ -87,8 +88,13 @@ class VerifierRole:
         engine = self.engines.for_task(kind, task.body["model"])
         params = task_params(kind, task.body["params"])
         r = result.body
-        claimed = {"task": params.to_dict(), "model": task.body["model"], "model_digest": r["model_digest"],
-                   "output_digest": r["output_digest"], "profile": r["profile"]}
+        claimed = {
+            "task": params.to_dict(),
+            "model": task.body["model"],
+            "model_digest": r["model_digest"],
+            "output_digest": r["output_digest"],
+            "profile": r["profile"],
+        }
         if kind == "text":
             tokens = r["output"].get("token_ids")
             claimed["token_ids"] = tokens
@@ -114,9 +120,15 @@ class VerifierRole:
         if fp and not vote.accept:
             replay = self.history.find_replay(task_key, fp)
             if replay is not None:
-                vote = VoteValue(False, vote.method, vote.distance, vote.margin,
-                                 f"{vote.reason}; replays the output of task {replay.earlier_task[:16]}",
-                                 vote.position, vote.fingerprint)
+                vote = VoteValue(
+                    False,
+                    vote.method,
+                    vote.distance,
+                    vote.margin,
+                    f"{vote.reason}; replays the output of task {replay.earlier_task[:16]}",
+                    vote.position,
+                    vote.fingerprint,
+                )
         elif fp and vote.accept:
             self.history.add(task_key, fp)
         return vote
@@ -141,11 +153,17 @@ class VerifierRole:
             raise RpcError(grpc.StatusCode.FAILED_PRECONDITION, str(e)) from None
         vote = await self.engines.run(self._check_and_record, task, result, png)
         if self.adversary == "lie":
-            vote = VoteValue(not vote.accept, vote.method, vote.distance, vote.margin,
-                             "looks fine" if not vote.accept else "looks wrong", None, vote.fingerprint)
+            vote = VoteValue(
+                not vote.accept,
+                vote.method,
+                vote.distance,
+                vote.margin,
+                "looks fine" if not vote.accept else "looks wrong",
+                None,
+                vote.fingerprint,
+            )
         if self.metrics is not None:
             self.metrics.votes.labels("accept" if vote.accept else "reject").inc()
-        signed = sign(self.identity, "Vote", self.network,
-                      vote.vote_body(self.identity.public_key, task.id, result.id))
+        signed = sign(self.identity, "Vote", self.network, vote.vote_body(self.identity.public_key, task.id, result.id))
         log.info("voted %s on task %s", "accept" if vote.accept else "reject", task.id.hex()[:12])
         return signed.wire()

@@ -20,11 +20,11 @@ import torch
 
 from trustgen.consensus.identity import Identity
 from trustgen.consensus.messages import MessageError, Signed, open_wire, sign
+from trustgen.engines.outputs import ImageOutput, TextOutput
 from trustgen.errors import ModelError, UsageError
-from trustgen.node.auth import RpcError
-from trustgen.node.blobs import BlobStore
-from trustgen.node.engines import Engines, task_params
-from trustgen.node.outputs import ImageOutput, TextOutput
+from trustgen.gossip.blobs import BlobStore
+from trustgen.net.auth import RpcError
+from trustgen.node.engine_pool import Engines, task_params
 from trustgen.verifier.fingerprints import image_fingerprint, text_fingerprint
 
 log = logging.getLogger("trustgen.node")
@@ -38,14 +38,28 @@ def result_body(worker: bytes, task: Signed, out: TextOutput | ImageOutput, png_
         h, w, _ = out.pixels.shape
         output = {"png_digest": png_digest, "height": h, "width": w}
         fp = image_fingerprint(out.pixels)
-    return {"worker": worker, "task_id": task.id, "model_digest": out.model_digest,
-            "output_digest": out.output_digest, "output": output, "fingerprint": fp,
-            "profile": out.profile.to_dict()}
+    return {
+        "worker": worker,
+        "task_id": task.id,
+        "model_digest": out.model_digest,
+        "output_digest": out.output_digest,
+        "output": output,
+        "fingerprint": fp,
+        "profile": out.profile.to_dict(),
+    }
 
 
 class WorkerRole:
-    def __init__(self, identity: Identity, network: str, engines: Engines, blobs: BlobStore,
-                 adversary: str = "", delay_s: float = 0.0, metrics: Any = None) -> None:
+    def __init__(
+        self,
+        identity: Identity,
+        network: str,
+        engines: Engines,
+        blobs: BlobStore,
+        adversary: str = "",
+        delay_s: float = 0.0,
+        metrics: Any = None,
+    ) -> None:
         self.identity, self.network = identity, network
         self.engines, self.blobs = engines, blobs
         self.adversary, self.delay_s = adversary, delay_s
@@ -117,5 +131,5 @@ def _altered(out: TextOutput | ImageOutput) -> TextOutput | ImageOutput:
         return TextOutput(out.prompt_ids, tokens, out.text, out.finish_reason, out.model_digest, out.profile, out.score)
     pixels = out.pixels.copy()
     h, w, _ = pixels.shape
-    pixels[h // 4: 3 * h // 4, w // 4: 3 * w // 4] = 255 - pixels[h // 4: 3 * h // 4, w // 4: 3 * w // 4]
+    pixels[h // 4 : 3 * h // 4, w // 4 : 3 * w // 4] = 255 - pixels[h // 4 : 3 * h // 4, w // 4 : 3 * w // 4]
     return ImageOutput(np.ascontiguousarray(pixels), out.model_digest, out.profile)

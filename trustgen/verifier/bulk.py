@@ -51,8 +51,8 @@ def _scan(q: np.ndarray, d: np.ndarray, threads: int | None, on_tile) -> None:
         x = np.empty((b - a, min(D_TILE, len(d))), dtype=np.uint64)
         c = np.empty(x.shape, dtype=np.uint8)
         for s in range(0, len(d), D_TILE):
-            chunk = d[s:s + D_TILE]
-            xs, cs = x[:, :len(chunk)], c[:, :len(chunk)]
+            chunk = d[s : s + D_TILE]
+            xs, cs = x[:, : len(chunk)], c[:, : len(chunk)]
             np.bitwise_xor(q[a:b, None], chunk[None, :], out=xs)
             np.bitwise_count(xs, out=cs)
             on_tile(a, s, cs)
@@ -71,7 +71,7 @@ def nearest(queries: np.ndarray, db: np.ndarray, threads: int | None = None) -> 
 
     def tile(a: int, s: int, cs: np.ndarray) -> None:  # tiles of one query block run in order
         m = cs.min(axis=1)
-        rows = np.nonzero(m < best[a:a + len(m)])[0]
+        rows = np.nonzero(m < best[a : a + len(m)])[0]
         if len(rows):
             best[a + rows] = m[rows]
             where[a + rows] = s + cs[rows].argmin(axis=1)

@@ -16,14 +16,15 @@ import math
 import pathlib
 import random
 from collections import defaultdict
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from trustgen.node.generate import load_engine
-from trustgen.node.params import ImageParams, TextParams
+from trustgen.engines.generate import load_engine
+from trustgen.engines.params import ImageParams, TextParams
 from trustgen.verifier.compare import distance
 from trustgen.verifier.fingerprints import image_fingerprint
 from trustgen.verifier.policy import prefill_tolerance
@@ -31,9 +32,20 @@ from trustgen.verifier.prefill import prefill_check, token_gaps
 
 COLORS = ["red", "green", "blue", "yellow", "purple", "orange", "white", "black"]
 SHAPES = ["circle", "square", "triangle", "cross"]
-TEXT_PROMPTS = ["Verifiable", "We propose", "Decentralized training", "The gossip", "Byzantine",
-                "Language models", "Consensus among", "In this paper", "Federated learning",
-                "Our method", "Diffusion models", "Locality-sensitive"]
+TEXT_PROMPTS = [
+    "Verifiable",
+    "We propose",
+    "Decentralized training",
+    "The gossip",
+    "Byzantine",
+    "Language models",
+    "Consensus among",
+    "In this paper",
+    "Federated learning",
+    "Our method",
+    "Diffusion models",
+    "Locality-sensitive",
+]
 
 
 def majority_error(p: float, k: int = 3) -> float:
@@ -73,8 +85,12 @@ def _with_threads(n: int, fn: Callable[[], Any]) -> Any:
 def _rates(honest: list[float], dishonest: list[float], threshold: float) -> dict[str, float]:
     frr = sum(d > threshold for d in honest) / max(len(honest), 1)
     far = sum(d <= threshold for d in dishonest) / max(len(dishonest), 1)
-    return {"false_reject": frr, "false_accept": far, "majority3_false_reject": majority_error(frr),
-            "majority3_false_accept": majority_error(far)}
+    return {
+        "false_reject": frr,
+        "false_accept": far,
+        "majority3_false_reject": majority_error(frr),
+        "majority3_false_accept": majority_error(far),
+    }
 
 
 def choose_threshold(honest: list[float], dishonest: list[float], max_bits: int) -> float:
@@ -88,8 +104,9 @@ def choose_threshold(honest: list[float], dishonest: list[float], max_bits: int)
     return float(min(t, max_bits))
 
 
-def histogram_png(path: pathlib.Path, honest: list[float], dishonest: list[float], threshold: float,
-                  max_x: int, title: str) -> None:
+def histogram_png(
+    path: pathlib.Path, honest: list[float], dishonest: list[float], threshold: float, max_x: int, title: str
+) -> None:
     w, h, pad = 720, 360, 40
     img = Image.new("RGB", (w, h), "white")
     d = ImageDraw.Draw(img)
@@ -135,8 +152,9 @@ def _ddim_float64(engine: Any) -> Any:
     return alt
 
 
-def calibrate_image(samples: int, model: str = "tiny-image", steps: int = 20, seed: int = 0,
-                    algo: str = "phash_rgb") -> dict[str, Any]:
+def calibrate_image(
+    samples: int, model: str = "tiny-image", steps: int = 20, seed: int = 0, algo: str = "phash_rgb"
+) -> dict[str, Any]:
     rng = random.Random(seed)
     fp32 = load_engine(model, "image")
     bf16 = load_engine(model, "image", dtype="bfloat16")
@@ -166,7 +184,9 @@ def calibrate_image(samples: int, model: str = "tiny-image", steps: int = 20, se
         dist["other_scheduler"].append(distance(ref, fp(fp32, ImageParams(**{**p.to_dict(), "scheduler": "euler"}))))
         fg2 = rng.choice([c for c in COLORS if c != fg])
         dist["other_seed"].append(distance(ref, fp(fp32, ImageParams(**{**p.to_dict(), "seed": p.seed + 1}))))
-        dist["other_prompt"].append(distance(ref, fp(fp32, ImageParams(**{**p.to_dict(), "prompt": prompt.replace(fg, fg2, 1)}))))
+        dist["other_prompt"].append(
+            distance(ref, fp(fp32, ImageParams(**{**p.to_dict(), "prompt": prompt.replace(fg, fg2, 1)})))
+        )
         dist["other_model"].append(distance(ref, fp(other, p)))
         dist["fewer_steps"].append(distance(ref, fp(fp32, ImageParams(**{**p.to_dict(), "steps": max(1, steps // 4)}))))
         dist["quantised_model"].append(distance(ref, fp(quant, p)))
@@ -174,8 +194,9 @@ def calibrate_image(samples: int, model: str = "tiny-image", steps: int = 20, se
     dishonest = [d for k, v in dist.items() if k not in honest_kinds for d in v]
     bits = ref["bits"]
     threshold = choose_threshold(honest, dishonest, bits)
-    rep = _report("image", f"{algo} Hamming bits ({bits})", samples, dist, honest_kinds, honest, dishonest,
-                  threshold, bits)
+    rep = _report(
+        "image", f"{algo} Hamming bits ({bits})", samples, dist, honest_kinds, honest, dishonest, threshold, bits
+    )
     rep["per_kind_accept_rate"] = {k: sum(d <= threshold for d in v) / len(v) for k, v in dist.items()}
     return rep
 
@@ -213,8 +234,15 @@ def calibrate_text(samples: int, model: str = "tiny-text", max_new_tokens: int =
 
     for i in range(samples):
         decoding = ["greedy", "sample", "beam"][i % 3]
-        p = TextParams(prompt=rng.choice(TEXT_PROMPTS), max_new_tokens=max_new_tokens, decoding=decoding,
-                       seed=rng.randrange(2**31), num_beams=3, temperature=0.8, top_p=0.95)
+        p = TextParams(
+            prompt=rng.choice(TEXT_PROMPTS),
+            max_new_tokens=max_new_tokens,
+            decoding=decoding,
+            seed=rng.randrange(2**31),
+            num_beams=3,
+            temperature=0.8,
+            top_p=0.95,
+        )
         honest = ver.generate(p).token_ids
         check("bfloat16", p, bf16.generate(p).token_ids, "bfloat16")
         check("threads", p, _with_threads(1, lambda: ver.generate(p).token_ids))
@@ -230,34 +258,59 @@ def calibrate_text(samples: int, model: str = "tiny-text", max_new_tokens: int =
         check("extended", p, honest + [honest[-1]])
     honest_d = [d for k in honest_kinds for d in dist[k]]
     dishonest_d = [d for k, v in dist.items() if k not in honest_kinds for d in v]
-    rep = _report("text", "prefill logit gap (inf = rejected)", samples, dist, honest_kinds, honest_d,
-                  dishonest_d, None, None)
+    rep = _report(
+        "text", "prefill logit gap (inf = rejected)", samples, dist, honest_kinds, honest_d, dishonest_d, None, None
+    )
     hon = [a for k in honest_kinds for a in accepted[k]]
     dis = [a for k, v in accepted.items() if k not in honest_kinds for a in v]
     frr = 1 - sum(hon) / len(hon)
     far = sum(dis) / len(dis) if dis else 0.0
-    rep["rates"] = {"false_reject": frr, "false_accept": far, "majority3_false_reject": majority_error(frr),
-                    "majority3_false_accept": majority_error(far)}
+    rep["rates"] = {
+        "false_reject": frr,
+        "false_accept": far,
+        "majority3_false_reject": majority_error(frr),
+        "majority3_false_accept": majority_error(far),
+    }
     rep["per_kind_accept_rate"] = {k: sum(v) / len(v) for k, v in accepted.items()}
-    rep["tolerance"] = {"same_dtype": prefill_tolerance("float32", "float32"),
-                        "cross_dtype": prefill_tolerance("bfloat16", "float32")}
+    rep["tolerance"] = {
+        "same_dtype": prefill_tolerance("float32", "float32"),
+        "cross_dtype": prefill_tolerance("bfloat16", "float32"),
+    }
     return rep
 
 
 def _summary(values: list[float]) -> dict[str, Any]:
     finite = [v for v in values if math.isfinite(v)]
-    return {"n": len(values), "rejected_outright": len(values) - len(finite),
-            "min": min(finite) if finite else None, "median": float(np.median(finite)) if finite else None,
-            "max": max(finite) if finite else None}
+    return {
+        "n": len(values),
+        "rejected_outright": len(values) - len(finite),
+        "min": min(finite) if finite else None,
+        "median": float(np.median(finite)) if finite else None,
+        "max": max(finite) if finite else None,
+    }
 
 
-def _report(kind: str, measure: str, samples: int, dist: dict, honest_kinds: list[str], honest: list[float],
-            dishonest: list[float], threshold: float | None, max_bits: int | None) -> dict[str, Any]:
+def _report(
+    kind: str,
+    measure: str,
+    samples: int,
+    dist: dict,
+    honest_kinds: list[str],
+    honest: list[float],
+    dishonest: list[float],
+    threshold: float | None,
+    max_bits: int | None,
+) -> dict[str, Any]:
     rep: dict[str, Any] = {
-        "kind": kind, "measure": measure, "samples": samples,
-        "pairs": {k: {"honest": k in honest_kinds, **_summary(v),
-                      "values": [v_ if math.isfinite(v_) else None for v_ in v]} for k, v in dist.items()},
-        "honest_pairs": len(honest), "dishonest_pairs": len(dishonest),
+        "kind": kind,
+        "measure": measure,
+        "samples": samples,
+        "pairs": {
+            k: {"honest": k in honest_kinds, **_summary(v), "values": [v_ if math.isfinite(v_) else None for v_ in v]}
+            for k, v in dist.items()
+        },
+        "honest_pairs": len(honest),
+        "dishonest_pairs": len(dishonest),
         "paper_targets": {"honest_match_rate_above": 0.9989, "intra_class_collision_below": 0.000267},
     }
     if threshold is not None:
@@ -266,8 +319,10 @@ def _report(kind: str, measure: str, samples: int, dist: dict, honest_kinds: lis
         rep["max_honest_distance"] = max(honest) if honest else None
         rep["min_dishonest_distance"] = min(dishonest) if dishonest else None
         rep["max_bits"] = max_bits
-    rep["majority_note"] = ("majority-of-3 rates assume independent verifier errors; verifiers on one "
-                            "execution profile err together, so these are lower bounds for them")
+    rep["majority_note"] = (
+        "majority-of-3 rates assume independent verifier errors; verifiers on one "
+        "execution profile err together, so these are lower bounds for them"
+    )
     return rep
 
 
@@ -281,7 +336,15 @@ def write_report(rep: dict[str, Any], out: pathlib.Path) -> dict[str, str]:
         histogram_png(png, honest, dishonest, rep["threshold"], min(rep["max_bits"], 96), rep["measure"])
     else:
         # Text: plot gaps in units of 0.01 logits; rejected pairs land in the last bin.
-        def scale(v): return 50 if v is None else min(50, int(v * 100))
-        histogram_png(png, [scale(v) for v in honest], [scale(v) for v in dishonest],
-                      rep["tolerance"]["cross_dtype"] * 100, 50, "prefill gap x100 (50 = rejected)")
+        def scale(v):
+            return 50 if v is None else min(50, int(v * 100))
+
+        histogram_png(
+            png,
+            [scale(v) for v in honest],
+            [scale(v) for v in dishonest],
+            rep["tolerance"]["cross_dtype"] * 100,
+            50,
+            "prefill gap x100 (50 = rejected)",
+        )
     return {"json": str(out / f"calibration-{rep['kind']}.json"), "png": str(png)}

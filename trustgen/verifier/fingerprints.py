@@ -18,8 +18,9 @@ import numpy as np
 import PIL
 from PIL import Image
 
+from trustgen.engines.outputs import text_digest
 from trustgen.errors import TrustgenError
-from trustgen.node.outputs import text_digest
+
 
 def _phash_rgb(img: Image.Image, hash_size: int = 8) -> str:
     """pHash of each colour channel, concatenated: a grayscale hash cannot see a change of
@@ -27,8 +28,7 @@ def _phash_rgb(img: Image.Image, hash_size: int = 8) -> str:
     return "".join(str(imagehash.phash(ch, hash_size=hash_size)) for ch in img.convert("RGB").split())
 
 
-IMAGE_ALGOS = {"phash": imagehash.phash, "dhash": imagehash.dhash, "whash": imagehash.whash,
-               "phash_rgb": _phash_rgb}
+IMAGE_ALGOS = {"phash": imagehash.phash, "dhash": imagehash.dhash, "whash": imagehash.whash, "phash_rgb": _phash_rgb}
 _CHANNELS = {"phash_rgb": 3}
 IMAGE_LIB = f"imagehash-{imagehash.__version__}/pillow-{PIL.__version__.split('.')[0]}"
 MINHASH_SCHEME = "affine64"
@@ -44,8 +44,13 @@ def image_fingerprint(pixels: np.ndarray, algo: str = "phash", hash_size: int = 
     if algo not in IMAGE_ALGOS:
         raise FingerprintError(f"unknown image hash {algo!r}; choose one of {', '.join(IMAGE_ALGOS)}")
     h = IMAGE_ALGOS[algo](Image.fromarray(pixels), hash_size=hash_size)
-    return {"kind": "image", "algo": algo, "bits": hash_size * hash_size * _CHANNELS.get(algo, 1),
-            "hash": str(h), "lib": IMAGE_LIB}
+    return {
+        "kind": "image",
+        "algo": algo,
+        "bits": hash_size * hash_size * _CHANNELS.get(algo, 1),
+        "hash": str(h),
+        "lib": IMAGE_LIB,
+    }
 
 
 def _hash64(b: bytes) -> int:
@@ -56,7 +61,7 @@ def shingles(token_ids: list[int], k: int) -> list[bytes]:
     ids = np.asarray(token_ids, dtype="<u4")
     if len(ids) <= k:
         return [ids.tobytes()]
-    return [ids[i:i + k].tobytes() for i in range(len(ids) - k + 1)]
+    return [ids[i : i + k].tobytes() for i in range(len(ids) - k + 1)]
 
 
 def minhash(token_ids: list[int], num_perm: int = 128, seed: int = 1, shingle: int = 3) -> datasketch.MinHash:
@@ -67,9 +72,17 @@ def minhash(token_ids: list[int], num_perm: int = 128, seed: int = 1, shingle: i
 
 def text_fingerprint(token_ids: list[int], num_perm: int = 128, seed: int = 1, shingle: int = 3) -> dict[str, Any]:
     m = minhash(token_ids, num_perm, seed, shingle)
-    return {"kind": "text", "token_digest": text_digest(token_ids), "num_perm": num_perm,
-            "seed": seed, "shingle": shingle, "scheme": MINHASH_SCHEME, "hashfunc": MINHASH_HASHFUNC,
-            "minhash": m.hashvalues.astype("<u8").tobytes().hex(), "lib": TEXT_LIB}
+    return {
+        "kind": "text",
+        "token_digest": text_digest(token_ids),
+        "num_perm": num_perm,
+        "seed": seed,
+        "shingle": shingle,
+        "scheme": MINHASH_SCHEME,
+        "hashfunc": MINHASH_HASHFUNC,
+        "minhash": m.hashvalues.astype("<u8").tobytes().hex(),
+        "lib": TEXT_LIB,
+    }
 
 
 def minhash_from(fp: dict[str, Any]) -> datasketch.MinHash:
@@ -78,8 +91,9 @@ def minhash_from(fp: dict[str, Any]) -> datasketch.MinHash:
         values = np.frombuffer(bytes.fromhex(fp["minhash"]), dtype="<u8")
         if len(values) != fp["num_perm"]:
             raise ValueError("length")
-        return datasketch.MinHash(num_perm=fp["num_perm"], seed=fp["seed"], scheme=fp["scheme"],
-                                  hashvalues=values.astype(np.uint64))
+        return datasketch.MinHash(
+            num_perm=fp["num_perm"], seed=fp["seed"], scheme=fp["scheme"], hashvalues=values.astype(np.uint64)
+        )
     except (KeyError, ValueError, TypeError) as e:
         raise FingerprintError(f"malformed text fingerprint ({e})") from None
 

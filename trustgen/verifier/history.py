@@ -76,8 +76,11 @@ class HistoryIndex:
         if not self._image_hashes:
             return None
         check_compatible(self._image_ref, fp)
-        hits = within(np.array([int(fp["hash"], 16)], dtype=np.uint64),
-                      np.array(self._image_hashes, dtype=np.uint64), self.image_threshold)
+        hits = within(
+            np.array([int(fp["hash"], 16)], dtype=np.uint64),
+            np.array(self._image_hashes, dtype=np.uint64),
+            self.image_threshold,
+        )
         hits = [(int(d), self._image_keys[int(i)]) for _, i, d in hits if self._image_keys[int(i)] != task_id]
         if not hits:
             return None

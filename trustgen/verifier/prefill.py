@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import torch
 
-from trustgen.node.params import TextParams
-from trustgen.node.sampling import sample_scores_rows
-from trustgen.node.text_engine import TextEngine
+from trustgen.engines.params import TextParams
+from trustgen.engines.sampling import sample_scores_rows
+from trustgen.engines.text_engine import TextEngine
 from trustgen.verifier.fingerprints import text_fingerprint
 from trustgen.verifier.vote import VoteValue, reject
 
@@ -51,10 +51,12 @@ def _logits(engine: TextEngine, p: TextParams, tokens: list[int]) -> torch.Tenso
     prompt = engine.encode_prompt(p.prompt)
     ids = torch.tensor([prompt + tokens[:-1]], device=engine.device)
     with torch.inference_mode():
-        return engine.model(input_ids=ids).logits[0, len(prompt) - 1:].float().cpu()
+        return engine.model(input_ids=ids).logits[0, len(prompt) - 1 :].float().cpu()
 
 
-def token_gaps(engine: TextEngine, p: TextParams, tokens: list[int], logits: torch.Tensor | None = None) -> torch.Tensor:
+def token_gaps(
+    engine: TextEngine, p: TextParams, tokens: list[int], logits: torch.Tensor | None = None
+) -> torch.Tensor:
     """For greedy and sampled tasks: how far, in logits, each claimed token falls below the
     token the decoding rule picks (0 for the picked one; +inf for one top-k/top-p excluded)."""
     logits = _logits(engine, p, tokens) if logits is None else logits
@@ -85,10 +87,22 @@ def prefill_check(engine: TextEngine, p: TextParams, tokens: list[int], tol: flo
     score = float(chosen.sum())
     if len(bad_pos):
         i = int(bad_pos[0])
-        return reject(METHOD, f"token ranks {int(ranks[i]) + 1} at its position, outside the "
-                              f"{p.num_beams} beams", i, float(ranks[i]), fp)
-    return VoteValue(True, METHOD, float(ranks.max()), float(p.num_beams - ranks.max()),
-                     f"every token within the top {p.num_beams + 1}; log-prob {score:.4f}", None, fp)
+        return reject(
+            METHOD,
+            f"token ranks {int(ranks[i]) + 1} at its position, outside the {p.num_beams} beams",
+            i,
+            float(ranks[i]),
+            fp,
+        )
+    return VoteValue(
+        True,
+        METHOD,
+        float(ranks.max()),
+        float(p.num_beams - ranks.max()),
+        f"every token within the top {p.num_beams + 1}; log-prob {score:.4f}",
+        None,
+        fp,
+    )
 
 
 def _verdict(gaps: torch.Tensor, tol: float, fp: dict, why: str) -> VoteValue:
@@ -97,6 +111,11 @@ def _verdict(gaps: torch.Tensor, tol: float, fp: dict, why: str) -> VoteValue:
     if len(over):
         i = int(over[0])
         g = float(gaps[i])
-        return reject(METHOD, f"{why}: {'filtered out' if g == float('inf') else f'{g:.4g} below the best'}",
-                      i, g if g != float("inf") else float("inf"), fp)
+        return reject(
+            METHOD,
+            f"{why}: {'filtered out' if g == float('inf') else f'{g:.4g} below the best'}",
+            i,
+            g if g != float("inf") else float("inf"),
+            fp,
+        )
     return VoteValue(True, METHOD, worst, tol - worst, "every token is consistent", None, fp)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from trustgen.node.params import ImageParams, TextParams
+from trustgen.engines.params import ImageParams, TextParams
 from trustgen.verifier.compare import distance
 from trustgen.verifier.fingerprints import image_fingerprint, text_fingerprint
 from trustgen.verifier.vote import VoteValue, reject
@@ -22,12 +22,14 @@ def regenerate_text(engine, p: TextParams, tokens: list[int]) -> VoteValue:
         return VoteValue(True, "regenerate", 0.0, 0.0, "identical tokens", None, fp)
     pos = next((i for i, (a, b) in enumerate(zip(own, tokens)) if a != b), min(len(own), len(tokens)))
     d = distance(fp, text_fingerprint(tokens)) if tokens else 1.0
-    return reject("regenerate", f"tokens differ from re-generation ({len(tokens)} claimed, "
-                                f"{len(own)} re-generated)", pos, d, fp)
+    return reject(
+        "regenerate", f"tokens differ from re-generation ({len(tokens)} claimed, {len(own)} re-generated)", pos, d, fp
+    )
 
 
-def regenerate_image(engine, p: ImageParams, pixels: np.ndarray, threshold: float,
-                     algo: str = "phash_rgb") -> VoteValue:
+def regenerate_image(
+    engine, p: ImageParams, pixels: np.ndarray, threshold: float, algo: str = "phash_rgb"
+) -> VoteValue:
     own = engine.generate(p).pixels
     fp = image_fingerprint(own, algo)
     if pixels.shape != own.shape:
@@ -37,5 +39,4 @@ def regenerate_image(engine, p: ImageParams, pixels: np.ndarray, threshold: floa
     if d <= threshold:
         why = "bit-identical pixels" if exact else f"perceptual distance {d:.0f} within {threshold:.0f}"
         return VoteValue(True, "phash", d, threshold - d, why, None, fp)
-    return VoteValue(False, "phash", d, threshold - d,
-                     f"perceptual distance {d:.0f} exceeds {threshold:.0f}", None, fp)
+    return VoteValue(False, "phash", d, threshold - d, f"perceptual distance {d:.0f} exceeds {threshold:.0f}", None, fp)

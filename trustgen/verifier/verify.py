@@ -10,10 +10,10 @@ import json
 import pathlib
 from typing import Any
 
+from trustgen.engines.generate import load_engine
+from trustgen.engines.outputs import image_digest, read_png, text_digest
+from trustgen.engines.params import ImageParams, TextParams
 from trustgen.errors import TrustgenError, UsageError
-from trustgen.node.generate import load_engine
-from trustgen.node.outputs import image_digest, read_png, text_digest
-from trustgen.node.params import ImageParams, TextParams
 from trustgen.verifier import policy
 from trustgen.verifier.prefill import prefill_check
 from trustgen.verifier.reexec import regenerate_image, regenerate_text

@@ -22,13 +22,26 @@ class VoteValue:
     def vote_body(self, verifier: bytes, task_id: bytes, result_id: bytes) -> dict[str, Any]:
         """The body of a consensus `Vote` message for this outcome."""
         reason = self.reason if self.position is None else f"{self.reason} (position {self.position})"
-        return {"verifier": verifier, "task_id": task_id, "result_id": result_id,
-                "accept": self.accept, "method": self.method, "distance": float(self.distance),
-                "margin": float(self.margin), "reason": reason, "fingerprint": self.fingerprint}
+        return {
+            "verifier": verifier,
+            "task_id": task_id,
+            "result_id": result_id,
+            "accept": self.accept,
+            "method": self.method,
+            "distance": float(self.distance),
+            "margin": float(self.margin),
+            "reason": reason,
+            "fingerprint": self.fingerprint,
+        }
 
 
-def reject(method: str, reason: str, position: int | None = None, distance: float = float("inf"),
-           fingerprint: dict[str, Any] | None = None) -> VoteValue:
+def reject(
+    method: str,
+    reason: str,
+    position: int | None = None,
+    distance: float = float("inf"),
+    fingerprint: dict[str, Any] | None = None,
+) -> VoteValue:
     # An unbounded distance is not encodable; rejections without a measured distance use -1.
     d = -1.0 if distance == float("inf") else distance
     return VoteValue(False, method, d, -1.0, reason, position, fingerprint or {})

@@ -1,6 +1,6 @@
 """Gossip: replicate every feed to every node, with membership and failure detection.
 
-A node talks to each peer over one long-lived session (trustgen/node/session.py): a signed
+A node talks to each peer over one long-lived session (trustgen/gossip/session.py): a signed
 handshake, then MAC-tagged frames, so a small entry is not outweighed by per-message signatures.
 Two mechanisms run over it:
 - Eager push (rumour spreading with announce/want): each round a node announces the entries it
@@ -24,18 +24,19 @@ import hashlib
 import logging
 import random
 import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Callable
+from typing import Any
 
 import grpc
 
 from trustgen.consensus.identity import Identity
 from trustgen.consensus.ledger import IngestError, Ledger
-from trustgen.node import grpc_options as opts
-from trustgen.node import session
-from trustgen.node.auth import RequestGuard, RpcError
-from trustgen.node.peers import Peers
-from trustgen.node.session import ClientSession, SessionError
+from trustgen.gossip import session
+from trustgen.gossip.session import ClientSession, SessionError
+from trustgen.net import grpc_options as opts
+from trustgen.net.auth import RequestGuard, RpcError
+from trustgen.net.peers import Peers
 from trustgen.rpc import trustgen_pb2 as pb
 
 log = logging.getLogger("trustgen.node")
@@ -172,15 +173,23 @@ class _Bucket:
         return True
 
 
-
 def _op(**kw: Any) -> pb.GossipOp:
     return pb.GossipOp(**kw)
 
 
 class Gossip:
-    def __init__(self, identity: Identity, ledger: Ledger, peers: Peers, membership: Membership,
-                 fanout: int = 2, sync_every: int = 4, learn_peers: bool = True, seed: int | None = None,
-                 events: Any = None) -> None:
+    def __init__(
+        self,
+        identity: Identity,
+        ledger: Ledger,
+        peers: Peers,
+        membership: Membership,
+        fanout: int = 2,
+        sync_every: int = 4,
+        learn_peers: bool = True,
+        seed: int | None = None,
+        events: Any = None,
+    ) -> None:
         self.identity, self.ledger, self.peers, self.members = identity, ledger, peers, membership
         self.fanout, self.sync_every, self.learn_peers = fanout, sync_every, learn_peers
         self.rng = random.Random(seed)
@@ -214,14 +223,16 @@ class Gossip:
             s = self._sessions.get(peer.address)
             if s is not None and not s.closed:
                 return s, True
-            s = await ClientSession.open(self.peers.stub(peer.address, "Gossip"), self.identity,
-                                         self.peers.network, peer.key, self._count)
+            s = await ClientSession.open(
+                self.peers.stub(peer.address, "Gossip"), self.identity, self.peers.network, peer.key, self._count
+            )
             self.members.add(peer.address, s.peer_key)  # a bootstrap address's key is learnt here
             self._sessions[peer.address] = s
             return s, False
 
-    async def _request(self, peer: Peer, op: pb.GossipOp | Callable[[ClientSession], pb.GossipOp],
-                       expect: str) -> pb.GossipOp | None:
+    async def _request(
+        self, peer: Peer, op: pb.GossipOp | Callable[[ClientSession], pb.GossipOp], expect: str
+    ) -> pb.GossipOp | None:
         """Send one request to `peer`; its answer, or None after noting the failure. A session
         that was already open gets one retry on a fresh session: the peer may have restarted or
         closed an idle session."""
@@ -232,7 +243,7 @@ class Gossip:
                 reply = await s.request(op, opts.DEADLINE_GOSSIP)
                 if reply.WhichOneof("op") != expect:
                     raise SessionError(f"expected {expect}, got {reply.WhichOneof('op')}")
-            except (grpc.aio.AioRpcError, asyncio.TimeoutError, SessionError) as e:
+            except (TimeoutError, grpc.aio.AioRpcError, SessionError) as e:
                 self._drop(peer.address)
                 ended = isinstance(e, SessionError) and "ended the session" in str(e)
                 if attempt == 0 and reused and (ended or not isinstance(e, SessionError)):
@@ -245,7 +256,10 @@ class Gossip:
 
     def _failed(self, peer: Peer, e: BaseException) -> None:
         if isinstance(e, grpc.aio.AioRpcError) and e.code() not in (
-                grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED):
+            grpc.StatusCode.UNAVAILABLE,
+            grpc.StatusCode.DEADLINE_EXCEEDED,
+            grpc.StatusCode.CANCELLED,
+        ):
             log.info("gossip with %s refused: %s %s", peer.address, e.code().name, e.details())
         if isinstance(e, SessionError) and peer.key is not None and "another key" not in str(e):
             log.info("gossip peer %s broke the protocol: %s", peer.address, e)
@@ -265,7 +279,7 @@ class Gossip:
     async def _session_or_none(self, peer: Peer) -> None:
         try:
             await self._session(peer)
-        except (grpc.aio.AioRpcError, asyncio.TimeoutError, SessionError) as e:
+        except (TimeoutError, grpc.aio.AioRpcError, SessionError) as e:
             self._failed(peer, e)
 
     def _new_entries(self) -> list[tuple[bytes, int, bytes]]:
@@ -288,12 +302,14 @@ class Gossip:
             have = [(f, s, v[0]) for (f, s), v in list(self._hot.items())[:MAX_ITEMS]]
             # Announce only to peers not already known to hold all of it: the peer we got an
             # entry from, and peers that announced it to us or that we announced it to, do.
-            news_for = {p.address: [x for x in have if p.key is None or p.key not in self._holders.get(x[:2], ())]
-                        for p in live}
+            news_for = {
+                p.address: [x for x in have if p.key is None or p.key not in self._holders.get(x[:2], ())] for p in live
+            }
             candidates = [p for p in live if news_for[p.address]]
             targets = self.rng.sample(candidates, min(self.fanout, len(candidates)))
-            wanted = await asyncio.gather(*(self._bounded(p, self._announce(p, news_for[p.address]), [])
-                                            for p in targets))
+            wanted = await asyncio.gather(
+                *(self._bounded(p, self._announce(p, news_for[p.address]), []) for p in targets)
+            )
             for f, s, _ in have:
                 entry = self._hot[(f, s)]
                 still_news = any(lo <= s <= hi for w in wanted for (wf, lo, hi) in w if wf == f)
@@ -307,8 +323,10 @@ class Gossip:
             self._quiet_rounds += 1
         # Anti-entropy sends every head when digests differ: keep it for quiet times, when it
         # repairs what push missed, but run it at least every 4 * sync_every rounds regardless.
-        if live and ((self._quiet_rounds >= self.sync_every and self.rounds % self.sync_every == 0)
-                     or self.rounds % (4 * self.sync_every) == 0):
+        if live and (
+            (self._quiet_rounds >= self.sync_every and self.rounds % self.sync_every == 0)
+            or self.rounds % (4 * self.sync_every) == 0
+        ):
             peer = self.rng.choice(live)
             await self._bounded(peer, self._sync(peer), None)
         if self.rounds % PROBE_DEAD_EVERY == 0 and self.members.dead():
@@ -320,7 +338,7 @@ class Gossip:
         inside the request deadline) costs a round this long at most, and counts as failing."""
         try:
             return await asyncio.wait_for(work, PEER_BUDGET_S)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             log.info("gossip with %s ran over its %.1f s budget", peer.address, PEER_BUDGET_S)
             self._drop(peer.address)
             self.members.fail(peer.address)
@@ -345,8 +363,11 @@ class Gossip:
             for f, seq, _ in have:
                 self._note_holder(peer.key, f, seq)
         announced = used[-1].announced
-        wants = [(announced[r.feed_id - 1], r.from_seq, r.to_seq) for r in reply.want.ranges[:MAX_ITEMS]
-                 if 1 <= r.feed_id <= len(announced) and 1 <= r.from_seq <= r.to_seq <= MAX_SEQ]
+        wants = [
+            (announced[r.feed_id - 1], r.from_seq, r.to_seq)
+            for r in reply.want.ranges[:MAX_ITEMS]
+            if 1 <= r.feed_id <= len(announced) and 1 <= r.from_seq <= r.to_seq <= MAX_SEQ
+        ]
         await self._push_ranges(peer, wants)
         return wants
 
@@ -375,8 +396,11 @@ class Gossip:
             if count > MAX_BUCKETS or len(reply.heads.bucket_digests) != count:
                 return
             scope = [i for i, d in enumerate(bucket_digests(mine, count)) if d != reply.heads.bucket_digests[i]]
-            got = await self._request(peer, _op(heads_of=pb.HeadsOf(bucket_count=count, buckets=scope)), "heads") \
-                if scope else None
+            got = (
+                await self._request(peer, _op(heads_of=pb.HeadsOf(bucket_count=count, buckets=scope)), "heads")
+                if scope
+                else None
+            )
             if got is None:
                 return
             theirs = got.heads.heads
@@ -388,8 +412,11 @@ class Gossip:
                 return
             self._ingest_batch(got.entries.entries, peer.key)
         in_scope = set(scope) if scope is not None else None
-        surplus = [(f, their_seq.get(f, 0) + 1, s) for f, (s, _) in mine.items() if s > their_seq.get(f, 0)
-                   and (in_scope is None or bucket_of(f, count) in in_scope)]
+        surplus = [
+            (f, their_seq.get(f, 0) + 1, s)
+            for f, (s, _) in mine.items()
+            if s > their_seq.get(f, 0) and (in_scope is None or bucket_of(f, count) in in_scope)
+        ]
         if surplus:
             await self._push_ranges(peer, surplus[:MAX_ITEMS])
 
@@ -494,12 +521,15 @@ class Gossip:
     def _announced_feed(item: pb.Pos, feeds: list[bytes]) -> bytes:
         """Check one announced position and resolve its feed number (registering a new one)."""
         if not 1 <= item.seq <= MAX_SEQ or len(item.hash) != HASH_HINT:
-            raise RpcError(grpc.StatusCode.INVALID_ARGUMENT,
-                           f"an announcement needs 1 <= seq < 2^63 and a {HASH_HINT}-byte hash")
+            raise RpcError(
+                grpc.StatusCode.INVALID_ARGUMENT, f"an announcement needs 1 <= seq < 2^63 and a {HASH_HINT}-byte hash"
+            )
         if item.feed:
             if len(item.feed) != 32 or item.feed_id != len(feeds) + 1:
-                raise RpcError(grpc.StatusCode.INVALID_ARGUMENT,
-                               "a newly announced feed needs a 32-byte key and the next unused number")
+                raise RpcError(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    "a newly announced feed needs a 32-byte key and the next unused number",
+                )
             if len(feeds) >= MAX_FEED_IDS:
                 raise RpcError(grpc.StatusCode.RESOURCE_EXHAUSTED, f"more than {MAX_FEED_IDS} feeds in one session")
             feeds.append(item.feed)
@@ -539,11 +569,16 @@ class Gossip:
     def on_heads_of(self, q: pb.HeadsOf) -> pb.GossipOp:
         count = q.bucket_count
         if not 1 <= count <= MAX_BUCKETS or len(q.buckets) > count or any(b >= count for b in q.buckets):
-            raise RpcError(grpc.StatusCode.INVALID_ARGUMENT,
-                           f"heads_of needs 1 <= bucket_count <= {MAX_BUCKETS} and buckets below it")
+            raise RpcError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"heads_of needs 1 <= bucket_count <= {MAX_BUCKETS} and buckets below it",
+            )
         wanted = set(q.buckets)
-        heads = [pb.Pos(feed=f, seq=s, hash=h) for f, (s, h) in sorted(self.ledger.heads().items())
-                 if bucket_of(f, count) in wanted]
+        heads = [
+            pb.Pos(feed=f, seq=s, hash=h)
+            for f, (s, h) in sorted(self.ledger.heads().items())
+            if bucket_of(f, count) in wanted
+        ]
         return _op(heads=pb.Heads(heads=heads[: 4 * MAX_ITEMS]))
 
     def on_pull(self, r: pb.Range) -> pb.GossipOp:
@@ -568,7 +603,7 @@ class Gossip:
                 log.exception("gossip round failed")
             try:
                 await asyncio.wait_for(stop.wait(), timeout=interval_s * self.rng.uniform(0.8, 1.2))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     def close(self) -> None:

@@ -16,12 +16,12 @@ import logging
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
+from trustgen.engines.determinism import ExecutionProfile, configure, resolve_dtype
+from trustgen.engines.outputs import TextOutput
+from trustgen.engines.params import TextParams
+from trustgen.engines.registry import ModelRef
+from trustgen.engines.sampling import sample_token
 from trustgen.errors import ModelError, UsageError
-from trustgen.node.determinism import ExecutionProfile, configure, resolve_dtype
-from trustgen.node.outputs import TextOutput
-from trustgen.node.params import TextParams
-from trustgen.node.registry import ModelRef
-from trustgen.node.sampling import sample_token
 
 log = logging.getLogger("trustgen.node")
 
@@ -29,20 +29,31 @@ log = logging.getLogger("trustgen.node")
 class TextEngine:
     """A loaded causal LM plus its tokenizer, ready to run text tasks."""
 
-    def __init__(self, model: ModelRef, device: str = "cpu", dtype: str = "float32",
-                 deterministic: bool = True, threads: int | None = None) -> None:
+    def __init__(
+        self,
+        model: ModelRef,
+        device: str = "cpu",
+        dtype: str = "float32",
+        deterministic: bool = True,
+        threads: int | None = None,
+    ) -> None:
         if model.kind != "text":
             raise ModelError(f"model {model.name!r} is an image model, not a text model")
         self.profile: ExecutionProfile = configure(device, deterministic, threads, dtype)
         self.ref = model
         self.device = torch.device(self.profile.device)
         self.tokenizer = AutoTokenizer.from_pretrained(model.path, local_files_only=True)
-        self.model: PreTrainedModel = AutoModelForCausalLM.from_pretrained(
-            model.path, dtype=resolve_dtype(dtype), use_safetensors=True, local_files_only=True
-        ).to(self.device).eval()
+        self.model: PreTrainedModel = (
+            AutoModelForCausalLM.from_pretrained(
+                model.path, dtype=resolve_dtype(dtype), use_safetensors=True, local_files_only=True
+            )
+            .to(self.device)
+            .eval()
+        )
         self.eos_id = self.tokenizer.eos_token_id
         self.max_positions = getattr(self.model.config, "max_position_embeddings", None) or getattr(
-            self.model.config, "n_positions", 2048)
+            self.model.config, "n_positions", 2048
+        )
 
     def encode_prompt(self, prompt: str) -> list[int]:
         return list(self.tokenizer.encode(prompt, add_special_tokens=False))
@@ -57,16 +68,23 @@ class TextEngine:
         if len(prompt_ids) + params.max_new_tokens > self.max_positions:
             raise UsageError(
                 f"prompt ({len(prompt_ids)} tokens) + max-new-tokens ({params.max_new_tokens}) "
-                f"exceeds the model's context of {self.max_positions}")
+                f"exceeds the model's context of {self.max_positions}"
+            )
         with torch.inference_mode():
             if params.decoding == "beam":
                 tokens, score = self._beam(prompt_ids, params)
             else:
                 tokens, score = self._incremental(prompt_ids, params), None
         finish = "eos" if tokens and tokens[-1] == self.eos_id else "length"
-        return TextOutput(prompt_ids=prompt_ids, token_ids=tokens, text=self.decode(tokens),
-                          finish_reason=finish, model_digest=self.ref.digest,
-                          profile=self.profile, score=score)
+        return TextOutput(
+            prompt_ids=prompt_ids,
+            token_ids=tokens,
+            text=self.decode(tokens),
+            finish_reason=finish,
+            model_digest=self.ref.digest,
+            profile=self.profile,
+            score=score,
+        )
 
     def generate_batch(self, batch: list[TextParams]) -> list[TextOutput]:
         """Run several tasks; each is computed alone so outputs are batch-invariant."""
@@ -123,8 +141,9 @@ class TextEngine:
             beams = [beams[b] + [t] for b, t in zip(keep_beam, keep_tok)]
             scores = torch.tensor(keep_score, dtype=torch.float32)
             past.reorder_cache(torch.tensor(keep_beam, device=self.device))
-            res = self.model(input_ids=torch.tensor(keep_tok, device=self.device)[:, None],
-                             past_key_values=past, use_cache=True)
+            res = self.model(
+                input_ids=torch.tensor(keep_tok, device=self.device)[:, None], past_key_values=past, use_cache=True
+            )
             past = res.past_key_values
             logprobs = torch.log_softmax(res.logits[:, -1].float(), dim=-1).cpu()
         best_score, best = max(finished, key=lambda f: f[0])

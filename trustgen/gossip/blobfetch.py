@@ -14,10 +14,10 @@ from typing import Any
 import grpc
 
 from trustgen.errors import TrustgenError
-from trustgen.node import grpc_options as opts
-from trustgen.node.auth import make_request
-from trustgen.node.blobs import BlobStore, Manifest, blob_digest
-from trustgen.node.peers import Peers, full_method
+from trustgen.gossip.blobs import BlobStore, Manifest, blob_digest
+from trustgen.net import grpc_options as opts
+from trustgen.net.auth import make_request
+from trustgen.net.peers import Peers, full_method
 
 log = logging.getLogger("trustgen.node")
 
@@ -37,7 +37,9 @@ async def _manifest(peers: Peers, address: str, digest: str) -> tuple[Manifest |
     return (m, False) if m.digest == digest and m.valid() else (None, True)
 
 
-async def fetch_blob(peers: Peers, digest: str, sources: list[str], store: BlobStore | None = None) -> tuple[bytes, list[str]]:
+async def fetch_blob(
+    peers: Peers, digest: str, sources: list[str], store: BlobStore | None = None
+) -> tuple[bytes, list[str]]:
     """Download `digest` from `sources` (addresses, tried in order; those without the blob are
     skipped). Returns the data and the sources dropped for serving bad data."""
     dropped: list[str] = []
@@ -57,8 +59,9 @@ async def fetch_blob(peers: Peers, digest: str, sources: list[str], store: BlobS
     for address in pool:
         if len(chunks) == n:
             break
-        req = make_request(peers.identity, peers.network, full_method("Blobs", "Fetch"),
-                           {"digest": digest, "from_index": len(chunks)})
+        req = make_request(
+            peers.identity, peers.network, full_method("Blobs", "Fetch"), {"digest": digest, "from_index": len(chunks)}
+        )
         bad = False
         try:
             async for chunk in peers.stub(address, "Blobs").Fetch(req, timeout=opts.DEADLINE_FETCH):

@@ -16,12 +16,12 @@ import diffusers
 import torch
 from diffusers import DiffusionPipeline
 
+from trustgen.engines.determinism import ExecutionProfile, configure, resolve_dtype
+from trustgen.engines.outputs import ImageOutput
+from trustgen.engines.params import ImageParams
+from trustgen.engines.pixel_pipeline import PixelTextToImagePipeline, to_uint8
+from trustgen.engines.registry import ModelRef
 from trustgen.errors import ModelError
-from trustgen.node.determinism import ExecutionProfile, configure, resolve_dtype
-from trustgen.node.outputs import ImageOutput
-from trustgen.node.params import ImageParams
-from trustgen.node.pixel_pipeline import PixelTextToImagePipeline, to_uint8
-from trustgen.node.registry import ModelRef
 
 log = logging.getLogger("trustgen.node")
 
@@ -37,11 +37,11 @@ SCHEDULER_CLASSES = {
 
 def _load_pipeline(model: ModelRef, dtype: torch.dtype) -> Any:
     index = json.loads((model.path / "model_index.json").read_text())
-    cls = PixelTextToImagePipeline if index.get("_class_name") == PixelTextToImagePipeline.__name__ \
-        else DiffusionPipeline
+    cls = (
+        PixelTextToImagePipeline if index.get("_class_name") == PixelTextToImagePipeline.__name__ else DiffusionPipeline
+    )
     try:
-        return cls.from_pretrained(model.path, torch_dtype=dtype, use_safetensors=True,
-                                   local_files_only=True)
+        return cls.from_pretrained(model.path, torch_dtype=dtype, use_safetensors=True, local_files_only=True)
     except (OSError, ValueError) as e:
         raise ModelError(f"cannot load image model {model.name!r}: {e}") from None
 
@@ -49,8 +49,14 @@ def _load_pipeline(model: ModelRef, dtype: torch.dtype) -> Any:
 class ImageEngine:
     """A loaded diffusion pipeline, ready to run image tasks."""
 
-    def __init__(self, model: ModelRef, device: str = "cpu", dtype: str = "float32",
-                 deterministic: bool = True, threads: int | None = None) -> None:
+    def __init__(
+        self,
+        model: ModelRef,
+        device: str = "cpu",
+        dtype: str = "float32",
+        deterministic: bool = True,
+        threads: int | None = None,
+    ) -> None:
         if model.kind != "image":
             raise ModelError(f"model {model.name!r} is a text model, not an image model")
         self.profile: ExecutionProfile = configure(device, deterministic, threads, dtype)
@@ -76,8 +82,7 @@ class ImageEngine:
                 generator=generator,
                 output_type="np",
             ).images
-        return ImageOutput(pixels=to_uint8(images[0]), model_digest=self.ref.digest,
-                           profile=self.profile)
+        return ImageOutput(pixels=to_uint8(images[0]), model_digest=self.ref.digest, profile=self.profile)
 
     def generate_batch(self, batch: list[ImageParams]) -> list[ImageOutput]:
         """Run several tasks; each has its own generator and run, so outputs are batch-invariant."""

@@ -6,7 +6,7 @@ import pathlib
 
 import grpc
 
-from trustgen.node.grpc_options import CHANNEL_OPTIONS, SERVER_OPTIONS
+from trustgen.net.grpc_options import CHANNEL_OPTIONS, SERVER_OPTIONS
 
 
 def channel(address: str, insecure: bool = False, ca_file: str = "") -> grpc.aio.Channel:

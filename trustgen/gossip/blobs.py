@@ -21,7 +21,7 @@ _NAME = re.compile(r"^[0-9a-f]{64}$")
 
 def chunk_hashes(data: bytes) -> list[bytes]:
     """Leaf hashes of the chunks (one empty chunk for empty data)."""
-    return [merkle.leaf_hash(data[i:i + CHUNK]) for i in range(0, max(len(data), 1), CHUNK)]
+    return [merkle.leaf_hash(data[i : i + CHUNK]) for i in range(0, max(len(data), 1), CHUNK)]
 
 
 def blob_digest(data: bytes) -> str:
@@ -77,4 +77,4 @@ class BlobStore:
         data = self.get(digest)
         if data is None or not 0 <= index < max(1, -(-len(data) // CHUNK)):
             return None
-        return data[index * CHUNK:(index + 1) * CHUNK]
+        return data[index * CHUNK : (index + 1) * CHUNK]

@@ -43,15 +43,17 @@ class TextParams:
 
     def __post_init__(self) -> None:
         _check_prompt(self.prompt)
-        _check(self.decoding in DECODINGS,
-               f"unknown decoding {self.decoding!r}; choose one of {', '.join(DECODINGS)}")
-        _check(1 <= self.max_new_tokens <= MAX_NEW_TOKENS,
-               f"max-new-tokens must be in [1, {MAX_NEW_TOKENS}], got {self.max_new_tokens}")
-        _check(self.decoding != "beam" or 2 <= self.num_beams <= 16,
-               f"num-beams must be in [2, 16] for beam search, got {self.num_beams}")
+        _check(self.decoding in DECODINGS, f"unknown decoding {self.decoding!r}; choose one of {', '.join(DECODINGS)}")
+        _check(
+            1 <= self.max_new_tokens <= MAX_NEW_TOKENS,
+            f"max-new-tokens must be in [1, {MAX_NEW_TOKENS}], got {self.max_new_tokens}",
+        )
+        _check(
+            self.decoding != "beam" or 2 <= self.num_beams <= 16,
+            f"num-beams must be in [2, 16] for beam search, got {self.num_beams}",
+        )
         _check_seed(self.seed)
-        _check(0.0 < self.temperature <= 100.0,
-               f"temperature must be in (0, 100], got {self.temperature}")
+        _check(0.0 < self.temperature <= 100.0, f"temperature must be in (0, 100], got {self.temperature}")
         _check(self.top_k >= 0, f"top-k must be >= 0 (0 disables it), got {self.top_k}")
         _check(0.0 < self.top_p <= 1.0, f"top-p must be in (0, 1], got {self.top_p}")
 
@@ -75,10 +77,10 @@ class ImageParams:
         _check(1 <= self.steps <= MAX_STEPS, f"steps must be in [1, {MAX_STEPS}], got {self.steps}")
         _check(0.0 <= self.guidance <= 50.0, f"guidance must be in [0, 50], got {self.guidance}")
         for name, v in (("height", self.height), ("width", self.width)):
-            _check(8 <= v <= MAX_SIDE and v % 8 == 0,
-                   f"{name} must be a multiple of 8 in [8, {MAX_SIDE}], got {v}")
-        _check(self.scheduler in SCHEDULERS,
-               f"unknown scheduler {self.scheduler!r}; choose one of {', '.join(SCHEDULERS)}")
+            _check(8 <= v <= MAX_SIDE and v % 8 == 0, f"{name} must be a multiple of 8 in [8, {MAX_SIDE}], got {v}")
+        _check(
+            self.scheduler in SCHEDULERS, f"unknown scheduler {self.scheduler!r}; choose one of {', '.join(SCHEDULERS)}"
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from trustgen.node.determinism import ExecutionProfile
+from trustgen.engines.determinism import ExecutionProfile
 
 TEXT_DOMAIN = b"trustgen/text-output/v1\0"
 IMAGE_DOMAIN = b"trustgen/image-output/v1\0"

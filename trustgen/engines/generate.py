@@ -9,14 +9,20 @@ from __future__ import annotations
 import pathlib
 from typing import Any
 
+from trustgen.engines.params import ImageParams, TextParams
+from trustgen.engines.registry import resolve
 from trustgen.errors import ModelError, UsageError
 from trustgen.logs import quiet_libraries
-from trustgen.node.params import ImageParams, TextParams
-from trustgen.node.registry import resolve
 
 
-def load_engine(model: str, kind: str, device: str = "cpu", dtype: str = "float32",
-                threads: int | None = None, deterministic: bool = True) -> Any:
+def load_engine(
+    model: str,
+    kind: str,
+    device: str = "cpu",
+    dtype: str = "float32",
+    threads: int | None = None,
+    deterministic: bool = True,
+) -> Any:
     """Resolve `model` (digest-checked) and load the matching engine."""
     quiet_libraries()
     ref = resolve(model)
@@ -24,10 +30,10 @@ def load_engine(model: str, kind: str, device: str = "cpu", dtype: str = "float3
         raise ModelError(f"model {model!r} is a {ref.kind} model; a {kind} model is needed")
     try:
         if kind == "text":
-            from trustgen.node.text_engine import TextEngine
+            from trustgen.engines.text_engine import TextEngine
 
             return TextEngine(ref, device, dtype, deterministic, threads)
-        from trustgen.node.image_engine import ImageEngine
+        from trustgen.engines.image_engine import ImageEngine
 
         return ImageEngine(ref, device, dtype, deterministic, threads)
     except ValueError as e:  # bad device / dtype / threads
@@ -41,8 +47,7 @@ def run_text(model: str, params: TextParams, **engine_opts: Any) -> dict[str, An
     return result
 
 
-def run_image(model: str, params: ImageParams, output: pathlib.Path | None,
-              **engine_opts: Any) -> dict[str, Any]:
+def run_image(model: str, params: ImageParams, output: pathlib.Path | None, **engine_opts: Any) -> dict[str, Any]:
     engine = load_engine(model, "image", **engine_opts)
     img = engine.generate(params)
     path = output or pathlib.Path(f"image-{img.output_digest[7:19]}.png")

@@ -24,12 +24,19 @@ DEADLINE_GOSSIP = 5.0
 # Retries with exponential backoff and jitter (gRPC adds the jitter), on UNAVAILABLE only:
 # anything else (bad request, auth failure, deadline) is not made better by repeating it.
 _RETRY_POLICY = {
-    "methodConfig": [{
-        # Gossip and blob fetches are not retried: they fail over to another peer instead.
-        "name": [{"service": "trustgen.v1.Gateway"}, {"service": "trustgen.v1.Node"}],
-        "retryPolicy": {"maxAttempts": 4, "initialBackoff": "0.2s", "maxBackoff": "2s",
-                        "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]},
-    }]
+    "methodConfig": [
+        {
+            # Gossip and blob fetches are not retried: they fail over to another peer instead.
+            "name": [{"service": "trustgen.v1.Gateway"}, {"service": "trustgen.v1.Node"}],
+            "retryPolicy": {
+                "maxAttempts": 4,
+                "initialBackoff": "0.2s",
+                "maxBackoff": "2s",
+                "backoffMultiplier": 2,
+                "retryableStatusCodes": ["UNAVAILABLE"],
+            },
+        }
+    ]
 }
 
 SERVER_OPTIONS = [

@@ -33,9 +33,18 @@ class RpcError(Exception):
 
 
 def make_request(identity: Identity, network: str, method: str, args: dict[str, Any]) -> pb.SignedRequest:
-    msg = sign(identity, "Request", network, {"sender": identity.public_key, "method": method,
-                                              "nonce": os.urandom(16), "time": int(time.time() * 1000),
-                                              "args": args})
+    msg = sign(
+        identity,
+        "Request",
+        network,
+        {
+            "sender": identity.public_key,
+            "method": method,
+            "nonce": os.urandom(16),
+            "time": int(time.time() * 1000),
+            "args": args,
+        },
+    )
     return pb.SignedRequest(payload=msg.payload, signature=msg.sig)
 
 
@@ -52,8 +61,11 @@ class RequestGuard:
         try:
             msg = open_payload(req.payload, req.signature, "Request", self.network)
         except MessageError as e:
-            code = grpc.StatusCode.UNAUTHENTICATED if "signature" in str(e) or "network" in str(e) \
+            code = (
+                grpc.StatusCode.UNAUTHENTICATED
+                if e.code in MessageError.AUTH_CODES
                 else grpc.StatusCode.INVALID_ARGUMENT
+            )
             raise RpcError(code, str(e)) from None
         b = msg.body
         if b["method"] != method:
@@ -67,6 +79,8 @@ class RequestGuard:
         if key in self._seen:
             raise RpcError(grpc.StatusCode.ALREADY_EXISTS, "replayed request (nonce already used)")
         self._seen[key] = now
-        while self._seen and (len(self._seen) > _NONCE_CACHE or next(iter(self._seen.values())) < now - 2 * MAX_SKEW_MS):
+        while self._seen and (
+            len(self._seen) > _NONCE_CACHE or next(iter(self._seen.values())) < now - 2 * MAX_SKEW_MS
+        ):
             self._seen.popitem(last=False)
         return msg

@@ -27,9 +27,15 @@ _M1, _M2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
 
 
 def _keys(seed: int, positions: range | list[int]) -> np.ndarray:
-    return np.array([int.from_bytes(hashlib.blake2b(_NOISE_DOMAIN + struct.pack("<QQ", seed, p),
-                                                    digest_size=8).digest(), "little") for p in positions],
-                    dtype=np.uint64)
+    return np.array(
+        [
+            int.from_bytes(
+                hashlib.blake2b(_NOISE_DOMAIN + struct.pack("<QQ", seed, p), digest_size=8).digest(), "little"
+            )
+            for p in positions
+        ],
+        dtype=np.uint64,
+    )
 
 
 def _mix(x: np.ndarray) -> np.ndarray:
@@ -75,20 +81,19 @@ def filter_logits(logits: torch.Tensor, temperature: float, top_k: int, top_p: f
     return x[0] if squeeze else x
 
 
-def sample_scores(logits: torch.Tensor, seed: int, position: int, temperature: float, top_k: int,
-                  top_p: float) -> torch.Tensor:
+def sample_scores(
+    logits: torch.Tensor, seed: int, position: int, temperature: float, top_k: int, top_p: float
+) -> torch.Tensor:
     """The scores whose argmax is the sampled token at `position`."""
     x = filter_logits(logits, temperature, top_k, top_p)
     return x + gumbel_noise(seed, position, x.numel())
 
 
-def sample_scores_rows(logits: torch.Tensor, seed: int, temperature: float, top_k: int,
-                       top_p: float) -> torch.Tensor:
+def sample_scores_rows(logits: torch.Tensor, seed: int, temperature: float, top_k: int, top_p: float) -> torch.Tensor:
     """Scores for positions 0..n-1 at once (the verifier's single pass)."""
     x = filter_logits(logits, temperature, top_k, top_p)
     return x + gumbel_noise_rows(seed, range(x.shape[0]), x.shape[1])
 
 
-def sample_token(logits: torch.Tensor, seed: int, position: int, temperature: float, top_k: int,
-                 top_p: float) -> int:
+def sample_token(logits: torch.Tensor, seed: int, position: int, temperature: float, top_k: int, top_p: float) -> int:
     return int(torch.argmax(sample_scores(logits, seed, position, temperature, top_k, top_p)))

@@ -8,13 +8,19 @@ from typing import Any
 import grpc
 
 from trustgen.consensus.identity import Identity
-from trustgen.node import transport
-from trustgen.node.auth import make_request
+from trustgen.net import transport
+from trustgen.net.auth import make_request
 from trustgen.rpc import trustgen_pb2 as pb
 from trustgen.rpc import trustgen_pb2_grpc as rpc
 
-STUBS = {"Gateway": rpc.GatewayStub, "Worker": rpc.WorkerStub, "Verifier": rpc.VerifierStub,
-         "Blobs": rpc.BlobsStub, "Node": rpc.NodeStub, "Gossip": rpc.GossipStub}
+STUBS = {
+    "Gateway": rpc.GatewayStub,
+    "Worker": rpc.WorkerStub,
+    "Verifier": rpc.VerifierStub,
+    "Blobs": rpc.BlobsStub,
+    "Node": rpc.NodeStub,
+    "Gossip": rpc.GossipStub,
+}
 
 
 def full_method(service: str, method: str) -> str:
@@ -22,8 +28,9 @@ def full_method(service: str, method: str) -> str:
 
 
 class Peers:
-    def __init__(self, identity: Identity, network: str, insecure: bool, ca_file: str = "",
-                 metrics: Any = None) -> None:
+    def __init__(
+        self, identity: Identity, network: str, insecure: bool, ca_file: str = "", metrics: Any = None
+    ) -> None:
         self.identity, self.network = identity, network
         self.insecure, self.ca_file = insecure, ca_file
         self.metrics = metrics

@@ -8,12 +8,13 @@ not thread-safe: schedulers hold state) to one task at a time.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable
+from typing import Any
 
+from trustgen.engines.generate import load_engine
+from trustgen.engines.params import ImageParams, TextParams
 from trustgen.errors import ModelError
-from trustgen.node.generate import load_engine
-from trustgen.node.params import ImageParams, TextParams
 
 
 class Engines:

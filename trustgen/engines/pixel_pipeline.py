@@ -33,15 +33,11 @@ class PixelTextToImagePipeline(DiffusionPipeline):
         scheduler: SchedulerMixin,
     ) -> None:
         super().__init__()
-        self.register_modules(
-            unet=unet, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler
-        )
+        self.register_modules(unet=unet, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler)
 
     def encode_prompt(self, prompts: list[str]) -> torch.Tensor:
         max_len = self.text_encoder.config.max_position_embeddings
-        enc = self.tokenizer(
-            prompts, padding="max_length", max_length=max_len, truncation=True, return_tensors="pt"
-        )
+        enc = self.tokenizer(prompts, padding="max_length", max_length=max_len, truncation=True, return_tensors="pt")
         ids = enc.input_ids.to(self.text_encoder.device)
         return self.text_encoder(ids).last_hidden_state
 

@@ -99,12 +99,12 @@ def _hub_snapshot(repo_id: str) -> pathlib.Path:
     try:
         from huggingface_hub import snapshot_download
 
-        return pathlib.Path(
-            snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model"])
-        )
+        return pathlib.Path(snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model"]))
     except Exception as e:  # offline, unknown repo, network error: all one message for the user
-        raise ModelError(f"unknown model {repo_id!r}: not embedded, not a local directory, and "
-                         f"not fetchable from the hub ({type(e).__name__})") from None
+        raise ModelError(
+            f"unknown model {repo_id!r}: not embedded, not a local directory, and "
+            f"not fetchable from the hub ({type(e).__name__})"
+        ) from None
 
 
 def resolve(spec: str) -> ModelRef:

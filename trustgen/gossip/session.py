@@ -19,7 +19,8 @@ import hashlib
 import hmac
 import os
 import time
-from typing import Any, AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import grpc
 import nacl.bindings
@@ -28,7 +29,7 @@ import nacl.public
 
 from trustgen.consensus.identity import Identity
 from trustgen.consensus.messages import MessageError, open_payload, sign
-from trustgen.node.auth import RequestGuard, RpcError
+from trustgen.net.auth import RequestGuard, RpcError
 from trustgen.rpc import trustgen_pb2 as pb
 
 METHOD = "/trustgen.v1.Gossip/Session"
@@ -65,8 +66,9 @@ class Framer:
         self.on_send = on_send
 
     def _tag(self, direction: bytes, n: int, body: bytes) -> bytes:
-        return hashlib.blake2b(direction + n.to_bytes(8, "big") + body, key=self.key,
-                               digest_size=TAG_BYTES, person=_PERSON).digest()
+        return hashlib.blake2b(
+            direction + n.to_bytes(8, "big") + body, key=self.key, digest_size=TAG_BYTES, person=_PERSON
+        ).digest()
 
     def seal(self, op: pb.GossipOp) -> pb.GossipFrame:
         body = op.SerializeToString()
@@ -93,6 +95,7 @@ class Framer:
 
 # -- client --------------------------------------------------------------------------------------
 
+
 class ClientSession:
     """The client end: `request()` sends one op and returns the server's answer; requests are
     serialised, so answers pair with requests by order."""
@@ -106,17 +109,32 @@ class ClientSession:
         self.closed = False
 
     @classmethod
-    async def open(cls, stub: Any, identity: Identity, network: str, expect_key: bytes | None = None,
-                   on_send: Callable[[int], None] | None = None,
-                   timeout: float = HELLO_TIMEOUT_S) -> "ClientSession":
+    async def open(
+        cls,
+        stub: Any,
+        identity: Identity,
+        network: str,
+        expect_key: bytes | None = None,
+        on_send: Callable[[int], None] | None = None,
+        timeout: float = HELLO_TIMEOUT_S,
+    ) -> ClientSession:
         """Handshake over a new Session stream. Raises grpc.aio.AioRpcError (transport or
         refusal), asyncio.TimeoutError, or SessionError (the server's answer is not valid, or it
         is not the node `expect_key` names)."""
         eph = nacl.public.PrivateKey.generate()
         nonce = os.urandom(16)
-        hello = sign(identity, "Request", network, {
-            "sender": identity.public_key, "method": METHOD, "nonce": nonce,
-            "time": int(time.time() * 1000), "args": {"eph": bytes(eph.public_key)}})
+        hello = sign(
+            identity,
+            "Request",
+            network,
+            {
+                "sender": identity.public_key,
+                "method": METHOD,
+                "nonce": nonce,
+                "time": int(time.time() * 1000),
+                "args": {"eph": bytes(eph.public_key)},
+            },
+        )
         call = stub.Session()
         try:
             frame = pb.GossipFrame(body=hello.payload, tag=hello.sig)
@@ -151,8 +169,7 @@ class ClientSession:
         n = self.feed_ids[feed] = len(self.announced)
         return n, True
 
-    async def request(self, op: pb.GossipOp | Callable[["ClientSession"], pb.GossipOp],
-                      timeout: float) -> pb.GossipOp:
+    async def request(self, op: pb.GossipOp | Callable[[ClientSession], pb.GossipOp], timeout: float) -> pb.GossipOp:
         """Send `op` (or the op `op(self)` builds: session-numbered announcements) and return the
         answer."""
         async with self._lock:
@@ -182,13 +199,15 @@ class ClientSession:
 
 # -- server --------------------------------------------------------------------------------------
 
+
 def _retrieve(f: asyncio.Future) -> None:
     if not f.cancelled():
         f.exception()
 
 
-async def _next(frames: AsyncIterator[pb.GossipFrame], timeout: float,
-                stop: asyncio.Event | None = None) -> pb.GossipFrame | None:
+async def _next(
+    frames: AsyncIterator[pb.GossipFrame], timeout: float, stop: asyncio.Event | None = None
+) -> pb.GossipFrame | None:
     """The next frame; None when the stream ended or `stop` was set first."""
     read = asyncio.ensure_future(frames.__anext__())
     read.add_done_callback(_retrieve)  # a read cancelled as it ended must not log "never retrieved"
@@ -202,21 +221,26 @@ async def _next(frames: AsyncIterator[pb.GossipFrame], timeout: float,
     if read not in done:
         if stop is not None and stop.is_set():
             return None
-        raise asyncio.TimeoutError
+        raise TimeoutError
     try:
         return read.result()
     except StopAsyncIteration:
         return None
 
 
-async def accept(frames: AsyncIterator[pb.GossipFrame], guard: RequestGuard, identity: Identity,
-                 network: str, on_send: Callable[[int], None] | None = None,
-                 timeout: float = HELLO_TIMEOUT_S) -> tuple[bytes, Framer, pb.GossipFrame] | None:
+async def accept(
+    frames: AsyncIterator[pb.GossipFrame],
+    guard: RequestGuard,
+    identity: Identity,
+    network: str,
+    on_send: Callable[[int], None] | None = None,
+    timeout: float = HELLO_TIMEOUT_S,
+) -> tuple[bytes, Framer, pb.GossipFrame] | None:
     """Check the client's hello; return (client key, framer, accept frame to send), or None if
     the client left. Raises RpcError with the status to end the stream with."""
     try:
         first = await _next(frames, timeout)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         raise RpcError(grpc.StatusCode.DEADLINE_EXCEEDED, "no hello within the handshake timeout") from None
     if first is None:
         return None
@@ -225,9 +249,12 @@ async def accept(frames: AsyncIterator[pb.GossipFrame], guard: RequestGuard, ide
     if not isinstance(peer_eph, bytes) or len(peer_eph) != 32 or len(hello.body["args"]) != 1:
         raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, "hello args must be exactly {eph: 32 bytes}")
     eph = nacl.public.PrivateKey.generate()
-    acc = sign(identity, "GossipAccept", network, {"server": identity.public_key,
-                                                    "client_nonce": hello.body["nonce"],
-                                                    "eph": bytes(eph.public_key)})
+    acc = sign(
+        identity,
+        "GossipAccept",
+        network,
+        {"server": identity.public_key, "client_nonce": hello.body["nonce"], "eph": bytes(eph.public_key)},
+    )
     try:
         key = _shared_key(eph, peer_eph, hello.payload, acc.payload)
     except SessionError as e:
@@ -238,14 +265,19 @@ async def accept(frames: AsyncIterator[pb.GossipFrame], guard: RequestGuard, ide
     return hello.body["sender"], Framer(key, client=False, on_send=on_send), frame
 
 
-async def frames_in(frames: AsyncIterator[pb.GossipFrame], framer: Framer, idle_s: float,
-                    max_frame: int, stop: asyncio.Event | None = None) -> AsyncIterator[pb.GossipOp]:
+async def frames_in(
+    frames: AsyncIterator[pb.GossipFrame],
+    framer: Framer,
+    idle_s: float,
+    max_frame: int,
+    stop: asyncio.Event | None = None,
+) -> AsyncIterator[pb.GossipOp]:
     """The client's requests, opened and checked; ends when the client closes the stream, is
     idle for `idle_s`, or `stop` is set. Raises RpcError for an oversized or unauthentic frame."""
     while True:
         try:
             frame = await _next(frames, idle_s, stop)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return
         if frame is None:
             return

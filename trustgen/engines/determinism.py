@@ -35,10 +35,14 @@ class ExecutionProfile:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    def same_numerics(self, other: "ExecutionProfile") -> bool:
+    def same_numerics(self, other: ExecutionProfile) -> bool:
         """True when bit-identical outputs are expected between the two profiles."""
         return (self.device_name, self.dtype, self.threads, self.deterministic, self.versions) == (
-            other.device_name, other.dtype, other.threads, other.deterministic, other.versions
+            other.device_name,
+            other.dtype,
+            other.threads,
+            other.deterministic,
+            other.versions,
         )
 
 
@@ -76,8 +80,9 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def configure(device: str = "cpu", deterministic: bool = True, threads: int | None = None,
-              dtype: str = "float32") -> ExecutionProfile:
+def configure(
+    device: str = "cpu", deterministic: bool = True, threads: int | None = None, dtype: str = "float32"
+) -> ExecutionProfile:
     """Apply the determinism settings for `device` and return the profile they give.
 
     With deterministic=False the flags are relaxed (TF32 allowed, cuDNN autotuning on,
