@@ -17,7 +17,7 @@ import grpc
 
 from trustgen.consensus.identity import Identity
 from trustgen.consensus.messages import MessageError, Signed, open_wire, sign
-from trustgen.consensus.tally import tally
+from trustgen.consensus.tally import PENDING, tally
 from trustgen.engines.registry import resolve
 from trustgen.errors import TrustgenError
 from trustgen.net import grpc_options as opts
@@ -77,14 +77,26 @@ def check_final(status: Any, task: Signed, gateway_key: bytes, network: str) -> 
     c = cert.body
     if c["gateway"] != gateway_key:
         raise SubmitError("certificate is not signed by the gateway")
-    if c["task_id"] != task.id or result.body["task_id"] != task.id or c["result_id"] != result.id:
+    if (
+        c["task_id"] != task.id
+        or result.body["task_id"] != task.id
+        or c["result_id"] != result.id
+        or c["worker"] != result.body["worker"]
+    ):
         raise SubmitError("certificate is for another task or result")
+    # The assignment itself cannot be recomputed here (the candidates are in the gateway's
+    # ledger), but it never names more than k distinct verifiers: padding could outvote them.
+    k = task.body["verifiers"]
+    if len(set(c["verifiers"])) != len(c["verifiers"]) or len(c["verifiers"]) > k:
+        raise SubmitError("certificate names more verifiers than the task asked for")
     counted = {
         v.body["verifier"]: v.body["accept"]
         for v in votes
         if v.body["result_id"] == result.id and v.body["verifier"] in c["verifiers"]
     }
-    t = tally(counted, list(c["verifiers"]), task.body["verifiers"])
+    t = tally(counted, list(c["verifiers"]), k)
+    if t.decision == PENDING:
+        raise SubmitError(f"certificate has no majority ({t.accepts} accept, {t.rejects} reject of {k})")
     if t.decision != c["decision"]:
         raise SubmitError(f"certificate says {c['decision']} but its votes say {t.decision}")
     return {
