@@ -34,7 +34,7 @@ def total_bytes(s: Swarm) -> int:
 
 
 def open_sessions(s: Swarm) -> int:
-    return sum(sum(1 for x in n.gossip._sessions.values() if not x.closed) for n in s.nodes.values())
+    return sum(n.gossip.client.open_sessions() for n in s.nodes.values())
 
 
 async def spread(s: Swarm, origin: int, n_entries: int, pad: int = 0) -> tuple[int, float, float]:

@@ -207,15 +207,16 @@ def test_a_slow_peer_cannot_stall_gossip(tmp_path, monkeypatch, caplog):
     """A peer that answers every request late (after the handshake, so it looks alive) is marked
     failing and the honest peer still gets everything; one that answers each request just in time
     but has much to send is cut off at its budget for the round."""
-    from trustgen.gossip import gossip as gossip_mod
-    from trustgen.gossip.gossip import Gossip, Membership
+    from trustgen.gossip import rounds
+    from trustgen.gossip.gossip import Gossip
+    from trustgen.gossip.membership import Membership
     from trustgen.net import grpc_options, transport
     from trustgen.net.auth import RequestGuard
     from trustgen.node.servicers import GossipServicer
     from trustgen.rpc import trustgen_pb2_grpc as rpc
 
     monkeypatch.setattr(grpc_options, "DEADLINE_GOSSIP", 0.5)
-    monkeypatch.setattr(gossip_mod, "PEER_BUDGET_S", 1.0)
+    monkeypatch.setattr(rounds, "PEER_BUDGET_S", 1.0)
 
     class SlowGossip(GossipServicer):
         delay = 30.0
@@ -260,9 +261,9 @@ def test_a_slow_peer_cannot_stall_gossip(tmp_path, monkeypatch, caplog):
                 slow_ledger.ingest(e.payload, e.sig)
             caplog.set_level("INFO", logger="trustgen.node")
             peer = a.membership.peers[slow]
-            await asyncio.wait_for(a.gossip._bounded(peer, a.gossip._sync(peer), None), 10)
+            await asyncio.wait_for(a.gossip.client._bounded(peer, a.gossip.client._sync(peer), None), 10)
             assert "ran over its 1.0 s budget" in caplog.text
-            assert slow not in a.gossip._sessions  # dropped: its answers no longer pair up
+            assert slow not in a.gossip.client._sessions  # dropped: its answers no longer pair up
         finally:
             g.close()
             await srv.stop(0)

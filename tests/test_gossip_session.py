@@ -13,8 +13,8 @@ import pytest
 from tests.swarm import NET, Swarm
 from trustgen.consensus.identity import Identity
 from trustgen.consensus.messages import sign
-from trustgen.gossip import gossip
-from trustgen.gossip.session import METHOD, ClientSession, SessionError
+from trustgen.gossip import serving
+from trustgen.gossip.session import METHOD, ClientSession, SessionCode, SessionError
 from trustgen.rpc import trustgen_pb2 as pb
 from trustgen.rpc import trustgen_pb2_grpc as rpc
 
@@ -143,7 +143,7 @@ def test_frames_are_bound_to_their_session_and_place(tmp_path):
         await a.call.write(pb.GossipFrame(body=b"\xff\xff\xff", tag=a.framer._tag(b"C", 0, b"\xff\xff\xff")))
         assert await status_of(a.call) == grpc.StatusCode.INVALID_ARGUMENT  # a tagged body that is not an op
         # Oversized: over the gossip frame limit, and over the transport's message limit.
-        for size in (gossip.MAX_FRAME, 9 << 20):
+        for size in (serving.MAX_FRAME, 9 << 20):
             a = await session()
             big = pb.GossipOp(push=pb.Entries(entries=[pb.Entry(payload=bytes(size), sig=bytes(64))]))
             with pytest.raises(grpc.aio.AioRpcError) as e:
@@ -162,8 +162,9 @@ def test_frames_are_bound_to_their_session_and_place(tmp_path):
 
 def test_client_refuses_a_server_that_is_not_the_expected_node(tmp_path):
     async def body(s):
-        with pytest.raises(SessionError, match="another key"):
+        with pytest.raises(SessionError, match="another key") as wrong:
             await ClientSession.open(stub(s.nodes[0]), Identity.generate(), NET, os.urandom(32))
+        assert wrong.value.code is SessionCode.WRONG_KEY
         with pytest.raises(grpc.aio.AioRpcError):  # another network: the server refuses the hello
             await ClientSession.open(stub(s.nodes[0]), Identity.generate(), "other-net")
 
@@ -171,8 +172,8 @@ def test_client_refuses_a_server_that_is_not_the_expected_node(tmp_path):
 
 
 def test_rate_limit_and_session_caps(tmp_path, monkeypatch):
-    monkeypatch.setattr(gossip, "RATE_PER_S", 1.0)
-    monkeypatch.setattr(gossip, "BURST", 20.0)
+    monkeypatch.setattr(serving, "RATE_PER_S", 1.0)
+    monkeypatch.setattr(serving, "BURST", 20.0)
 
     async def body(s):
         node = s.nodes[0]
@@ -187,7 +188,7 @@ def test_rate_limit_and_session_caps(tmp_path, monkeypatch):
         await other.request(pb.GossipOp(digest=bytes(32)), 5)
         # Sessions per peer are capped; closing one makes room.
         peer = Identity.generate()
-        held = [await ClientSession.open(st, peer, NET) for _ in range(gossip.MAX_SESSIONS_PER_PEER)]
+        held = [await ClientSession.open(st, peer, NET) for _ in range(serving.MAX_SESSIONS_PER_PEER)]
         with pytest.raises(grpc.aio.AioRpcError) as e:
             await ClientSession.open(st, peer, NET)
         assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -198,13 +199,13 @@ def test_rate_limit_and_session_caps(tmp_path, monkeypatch):
                 break
             except grpc.aio.AioRpcError:
                 await asyncio.sleep(0.05)  # the server notices the cancellation shortly
-        assert len(held) == gossip.MAX_SESSIONS_PER_PEER
+        assert len(held) == serving.MAX_SESSIONS_PER_PEER
 
     run(body, tmp_path)
 
 
 def test_unknown_keys_cannot_take_the_slots_of_known_peers(tmp_path, monkeypatch):
-    monkeypatch.setattr(gossip, "MAX_STRANGER_SESSIONS", 2)
+    monkeypatch.setattr(serving, "MAX_STRANGER_SESSIONS", 2)
 
     async def body(s):
         a, b = s.nodes[0], s.nodes[1]
@@ -223,22 +224,22 @@ def test_unknown_keys_cannot_take_the_slots_of_known_peers(tmp_path, monkeypatch
 
 
 def test_idle_session_closed_by_server_is_reopened_without_marking_the_peer(tmp_path, monkeypatch):
-    monkeypatch.setattr(gossip, "SESSION_IDLE_S", 0.3)
+    monkeypatch.setattr(serving, "SESSION_IDLE_S", 0.3)
 
     async def body(s):
         a, b = s.nodes[0], s.nodes[1]
         a.membership.add(b.address)
         await a.gossip.connect()
-        first = a.gossip._sessions[b.address]
+        first = a.gossip.client._sessions[b.address]
         assert first.peer_key == b.identity.public_key  # learnt in the handshake
         for _ in range(200):  # b closes the idle session
-            if b.gossip._open == 0:
+            if b.gossip.server._open == 0:
                 break
             await asyncio.sleep(0.05)
-        assert b.gossip._open == 0 and not first.closed  # a has not noticed yet
+        assert b.gossip.server._open == 0 and not first.closed  # a has not noticed yet
         b.ledger.append("NodeJoined", {"address": b.address, "roles": ["x"]})
-        await a.gossip._sync(a.membership.peers[b.address])
-        assert a.gossip._sessions[b.address] is not first
+        await a.gossip.client._sync(a.membership.peers[b.address])
+        assert a.gossip.client._sessions[b.address] is not first
         assert a.membership.snapshot()[b.address] == "alive"
         assert a.ledger.head(b.identity.public_key) == b.ledger.head(b.identity.public_key)
 

@@ -20,6 +20,7 @@ import hmac
 import os
 import time
 from collections.abc import AsyncIterator, Callable
+from enum import StrEnum
 from typing import Any
 
 import grpc
@@ -38,19 +39,35 @@ HELLO_TIMEOUT_S = 10.0
 _PERSON = b"trustgen-gsv1"  # BLAKE2b personalisation: keys and tags of no other protocol
 
 
+class SessionCode(StrEnum):
+    """Why a session failed; callers decide on this, never on the message text."""
+
+    BAD_TAG = "bad_tag"  # a frame's MAC does not check: forged, replayed, reordered or moved
+    MALFORMED = "malformed"  # an authentic frame whose body is not a usable GossipOp
+    UNEXPECTED = "unexpected"  # a valid answer of the wrong kind for the request
+    HANDSHAKE = "handshake"  # the server's accept is invalid, or the key exchange failed
+    WRONG_KEY = "wrong_key"  # a valid server, but not the node we meant to reach
+    ENDED_BY_PEER = "ended_by_peer"  # the server ended the stream instead of answering
+    CLOSED = "closed"  # our end was already closed
+
+
 class SessionError(Exception):
-    """The other side broke the session protocol (bad tag, malformed or unexpected frame)."""
+    """The session failed; `code` says how (see SessionCode)."""
+
+    def __init__(self, code: SessionCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 def _shared_key(eph: nacl.public.PrivateKey, peer_eph: bytes, client_hello: bytes, accept: bytes) -> bytes:
     if len(peer_eph) != 32:
-        raise SessionError("ephemeral key must be 32 bytes")
+        raise SessionError(SessionCode.HANDSHAKE, "ephemeral key must be 32 bytes")
     try:
         secret = nacl.bindings.crypto_scalarmult(bytes(eph), peer_eph)
     except (nacl.exceptions.CryptoError, RuntimeError, ValueError):
-        raise SessionError("ephemeral key is a low-order point") from None
+        raise SessionError(SessionCode.HANDSHAKE, "ephemeral key is a low-order point") from None
     if secret == bytes(32):
-        raise SessionError("ephemeral key is a low-order point")
+        raise SessionError(SessionCode.HANDSHAKE, "ephemeral key is a low-order point")
     transcript = hashlib.sha256(client_hello).digest() + hashlib.sha256(accept).digest()
     return hashlib.blake2b(secret + transcript, digest_size=32, person=_PERSON).digest()
 
@@ -81,15 +98,15 @@ class Framer:
     def open(self, frame: pb.GossipFrame) -> pb.GossipOp:
         expected = self._tag(self.in_dir, self.received, frame.body)
         if not hmac.compare_digest(frame.tag, expected):
-            raise SessionError(f"frame {self.received} has a bad tag")
+            raise SessionError(SessionCode.BAD_TAG, f"frame {self.received} has a bad tag")
         self.received += 1
         op = pb.GossipOp()
         try:
             op.ParseFromString(frame.body)
         except Exception:  # protobuf's DecodeError; the tag was valid, so the peer sent garbage
-            raise SessionError("frame body is not a GossipOp") from None
+            raise SessionError(SessionCode.MALFORMED, "frame body is not a GossipOp") from None
         if op.WhichOneof("op") is None:
-            raise SessionError("frame carries no operation")
+            raise SessionError(SessionCode.MALFORMED, "frame carries no operation")
         return op
 
 
@@ -143,16 +160,16 @@ class ClientSession:
                 on_send(frame.ByteSize())
             reply = await asyncio.wait_for(call.read(), timeout)
             if reply is grpc.aio.EOF:
-                raise SessionError("server closed the session during the handshake")
+                raise SessionError(SessionCode.HANDSHAKE, "server closed the session during the handshake")
             try:
                 accept = open_payload(reply.body, reply.tag, "GossipAccept", network)
             except MessageError as e:
-                raise SessionError(f"bad accept: {e}") from None
+                raise SessionError(SessionCode.HANDSHAKE, f"bad accept: {e}") from None
             if accept.body["client_nonce"] != nonce:
-                raise SessionError("accept is not for this hello")
+                raise SessionError(SessionCode.HANDSHAKE, "accept is not for this hello")
             server = accept.body["server"]
             if expect_key is not None and server != expect_key:
-                raise SessionError("the node at this address has another key")
+                raise SessionError(SessionCode.WRONG_KEY, "the node at this address has another key")
             key = _shared_key(eph, accept.body["eph"], hello.payload, accept.payload)
         except BaseException:
             call.cancel()
@@ -174,7 +191,7 @@ class ClientSession:
         answer."""
         async with self._lock:
             if self.closed:
-                raise SessionError("session is closed")
+                raise SessionError(SessionCode.CLOSED, "session is closed")
             try:
                 if callable(op):
                     op = op(self)
@@ -184,7 +201,7 @@ class ClientSession:
                 except asyncio.InvalidStateError:  # the call already finished: read its status
                     frame = await asyncio.wait_for(self.call.read(), timeout)
                 if frame is grpc.aio.EOF:
-                    raise SessionError("server ended the session")
+                    raise SessionError(SessionCode.ENDED_BY_PEER, "server ended the session")
                 return self.framer.open(frame)
             except BaseException:
                 # After a timeout or a bad frame, answers no longer pair with requests.
@@ -286,5 +303,7 @@ async def frames_in(
         try:
             yield framer.open(frame)
         except SessionError as e:
-            code = grpc.StatusCode.UNAUTHENTICATED if "tag" in str(e) else grpc.StatusCode.INVALID_ARGUMENT
+            code = (
+                grpc.StatusCode.UNAUTHENTICATED if e.code is SessionCode.BAD_TAG else grpc.StatusCode.INVALID_ARGUMENT
+            )
             raise RpcError(code, str(e)) from None

@@ -1,0 +1,48 @@
+"""What the client and server sides of gossip share."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+from trustgen.consensus.identity import Identity
+from trustgen.consensus.ledger import IngestError, Ledger
+from trustgen.gossip.membership import Membership
+from trustgen.gossip.rumours import Rumours
+from trustgen.net.peers import Peers
+from trustgen.rpc import trustgen_pb2 as pb
+
+log = logging.getLogger("trustgen.node")
+
+
+class Replica:
+    """This node's identity, ledger and peers, its view of membership, the rumours it spreads,
+    the bytes it sends; and `ingest`, the one way entries received from a peer are stored."""
+
+    def __init__(
+        self, identity: Identity, ledger: Ledger, peers: Peers, members: Membership, events: Any = None
+    ) -> None:
+        self.identity, self.ledger, self.peers, self.members = identity, ledger, peers, members
+        self.events = events
+        self.rumours = Rumours()
+        self.bytes_sent = 0  # every gossip frame this node wrote, as client or server, hellos included
+
+    def count(self, n: int) -> None:
+        self.bytes_sent += n
+
+    def ingest(self, entries: Iterable[pb.Entry], sender: bytes | None) -> dict[str, int]:
+        """Store a batch through Ledger.ingest (signature, hash link, sequence); a sender whose
+        batch had invalid entries gets a strike, and an equivocation is announced."""
+        counts = {"stored": 0, "duplicate": 0, "equivocation": 0, "refused": 0}
+        for item in entries:
+            try:
+                counts[self.ledger.ingest(item.payload, item.sig)] += 1
+            except IngestError as e:
+                counts["refused"] += 1
+                log.info("refused an entry from %s: %s", sender.hex()[:12] if sender else "?", e.code)
+        if counts["refused"] and sender is not None:
+            self.members.misbehaved(sender)
+        if counts["equivocation"] and self.events is not None:
+            self.events.publish("equivocation", reported_by=self.identity.node_id)
+        return counts
