@@ -14,7 +14,7 @@ from tests.swarm import NET, Swarm
 from trustgen.consensus.identity import Identity
 from trustgen.consensus.messages import sign
 from trustgen.gossip import serving
-from trustgen.gossip.session import METHOD, ClientSession, SessionCode, SessionError
+from trustgen.gossip.session import METHOD, ClientSession, Framer, SessionCode, SessionError
 from trustgen.rpc import trustgen_pb2 as pb
 from trustgen.rpc import trustgen_pb2_grpc as rpc
 
@@ -169,6 +169,43 @@ def test_client_refuses_a_server_that_is_not_the_expected_node(tmp_path):
             await ClientSession.open(stub(s.nodes[0]), Identity.generate(), "other-net")
 
     run(body, tmp_path)
+
+
+def test_session_errors_say_what_went_wrong_by_code(tmp_path):
+    """Callers decide on SessionError.code: a bad tag, a malformed body, a server that ended the
+    session, a session already closed, and a node with another key each have their own."""
+
+    async def body(s):
+        a, b = s.nodes[0], s.nodes[1]
+        sess = await ClientSession.open(stub(a), Identity.generate(), NET)
+        server_side = Framer(sess.framer.key, client=False)  # seals what the client expects to open
+        frame = server_side.seal(pb.GossipOp(heads=pb.Heads(same=True)))
+        with pytest.raises(SessionError) as e:
+            sess.framer.open(pb.GossipFrame(body=frame.body, tag=bytes(len(frame.tag))))
+        assert e.value.code is SessionCode.BAD_TAG
+        opened = sess.framer.open(frame)  # the authentic frame still opens, in its place
+        assert opened.heads.same
+        for garbage in (b"\xff\xff\xff", b""):  # not a GossipOp; no operation
+            tagged = pb.GossipFrame(body=garbage, tag=server_side._tag(b"S", sess.framer.received, garbage))
+            with pytest.raises(SessionError) as e:
+                sess.framer.open(tagged)
+            assert e.value.code is SessionCode.MALFORMED
+        # The server ends its sessions: the next request finds the stream over, the one after a closed session.
+        live = await ClientSession.open(stub(a), Identity.generate(), NET)
+        a.gossip.close()
+        with pytest.raises(SessionError) as e:
+            await live.request(pb.GossipOp(digest=bytes(32)), 5)
+        assert e.value.code is SessionCode.ENDED_BY_PEER
+        with pytest.raises(SessionError) as e:
+            await live.request(pb.GossipOp(digest=bytes(32)), 5)
+        assert e.value.code is SessionCode.CLOSED
+        # An address whose node has another key is a failure to reach, not a protocol breach.
+        b.membership.add(a.address, os.urandom(32))
+        assert await b.gossip.connect() == 0
+        assert b.membership.snapshot()[a.address] == "suspect" and not b.membership.strikes
+        sess.close()
+
+    run(body, tmp_path, n=2)
 
 
 def test_rate_limit_and_session_caps(tmp_path, monkeypatch):
