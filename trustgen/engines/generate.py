@@ -9,6 +9,7 @@ from __future__ import annotations
 import pathlib
 from typing import Any
 
+from trustgen.engines.kinds import engine_kind
 from trustgen.engines.params import ImageParams, TextParams
 from trustgen.engines.registry import resolve
 from trustgen.errors import ModelError, UsageError
@@ -28,14 +29,9 @@ def load_engine(
     ref = resolve(model)
     if ref.kind != kind:
         raise ModelError(f"model {model!r} is a {ref.kind} model; a {kind} model is needed")
+    engine_class = engine_kind(kind).engine_class()
     try:
-        if kind == "text":
-            from trustgen.engines.text_engine import TextEngine
-
-            return TextEngine(ref, device, dtype, deterministic, threads)
-        from trustgen.engines.image_engine import ImageEngine
-
-        return ImageEngine(ref, device, dtype, deterministic, threads)
+        return engine_class(ref, device, dtype, deterministic, threads)
     except ValueError as e:  # bad device / dtype / threads
         raise UsageError(str(e)) from None
 

@@ -9,10 +9,9 @@ from typing import Any
 
 from trustgen.consensus.ledger import DEFAULT_NETWORK
 from trustgen.errors import UsageError
+from trustgen.node.adversary import check_mode
 
 ROLES = ("gateway", "worker", "verifier")
-WORKER_ADVERSARIES = ("other-model", "alter", "replay")
-VERIFIER_ADVERSARIES = ("lie",)
 
 
 @dataclass
@@ -33,11 +32,10 @@ class NodeConfig:
     tls_cert: str = ""
     tls_key: str = ""
     tls_ca: str = ""
-    verifiers_per_task: int = 3
     max_attempts: int = 3
     worker_timeout_s: float = 60.0
     verifier_timeout_s: float = 60.0
-    adversary: str = ""  # real misbehaviour, for tests and demonstrations
+    adversary: str = ""  # a cheating mode (trustgen.node.adversary), for tests and demonstrations
     delay_s: float = 0.0  # worker: added latency before each execution (fault-injection tests)
     gossip_interval_s: float = 1.0  # 0: no background rounds (tests and benchmarks drive them)
     gossip_fanout: int = 2
@@ -52,16 +50,18 @@ class NodeConfig:
             raise UsageError('a worker or verifier needs `gateway = "HOST:PORT"`')
         if not self.insecure and not (self.tls_cert and self.tls_key):
             raise UsageError("set tls_cert and tls_key, or `insecure = true` for plaintext gRPC")
-        if self.adversary and self.adversary not in WORKER_ADVERSARIES + VERIFIER_ADVERSARIES:
-            raise UsageError(f"unknown adversary {self.adversary!r}")
-        if self.verifiers_per_task < 1 or self.verifiers_per_task % 2 == 0:
-            raise UsageError("verifiers_per_task must be odd and positive")
+        check_mode(self.adversary)
         if self.gossip_interval_s < 0 or not 1 <= self.gossip_fanout <= 16:
             raise UsageError("gossip_interval_s must be >= 0 and gossip_fanout in [1, 16]")
 
     @property
     def ledger_path(self) -> pathlib.Path:
         return self.data_dir / "ledger.db"
+
+    @property
+    def models(self) -> dict[str, str]:
+        """The model this node serves each task kind with."""
+        return {"text": self.text_model, "image": self.image_model}
 
 
 def load_config(path: pathlib.Path) -> NodeConfig:

@@ -99,7 +99,7 @@ class Node:
             from trustgen.node.engine_pool import Engines
 
             quiet_libraries()
-            self.engines = Engines(cfg.text_model, cfg.image_model, cfg.threads)
+            self.engines = Engines(cfg.models, cfg.threads)
         if "worker" in cfg.roles:
             from trustgen.node.worker import WorkerRole
 
@@ -108,16 +108,14 @@ class Node:
                 cfg.network,
                 self.engines,
                 self.blobs,
-                cfg.adversary if cfg.adversary in ("other-model", "alter", "replay") else "",
+                cfg.adversary,
                 cfg.delay_s,
                 self.metrics,
             )
         if "verifier" in cfg.roles:
             from trustgen.node.verifier_role import VerifierRole
 
-            self.verifier = VerifierRole(
-                self.identity, cfg.network, self.engines, cfg.adversary if cfg.adversary == "lie" else "", self.metrics
-            )
+            self.verifier = VerifierRole(self.identity, cfg.network, self.engines, cfg.adversary, self.metrics)
             log.info(
                 "history index: %d accepted outputs from the ledger",
                 self.verifier.rebuild_history(self.ledger, self.blobs),

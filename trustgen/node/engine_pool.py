@@ -13,18 +13,18 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from trustgen.engines.generate import load_engine
-from trustgen.engines.params import ImageParams, TextParams
+from trustgen.engines.kinds import ENGINE_KINDS
 from trustgen.errors import ModelError
 
 
 class Engines:
-    def __init__(self, text_model: str, image_model: str, threads: int | None = None) -> None:
-        self.text = load_engine(text_model, "text", threads=threads)
-        self.image = load_engine(image_model, "image", threads=threads)
+    def __init__(self, models: dict[str, str], threads: int | None = None) -> None:
+        """`models`: the model each task kind is served with (one engine per kind)."""
+        self.engines = {kind: load_engine(models[kind], kind, threads=threads) for kind in ENGINE_KINDS}
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="engine")
 
     def for_task(self, kind: str, model_digest: str) -> Any:
-        engine = self.text if kind == "text" else self.image if kind == "image" else None
+        engine = self.engines.get(kind)
         if engine is None:
             raise ModelError(f"unknown task kind {kind!r}")
         if engine.ref.digest != model_digest:
@@ -36,14 +36,3 @@ class Engines:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
-
-
-def task_params(kind: str, params: dict[str, Any]) -> TextParams | ImageParams:
-    """Task parameters from an untrusted dict (UsageError when invalid)."""
-    from trustgen.errors import UsageError
-
-    cls = TextParams if kind == "text" else ImageParams
-    try:
-        return cls(**params)
-    except TypeError as e:
-        raise UsageError(f"bad task parameters: {e}") from None

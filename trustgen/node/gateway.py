@@ -5,77 +5,35 @@ a task is `TaskAccepted` (with the beacon and candidate verifiers that fix its a
 before the client hears back, so a restarted gateway rebuilds every task from its ledger and
 resumes the unfinished ones. Workers that fail or time out lose the task to another; rejected
 results go to another worker (bounded attempts) and are recorded as evidence, as are votes
-against the majority.
+against the majority. Scheduling is in trustgen.node.scheduling, vote collection in
+trustgen.node.votes; this module wires them to the RPCs (Submit, Status, Watch, Join).
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 
-from trustgen.consensus.assignment import effective_verifiers, rank
 from trustgen.consensus.finality import certify
 from trustgen.consensus.identity import Identity
 from trustgen.consensus.ledger import IngestError, Ledger, parse_entry
 from trustgen.consensus.messages import MessageError, Signed, open_wire
 from trustgen.consensus.reputation import Reputation
-from trustgen.errors import UsageError
 from trustgen.gossip.blobs import BlobStore
 from trustgen.net import grpc_options as opts
 from trustgen.net.auth import RpcError
 from trustgen.net.peers import Peers
-from trustgen.node.engine_pool import task_params
+from trustgen.node import scheduling, votes
+from trustgen.node.scheduling import FINAL_STATES, MAX_WORKER_FAILURES, TaskState
 from trustgen.rpc import trustgen_pb2 as pb
 
 log = logging.getLogger("trustgen.node")
-FINAL_STATES = ("final", "failed")
-MAX_VERIFIERS = 9
-MAX_WORKER_FAILURES = 8
-SUSPECT_S = 30.0
-
-
-@dataclass
-class TaskState:
-    task: Signed
-    beacon: bytes
-    candidates: list[bytes]
-    state: str = "accepted"
-    detail: str = ""
-    attempt: int = 0
-    result: Signed | None = None
-    output: bytes = b""
-    votes: list[Signed] = field(default_factory=list)
-    certificate: Signed | None = None
-    decision: str = ""
-    excluded: set[bytes] = field(default_factory=set)
-    accepted_at: float = field(default_factory=time.monotonic)
-    changed: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def update(self, state: str, detail: str = "") -> None:
-        self.state, self.detail = state, detail
-        self.changed.set()
-        self.changed = asyncio.Event()
-
-    def to_proto(self) -> pb.TaskStatus:
-        return pb.TaskStatus(
-            task_id=self.task.id,
-            state=self.state,
-            detail=self.detail,
-            attempt=self.attempt,
-            result=self.result.wire() if self.result else b"",
-            votes=[v.wire() for v in self.votes],
-            certificate=self.certificate.wire() if self.certificate else b"",
-            output=self.output,
-            decision=self.decision,
-        )
 
 
 class GatewayRole:
@@ -165,39 +123,11 @@ class GatewayRole:
         """Rebuild task states from this gateway's own feed and resume unfinished tasks."""
         self._load_members()
         self._refresh_reputation()
-        me = self.identity.public_key
-        for e in self.ledger.iter_entries():
-            if e.feed != me:
-                continue
-            if e.type == "TaskAccepted":
-                task = open_wire(e.body["task"], "Task", self.network)
-                self.tasks[task.id] = TaskState(task, e.body["beacon"], list(e.body["candidates"]))
-            elif e.type == "ResultCommitted":
-                res = open_wire(e.body["result"], "Result", self.network)
-                st = self.tasks.get(res.body["task_id"])
-                if st is not None:
-                    st.attempt += 1
-                    st.result = res
-            elif e.type == "TaskFinalized":
-                cert = open_wire(e.body["certificate"], "Certificate", self.network)
-                st = self.tasks.get(cert.body["task_id"])
-                if st is None:
-                    continue
-                if cert.body["decision"] == "accept":
-                    self._finish(st, cert, [open_wire(v, "Vote", self.network) for v in cert.body["votes"]])
-                else:
-                    st.excluded.add(cert.body["worker"])
+        self.tasks.update(scheduling.recover_tasks(self.ledger, self.identity.public_key, self.network, self.blobs))
         pending = [st for st in self.tasks.values() if st.state not in FINAL_STATES]
         for st in pending:
             self._spawn(st)
         return len(pending)
-
-    def _finish(self, st: TaskState, cert: Signed, votes: list[Signed]) -> None:
-        st.certificate, st.votes, st.decision = cert, votes, cert.body["decision"]
-        if st.result is not None and st.result.id == cert.body["result_id"]:
-            png_digest = st.result.body["output"].get("png_digest", "")
-            st.output = (self.blobs.get(png_digest) or b"") if png_digest else b""
-        st.update("final", "accepted by majority")
 
     def _spawn(self, st: TaskState) -> None:
         t = asyncio.get_running_loop().create_task(self._run(st))
@@ -216,19 +146,7 @@ class GatewayRole:
             raise RpcError(code, f"task refused: {e}") from None
         if task.id in self.tasks:
             return self.tasks[task.id]  # idempotent: a retried submit gets the same task
-        b = task.body
-        if b["kind"] not in ("text", "image"):
-            raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, f"unknown task kind {b['kind']!r}")
-        try:
-            task_params(b["kind"], b["params"])
-        except UsageError as e:
-            raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, str(e)) from None
-        if b["workers"] != 1:
-            raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, "only workers = 1 is supported")
-        if not 1 <= b["verifiers"] <= MAX_VERIFIERS or b["verifiers"] % 2 == 0:
-            raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, f"verifiers must be odd, 1..{MAX_VERIFIERS}")
-        if b["expiry"] <= int(time.time() * 1000):
-            raise RpcError(grpc.StatusCode.FAILED_PRECONDITION, "task already expired")
+        scheduling.check_task(task)
         # The beacon is a fresh commitment; the candidates are every verifier it covers.
         commitment = self.ledger.commit()
         candidates = sorted(k for k, m in self.members.items() if "verifier" in m["roles"])
@@ -245,7 +163,7 @@ class GatewayRole:
         self.tasks[task.id] = st
         if self.metrics is not None:
             self.metrics.tasks_open.inc()
-        self._publish("task", task=task.id.hex(), state="accepted", kind=b["kind"])
+        self._publish("task", task=task.id.hex(), state="accepted", kind=task.body["kind"])
         self._spawn(st)
         return st
 
@@ -264,21 +182,7 @@ class GatewayRole:
                 return
             await changed.wait()
 
-    # -- scheduling --------------------------------------------------------------------------------
-
-    def _pick_worker(self, st: TaskState) -> bytes | None:
-        now = time.monotonic()
-        pool = [
-            k
-            for k, m in self.members.items()
-            if "worker" in m["roles"] and k not in st.excluded and now - self.suspects.get(k, -1e9) > SUSPECT_S
-        ]
-        if not pool:
-            return None
-        tid = st.task.id
-        return min(
-            pool, key=lambda k: (-self.reputation.get(k, 0.5), self.inflight[k], hashlib.sha256(tid + k).digest())
-        )
+    # -- running a task --------------------------------------------------------------------------
 
     async def _run(self, st: TaskState) -> None:
         try:
@@ -294,13 +198,14 @@ class GatewayRole:
                     self.metrics.task_latency.observe(time.monotonic() - st.accepted_at)
 
     async def _drive(self, st: TaskState) -> None:
+        """Give the task to workers until a result is accepted, attempts run out or it expires."""
         failures = 0
         task = st.task
         while st.attempt < self.max_attempts and failures < MAX_WORKER_FAILURES:
-            if task.body["expiry"] <= int(time.time() * 1000):
+            if scheduling.expired(task):
                 st.update("failed", "expired")
                 return
-            worker = self._pick_worker(st)
+            worker = scheduling.pick_worker(st, self.members, self.suspects, self.reputation, self.inflight)
             if worker is None:
                 st.update("waiting", "no worker available")
                 joined = self._joined
@@ -317,118 +222,69 @@ class GatewayRole:
                 st.excluded.add(worker)
                 self.suspects[worker] = time.monotonic()
                 continue
-            result, png = got
+            result, blob = got
             self.ledger.append("ResultCommitted", {"result": result.wire()})
             st.attempt += 1
-            st.result, st.output = result, png
+            st.result, st.output = result, blob
             st.update("verifying", f"attempt {st.attempt}")
-            votes, skipped = await self._collect_votes(st, result, png)
-            try:
-                cert = certify(self.identity, self.network, task, st.beacon, st.candidates, result, votes, skipped)
-            except MessageError as e:
-                st.update("failed", f"verifiers gave no majority: {e}")
+            if await self._decide(st, worker, result, blob):
                 return
-            counted = [open_wire(v, "Vote", self.network) for v in cert.body["votes"]]
-            for v in counted:
-                self.ledger.append("VoteCast", {"vote": v.wire()})
-            self.ledger.append("TaskFinalized", {"certificate": cert.wire()})
-            accepted = cert.body["decision"] == "accept"
-            for v in counted:
-                if v.body["accept"] != accepted:
-                    self.ledger.append(
-                        "Evidence",
-                        {
-                            "kind": "minority_vote",
-                            "subject": v.body["verifier"],
-                            "proof": {"certificate": cert.wire(), "vote": v.wire()},
-                        },
-                    )
-            self._publish(
-                "decision",
-                task=task.id.hex(),
-                decision=cert.body["decision"],
-                worker=worker.hex(),
-                votes=[[v.body["verifier"].hex(), v.body["accept"]] for v in counted],
-            )
-            self._refresh_reputation()
-            if accepted:
-                self._finish(st, cert, counted)
-                self._publish("task", task=task.id.hex(), state="final")
-                return
-            self.ledger.append(
-                "Evidence", {"kind": "rejected_result", "subject": worker, "proof": {"certificate": cert.wire()}}
-            )
-            st.excluded.add(worker)
-            st.votes, st.certificate, st.decision = counted, cert, "reject"
         st.update("failed", "no worker produced an accepted result")
 
     async def _execute(self, st: TaskState, worker: bytes) -> tuple[Signed, bytes] | None:
-        address = self.members[worker]["address"]
         self.inflight[worker] += 1
         try:
-            reply = await self.peers.call(
-                address, "Worker", "Execute", {"task": st.task.wire()}, timeout=self.worker_timeout_s
+            got = await scheduling.execute(
+                self.peers,
+                self.network,
+                self.members[worker]["address"],
+                worker,
+                st.task,
+                self.worker_timeout_s,
+                lambda code: self._publish("worker_failed", task=st.task.id.hex(), worker=worker.hex(), code=code),
             )
-        except grpc.aio.AioRpcError as e:
-            log.warning("worker %s failed task %s: %s", worker.hex()[:12], st.task.id.hex()[:12], e.code().name)
-            self._publish("worker_failed", task=st.task.id.hex(), worker=worker.hex(), code=e.code().name)
-            return None
         finally:
             self.inflight[worker] -= 1
-        try:
-            result = open_wire(reply.result, "Result", self.network)
-        except MessageError as e:
-            log.warning("worker %s sent a bad result: %s", worker.hex()[:12], e)
-            return None
-        if result.body["worker"] != worker or result.body["task_id"] != st.task.id:
-            log.warning("worker %s sent a result for another task or signer", worker.hex()[:12])
-            return None
-        if reply.output:
-            self.blobs.put(reply.output)
-        return result, reply.output
+        if got is not None and got[1]:
+            self.blobs.put(got[1])
+        return got
 
-    async def _ask(self, verifier: bytes, st: TaskState, result: Signed, png: bytes) -> Signed | None:
-        member = self.members.get(verifier)
-        if member is None:
-            return None
-        try:
-            reply = await self.peers.call(
-                member["address"],
-                "Verifier",
-                "Check",
-                {"task": st.task.wire(), "result": result.wire(), "output": png},
-                timeout=self.verifier_timeout_s,
+    async def _decide(self, st: TaskState, worker: bytes, result: Signed, blob: bytes) -> bool:
+        """Collect the votes on a result and record the decision. True when the task is done
+        (accepted, or no majority possible); False when the result was rejected."""
+        task = st.task
+
+        async def ask(verifier: bytes) -> Signed | None:
+            member = self.members.get(verifier)
+            if member is None:
+                return None
+            return await votes.ask_verifier(
+                self.peers, self.network, member["address"], verifier, task, result, blob, self.verifier_timeout_s
             )
-            vote = open_wire(reply.vote, "Vote", self.network)
-        except (grpc.aio.AioRpcError, MessageError) as e:
-            log.warning("verifier %s gave no vote: %s", verifier.hex()[:12], e)
-            return None
-        b = vote.body
-        if b["verifier"] != verifier or b["task_id"] != st.task.id or b["result_id"] != result.id:
-            return None
-        return vote
 
-    async def _collect_votes(self, st: TaskState, result: Signed, png: bytes) -> tuple[list[Signed], list[bytes]]:
-        """Votes of the assigned verifiers; a verifier that fails is skipped and the next standby
-        in rank order is asked instead."""
-        k = st.task.body["verifiers"]
-        ranking = rank(st.beacon, st.task.id, st.candidates, result.body["worker"])
-        votes: dict[bytes, Signed] = {}
-        skipped: list[bytes] = []
-        while True:
-            chosen = effective_verifiers(ranking, skipped, k)
-            todo = [v for v in chosen if v not in votes]
-            if not todo:
-                break
-            answers = await asyncio.gather(*(self._ask(v, st, result, png) for v in todo))
-            for v, a in zip(todo, answers):
-                if a is None:
-                    skipped.append(v)
-                else:
-                    votes[v] = a
-            if len(chosen) < k and all(v in votes or v in skipped for v in ranking):
-                break
-        return list(votes.values()), skipped
+        counted_votes, skipped = await votes.collect_votes(st.beacon, task, st.candidates, result, ask)
+        try:
+            cert = certify(self.identity, self.network, task, st.beacon, st.candidates, result, counted_votes, skipped)
+        except MessageError as e:
+            st.update("failed", f"verifiers gave no majority: {e}")
+            return True
+        counted = votes.record_decision(self.ledger, self.network, cert)
+        self._publish(
+            "decision",
+            task=task.id.hex(),
+            decision=cert.body["decision"],
+            worker=worker.hex(),
+            votes=[[v.body["verifier"].hex(), v.body["accept"]] for v in counted],
+        )
+        self._refresh_reputation()
+        if cert.body["decision"] == "accept":
+            scheduling.finish(st, cert, counted, self.blobs)
+            self._publish("task", task=task.id.hex(), state="final")
+            return True
+        votes.record_rejection(self.ledger, cert)
+        st.excluded.add(worker)
+        st.votes, st.certificate, st.decision = counted, cert, "reject"
+        return False
 
     def _publish(self, topic: str, **fields: Any) -> None:
         if self.events is not None:

@@ -1,8 +1,9 @@
 """Verifier role: check a worker's result for a task and return a signed Vote.
 
-Text results are checked by one prefill pass; images by re-generation and perceptual hashes.
-A history of accepted outputs names the earlier task when a rejected output replays one.
-The `lie` adversary really signs the opposite of what its check found.
+Each task kind says how its results are checked (trustgen.node.kinds): text by one prefill
+pass, images by re-generation and perceptual hashes. A history of accepted outputs names the
+earlier task when a rejected output replays one. A verifier set to cheat
+(trustgen.node.adversary) really signs something other than what its check found.
 """
 
 from __future__ import annotations
@@ -15,14 +16,13 @@ import grpc
 from trustgen.consensus.identity import Identity
 from trustgen.consensus.ledger import Ledger
 from trustgen.consensus.messages import MessageError, Signed, open_wire, sign
-from trustgen.engines.outputs import read_png
 from trustgen.errors import ModelError, UsageError
-from trustgen.gossip.blobs import BlobStore, blob_digest
+from trustgen.gossip.blobs import BlobStore
 from trustgen.net.auth import RpcError
-from trustgen.node.engine_pool import Engines, task_params
-from trustgen.verifier.fingerprints import image_fingerprint, text_fingerprint
+from trustgen.node.adversary import verifier_cheat
+from trustgen.node.engine_pool import Engines
+from trustgen.node.kinds import TASK_KINDS, TaskKind, task_kind
 from trustgen.verifier.history import HistoryIndex
-from trustgen.verifier.verify import verify_image, verify_text
 from trustgen.verifier.vote import VoteValue, reject
 
 log = logging.getLogger("trustgen.node")
@@ -32,61 +32,79 @@ class VerifierRole:
     def __init__(
         self, identity: Identity, network: str, engines: Engines, adversary: str = "", metrics: Any = None
     ) -> None:
+        """`adversary`: the node's cheating mode; honest unless it is a verifier mode."""
         self.identity, self.network, self.engines = identity, network, engines
-        self.adversary, self.metrics = adversary, metrics
+        self.cheat = verifier_cheat(adversary)
+        self.metrics = metrics
         self.gateways: set[bytes] = set()
         self.history = HistoryIndex()
         self.missing: dict[str, tuple[str, list[bytes]]] = {}
         self._cursor = 0
+        self._kinds: dict[bytes, str] = {}  # task id -> kind, for tasks accepted and not yet finalised
         self._results: dict[bytes, Signed] = {}  # committed, not yet finalised
+        # task key -> (kind, result output) of each output blob left in `missing`
+        self._fetching: dict[str, tuple[TaskKind, dict[str, Any]]] = {}
 
     def rebuild_history(self, ledger: Ledger, blobs: BlobStore) -> int:
         """Index the outputs of every result finalised as accepted in the ledger (gossip brings
         the gateway's certificates here). Returns how many were indexed."""
-        self._cursor, self._results = 0, {}
+        self._cursor, self._kinds, self._results = 0, {}, {}
         return self.follow(ledger, blobs)
 
     def follow(self, ledger: Ledger, blobs: BlobStore) -> int:
-        """Index accepted outputs finalised since the last call. Accepted images whose bytes are
-        not here are left in `missing` (png digest -> (task id hex, keys of nodes that had them))
-        for the node to fetch by digest and hand to `index_image`. Returns how many were indexed."""
+        """Index accepted outputs finalised since the last call (the kind of each comes from its
+        TaskAccepted entry). Accepted outputs that travel as blobs (images) and are not here are
+        left in `missing` (blob digest -> (task id hex, keys of nodes that had them)) for the node
+        to fetch by digest and hand to `index_image`. Returns how many were indexed."""
         added = 0
         for e in ledger.iter_entries(since=self._cursor):
             try:
-                if e.type == "ResultCommitted":
+                if e.type == "TaskAccepted":
+                    t = open_wire(e.body["task"], "Task", self.network)
+                    self._kinds[t.id] = t.body["kind"]
+                elif e.type == "ResultCommitted":
                     r = open_wire(e.body["result"], "Result", self.network)
                     self._results[r.id] = r
                 elif e.type == "TaskFinalized":
                     c = open_wire(e.body["certificate"], "Certificate", self.network).body
-                    r = self._results.pop(c["result_id"], None)
-                    if c["decision"] != "accept" or r is None:
+                    accepted = self._results.pop(c["result_id"], None)
+                    if c["decision"] != "accept" or accepted is None:
+                        continue  # a rejected result: the task goes on to another worker
+                    kind = TASK_KINDS.get(self._kinds.pop(c["task_id"], ""))
+                    if kind is None:
                         continue
-                    out, task_key = r.body["output"], c["task_id"].hex()
-                    if isinstance(out.get("token_ids"), list) and out["token_ids"]:
-                        self.history.add(task_key, text_fingerprint(out["token_ids"]))
-                        added += 1
-                    elif isinstance(out.get("png_digest"), str) and task_key not in self.history:
-                        png = blobs.get(out["png_digest"])
-                        if png is None:
-                            self.missing[out["png_digest"]] = (task_key, [r.body["worker"], c["gateway"]])
+                    out, task_key = accepted.body["output"], c["task_id"].hex()
+                    field = kind.engine.blob_field
+                    if not field:
+                        added += self._index(task_key, kind, out, b"")
+                    elif isinstance(out.get(field), str) and task_key not in self.history:
+                        blob = blobs.get(out[field])
+                        if blob is None:
+                            self.missing[out[field]] = (task_key, [accepted.body["worker"], c["gateway"]])
+                            self._fetching[task_key] = (kind, out)
                         else:
-                            added += self.index_image(task_key, png)
+                            added += self._index(task_key, kind, out, blob)
             except (MessageError, ValueError, TypeError, KeyError):
                 continue  # a malformed entry is the audit's business, not the index's
         self._cursor = ledger.next_index()
         return added
 
-    def index_image(self, task_key: str, png: bytes) -> int:
-        try:
-            self.history.add(task_key, image_fingerprint(read_png(png), "phash"))
-        except (OSError, ValueError):
+    def index_image(self, task_key: str, blob: bytes) -> int:
+        """Index an output blob the node fetched for an entry of `missing`."""
+        fetching = self._fetching.pop(task_key, None)
+        return self._index(task_key, *fetching, blob) if fetching is not None else 0
+
+    def _index(self, task_key: str, kind: TaskKind, output: dict[str, Any], blob: bytes) -> int:
+        fp = kind.replay_fingerprint(output, blob)
+        if not fp:
             return 0
+        self.history.add(task_key, fp)
         return 1
 
-    def _check(self, task: Signed, result: Signed, png: bytes) -> tuple[VoteValue, dict]:
-        kind = task.body["kind"]
-        engine = self.engines.for_task(kind, task.body["model"])
-        params = task_params(kind, task.body["params"])
+    def _check(self, task: Signed, result: Signed, blob: bytes) -> tuple[VoteValue, dict]:
+        engine = self.engines.for_task(task.body["kind"], task.body["model"])
+        kind = task_kind(task.body["kind"])
+        params = kind.engine.parse_params(task.body["params"])
         r = result.body
         claimed = {
             "task": params.to_dict(),
@@ -95,21 +113,7 @@ class VerifierRole:
             "output_digest": r["output_digest"],
             "profile": r["profile"],
         }
-        if kind == "text":
-            tokens = r["output"].get("token_ids")
-            claimed["token_ids"] = tokens
-            vote = verify_text(claimed, "prefill", engine=engine)
-            fp = text_fingerprint(tokens) if isinstance(tokens, list) and tokens else {}
-        else:
-            if blob_digest(png) != r["output"].get("png_digest"):
-                return reject("phash", "image bytes do not match the result"), {}
-            try:
-                pixels = read_png(png)
-            except (OSError, ValueError):
-                return reject("phash", "image is not a PNG"), {}
-            vote = verify_image(claimed, pixels=pixels, engine=engine)
-            fp = image_fingerprint(pixels, "phash")  # the history index keeps 64-bit hashes
-        return vote, fp
+        return kind.check(engine, claimed, r, blob)
 
     def _check_and_record(self, task: Signed, result: Signed, png: bytes) -> VoteValue:
         try:
@@ -152,16 +156,8 @@ class VerifierRole:
         except ModelError as e:
             raise RpcError(grpc.StatusCode.FAILED_PRECONDITION, str(e)) from None
         vote = await self.engines.run(self._check_and_record, task, result, png)
-        if self.adversary == "lie":
-            vote = VoteValue(
-                not vote.accept,
-                vote.method,
-                vote.distance,
-                vote.margin,
-                "looks fine" if not vote.accept else "looks wrong",
-                None,
-                vote.fingerprint,
-            )
+        if self.cheat is not None:  # recorded above from the honest check
+            vote = self.cheat.vote(vote)
         if self.metrics is not None:
             self.metrics.votes.labels("accept" if vote.accept else "reject").inc()
         signed = sign(self.identity, "Vote", self.network, vote.vote_body(self.identity.public_key, task.id, result.id))

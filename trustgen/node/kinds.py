@@ -1,0 +1,114 @@
+"""Task kinds as workers and verifiers handle them: one record per kind, next to its engine-level
+part (trustgen.engines.kinds). A worker describes its output in a signed Result with `describe`;
+a verifier checks a Result with `check` and indexes accepted outputs for replay detection with
+`replay_fingerprint`. `trustgen calibrate` measures a kind's thresholds with `calibrate`.
+
+This module loads the verification stack (and so torch): the gateway reads only the engine-level
+kinds, which it needs to validate tasks and to find an output blob.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from trustgen.engines.kinds import ENGINE_KINDS, EngineKind
+from trustgen.engines.outputs import read_png
+from trustgen.errors import UsageError
+from trustgen.gossip.blobs import blob_digest
+from trustgen.verifier.fingerprints import image_fingerprint, text_fingerprint
+from trustgen.verifier.verify import verify_image, verify_text
+from trustgen.verifier.vote import VoteValue, reject
+
+Fingerprint = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class TaskKind:
+    engine: EngineKind
+    # (engine output, digest of its blob or "") -> (the Result's `output` field, its fingerprint)
+    describe: Callable[[Any, str], tuple[dict[str, Any], Fingerprint]]
+    # (engine, claimed values, Result body, blob bytes) -> (the vote, the output's fingerprint or {})
+    check: Callable[[Any, dict[str, Any], dict[str, Any], bytes], tuple[VoteValue, Fingerprint]]
+    # (an accepted Result's `output`, its blob or b"") -> what the replay index keeps, or None
+    replay_fingerprint: Callable[[dict[str, Any], bytes], Fingerprint | None]
+    # (samples, model) -> calibration report
+    calibrate: Callable[[int, str], dict[str, Any]]
+
+    @property
+    def name(self) -> str:
+        return self.engine.name
+
+
+def _describe_text(out: Any, blob_digest_: str) -> tuple[dict[str, Any], Fingerprint]:
+    output = {"token_ids": out.token_ids, "text": out.text, "finish_reason": out.finish_reason}
+    return output, text_fingerprint(out.token_ids)
+
+
+def _check_text(engine: Any, claimed: dict[str, Any], r: dict[str, Any], blob: bytes) -> tuple[VoteValue, Fingerprint]:
+    tokens = r["output"].get("token_ids")
+    claimed["token_ids"] = tokens
+    vote = verify_text(claimed, "prefill", engine=engine)
+    return vote, (text_fingerprint(tokens) if isinstance(tokens, list) and tokens else {})
+
+
+def _replay_text(output: dict[str, Any], blob: bytes) -> Fingerprint | None:
+    tokens = output.get("token_ids")
+    return text_fingerprint(tokens) if isinstance(tokens, list) and tokens else None
+
+
+def _calibrate_text(samples: int, model: str) -> dict[str, Any]:
+    from trustgen.verifier.calibrate import calibrate_text
+
+    return calibrate_text(samples, model)
+
+
+_IMAGE = ENGINE_KINDS["image"]
+
+
+def _describe_image(out: Any, png_digest: str) -> tuple[dict[str, Any], Fingerprint]:
+    h, w, _ = out.pixels.shape
+    return {_IMAGE.blob_field: png_digest, "height": h, "width": w}, image_fingerprint(out.pixels)
+
+
+def _check_image(engine: Any, claimed: dict[str, Any], r: dict[str, Any], png: bytes) -> tuple[VoteValue, Fingerprint]:
+    if blob_digest(png) != r["output"].get(_IMAGE.blob_field):
+        return reject("phash", "image bytes do not match the result"), {}
+    try:
+        pixels = read_png(png)
+    except (OSError, ValueError):
+        return reject("phash", "image is not a PNG"), {}
+    vote = verify_image(claimed, pixels=pixels, engine=engine)
+    return vote, image_fingerprint(pixels, "phash")  # the history index keeps 64-bit hashes
+
+
+def _replay_image(output: dict[str, Any], png: bytes) -> Fingerprint | None:
+    try:
+        return image_fingerprint(read_png(png), "phash")
+    except (OSError, ValueError):
+        return None
+
+
+def _calibrate_image(samples: int, model: str) -> dict[str, Any]:
+    from trustgen.verifier.calibrate import calibrate_image
+
+    return calibrate_image(samples, model)
+
+
+TASK_KINDS: dict[str, TaskKind] = {
+    k.name: k
+    for k in (
+        TaskKind(ENGINE_KINDS["text"], _describe_text, _check_text, _replay_text, _calibrate_text),
+        TaskKind(ENGINE_KINDS["image"], _describe_image, _check_image, _replay_image, _calibrate_image),
+    )
+}
+if TASK_KINDS.keys() != ENGINE_KINDS.keys():
+    raise RuntimeError("every engine kind needs its node-level part here")
+
+
+def task_kind(name: str) -> TaskKind:
+    kind = TASK_KINDS.get(name)
+    if kind is None:
+        raise UsageError(f"unknown task kind {name!r}; choose {' or '.join(TASK_KINDS)}")
+    return kind
