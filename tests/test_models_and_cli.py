@@ -107,3 +107,22 @@ def test_json_profile_is_complete():
     assert prof["flags"]["tf32_matmul"] is False
     assert prof["flags"]["cublas_workspace_config"] == ":4096:8"
     assert set(prof["versions"]) >= {"torch", "transformers", "diffusers"}
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["submit", "video", "hi", "--gateway", "127.0.0.1:1", "--insecure"], "unknown task kind 'video'"),
+        (["submit", "text", "", "--gateway", "127.0.0.1:1", "--insecure"], "prompt must not be empty"),
+        (["submit", "image", "a cat", "--gateway", "127.0.0.1:1", "--insecure", "--width", "30"], "width"),
+        (["submit", "text", "hi", "--gateway", "127.0.0.1:1"], "give --tls-ca FILE, or --insecure"),
+        (["events", "--node", "127.0.0.1:1"], "give --tls-ca FILE, or --insecure"),
+        (["blob", "get", "ab" * 32, "--peer", "127.0.0.1:1", "-o", "x.bin"], "give --tls-ca FILE, or --insecure"),
+        (["calibrate", "video"], "unknown task kind 'video'"),
+    ],
+)
+def test_network_commands_refuse_bad_input_before_connecting(args, needle, tmp_path):
+    res = run_cli(*args, cwd=tmp_path)
+    assert res.returncode == 2, (res.stdout, res.stderr)
+    assert needle in res.stderr and "Traceback" not in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1

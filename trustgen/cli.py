@@ -39,6 +39,25 @@ def emit(obj: dict[str, Any], as_json: bool) -> None:
         sys.stdout.write(json.dumps(obj, sort_keys=True) + "\n")
 
 
+def _task_params(kind: str, **options: Any) -> Any:
+    """A task kind's parameters from command-line options (each kind takes the options it knows).
+    Unknown kinds and invalid values raise UsageError: one line, exit 2."""
+    from trustgen.engines.kinds import engine_kind
+
+    k = engine_kind(kind)
+    return k.parse_params({name: options[name] for name in k.param_names() if name in options})
+
+
+# The options of every command that talks to a node.
+INSECURE = typer.Option(False, "--insecure", help="Plaintext gRPC (loopback, tests).")
+TLS_CA = typer.Option("", "--tls-ca", help="CA certificate for TLS.")
+
+
+def _check_transport(insecure: bool, tls_ca: str) -> None:
+    if not insecure and not tls_ca:
+        raise TrustgenError("give --tls-ca FILE, or --insecure for plaintext gRPC")
+
+
 @generate_app.command("text")
 def generate_text(
     prompt: str = typer.Argument(..., help="The prompt."),
@@ -57,9 +76,9 @@ def generate_text(
 ) -> None:
     """Generate text locally with controlled determinism."""
     from trustgen.engines.generate import run_text
-    from trustgen.engines.params import TextParams
 
-    params = TextParams(
+    params = _task_params(
+        "text",
         prompt=prompt,
         max_new_tokens=max_new_tokens,
         decoding=decoding,
@@ -98,10 +117,16 @@ def generate_image(
 ) -> None:
     """Generate an image locally with controlled determinism."""
     from trustgen.engines.generate import run_image
-    from trustgen.engines.params import ImageParams
 
-    params = ImageParams(
-        prompt=prompt, seed=seed, steps=steps, guidance=guidance, height=height, width=width, scheduler=scheduler
+    params = _task_params(
+        "image",
+        prompt=prompt,
+        seed=seed,
+        steps=steps,
+        guidance=guidance,
+        height=height,
+        width=width,
+        scheduler=scheduler,
     )
     result = run_image(model, params, output, device=device, dtype=dtype, threads=threads)
     if as_json:
@@ -208,20 +233,16 @@ def calibrate(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Measure honest vs dishonest distances, choose thresholds, report error rates."""
-    from trustgen.verifier import calibrate as cal
+    from trustgen.logs import quiet_libraries
+    from trustgen.node.kinds import task_kind
+    from trustgen.verifier.calibrate import write_report
 
-    if kind not in ("image", "text"):
-        raise TrustgenError(f"unknown kind {kind!r}; choose image or text")
+    task = task_kind(kind)
     if not 1 <= samples <= 10_000:
         raise TrustgenError("samples must be in [1, 10000]")
-    from trustgen.logs import quiet_libraries
-
     quiet_libraries()
-    if kind == "image":
-        rep = cal.calibrate_image(samples, model or "tiny-image")
-    else:
-        rep = cal.calibrate_text(samples, model or "tiny-text")
-    files = cal.write_report(rep, out_dir)
+    rep = task.calibrate(samples, model or task.engine.default_model)
+    files = write_report(rep, out_dir)
     summary = {k: rep[k] for k in ("kind", "samples", "honest_pairs", "dishonest_pairs", "rates")}
     summary.update(
         threshold=rep.get("threshold"),
@@ -269,7 +290,7 @@ def node_run(
     run_node(load_config(config), log_level)
 
 
-def _adversaries(specs: list[str]) -> dict[str, dict[str, Any]]:
+def _node_settings(specs: list[str]) -> dict[str, dict[str, Any]]:
     settings: dict[str, dict[str, Any]] = {}
     for spec in specs:
         name, _, rest = spec.partition("=")
@@ -295,7 +316,7 @@ def cluster_up(
 
     if not (1 <= workers <= 32 and 1 <= verifiers <= 32):
         raise TrustgenError("workers and verifiers must be in [1, 32]")
-    ready = cluster.up(dir, workers, verifiers, _adversaries(node_setting))
+    ready = cluster.up(dir, workers, verifiers, _node_settings(node_setting))
     if as_json:
         emit({"dir": str(dir), "nodes": ready}, True)
     else:
@@ -350,8 +371,8 @@ def submit(
     scheduler: str = typer.Option("ddim"),
     output: pathlib.Path = typer.Option(pathlib.Path("output.png"), "-o", "--output"),
     network: str = typer.Option("trustgen-local"),
-    insecure: bool = typer.Option(False, "--insecure", help="Plaintext gRPC (loopback, tests)."),
-    tls_ca: str = typer.Option("", "--tls-ca", help="CA certificate for TLS."),
+    insecure: bool = INSECURE,
+    tls_ca: str = TLS_CA,
     timeout: float = typer.Option(300.0, "--timeout"),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
@@ -359,40 +380,36 @@ def submit(
     import asyncio
 
     from trustgen.consensus.identity import Identity
-    from trustgen.engines.params import ImageParams, TextParams
+    from trustgen.engines.kinds import engine_kind
     from trustgen.node.client import make_task, save_output
     from trustgen.node.client import submit as do_submit
 
-    if not insecure and not tls_ca:
-        raise TrustgenError("give --tls-ca FILE, or --insecure for plaintext gRPC")
-    if kind == "text":
-        params = TextParams(
-            prompt=prompt,
-            max_new_tokens=max_new_tokens,
-            decoding=decoding,
-            num_beams=num_beams,
-            seed=seed,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-        ).to_dict()
-    elif kind == "image":
-        params = ImageParams(
-            prompt=prompt, seed=seed, steps=steps, guidance=guidance, height=height, width=width, scheduler=scheduler
-        ).to_dict()
-    else:
-        raise TrustgenError(f"unknown kind {kind!r}; choose text or image")
+    _check_transport(insecure, tls_ca)
+    params = _task_params(
+        kind,
+        prompt=prompt,
+        max_new_tokens=max_new_tokens,
+        decoding=decoding,
+        num_beams=num_beams,
+        seed=seed,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        steps=steps,
+        guidance=guidance,
+        height=height,
+        width=width,
+        scheduler=scheduler,
+    )
     me = Identity.generate()
-    task = make_task(me, network, kind, model or f"tiny-{kind}", params, verifiers)
+    task = make_task(me, network, kind, model or engine_kind(kind).default_model, params.to_dict(), verifiers)
 
     def progress(st: Any) -> None:
         if not as_json:
             err.print(f"[dim]{st.state}{': ' + st.detail if st.detail else ''}[/]")
 
     res = asyncio.run(do_submit(gateway, task, me, network, insecure, tls_ca, wait, timeout, progress))
-    if kind == "image":
-        save_output(res, output)
-    res.pop("output_png", None)
+    save_output(res, output)  # writes the output's blob (an image) when the task has one
     if as_json:
         emit(res, True)
     else:
@@ -408,8 +425,8 @@ def events(
     node: str = typer.Option(..., "--node", help="HOST:PORT of the node's gRPC address."),
     count: int = typer.Option(0, "--count", help="Stop after this many events (0: never)."),
     timeout: float = typer.Option(0.0, "--timeout", help="Stop after this many seconds (0: never)."),
-    insecure: bool = typer.Option(False, "--insecure", help="Plaintext gRPC (loopback, tests)."),
-    tls_ca: str = typer.Option("", "--tls-ca", help="CA certificate for TLS."),
+    insecure: bool = INSECURE,
+    tls_ca: str = TLS_CA,
 ) -> None:
     """Tail a node's live event feed (one JSON object a line)."""
     import asyncio
@@ -421,8 +438,7 @@ def events(
     from trustgen.rpc import trustgen_pb2 as pb
     from trustgen.rpc import trustgen_pb2_grpc as rpc
 
-    if not insecure and not tls_ca:
-        raise TrustgenError("give --tls-ca FILE, or --insecure for plaintext gRPC")
+    _check_transport(insecure, tls_ca)
 
     async def info() -> Any:
         async with transport.channel(node, insecure, tls_ca) as ch:
@@ -448,8 +464,8 @@ def blob_get(
     peer: list[str] = typer.Option(..., "--peer", help="HOST:PORT of a node to ask; repeat for more."),
     output: pathlib.Path = typer.Option(..., "-o", "--output"),
     network: str = typer.Option("trustgen-local"),
-    insecure: bool = typer.Option(False, "--insecure", help="Plaintext gRPC (loopback, tests)."),
-    tls_ca: str = typer.Option("", "--tls-ca", help="CA certificate for TLS."),
+    insecure: bool = INSECURE,
+    tls_ca: str = TLS_CA,
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Fetch a blob by digest from whichever of the peers has it, every chunk checked; a peer
@@ -463,8 +479,7 @@ def blob_get(
 
     if not re.fullmatch(r"[0-9a-f]{64}", digest):
         raise TrustgenError("digest must be 64 lowercase hex digits")
-    if not insecure and not tls_ca:
-        raise TrustgenError("give --tls-ca FILE, or --insecure for plaintext gRPC")
+    _check_transport(insecure, tls_ca)
 
     async def fetch() -> tuple[bytes, list[str]]:
         peers = Peers(Identity.generate(), network, insecure, tls_ca)

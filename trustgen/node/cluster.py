@@ -107,7 +107,7 @@ def up(
     root = pathlib.Path(root)
     root.mkdir(parents=True, exist_ok=True)
     settings = node_settings or {}
-    if any(ready_info(d) and _alive(ready_info(d)["pid"]) for d in node_dirs(root)):
+    if any((info := ready_info(d)) and _alive(info["pid"]) for d in node_dirs(root)):
         raise ClusterError(f"a cluster is already running in {root}")
     gw_dir = root / "gateway"
     if not (gw_dir / "node.toml").exists():
@@ -159,7 +159,7 @@ def status(root: pathlib.Path) -> list[dict[str, Any]]:
                 "roles": cfg.roles,
                 "address": info.get("address", ""),
                 "pid": pid,
-                "running": bool(pid) and _alive(pid),
+                "running": isinstance(pid, int) and pid > 0 and _alive(pid),
                 "joined": info.get("joined", False),
                 "adversary": cfg.adversary,
             }
