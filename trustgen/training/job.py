@@ -1,0 +1,117 @@
+"""The state of a job as every party computes it: weights after each step or round, as a pure
+function of the spec and the signed updates. Trainers, the run's coordinator and replay all
+use these two classes, so there is one definition of "the checkpoint after step t"."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from trustgen.consensus.messages import Signed
+from trustgen.errors import TrustgenError
+from trustgen.training import diloco, spsa
+from trustgen.training.aggregate import aggregate
+from trustgen.training.objectives import Objective
+from trustgen.training.spec import JobSpec
+from trustgen.training.tensors import Tensors, clone, tensor_digest
+
+CHECKPOINT_DOMAIN = b"trustgen/train/checkpoint/v1\0"
+
+
+class UpdateError(TrustgenError):
+    """An update that cannot be applied; `code` names why (for reports and tests)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def checkpoint_digest(params: Tensors) -> bytes:
+    return tensor_digest(params, CHECKPOINT_DOMAIN)
+
+
+def by_trainer(updates: list[Signed]) -> list[Signed]:
+    """Canonical order within a step or round: by trainer key."""
+    return sorted(updates, key=lambda u: u.signer)
+
+
+@dataclass
+class SpsaState:
+    spec: JobSpec
+    params: Tensors
+    step: int = 0
+
+    @classmethod
+    def start(cls, spec: JobSpec, objective: Objective) -> SpsaState:
+        return cls(spec, objective.initial())
+
+    def direction(self) -> Tensors:
+        return spsa.direction(self.spec.id, self.step, self.params)
+
+    def apply(self, updates: list[Signed], z: Tensors | None = None) -> None:
+        """Apply step `self.step`'s accepted updates (any order: the byte sum is exact)."""
+        hp = self.spec.algorithm
+        qs = []
+        seen = set()
+        for u in updates:
+            b = u.body
+            if b["step"] != self.step:
+                raise UpdateError("wrong_step", f"update for step {b['step']} applied at step {self.step}")
+            if u.signer in seen:
+                raise UpdateError("duplicate", f"two updates from one trainer at step {self.step}")
+            if not -spsa.QMAX <= b["q"] <= spsa.QMAX:
+                raise UpdateError("out_of_range", f"scalar {b['q']} is outside one signed byte")
+            seen.add(u.signer)
+            qs.append(b["q"])
+        spsa.apply(self.params, z if z is not None else self.direction(), qs, hp["lr"], hp["scale"])
+        self.step += 1
+
+
+@dataclass
+class DilocoState:
+    spec: JobSpec
+    params: Tensors
+    momentum: Tensors
+    step: int = 0  # rounds done
+
+    @classmethod
+    def start(cls, spec: JobSpec, objective: Objective) -> DilocoState:
+        p = objective.initial()
+        return cls(spec, p, {n: torch.zeros_like(v) for n, v in p.items()})
+
+    @property
+    def digest(self) -> bytes:
+        return checkpoint_digest(self.params)
+
+    def decode(self, update: Signed, blob: bytes) -> Tensors:
+        hp = self.spec.algorithm
+        return diloco.decode_delta(blob, self.params, hp["delta_format"], f"delta of {update.signer.hex()[:12]}")
+
+    def check(self, update: Signed) -> None:
+        b = update.body
+        if b["round"] != self.step:
+            raise UpdateError("wrong_round", f"update for round {b['round']} at round {self.step}")
+        if b["base"] != self.digest:
+            raise UpdateError("stale_base", f"delta starts from {b['base'].hex()[:12]}…, not this round's checkpoint")
+        states = b["states"]
+        if len(states) != self.spec.algorithm["inner_steps"] or not all(
+            isinstance(s, bytes) and len(s) == 32 for s in states
+        ):
+            raise UpdateError("malformed", "an update must commit one 32-byte digest per inner step")
+
+    def apply(self, deltas: list[Tensors]) -> None:
+        """Aggregate the round's accepted deltas (in canonical trainer order) and step."""
+        hp = self.spec.algorithm
+        if deltas:
+            agg = aggregate(hp["aggregator"], deltas, {"trim": hp["trim"], "clip": hp["clip"]})
+            diloco.outer_step(self.params, agg, self.momentum, hp)
+        self.step += 1
+
+
+def start_state(spec: JobSpec, objective: Objective) -> SpsaState | DilocoState:
+    return (SpsaState if spec.algorithm["name"] == "spsa" else DilocoState).start(spec, objective)
+
+
+def snapshot(state: SpsaState | DilocoState) -> Tensors:
+    return clone(state.params)

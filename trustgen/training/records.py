@@ -1,0 +1,164 @@
+"""A run directory: the signed job, the signed updates, checkpoints and blobs, on disk.
+
+Layout (every file is either signed bytes or content-addressed, so a copy of the directory is
+all a replayer needs):
+    job.wire          the TrainingJob, signed by its author
+    updates.log       one hex-encoded signed update per line (SpsaUpdate or DeltaUpdate), in
+                      the order they were accepted
+    checkpoints.log   one hex-encoded signed TrainingCheckpoint per line
+    blobs/<hex>       delta blobs and kept inner states, named by sha256 of their bytes
+    checkpoints/<hex>/ model directories (the final one is `final/`)
+    keys/             the keys `train run` generated (mode 0600 files), never read by replay
+    run.json          what the run measured (losses, times, profile): information, not evidence
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pathlib
+from dataclasses import dataclass
+from typing import Any
+
+from trustgen.consensus.encoding import encode
+from trustgen.consensus.messages import MessageError, Signed, open_wire
+from trustgen.errors import TrustgenError
+from trustgen.training.spec import JobSpec, open_job
+
+MAX_UPDATES = 10_000_000
+MAX_LINE = 1 << 16
+UPDATES_DOMAIN = b"trustgen/train/updates/v1\0"
+
+
+class RunError(TrustgenError):
+    """A run directory that cannot be used: missing, malformed or inconsistent files."""
+
+
+class BlobDir:
+    """Content-addressed files: a blob's name is the sha256 of its bytes, checked on read."""
+
+    def __init__(self, root: pathlib.Path) -> None:
+        self.root = root
+
+    def put(self, data: bytes) -> bytes:
+        digest = hashlib.sha256(data).digest()
+        self.root.mkdir(parents=True, exist_ok=True)
+        path = self.root / digest.hex()
+        if not path.exists():
+            tmp = path.with_suffix(f".tmp{os.getpid()}")
+            tmp.write_bytes(data)
+            os.replace(tmp, path)
+        return digest
+
+    def get(self, digest: bytes) -> bytes:
+        path = self.root / digest.hex()
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise RunError(f"blob {digest.hex()[:16]}… is missing from {self.root}") from None
+        if hashlib.sha256(data).digest() != digest:
+            raise RunError(f"blob {digest.hex()[:16]}… is corrupted (its bytes do not match its name)")
+        return data
+
+    def has(self, digest: bytes) -> bool:
+        return (self.root / digest.hex()).is_file()
+
+
+def updates_digest(updates: list[Signed]) -> bytes:
+    """Digest of a list of signed updates (their ids, in order): what a checkpoint commits to."""
+    return hashlib.sha256(UPDATES_DOMAIN + encode([u.id for u in updates])).digest()
+
+
+@dataclass
+class Run:
+    """A run directory opened for reading: everything verified against the job before use."""
+
+    root: pathlib.Path
+    job: Signed
+    spec: JobSpec
+    updates: list[Signed]
+    checkpoints: list[Signed]
+
+    @property
+    def blobs(self) -> BlobDir:
+        return BlobDir(self.root / "blobs")
+
+    def info(self) -> dict[str, Any]:
+        p = self.root / "run.json"
+        return json.loads(p.read_text()) if p.is_file() else {}
+
+
+def _read_log(path: pathlib.Path, msg_type: str | tuple[str, ...], spec: JobSpec, job_id: bytes) -> list[Signed]:
+    if not path.is_file():
+        return []
+    types = (msg_type,) if isinstance(msg_type, str) else msg_type
+    out = []
+    with path.open("rb") as f:
+        for n, line in enumerate(f, 1):
+            if n > MAX_UPDATES or len(line) > MAX_LINE:
+                raise RunError(f"{path.name}: line {n} is too long or the log has too many lines")
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                wire = bytes.fromhex(line.decode("ascii"))
+            except (ValueError, UnicodeDecodeError):
+                raise RunError(f"{path.name}: line {n} is not hex") from None
+            msg = None
+            last: MessageError | None = None
+            for t in types:
+                try:
+                    msg = open_wire(wire, t, spec.network)
+                    break
+                except MessageError as e:
+                    last = e
+            if msg is None:
+                raise RunError(f"{path.name}: line {n}: {last}")
+            if msg.body["job"] != job_id:
+                raise RunError(f"{path.name}: line {n} is for another job")
+            out.append(msg)
+    return out
+
+
+def open_run(root: str | pathlib.Path, network: str | None = None) -> Run:
+    root = pathlib.Path(root)
+    if not root.is_dir():
+        raise RunError(f"{root} is not a run directory")
+    job_file = root / "job.wire"
+    try:
+        wire = job_file.read_bytes()
+    except FileNotFoundError:
+        raise RunError(f"{job_file} is missing") from None
+    try:
+        msg, spec = open_job(wire, network or _network_of(wire))
+    except MessageError as e:
+        raise RunError(f"{job_file}: {e}") from None
+    updates = _read_log(root / "updates.log", ("SpsaUpdate", "DeltaUpdate"), spec, spec.id)
+    allowed = set(spec.trainers)
+    for n, u in enumerate(updates, 1):
+        if u.signer not in allowed:
+            raise RunError(f"updates.log: update {n} is signed by {u.signer.hex()[:16]}…, not a trainer of this job")
+    checkpoints = _read_log(root / "checkpoints.log", "TrainingCheckpoint", spec, spec.id)
+    return Run(root=root, job=msg, spec=spec, updates=updates, checkpoints=checkpoints)
+
+
+def _network_of(wire: bytes) -> str:
+    """The network a job names (checked again, with its signature, by open_job)."""
+    from trustgen.consensus.encoding import EncodingError, decode, parse_signing_bytes
+
+    try:
+        env = decode(wire)
+        _, net, _, _ = parse_signing_bytes(env["payload"])
+    except (EncodingError, TypeError, KeyError):
+        raise RunError("job.wire is not a signed job") from None
+    if not isinstance(net, str):
+        raise RunError("job.wire is not a signed job")
+    return net
+
+
+def append_line(path: pathlib.Path, msg: Signed) -> None:
+    with path.open("ab") as f:
+        f.write(msg.wire().hex().encode() + b"\n")
+        f.flush()
+        os.fsync(f.fileno())

@@ -1,0 +1,58 @@
+"""Shared-randomness SPSA ("one byte" updates).
+
+Step t has one perturbation direction z_t, drawn from a generator seeded by H(job ‖ t): every
+trainer, verifier and replayer draws the same z_t, so replay cost does not grow with the
+number of trainers. A trainer's contribution is its projected gradient
+g = (L(θ + εz) − L(θ − εz)) / 2ε on its own samples, quantised to one signed byte
+q = clamp(round(g / scale), −127, 127): saturating, so one bad byte moves the model by at most
+one quantum. The step applies θ ← θ − lr · scale · (Σ q) / n · z. The sum of integers is exact
+and taken before any float arithmetic, so the update does not depend on the order updates
+arrive in, and θ_t is a pure function of the spec and the signed bytes up to t. Replay needs
+no forward pass at all: it redraws z_t and applies the bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+
+import torch
+
+from trustgen.training.tensors import Tensors
+
+Z_DOMAIN = b"trustgen/train/spsa-z/v1\0"
+QMAX = 127
+
+
+def direction(job_id: bytes, step: int, params: Tensors) -> Tensors:
+    """z_t: standard normal per element, drawn in name order from the step's generator."""
+    seed = int.from_bytes(hashlib.sha256(Z_DOMAIN + job_id + struct.pack(">Q", step)).digest()[:8], "big") >> 1
+    g = torch.Generator().manual_seed(seed)
+    return {n: torch.randn(params[n].shape, generator=g, dtype=params[n].dtype) for n in sorted(params)}
+
+
+def projected_gradient(loss_fn, params: Tensors, z: Tensors, indices: list[int], eps: float) -> float:  # noqa: ANN001
+    with torch.no_grad():
+        plus = {n: p + eps * z[n] for n, p in params.items()}
+        minus = {n: p - eps * z[n] for n, p in params.items()}
+        lp = float(loss_fn(plus, indices).double())
+        lm = float(loss_fn(minus, indices).double())
+    return (lp - lm) / (2.0 * eps)
+
+
+def quantise(g: float, scale: float) -> int:
+    if g != g:  # NaN: a trainer whose loss blew up contributes nothing rather than garbage
+        return 0
+    return max(-QMAX, min(QMAX, int(round(g / scale))))
+
+
+def apply(params: Tensors, z: Tensors, qs: list[int], lr: float, scale: float) -> None:
+    """θ ← θ − lr · scale · mean(q) · z, in place."""
+    if not qs:
+        return
+    c = lr * scale * sum(qs) / len(qs)
+    if c == 0.0:
+        return
+    with torch.no_grad():
+        for n in sorted(params):
+            params[n].add_(z[n], alpha=-c)
