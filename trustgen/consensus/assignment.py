@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 
-_DOMAIN = b"trustgen/assign/v1\0"
+from trustgen.consensus.domains import ASSIGN as _DOMAIN
 
 
 def rank(beacon: bytes, task_id: bytes, candidates: list[bytes], worker: bytes | None = None) -> list[bytes]:

@@ -21,7 +21,9 @@ import math
 import struct
 from typing import Any
 
-MAGIC = b"TGv1"
+from trustgen.consensus.domains import SIGNED_MAGIC
+
+MAGIC = SIGNED_MAGIC
 MAX_DEPTH = 32
 MAX_LEN = 64 * 1024 * 1024
 

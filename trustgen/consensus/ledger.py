@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from trustgen.consensus import merkle
+from trustgen.consensus.domains import ENTRY_HASH
 from trustgen.consensus.identity import Identity
 from trustgen.consensus.messages import MessageError, check_fields, open_payload, parse_payload, sign
 from trustgen.errors import TrustgenError
@@ -73,7 +74,7 @@ class Entry:
 
 
 def entry_hash(payload: bytes, sig: bytes) -> bytes:
-    return hashlib.sha256(b"trustgen/entry/v1\0" + payload + sig).digest()
+    return hashlib.sha256(ENTRY_HASH + payload + sig).digest()
 
 
 def leaf_data(feed: bytes, seq: int, h: bytes) -> bytes:

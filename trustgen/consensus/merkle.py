@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import hashlib
 
+from trustgen.consensus.domains import MERKLE_LEAF, MERKLE_NODE
+
 EMPTY_ROOT = hashlib.sha256(b"").digest()
 
 
 def leaf_hash(data: bytes) -> bytes:
-    return hashlib.sha256(b"\x00" + data).digest()
+    return hashlib.sha256(MERKLE_LEAF + data).digest()
 
 
 def node_hash(left: bytes, right: bytes) -> bytes:
-    return hashlib.sha256(b"\x01" + left + right).digest()
+    return hashlib.sha256(MERKLE_NODE + left + right).digest()
 
 
 def _split(n: int) -> int:

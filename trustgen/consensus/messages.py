@@ -13,6 +13,7 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any
 
+from trustgen.consensus.domains import MESSAGE_ID
 from trustgen.consensus.encoding import EncodingError, decode, encode, parse_signing_bytes, signing_bytes
 from trustgen.consensus.identity import Identity, verify
 from trustgen.errors import TrustgenError
@@ -126,7 +127,7 @@ def check_schema(msg_type: str, body: dict[str, Any]) -> None:
 
 
 def message_id(payload: bytes) -> bytes:
-    return hashlib.sha256(b"trustgen/id/v1\0" + payload).digest()
+    return hashlib.sha256(MESSAGE_ID + payload).digest()
 
 
 @dataclass(frozen=True)

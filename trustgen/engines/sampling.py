@@ -19,7 +19,7 @@ import struct
 import numpy as np
 import torch
 
-_NOISE_DOMAIN = b"trustgen/gumbel/v1"
+_NOISE_DOMAIN = b"trustgen/gumbel/v1"  # consensus.domains.GUMBEL_NOISE; engines may not import consensus
 
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)

@@ -36,7 +36,7 @@ from trustgen.rpc import trustgen_pb2 as pb
 METHOD = "/trustgen.v1.Gossip/Session"
 TAG_BYTES = 16
 HELLO_TIMEOUT_S = 10.0
-_PERSON = b"trustgen-gsv1"  # BLAKE2b personalisation: keys and tags of no other protocol
+from trustgen.consensus.domains import GOSSIP_SESSION as _PERSON  # noqa: E402  (BLAKE2b personalisation)
 
 
 class SessionCode(StrEnum):

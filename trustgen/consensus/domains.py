@@ -1,0 +1,64 @@
+"""Every domain tag and personalisation string trustgen hashes or signs with, in one list.
+
+A tag makes bytes hashed or signed for one purpose useless for any other: an entry hash can never
+be taken for a message id, a session key for a frame tag of another protocol. Values are part of
+the protocol (docs/protocol.md) and must never change; a new meaning gets a new tag.
+
+Modules in consensus/ and the layers above import these constants. engines/ may not import
+consensus/ (the import contracts in pyproject.toml), so the engine tags below are also defined in
+engines/ and tests/test_protocol_vectors.py holds the two copies equal.
+"""
+
+from __future__ import annotations
+
+# -- signed messages and the ledger (consensus/) --------------------------------------------------
+
+# First bytes of every signed payload: SIGNED_MAGIC ‖ encode([type, network, version, body]).
+SIGNED_MAGIC = b"TGv1"
+# Message id = sha256(MESSAGE_ID ‖ signed payload).
+MESSAGE_ID = b"trustgen/id/v1\0"
+# Ledger entry hash = sha256(ENTRY_HASH ‖ signed payload ‖ signature).
+ENTRY_HASH = b"trustgen/entry/v1\0"
+# RFC 6962 Merkle leaf hash = sha256(MERKLE_LEAF ‖ data).
+MERKLE_LEAF = b"\x00"
+# RFC 6962 Merkle interior node hash = sha256(MERKLE_NODE ‖ left ‖ right).
+MERKLE_NODE = b"\x01"
+# Verifier ranking key = sha256(ASSIGN ‖ beacon ‖ task id ‖ verifier key).
+ASSIGN = b"trustgen/assign/v1\0"
+
+# -- gossip (gossip/) -----------------------------------------------------------------------------
+
+# BLAKE2b personalisation of the session key derivation and of every session frame tag.
+GOSSIP_SESSION = b"trustgen-gsv1"
+# Anti-entropy digest of all feed heads = sha256(GOSSIP_HEADS ‖ (feed ‖ u64 seq ‖ hash)...).
+GOSSIP_HEADS = b"trustgen/heads/v1\0"
+# Per-bucket digest of feed heads = sha256(GOSSIP_BUCKET ‖ (feed ‖ u64 seq ‖ hash)...)[:8].
+GOSSIP_BUCKET = b"trustgen/bucket/v1\0"
+
+# -- engines (engines/; copies held equal by the tests) --------------------------------------------
+
+# Sampling noise key = BLAKE2b-64(GUMBEL_NOISE ‖ u64le seed ‖ u64le position); no NUL terminator.
+GUMBEL_NOISE = b"trustgen/gumbel/v1"
+# Text output digest = sha256(TEXT_OUTPUT ‖ token ids as u32le).
+TEXT_OUTPUT = b"trustgen/text-output/v1\0"
+# Image output digest = sha256(IMAGE_OUTPUT ‖ u32le height, width, channels ‖ HWC uint8 pixels).
+IMAGE_OUTPUT = b"trustgen/image-output/v1\0"
+# Model digest = sha256(MODEL_MANIFEST ‖ one "path\0size\0sha256hex\n" line per file).
+MODEL_MANIFEST = b"trustgen/model-manifest/v1\n"
+
+# Every tag by name, for the protocol document, its test vectors and the uniqueness check.
+ALL: dict[str, bytes] = {
+    "SIGNED_MAGIC": SIGNED_MAGIC,
+    "MESSAGE_ID": MESSAGE_ID,
+    "ENTRY_HASH": ENTRY_HASH,
+    "MERKLE_LEAF": MERKLE_LEAF,
+    "MERKLE_NODE": MERKLE_NODE,
+    "ASSIGN": ASSIGN,
+    "GOSSIP_SESSION": GOSSIP_SESSION,
+    "GOSSIP_HEADS": GOSSIP_HEADS,
+    "GOSSIP_BUCKET": GOSSIP_BUCKET,
+    "GUMBEL_NOISE": GUMBEL_NOISE,
+    "TEXT_OUTPUT": TEXT_OUTPUT,
+    "IMAGE_OUTPUT": IMAGE_OUTPUT,
+    "MODEL_MANIFEST": MODEL_MANIFEST,
+}
