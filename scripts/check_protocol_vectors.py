@@ -1,0 +1,1038 @@
+"""A second implementation of the trustgen protocol (docs/protocol.md), written from the document
+and not from the node's code: it imports nothing from trustgen, only the standard library and
+PyNaCl. It re-derives every vector in docs/protocol_vectors.json from the file alone and exits 1
+naming the first vector that does not match.
+
+python scripts/check_protocol_vectors.py [VECTORS.json]
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import pathlib
+import struct
+import sys
+import zlib
+from collections.abc import Callable
+from typing import Any
+
+import nacl.bindings
+import nacl.exceptions
+import nacl.signing
+
+DEFAULT = pathlib.Path(__file__).resolve().parent.parent / "docs" / "protocol_vectors.json"
+
+# Domain tags (docs/protocol.md, "Domain tags").
+DOMAINS = {
+    "SIGNED_MAGIC": b"TGv1",
+    "MESSAGE_ID": b"trustgen/id/v1\x00",
+    "ENTRY_HASH": b"trustgen/entry/v1\x00",
+    "MERKLE_LEAF": b"\x00",
+    "MERKLE_NODE": b"\x01",
+    "ASSIGN": b"trustgen/assign/v1\x00",
+    "GOSSIP_SESSION": b"trustgen-gsv1",
+    "GOSSIP_HEADS": b"trustgen/heads/v1\x00",
+    "GOSSIP_BUCKET": b"trustgen/bucket/v1\x00",
+    "GUMBEL_NOISE": b"trustgen/gumbel/v1",
+    "TEXT_OUTPUT": b"trustgen/text-output/v1\x00",
+    "IMAGE_OUTPUT": b"trustgen/image-output/v1\x00",
+    "MODEL_MANIFEST": b"trustgen/model-manifest/v1\n",
+}
+D = DOMAINS
+U64 = (1 << 64) - 1
+ZERO32 = bytes(32)
+
+
+class Mismatch(Exception):
+    """A vector that this implementation derives differently."""
+
+
+def expect(ok: bool, what: str) -> None:
+    if not ok:
+        raise Mismatch(what)
+
+
+def same(got: Any, want: Any, what: str) -> None:
+    if got != want:
+        raise Mismatch(f"{what}: derived {short(got)}, the vector says {short(want)}")
+
+
+def short(v: Any) -> str:
+    s = v.hex() if isinstance(v, bytes) else repr(v)
+    return s if len(s) <= 80 else s[:77] + "..."
+
+
+def unhex(s: str) -> bytes:
+    return bytes.fromhex(s)
+
+
+# -- canonical encoding ---------------------------------------------------------------------------
+
+MAX_DEPTH, MAX_LEN = 32, 1 << 26
+
+
+class BadEncoding(Exception):
+    pass
+
+
+def from_tagged(v: Any) -> Any:
+    """Tagged JSON (see the file's conventions) to a value."""
+    if isinstance(v, dict):
+        if list(v) == ["$bytes"]:
+            return unhex(v["$bytes"])
+        return {k: from_tagged(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [from_tagged(x) for x in v]
+    return v
+
+
+def enc(v: Any, depth: int = 0) -> bytes:
+    if depth > MAX_DEPTH:
+        raise BadEncoding("too deep")
+    if v is None:
+        return b"\x00"
+    if isinstance(v, bool):
+        return b"\x02" if v else b"\x01"
+    if isinstance(v, int):
+        if not -(1 << 63) <= v < (1 << 63):
+            raise BadEncoding("int out of range")
+        return b"\x03" + (v & U64).to_bytes(8, "big")
+    if isinstance(v, float):
+        if not math.isfinite(v):
+            raise BadEncoding("non-finite")
+        return b"\x04" + struct.pack(">d", v)
+    if isinstance(v, bytes):
+        return b"\x05" + len(v).to_bytes(4, "big") + v
+    if isinstance(v, str):
+        b = v.encode("utf-8")
+        return b"\x06" + len(b).to_bytes(4, "big") + b
+    if isinstance(v, list):
+        return b"\x07" + len(v).to_bytes(4, "big") + b"".join(enc(x, depth + 1) for x in v)
+    if isinstance(v, dict):
+        items = sorted((k.encode("utf-8"), x) for k, x in v.items())
+        body = b"".join(b"\x06" + len(k).to_bytes(4, "big") + k + enc(x, depth + 1) for k, x in items)
+        return b"\x08" + len(items).to_bytes(4, "big") + body
+    raise BadEncoding(f"no encoding for {type(v).__name__}")
+
+
+def dec(data: bytes) -> Any:
+    pos = 0
+
+    def take(n: int) -> bytes:
+        nonlocal pos
+        if n > len(data) - pos:
+            raise BadEncoding("truncated")
+        pos += n
+        return data[pos - n : pos]
+
+    def length() -> int:
+        n = int.from_bytes(take(4), "big")
+        if n > MAX_LEN:
+            raise BadEncoding("length too large")
+        return n
+
+    def utf8(b: bytes) -> str:
+        try:
+            return b.decode("utf-8")  # strict: refuses overlong forms and surrogates
+        except UnicodeDecodeError:
+            raise BadEncoding("bad UTF-8") from None
+
+    def value(depth: int) -> Any:
+        if depth > MAX_DEPTH:
+            raise BadEncoding("too deep")
+        tag = take(1)[0]
+        if tag == 0:
+            return None
+        if tag in (1, 2):
+            return tag == 2
+        if tag == 3:
+            n = int.from_bytes(take(8), "big")
+            return n - (1 << 64) if n >> 63 else n
+        if tag == 4:
+            f = struct.unpack(">d", take(8))[0]
+            if not math.isfinite(f):
+                raise BadEncoding("non-finite float")
+            return f
+        if tag == 5:
+            return take(length())
+        if tag == 6:
+            return utf8(take(length()))
+        if tag == 7:
+            return [value(depth + 1) for _ in range(length())]
+        if tag == 8:
+            out: dict[str, Any] = {}
+            last = None
+            for _ in range(length()):
+                if take(1) != b"\x06":
+                    raise BadEncoding("key is not a string")
+                k = take(length())
+                if last is not None and k <= last:
+                    raise BadEncoding("keys unsorted or repeated")
+                last = k
+                out[utf8(k)] = value(depth + 1)
+            return out
+        raise BadEncoding(f"unknown tag {tag}")
+
+    v = value(0)
+    if pos != len(data):
+        raise BadEncoding("trailing bytes")
+    return v
+
+
+def typed_equal(a: Any, b: Any) -> bool:
+    """Equality that tells 1 from 1.0 from True, and -0.0 from 0.0."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, float):
+        return struct.pack(">d", a) == struct.pack(">d", b)
+    if isinstance(a, list):
+        return len(a) == len(b) and all(typed_equal(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(typed_equal(a[k], b[k]) for k in a)
+    return a == b
+
+
+# -- signed messages -------------------------------------------------------------------------------
+
+B32 = "bytes32"
+SCHEMAS: dict[str, dict[str, str]] = {
+    "Task": dict(
+        client=B32, kind="str", model="str", params="map", workers="int", verifiers="int", nonce="bytes", expiry="int"
+    ),
+    "Result": dict(
+        worker=B32, task_id=B32, model_digest="str", output_digest="str", output="map", fingerprint="map", profile="map"
+    ),
+    "Vote": dict(
+        verifier=B32,
+        task_id=B32,
+        result_id=B32,
+        accept="bool",
+        method="str",
+        distance="float",
+        margin="float",
+        reason="str",
+        fingerprint="map",
+    ),
+    "Certificate": dict(
+        gateway=B32,
+        task_id=B32,
+        result_id=B32,
+        worker=B32,
+        decision="str",
+        beacon=B32,
+        verifiers="list",
+        skipped="list",
+        votes="list",
+    ),
+    "LedgerEntry": dict(feed=B32, seq="int", prev=B32, time="int", type="str", body="map"),
+    "Request": dict(sender=B32, method="str", nonce="bytes", time="int", args="map"),
+    "GossipAccept": dict(server=B32, client_nonce="bytes", eph=B32),
+}
+SIGNER = {
+    "Task": "client",
+    "Result": "worker",
+    "Vote": "verifier",
+    "Certificate": "gateway",
+    "LedgerEntry": "feed",
+    "Request": "sender",
+    "GossipAccept": "server",
+}
+ENTRY_BODIES: dict[str, dict[str, str]] = {
+    "NodeJoined": dict(address="str", roles="list"),
+    "TaskAccepted": dict(task="bytes", beacon=B32, beacon_size="int", candidates="list"),
+    "ResultCommitted": dict(result="bytes"),
+    "VoteCast": dict(vote="bytes"),
+    "TaskFinalized": dict(certificate="bytes"),
+    "Evidence": dict(kind="str", subject=B32, proof="map"),
+    "Commitment": dict(size="int", root=B32),
+}
+_TYPES: dict[str, Callable[[Any], bool]] = {
+    B32: lambda v: isinstance(v, bytes) and len(v) == 32,
+    "bytes": lambda v: isinstance(v, bytes),
+    "str": lambda v: isinstance(v, str),
+    "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "float": lambda v: isinstance(v, float),
+    "bool": lambda v: isinstance(v, bool),
+    "list": lambda v: isinstance(v, list),
+    "map": lambda v: isinstance(v, dict),
+}
+
+
+def fields_ok(schema: dict[str, str], body: Any, what: str) -> None:
+    expect(isinstance(body, dict) and set(body) == set(schema), f"{what}: fields are not exactly {sorted(schema)}")
+    for k, t in schema.items():
+        expect(_TYPES[t](body[k]), f"{what}.{k} is not a {t}")
+
+
+def signing_payload(msg_type: str, network: str, body: dict[str, Any]) -> bytes:
+    return D["SIGNED_MAGIC"] + enc([msg_type, network, 1, body])
+
+
+def sig_ok(key: bytes, payload: bytes, sig: bytes) -> bool:
+    try:
+        nacl.signing.VerifyKey(key).verify(payload, sig)
+    except (nacl.exceptions.BadSignatureError, ValueError, TypeError):
+        return False
+    return True
+
+
+def open_signed(payload: bytes, sig: bytes, msg_type: str, network: str, what: str) -> dict[str, Any]:
+    """Parse and verify a signed payload as `msg_type`; return its body."""
+    expect(payload[:4] == D["SIGNED_MAGIC"], f"{what}: no magic")
+    try:
+        head = dec(payload[4:])
+    except BadEncoding as e:
+        raise Mismatch(f"{what}: payload is not canonical ({e})") from None
+    expect(isinstance(head, list) and len(head) == 4, f"{what}: header is not [type, network, version, body]")
+    t, net, version, body = head
+    expect((t, net, version) == (msg_type, network, 1), f"{what}: header is {t!r}/{net!r}/v{version}")
+    fields_ok(SCHEMAS[msg_type], body, what)
+    expect(sig_ok(body[SIGNER[msg_type]], payload, sig), f"{what}: signature does not verify")
+    return body
+
+
+def open_wire(wire: bytes, msg_type: str, network: str, what: str) -> tuple[dict[str, Any], bytes]:
+    """(body, id) of a message in its wire form."""
+    try:
+        env = dec(wire)
+    except BadEncoding as e:
+        raise Mismatch(f"{what}: wire is not canonical ({e})") from None
+    expect(isinstance(env, dict) and set(env) == {"payload", "sig"}, f"{what}: wire is not {{payload, sig}}")
+    expect(isinstance(env["payload"], bytes) and isinstance(env["sig"], bytes), f"{what}: wire fields not bytes")
+    body = open_signed(env["payload"], env["sig"], msg_type, network, what)
+    return body, msg_id(env["payload"])
+
+
+def msg_id(payload: bytes) -> bytes:
+    return hashlib.sha256(D["MESSAGE_ID"] + payload).digest()
+
+
+# -- the parts of a body typed only as map or list ----------------------------------------------------
+
+TEXT_PARAMS = dict(
+    prompt="str",
+    max_new_tokens="int",
+    decoding="str",
+    num_beams="int",
+    seed="int",
+    temperature="float",
+    top_k="int",
+    top_p="float",
+)
+IMAGE_PARAMS = dict(prompt="str", seed="int", steps="int", guidance="float", height="int", width="int", scheduler="str")
+TEXT_FP = dict(
+    kind="str",
+    token_digest="str",
+    num_perm="int",
+    seed="int",
+    shingle="int",
+    scheme="str",
+    hashfunc="str",
+    minhash="str",
+    lib="str",
+)
+IMAGE_FP = dict(kind="str", algo="str", bits="int", hash="str", lib="str")
+PROFILE = dict(
+    device="str", device_name="str", dtype="str", threads="int", deterministic="bool", flags="map", versions="map"
+)
+
+
+def check_params(kind: str, params: dict[str, Any], what: str) -> None:
+    schema = TEXT_PARAMS if kind == "text" else IMAGE_PARAMS
+    expect("prompt" in params and set(params) <= set(schema), f"{what}: params fields")
+    for k, v in params.items():
+        ok = _TYPES[schema[k]](v) or (schema[k] == "float" and _TYPES["int"](v))
+        expect(ok, f"{what}: params.{k} is not a {schema[k]}")
+    if kind == "text":
+        expect(params.get("decoding", "greedy") in ("greedy", "beam", "sample"), f"{what}: decoding")
+        expect(1 <= params.get("max_new_tokens", 64) <= 1024, f"{what}: max_new_tokens")
+        expect(0 <= params.get("seed", 0) < 1 << 63, f"{what}: seed")
+        expect(0 < params.get("temperature", 1.0) <= 100 and 0 < params.get("top_p", 1.0) <= 1, f"{what}: temperature")
+    else:
+        expect(all(8 <= params.get(s, 32) <= 1024 and params.get(s, 32) % 8 == 0 for s in ("height", "width")), what)
+        expect(
+            params.get("scheduler", "ddim") in ("ddim", "euler", "euler_ancestral", "dpmsolver", "pndm", "ddpm"), what
+        )
+
+
+def check_fingerprint(fp: dict[str, Any], what: str) -> None:
+    if not fp:
+        return
+    if fp.get("kind") == "text":
+        fields_ok(TEXT_FP, fp, what)
+        expect(len(fp["minhash"]) == 16 * fp["num_perm"], f"{what}: minhash length")
+    else:
+        fields_ok(IMAGE_FP, fp, what)
+        expect(fp["kind"] == "image" and len(fp["hash"]) * 4 == fp["bits"], f"{what}: image fingerprint")
+
+
+def check_body_parts(msg_type: str, body: dict[str, Any], network: str, what: str) -> None:
+    """Rules docs/protocol.md gives for the fields the schema types only as map or list."""
+    if msg_type == "Task":
+        expect(body["kind"] in ("text", "image"), f"{what}: kind")
+        check_params(body["kind"], body["params"], what)
+        expect(body["workers"] == 1 and body["verifiers"] in (1, 3, 5, 7, 9), f"{what}: workers/verifiers")
+        expect(body["model"].startswith("sha256:") and len(body["model"]) == 71, f"{what}: model digest")
+    elif msg_type == "Result":
+        out = body["output"]
+        if "token_ids" in out:
+            fields_ok(dict(token_ids="list", text="str", finish_reason="str"), out, what + ".output")
+            expect(body["output_digest"] == text_digest(out["token_ids"]), f"{what}: output_digest of token_ids")
+            expect(out["finish_reason"] in ("eos", "length"), f"{what}: finish_reason")
+        else:
+            fields_ok(dict(png_digest="str", height="int", width="int"), out, what + ".output")
+        check_fingerprint(body["fingerprint"], what + ".fingerprint")
+        fields_ok(PROFILE, body["profile"], what + ".profile")
+    elif msg_type == "Vote":
+        expect(body["method"] in ("prefill", "regenerate", "phash"), f"{what}: method")
+        check_fingerprint(body["fingerprint"], what + ".fingerprint")
+    elif msg_type == "Certificate":
+        expect(body["decision"] in ("accept", "reject"), f"{what}: decision")
+        for field in ("verifiers", "skipped"):
+            expect(all(_TYPES[B32](v) for v in body[field]), f"{what}: {field}")
+        for i, v in enumerate(body["votes"]):
+            vote, _ = open_wire(v, "Vote", network, f"{what}.votes[{i}]")
+            expect(vote["task_id"] == body["task_id"] and vote["result_id"] == body["result_id"], f"{what}: vote")
+    elif msg_type == "Request":
+        check_request_args(body["method"], body["args"], network, what)
+        expect(len(body["nonce"]) >= 8, f"{what}: nonce shorter than 8 bytes")
+
+
+def check_request_args(method: str, args: dict[str, Any], network: str, what: str) -> None:
+    if method in ("/trustgen.v1.Gateway/Submit", "/trustgen.v1.Worker/Execute"):
+        fields_ok(dict(task="bytes"), args, what + ".args")
+        open_wire(args["task"], "Task", network, what + ".args.task")
+    elif method in ("/trustgen.v1.Gateway/Status", "/trustgen.v1.Gateway/Watch"):
+        fields_ok(dict(task_id=B32), args, what + ".args")
+    elif method == "/trustgen.v1.Gateway/Join":
+        fields_ok(dict(entries="list"), args, what + ".args")
+        expect(1 <= len(args["entries"]) <= 1000, f"{what}: 1..1000 entries")
+        for pair in args["entries"]:
+            expect(isinstance(pair, list) and len(pair) == 2, f"{what}: entries are [payload, sig]")
+            open_signed(pair[0], pair[1], "LedgerEntry", network, what + ".args.entries")
+    elif method == "/trustgen.v1.Verifier/Check":
+        fields_ok(dict(task="bytes", result="bytes", output="bytes"), args, what + ".args")
+        task, task_id = open_wire(args["task"], "Task", network, what + ".args.task")
+        result, _ = open_wire(args["result"], "Result", network, what + ".args.result")
+        expect(result["task_id"] == task_id, f"{what}: result is for another task")
+    elif method == "/trustgen.v1.Blobs/Manifest":
+        fields_ok(dict(digest="str"), args, what + ".args")
+    elif method == "/trustgen.v1.Blobs/Fetch":
+        fields_ok(dict(digest="str", from_index="int"), args, what + ".args")
+    elif method == "/trustgen.v1.Gossip/Session":
+        fields_ok(dict(eph=B32), args, what + ".args")
+    else:
+        raise Mismatch(f"{what}: unknown method {method}")
+
+
+def check_message(v: dict[str, Any], network: str, keys: dict[str, bytes]) -> bytes:
+    what = f"message {v['name']!r}"
+    body = from_tagged(v["body"])
+    key = keys[v["signer"]]
+    same(body[SIGNER[v["type"]]], key, f"{what}: signer field")
+    fields_ok(SCHEMAS[v["type"]], body, what)
+    payload = signing_payload(v["type"], network, body)
+    same(payload, unhex(v["payload"]), f"{what}: payload")
+    sig = SIGNING_KEYS[v["signer"]].sign(payload).signature  # Ed25519 signatures are deterministic
+    same(sig, unhex(v["sig"]), f"{what}: signature")
+    expect(typed_equal(dec(payload[4:])[3], body), f"{what}: payload does not decode to the body")
+    same(msg_id(payload), unhex(v["id"]), f"{what}: id")
+    same(enc({"payload": payload, "sig": sig}), unhex(v["wire"]), f"{what}: wire")
+    open_signed(payload, sig, v["type"], network, what)
+    check_body_parts(v["type"], body, network, what)
+    return body
+
+
+# -- Merkle trees (RFC 6962 definitions, verification as RFC 9162) ---------------------------------
+
+
+def leaf_hash(data: bytes) -> bytes:
+    return hashlib.sha256(D["MERKLE_LEAF"] + data).digest()
+
+
+def node_hash(a: bytes, b: bytes) -> bytes:
+    return hashlib.sha256(D["MERKLE_NODE"] + a + b).digest()
+
+
+def split(n: int) -> int:
+    k = 1
+    while k * 2 < n:
+        k *= 2
+    return k
+
+
+def mth(leaves: list[bytes]) -> bytes:
+    if not leaves:
+        return hashlib.sha256(b"").digest()
+    if len(leaves) == 1:
+        return leaves[0]
+    k = split(len(leaves))
+    return node_hash(mth(leaves[:k]), mth(leaves[k:]))
+
+
+def path(m: int, leaves: list[bytes]) -> list[bytes]:
+    if len(leaves) <= 1:
+        return []
+    k = split(len(leaves))
+    if m < k:
+        return path(m, leaves[:k]) + [mth(leaves[k:])]
+    return path(m - k, leaves[k:]) + [mth(leaves[:k])]
+
+
+def subproof(m: int, leaves: list[bytes], whole: bool) -> list[bytes]:
+    n = len(leaves)
+    if m == n:
+        return [] if whole else [mth(leaves)]
+    k = split(n)
+    if m <= k:
+        return subproof(m, leaves[:k], whole) + [mth(leaves[k:])]
+    return subproof(m - k, leaves[k:], False) + [mth(leaves[:k])]
+
+
+def verify_inclusion(index: int, size: int, leaf: bytes, proof: list[bytes], root: bytes) -> bool:
+    if index >= size:
+        return False
+    fn, sn, r = index, size - 1, leaf
+    for p in proof:
+        if sn == 0:
+            return False
+        if fn % 2 == 1 or fn == sn:
+            r = node_hash(p, r)
+            if fn % 2 == 0:
+                while fn % 2 == 0 and fn != 0:
+                    fn, sn = fn >> 1, sn >> 1
+        else:
+            r = node_hash(r, p)
+        fn, sn = fn >> 1, sn >> 1
+    return sn == 0 and r == root
+
+
+def verify_consistency(m: int, n: int, old: bytes, new: bytes, proof: list[bytes]) -> bool:
+    if m == n:
+        return old == new and not proof
+    if not 0 < m < n:
+        return False
+    if m & (m - 1) == 0:
+        proof = [old] + proof
+    if not proof:
+        return False
+    fn, sn = m - 1, n - 1
+    while fn % 2 == 1:
+        fn, sn = fn >> 1, sn >> 1
+    fr = sr = proof[0]
+    for c in proof[1:]:
+        if sn == 0:
+            return False
+        if fn % 2 == 1 or fn == sn:
+            fr, sr = node_hash(c, fr), node_hash(c, sr)
+            if fn % 2 == 0:
+                while fn % 2 == 0 and fn != 0:
+                    fn, sn = fn >> 1, sn >> 1
+        else:
+            sr = node_hash(sr, c)
+        fn, sn = fn >> 1, sn >> 1
+    return sn == 0 and fr == old and sr == new
+
+
+def check_merkle(m: dict[str, Any]) -> None:
+    data = [unhex(x) for x in m["leaf_data"]]
+    leaves = [leaf_hash(x) for x in data]
+    same([x.hex() for x in leaves], m["leaves"], "merkle leaves")
+    for r in m["roots"]:
+        same(mth(leaves[: r["size"]]).hex(), r["root"], f"merkle root of size {r['size']}")
+    for p in m["inclusion"]:
+        i, n, what = p["index"], p["size"], f"merkle inclusion proof ({p['index']}, {p['size']})"
+        proof = path(i, leaves[:n])
+        same([x.hex() for x in proof], p["proof"], what)
+        expect(verify_inclusion(i, n, leaves[i], proof, mth(leaves[:n])), f"{what} does not verify")
+        expect(not verify_inclusion(i, n, leaf_hash(b"another leaf"), proof, mth(leaves[:n])), what)
+    for p in m["consistency"]:
+        a, b, what = p["old_size"], p["new_size"], f"merkle consistency proof ({p['old_size']}, {p['new_size']})"
+        proof = subproof(a, leaves[:b], True)
+        same([x.hex() for x in proof], p["proof"], what)
+        expect(verify_consistency(a, b, mth(leaves[:a]), mth(leaves[:b]), proof), f"{what} does not verify")
+        expect(not verify_consistency(a, b, mth(leaves[: a - 1]), mth(leaves[:b]), proof), what)
+
+
+# -- assignment, tally, ledger -----------------------------------------------------------------------
+
+
+def ranking(beacon: bytes, task_id: bytes, candidates: list[bytes], worker: bytes) -> list[bytes]:
+    pool = {c for c in candidates if c != worker}
+    return sorted(pool, key=lambda v: hashlib.sha256(D["ASSIGN"] + beacon + task_id + v).digest())
+
+
+def effective(rank: list[bytes], skipped: list[bytes], k: int) -> list[bytes]:
+    return [v for v in rank if v not in skipped][:k]
+
+
+def decide(votes: dict[bytes, bool], eff: list[bytes], k: int) -> tuple[str, int, int]:
+    counted = [votes[v] for v in eff if v in votes]
+    acc, rej = counted.count(True), counted.count(False)
+    return ("accept" if 2 * acc > k else "reject" if 2 * rej > k else "pending"), acc, rej
+
+
+def check_assignment(a: dict[str, Any]) -> None:
+    what = f"assignment {a['name']!r}"
+    beacon, task_id = unhex(a["beacon"]), unhex(a["task_id"])
+    r = ranking(beacon, task_id, [unhex(c) for c in a["candidates"]], unhex(a["worker"]))
+    same([v.hex() for v in r], a["ranking"], f"{what}: ranking")
+    keys = [hashlib.sha256(D["ASSIGN"] + beacon + task_id + v).hexdigest() for v in r]
+    same(keys, a["sort_keys"], f"{what}: sort keys")
+    same([v.hex() for v in effective(r, [unhex(s) for s in a["skipped"]], a["k"])], a["effective"], what)
+
+
+def check_tally(t: dict[str, Any]) -> None:
+    votes = {unhex(v["verifier"]): v["accept"] for v in t["votes"]}
+    got = decide(votes, [unhex(v) for v in t["effective"]], t["k"])
+    same(got, (t["decision"], t["accepts"], t["rejects"]), f"tally {t['name']!r}")
+
+
+def entry_hash(payload: bytes, sig: bytes) -> bytes:
+    return hashlib.sha256(D["ENTRY_HASH"] + payload + sig).digest()
+
+
+def check_ledger(led: dict[str, Any], network: str, keys: dict[str, bytes]) -> None:
+    """Each entry re-signed and re-hashed, chains, commitments, assignments and decisions, and
+    evidence: the audit of docs/protocol.md, section "Verifying a ledger"."""
+    owner = keys[led["owner"]]
+    heads: dict[bytes, tuple[int, bytes]] = {}
+    log: list[tuple[bytes, int, bytes]] = []
+    commitments: dict[tuple[int, bytes], int] = {}
+    verifier_joins: dict[bytes, int] = {}
+    accepted: dict[bytes, tuple[dict[str, Any], dict[str, Any]]] = {}
+    results: dict[bytes, dict[str, Any]] = {}
+    for i, v in enumerate(led["log"]):
+        what = f"ledger entry {i} ({v['name']})"
+        feed = keys[v["signer"]]
+        seq, prev_hash = heads.get(feed, (0, ZERO32))
+        same(v["seq"], seq + 1, f"{what}: seq")
+        same(unhex(v["prev"]), prev_hash, f"{what}: prev")
+        body = from_tagged(v["body"])
+        fields_ok(ENTRY_BODIES[v["type"]], body, what)
+        signed = {"feed": feed, "seq": v["seq"], "prev": prev_hash, "time": v["time"], "type": v["type"], "body": body}
+        payload = signing_payload("LedgerEntry", network, signed)
+        same(payload, unhex(v["payload"]), f"{what}: payload")
+        sig = unhex(v["sig"])
+        expect(sig_ok(feed, payload, sig), f"{what}: signature does not verify")
+        same(SIGNING_KEYS[v["signer"]].sign(payload).signature, sig, f"{what}: signature")
+        h = entry_hash(payload, sig)
+        same(h, unhex(v["hash"]), f"{what}: entry hash")
+        heads[feed] = (v["seq"], h)
+        log.append((feed, v["seq"], h))
+        t = v["type"]
+        if t == "NodeJoined" and "verifier" in body["roles"]:
+            verifier_joins.setdefault(feed, i)
+        elif t == "Commitment" and feed == owner:
+            expect(body["size"] <= i, f"{what}: commitment covers entries not yet stored")
+            same(body["root"], mth(leaf_list(log[: body["size"]])), f"{what}: commitment root")
+            commitments.setdefault((body["size"], body["root"]), i)
+        elif t == "TaskAccepted":
+            task, task_id = open_wire(body["task"], "Task", network, what + " task")
+            expect(commitments.get((body["beacon_size"], body["beacon"]), i) < i, f"{what}: beacon")
+            joined = {f for f, j in verifier_joins.items() if j < body["beacon_size"]}
+            expect(set(body["candidates"]) == joined, f"{what}: candidates differ from the verifiers known")
+            accepted[task_id] = (body, task)
+        elif t == "ResultCommitted":
+            res, rid = open_wire(body["result"], "Result", network, what + " result")
+            results[rid] = res
+        elif t == "VoteCast":
+            open_wire(body["vote"], "Vote", network, what + " vote")
+        elif t == "TaskFinalized":
+            check_certificate(body["certificate"], feed, accepted, results, network, what)
+        elif t == "Evidence":
+            check_evidence(body, feed, network, what)
+    same([x.hex() for x in leaf_list(log)], led["leaves"], "ledger leaves")
+    want = [{"feed": f.hex(), "seq": s, "hash": h.hex()} for f, (s, h) in sorted(heads.items())]
+    same(want, led["heads"], "ledger heads")
+
+
+def leaf_list(log: list[tuple[bytes, int, bytes]]) -> list[bytes]:
+    return [leaf_hash(f + s.to_bytes(8, "big") + h) for f, s, h in log]
+
+
+def check_certificate(wire: bytes, feed: bytes, accepted: dict, results: dict, network: str, what: str) -> None:
+    c, _ = open_wire(wire, "Certificate", network, what + " certificate")
+    expect(c["gateway"] == feed, f"{what}: certificate signed by another node")
+    expect(c["task_id"] in accepted, f"{what}: task never accepted")
+    acc, task = accepted[c["task_id"]]
+    res = results.get(c["result_id"])
+    expect(res is not None and res["task_id"] == c["task_id"] and res["worker"] == c["worker"], f"{what}: result")
+    r = ranking(acc["beacon"], c["task_id"], acc["candidates"], c["worker"])
+    eff = effective(r, c["skipped"], task["verifiers"])
+    same(c["verifiers"], eff, f"{what}: effective verifiers")
+    expect(set(c["skipped"]) <= set(r), f"{what}: skipped verifiers were never candidates")
+    votes: dict[bytes, bool] = {}
+    for raw in c["votes"]:
+        vote, _ = open_wire(raw, "Vote", network, what + " vote")
+        expect(vote["verifier"] in eff and vote["verifier"] not in votes, f"{what}: vote from outside or twice")
+        votes[vote["verifier"]] = vote["accept"]
+    same(decide(votes, eff, task["verifiers"])[0], c["decision"], f"{what}: decision")
+
+
+def check_evidence(body: dict[str, Any], feed: bytes, network: str, what: str) -> None:
+    p, kind = body["proof"], body["kind"]
+    if kind == "equivocation":
+        a = open_signed(p["a_payload"], p["a_sig"], "LedgerEntry", network, what + " a")
+        b = open_signed(p["b_payload"], p["b_sig"], "LedgerEntry", network, what + " b")
+        expect(a["feed"] == b["feed"] == body["subject"] and a["seq"] == b["seq"], f"{what}: not one (feed, seq)")
+        expect(entry_hash(p["a_payload"], p["a_sig"]) != entry_hash(p["b_payload"], p["b_sig"]), what)
+        return
+    c, _ = open_wire(p["certificate"], "Certificate", network, what + " certificate")
+    expect(c["gateway"] == feed, f"{what}: certificate is not the accuser's")
+    if kind == "rejected_result":
+        expect(c["decision"] == "reject" and c["worker"] == body["subject"], f"{what}: does not convict")
+    elif kind == "minority_vote":
+        vote, _ = open_wire(p["vote"], "Vote", network, what + " vote")
+        expect(p["vote"] in c["votes"] and vote["verifier"] == body["subject"], f"{what}: vote not in certificate")
+        expect(vote["accept"] != (c["decision"] == "accept"), f"{what}: the vote agrees with the decision")
+    else:
+        raise Mismatch(f"{what}: unknown evidence kind {kind}")
+
+
+# -- gossip ---------------------------------------------------------------------------------------------
+
+
+def check_session(s: dict[str, Any], network: str, keys: dict[str, bytes]) -> None:
+    hello = check_message(s["hello"], network, keys)
+    accept = check_message(s["accept"], network, keys)
+    same((s["hello"]["signer"], s["accept"]["signer"]), (s["client"], s["server"]), "session ends")
+    expect(hello["method"] == "/trustgen.v1.Gossip/Session", "session hello: method")
+    expect(accept["client_nonce"] == hello["nonce"], "session accept: not bound to the hello's nonce")
+    for side in ("client", "server"):
+        pub = nacl.bindings.crypto_scalarmult_base(unhex(s[f"{side}_eph_private"]))
+        same(pub.hex(), s[f"{side}_eph_public"], f"session {side} ephemeral key")
+    same(hello["args"]["eph"].hex(), s["client_eph_public"], "session hello eph")
+    same(accept["eph"].hex(), s["server_eph_public"], "session accept eph")
+    secret = nacl.bindings.crypto_scalarmult(unhex(s["client_eph_private"]), unhex(s["server_eph_public"]))
+    same(secret, nacl.bindings.crypto_scalarmult(unhex(s["server_eph_private"]), unhex(s["client_eph_public"])), "dh")
+    same(secret.hex(), s["x25519_secret"], "session X25519 secret")
+    transcript = hashlib.sha256(unhex(s["hello"]["payload"])).digest()
+    transcript += hashlib.sha256(unhex(s["accept"]["payload"])).digest()
+    same(transcript.hex(), s["transcript"], "session transcript")
+    key = hashlib.blake2b(secret + transcript, digest_size=32, person=D["GOSSIP_SESSION"]).digest()
+    same(key.hex(), s["session_key"], "session key")
+    counters = {"C": 0, "S": 0}
+    for i, f in enumerate(s["frames"]):
+        d = f["direction"]
+        same({"client": "C", "server": "S"}.get(f["from"]), d, f"session frame {i} direction")
+        same(f["number"], counters[d], f"session frame {i} number")
+        counters[d] += 1
+        msg = d.encode() + f["number"].to_bytes(8, "big") + unhex(f["body"])
+        tag = hashlib.blake2b(msg, key=key, digest_size=16, person=D["GOSSIP_SESSION"]).digest()
+        same(tag.hex(), f["tag"], f"session frame {i} tag")
+
+
+def check_gossip_digests(g: dict[str, Any]) -> None:
+    heads = sorted((unhex(h["feed"]), h["seq"], unhex(h["hash"])) for h in g["heads"])
+    h = hashlib.sha256(D["GOSSIP_HEADS"])
+    for feed, seq, eh in heads:
+        h.update(feed + seq.to_bytes(8, "big") + eh)
+    same(h.hexdigest(), g["heads_digest"], "gossip heads digest")
+    n = g["bucket_count"]
+    buckets = [hashlib.sha256(D["GOSSIP_BUCKET"]) for _ in range(n)]
+    same([int.from_bytes(f[:4], "big") % n for f, _, _ in heads], g["buckets"], "gossip buckets")
+    for feed, seq, eh in heads:
+        buckets[int.from_bytes(feed[:4], "big") % n].update(feed + seq.to_bytes(8, "big") + eh)
+    same([b.digest()[:8].hex() for b in buckets], g["bucket_digests"], "gossip bucket digests")
+
+
+# -- sampling -------------------------------------------------------------------------------------------
+
+GOLDEN, MIX1, MIX2 = 0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB
+
+
+def splitmix_final(x: int) -> int:
+    x = ((x ^ (x >> 30)) * MIX1) & U64
+    x = ((x ^ (x >> 27)) * MIX2) & U64
+    return x ^ (x >> 31)
+
+
+def noise_key(seed: int, position: int) -> int:
+    msg = D["GUMBEL_NOISE"] + struct.pack("<QQ", seed, position)
+    return int.from_bytes(hashlib.blake2b(msg, digest_size=8).digest(), "little")
+
+
+def gumbel(seed: int, position: int, vocab: int) -> tuple[int, list[int], list[float]]:
+    key = noise_key(seed, position)
+    words = [splitmix_final((key + (i + 1) * GOLDEN) & U64) for i in range(vocab)]
+    g = [-math.log(-math.log(((w >> 11) + 0.5) * 2.0**-53)) for w in words]
+    return key, words, g
+
+
+def close(a: float, b: float) -> bool:
+    # -ln(-ln u) goes through two logs that are not correctly rounded everywhere, and the file
+    # gives g to 12 significant digits: the words are exact, g agrees to 1e-11.
+    return abs(a - b) <= 1e-11 * max(1.0, abs(a))
+
+
+def select(logits: list[float], seed: int, position: int, temperature: float, top_k: int, top_p: float):
+    x = [v / temperature for v in logits]
+    ninf = float("-inf")
+    if 0 < top_k < len(x):
+        kth = sorted(x, reverse=True)[top_k - 1]
+        x = [v if v >= kth else ninf for v in x]
+    if top_p < 1.0:
+        order = sorted(range(len(x)), key=lambda i: -x[i])  # stable: ties keep index order
+        top = x[order[0]]
+        weights = [math.exp(x[i] - top) if x[i] != ninf else 0.0 for i in order]
+        total = sum(weights)
+        above = 0.0
+        for i, w in zip(order, weights):
+            if above >= top_p:
+                x[i] = ninf
+            above += w / total
+    kept = [i for i, v in enumerate(x) if v != ninf]
+    _, _, g = gumbel(seed, position, len(x))
+    scores = [v + n for v, n in zip(x, g)]
+    return kept, max(range(len(x)), key=lambda i: scores[i])
+
+
+def check_sampling(s: dict[str, Any]) -> None:
+    for v in s["noise"]:
+        what = f"sampling noise (seed {v['seed']}, position {v['position']})"
+        key, words, g = gumbel(v["seed"], v["position"], v["vocab"])
+        same(f"{key:016x}", v["key"], f"{what}: key")
+        same([f"{w:016x}" for w in words], v["words"], f"{what}: words")
+        expect(len(g) == len(v["g"]) and all(close(a, b) for a, b in zip(g, v["g"])), f"{what}: noise {g}")
+    for v in s["selection"]:
+        what = f"sampling selection (seed {v['seed']}, position {v['position']})"
+        kept, token = select(v["logits"], v["seed"], v["position"], v["temperature"], v["top_k"], v["top_p"])
+        same(kept, v["kept"], f"{what}: kept tokens")
+        same(token, v["token"], f"{what}: token")
+
+
+# -- outputs, blobs, models, fingerprints ----------------------------------------------------------------
+
+
+def u32le(ids: list[int]) -> bytes:
+    return b"".join(i.to_bytes(4, "little") for i in ids)
+
+
+def text_digest(ids: list[int]) -> str:
+    return "sha256:" + hashlib.sha256(D["TEXT_OUTPUT"] + u32le(ids)).hexdigest()
+
+
+def blob_chunks(data: bytes) -> list[bytes]:
+    step = 64 * 1024
+    return [leaf_hash(data[i : i + step]) for i in range(0, max(len(data), 1), step)]
+
+
+def png_pixels(png: bytes) -> tuple[int, int, bytes]:
+    """Width, height and RGB rows of an 8-bit RGB PNG whose rows all use filter 0."""
+    expect(png[:8] == b"\x89PNG\r\n\x1a\n", "png signature")
+    pos, idat, w, h = 8, b"", 0, 0
+    while pos < len(png):
+        n = int.from_bytes(png[pos : pos + 4], "big")
+        kind, data = png[pos + 4 : pos + 8], png[pos + 8 : pos + 8 + n]
+        expect(zlib.crc32(kind + data) == int.from_bytes(png[pos + 8 + n : pos + 12 + n], "big"), "png chunk crc")
+        if kind == b"IHDR":
+            w, h = int.from_bytes(data[:4], "big"), int.from_bytes(data[4:8], "big")
+            expect(data[8:10] == b"\x08\x02", "png: 8-bit RGB")
+        elif kind == b"IDAT":
+            idat += data
+        pos += 12 + n
+    raw = zlib.decompress(idat)
+    rows = [raw[r * (1 + 3 * w) : (r + 1) * (1 + 3 * w)] for r in range(h)]
+    expect(all(row[0] == 0 for row in rows), "png: filter 0 rows")
+    return w, h, b"".join(row[1:] for row in rows)
+
+
+def check_outputs(o: dict[str, Any]) -> None:
+    for v in o["text"]:
+        same(text_digest(v["token_ids"]), v["digest"], f"text digest of {v['token_ids']}")
+    for i, v in enumerate(o["image"]):
+        header = struct.pack("<III", v["height"], v["width"], v["channels"])
+        pixels = unhex(v["pixels"])
+        expect(len(pixels) == v["height"] * v["width"] * v["channels"], f"image {i}: pixel count")
+        got = "sha256:" + hashlib.sha256(D["IMAGE_OUTPUT"] + header + pixels).hexdigest()
+        same(got, v["digest"], f"image digest {i}")
+    for v in o["blobs"]:
+        data = bytes((31 * i + 7) % 256 for i in range(v["length"]))
+        chunks = blob_chunks(data)
+        same([c.hex() for c in chunks], v["chunks"], f"blob of {v['length']} bytes: chunks")
+        same(mth(chunks).hex(), v["digest"], f"blob of {v['length']} bytes: digest")
+    png = unhex(o["png"]["png"])
+    same(mth(blob_chunks(png)).hex(), o["png"]["digest"], "png blob digest")
+    img = o["image"][o["png"]["pixels_of"]]
+    w, h, rgb = png_pixels(png)
+    same((w, h, rgb.hex()), (img["width"], img["height"], img["pixels"]), "png pixels")
+    check_manifest(o["model_manifest"])
+
+
+def check_manifest(m: dict[str, Any]) -> None:
+    skip = {".DS_Store", "README.md", ".gitattributes"}
+    lines = []
+    for f in m["files"]:
+        parts = f["path"].split("/")
+        if any(p.startswith(".") for p in parts) or parts[-1] in skip:
+            continue
+        data = unhex(f["content"])
+        lines.append(f"{f['path']}\0{len(data)}\0{hashlib.sha256(data).hexdigest()}\n".encode())
+    order = sorted(range(len(lines)), key=lambda i: lines[i].split(b"\0")[0].decode())
+    digest = hashlib.sha256(D["MODEL_MANIFEST"] + b"".join(lines[i] for i in order)).hexdigest()
+    same("sha256:" + digest, m["digest"], "model manifest digest")
+
+
+class MT19937:
+    """The Mersenne Twister, seeded with one 32-bit word (init_genrand)."""
+
+    def __init__(self, seed: int) -> None:
+        self.mt = [seed & 0xFFFFFFFF]
+        for i in range(1, 624):
+            self.mt.append((1812433253 * (self.mt[-1] ^ (self.mt[-1] >> 30)) + i) & 0xFFFFFFFF)
+        self.i = 624
+
+    def next32(self) -> int:
+        if self.i == 624:
+            mt = self.mt
+            for k in range(624):
+                y = (mt[k] & 0x80000000) | (mt[(k + 1) % 624] & 0x7FFFFFFF)
+                mt[k] = mt[(k + 397) % 624] ^ (y >> 1) ^ (0x9908B0DF if y & 1 else 0)
+            self.i = 0
+        y = self.mt[self.i]
+        self.i += 1
+        y ^= y >> 11
+        y ^= (y << 7) & 0x9D2C5680
+        y ^= (y << 15) & 0xEFC60000
+        return y ^ (y >> 18)
+
+    def next64(self) -> int:
+        hi = self.next32()
+        return (hi << 32) | self.next32()
+
+
+def fmix64(h: int) -> int:
+    h ^= h >> 33
+    h = (h * 0xFF51AFD7ED558CCD) & U64
+    h ^= h >> 33
+    h = (h * 0xC4CEB9FE1A85EC53) & U64
+    return h ^ (h >> 33)
+
+
+def minhash(ids: list[int], num_perm: int, seed: int, k: int) -> str:
+    mt = MT19937(seed)
+    a = [((mt.next64() & ((1 << 63) - 1)) * 2 + 1) & U64 for _ in range(num_perm)]
+    b = [mt.next64() for _ in range(num_perm)]
+    shingles = [u32le(ids)] if len(ids) <= k else [u32le(ids[i : i + k]) for i in range(len(ids) - k + 1)]
+    hs = [fmix64(int.from_bytes(hashlib.sha256(s).digest()[:8], "little")) for s in shingles]
+    mins = [min((a[j] * h + b[j]) & U64 for h in hs) for j in range(num_perm)]
+    return b"".join(m.to_bytes(8, "little") for m in mins).hex()
+
+
+def phash(gray: list[list[int]]) -> str:
+    """pHash of a 32 x 32 grey image: the top-left 8 x 8 of its unnormalised 2-D DCT-II,
+    each bit 'coefficient > median', row by row, as 16 hex digits."""
+    n = 32
+    c = [[2 * math.cos(math.pi * k * (2 * j + 1) / (2 * n)) for j in range(n)] for k in range(8)]
+    t = [[sum(c[k][r] * gray[r][col] for r in range(n)) for col in range(n)] for k in range(8)]
+    low = [[sum(t[k][col] * c[m][col] for col in range(n)) for m in range(8)] for k in range(8)]
+    flat = [v for row in low for v in row]
+    s = sorted(flat)
+    med = (s[31] + s[32]) / 2
+    return f"{int(''.join('1' if v > med else '0' for v in flat), 2):016x}"
+
+
+def check_fingerprints(f: dict[str, Any]) -> None:
+    for v in f["minhash"]:
+        fp, ids = v["fingerprint"], v["token_ids"]
+        what = f"minhash of {ids[:8]}{'...' if len(ids) > 8 else ''}"
+        mh = minhash(ids, fp["num_perm"], fp["seed"], fp["shingle"])
+        want = {
+            "kind": "text",
+            "token_digest": text_digest(ids),
+            "num_perm": fp["num_perm"],
+            "seed": fp["seed"],
+            "shingle": fp["shingle"],
+            "scheme": "affine64",
+            "hashfunc": "sha256-64le",
+            "minhash": mh,
+            "lib": "datasketch-2",
+        }
+        same(want, fp, what)
+    for v in f["phash"]:
+        px = unhex(v["pixels"])
+        expect((v["height"], v["width"], len(px)) == (32, 32, 32 * 32 * 3), f"phash of {v['name']}: 32 x 32 RGB")
+        rgb = [[px[3 * (32 * y + x) : 3 * (32 * y + x) + 3] for x in range(32)] for y in range(32)]
+        gray = [[(p[0] * 19595 + p[1] * 38470 + p[2] * 7471 + 0x8000) >> 16 for p in row] for row in rgb]
+        same(phash(gray), v["phash"], f"phash of {v['name']}")
+        per_channel = "".join(phash([[p[ch] for p in row] for row in rgb]) for ch in range(3))
+        same(per_channel, v["phash_rgb"], f"phash_rgb of {v['name']}")
+
+
+# -- encoding vectors ---------------------------------------------------------------------------------
+
+
+def check_encoding(e: dict[str, Any]) -> None:
+    for v in e["valid"]:
+        value = from_tagged(v["value"])
+        same(enc(value).hex(), v["hex"], f"encoding {v['name']!r}")
+        try:
+            back = dec(unhex(v["hex"]))
+        except BadEncoding as err:
+            raise Mismatch(f"encoding {v['name']!r}: refused ({err})") from None
+        expect(typed_equal(back, value), f"encoding {v['name']!r}: decodes to another value")
+    for v in e["invalid"]:
+        try:
+            dec(unhex(v["hex"]))
+        except BadEncoding:
+            continue
+        raise Mismatch(f"invalid encoding {v['name']!r}: accepted")
+
+
+# -- main ---------------------------------------------------------------------------------------------
+
+SIGNING_KEYS: dict[str, nacl.signing.SigningKey] = {}
+
+
+def check(doc: dict[str, Any]) -> int:
+    """Check every vector; return how many were checked."""
+    same({k: bytes.fromhex(v) for k, v in doc["domains"].items()}, DOMAINS, "domain tags")
+    keys = {}
+    for name, k in doc["keys"].items():
+        SIGNING_KEYS[name] = nacl.signing.SigningKey(unhex(k["seed"]))
+        keys[name] = bytes(SIGNING_KEYS[name].verify_key)
+        same(keys[name].hex(), k["public"], f"key {name}")
+    net = doc["network"]
+    n = 0
+    steps: list[tuple[str, Callable[[], None]]] = [("encoding", lambda: check_encoding(doc["encoding"]))]
+    for m in doc["messages"]:
+        steps.append((f"message {m['name']!r}", lambda m=m: check_message(m, net, keys)))
+    steps += [
+        ("ledger", lambda: check_ledger(doc["ledger"], net, keys)),
+        ("merkle", lambda: check_merkle(doc["merkle"])),
+        *[(f"assignment {a['name']!r}", lambda a=a: check_assignment(a)) for a in doc["assignment"]],
+        *[(f"tally {t['name']!r}", lambda t=t: check_tally(t)) for t in doc["tally"]],
+        ("session", lambda: check_session(doc["session"], net, keys)),
+        ("gossip digests", lambda: check_gossip_digests(doc["gossip_digests"])),
+        ("sampling", lambda: check_sampling(doc["sampling"])),
+        ("outputs", lambda: check_outputs(doc["outputs"])),
+        ("fingerprints", lambda: check_fingerprints(doc["fingerprints"])),
+    ]
+    for name, step in steps:
+        try:
+            step()
+        except Mismatch:
+            raise
+        except (ValueError, KeyError, TypeError, IndexError, BadEncoding) as e:  # a vector too broken to read
+            raise Mismatch(f"{name}: unreadable ({type(e).__name__}: {e})") from None
+        n += 1
+    return n
+
+
+def main() -> int:
+    path = pathlib.Path(sys.argv[1]) if len(sys.argv) > 1 else DEFAULT
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    try:
+        n = check(doc)
+    except Mismatch as e:
+        print(f"MISMATCH {e}", file=sys.stderr)
+        return 1
+    print(f"ok: {n} vector groups in {path} re-derived")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,840 @@
+"""Write docs/protocol_vectors.json: test vectors for every rule in docs/protocol.md, made by the
+node's own code (encoding, signing, ledger, Merkle, assignment, tally, sessions, sampling noise,
+fingerprints, digests) from fixed keys, times and inputs, so the file is byte-identical on every run.
+
+python scripts/make_protocol_vectors.py            # rewrite docs/protocol_vectors.json
+python scripts/make_protocol_vectors.py --out F    # write elsewhere (the drift test compares)
+
+scripts/check_protocol_vectors.py is a second implementation that re-derives every vector from
+the file alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import pathlib
+import struct
+import sys
+import tempfile
+import zlib
+from typing import Any
+from unittest import mock
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import nacl.bindings  # noqa: E402
+import nacl.public  # noqa: E402
+import numpy as np  # noqa: E402
+import PIL.Image  # noqa: E402
+import scipy.fftpack  # noqa: E402
+import torch  # noqa: E402
+
+from trustgen.consensus import domains, merkle  # noqa: E402
+from trustgen.consensus.assignment import effective_verifiers, rank  # noqa: E402
+from trustgen.consensus.audit import audit_ledger  # noqa: E402
+from trustgen.consensus.encoding import decode, encode  # noqa: E402
+from trustgen.consensus.finality import certify  # noqa: E402
+from trustgen.consensus.identity import Identity  # noqa: E402
+from trustgen.consensus.ledger import Entry, Ledger, leaf_data  # noqa: E402
+from trustgen.consensus.messages import Signed, sign  # noqa: E402
+from trustgen.consensus.tally import tally  # noqa: E402
+from trustgen.engines import sampling  # noqa: E402
+from trustgen.engines.determinism import ExecutionProfile  # noqa: E402
+from trustgen.engines.outputs import image_digest, read_png, text_digest  # noqa: E402
+from trustgen.engines.params import ImageParams, TextParams  # noqa: E402
+from trustgen.engines.registry import model_digest  # noqa: E402
+from trustgen.engines.sampling import filter_logits, gumbel_noise_rows, sample_scores, sample_token  # noqa: E402
+from trustgen.gossip import session  # noqa: E402
+from trustgen.gossip.blobs import CHUNK, blob_digest, chunk_hashes  # noqa: E402
+from trustgen.net import auth  # noqa: E402
+from trustgen.net.peers import full_method  # noqa: E402
+from trustgen.rpc import trustgen_pb2 as pb  # noqa: E402
+from trustgen.verifier.compare import distance  # noqa: E402
+from trustgen.verifier.fingerprints import image_fingerprint, text_fingerprint  # noqa: E402
+from trustgen.verifier.vote import VoteValue  # noqa: E402
+
+try:  # anti-entropy digests moved out of gossip.py; either home computes the same bytes
+    from trustgen.gossip.antientropy import bucket_digests, heads_digest
+except ImportError:  # pragma: no cover - before the move
+    from trustgen.gossip.gossip import bucket_digests, heads_digest  # type: ignore[no-redef]
+
+OUT = ROOT / "docs" / "protocol_vectors.json"
+NETWORK = "trustgen-vectors"
+T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z in ms: every time in the vectors counts from here
+# Image results carry the fingerprint library's version; pinned here so that the vectors do not
+# change with the installed imagehash release (it is a label, compared for equality only).
+IMAGE_LIB = "imagehash-4.3.2/pillow-13"
+
+KEY_SEEDS = {"gateway": 1, "worker": 2, "client": 3, **{f"verifier{i}": 10 + i for i in range(5)}}
+KEYS = {name: Identity.from_seed(bytes([b]) * 32) for name, b in KEY_SEEDS.items()}
+NAME_OF = {k.public_key: name for name, k in KEYS.items()}
+
+
+def tj(v: Any) -> Any:
+    """A value as tagged JSON: bytes as {"$bytes": hex}; JSON numbers with a point are floats."""
+    if isinstance(v, (bytes, bytearray)):
+        return {"$bytes": bytes(v).hex()}
+    if isinstance(v, dict):
+        assert set(v) != {"$bytes"}, "a map with the single key $bytes would read back as bytes"
+        return {k: tj(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [tj(x) for x in v]
+    if isinstance(v, float):
+        assert math.isfinite(v)
+    return v
+
+
+def hexes(items: list[bytes]) -> list[str]:
+    return [b.hex() for b in items]
+
+
+def message_vector(name: str, msg: Signed) -> dict[str, Any]:
+    assert decode(msg.payload[4:])[3] == msg.body
+    return {
+        "name": name,
+        "type": msg.type,
+        "signer": NAME_OF[msg.signer],
+        "body": tj(msg.body),
+        "payload": msg.payload.hex(),
+        "sig": msg.sig.hex(),
+        "id": msg.id.hex(),
+        "wire": msg.wire().hex(),
+    }
+
+
+# -- encoding ------------------------------------------------------------------------------------
+
+
+def encoding_vectors() -> dict[str, Any]:
+    nested_ok: Any = []
+    for _ in range(32):  # 33 lists: the innermost sits at depth 32, the deepest allowed
+        nested_ok = [nested_ok]
+    valid = [
+        ("none", None),
+        ("false", False),
+        ("true", True),
+        ("int zero", 0),
+        ("int -1", -1),
+        ("int min", -(2**63)),
+        ("int max", 2**63 - 1),
+        ("float 1.5", 1.5),
+        ("float -0.0", -0.0),
+        ("float 0.1", 0.1),
+        ("float smallest subnormal", 5e-324),
+        ("float max", 1.7976931348623157e308),
+        ("float that is an integer", 3.0),
+        ("empty bytes", b""),
+        ("bytes", bytes(range(8))),
+        ("empty str", ""),
+        ("str non-ascii", "é✓😀"),
+        ("empty list", []),
+        ("list of mixed", [1, "a", None, [True, b"\xff"]]),
+        ("empty map", {}),
+        ("map keys sorted by UTF-8 bytes", {"b": 1, "a": 2, "aa": 3, "B": 4, "": 5}),
+        ("map keys above the BMP sort after U+FF61 (UTF-8 order, not UTF-16)", {"😀": 1, "｡": 2, "é": 3}),
+        ("nested maps", {"outer": {"z": [], "y": {"x": 0.25}}}),
+        ("33 nested lists (maximum depth)", nested_ok),
+    ]
+    out_valid = []
+    for name, v in valid:
+        b = encode(v)
+        assert encode(decode(b)) == b
+        out_valid.append({"name": name, "value": tj(v), "hex": b.hex()})
+    too_deep = b"\x07\x00\x00\x00\x01" * 34 + b"\x07\x00\x00\x00\x00"
+    invalid = [
+        ("truncated int", encode(1)[:-1], "8 bytes must follow tag 0x03"),
+        ("trailing byte", encode({"a": 1}) + b"\x00", "bytes after the value"),
+        (
+            "unsorted keys",
+            b"\x08\x00\x00\x00\x02" + encode("b") + encode(1) + encode("a") + encode(1),
+            "keys out of order",
+        ),
+        ("duplicate key", b"\x08\x00\x00\x00\x02" + encode("a") + encode(1) + encode("a") + encode(2), "keys repeat"),
+        ("map key not a string", b"\x08\x00\x00\x00\x01" + encode(b"a") + encode(1), "keys must use tag 0x06"),
+        ("NaN", b"\x04" + bytes.fromhex("7ff8000000000000"), "floats must be finite"),
+        ("infinity", b"\x04" + bytes.fromhex("7ff0000000000000"), "floats must be finite"),
+        ("unknown tag", b"\x09", "tags are 0x00..0x08"),
+        ("invalid UTF-8", b"\x06\x00\x00\x00\x01\xff", "strings must be UTF-8"),
+        ("overlong UTF-8", b"\x06\x00\x00\x00\x02\xc0\xaf", "strings must be UTF-8 (no overlong forms)"),
+        ("UTF-8 surrogate", b"\x06\x00\x00\x00\x03\xed\xa0\x80", "strings must be UTF-8 (no surrogates)"),
+        ("length beyond the data", b"\x05\x00\x00\x00\x05ab", "length runs past the end"),
+        ("length over 64 MiB", b"\x05\x04\x00\x00\x01", "lengths and counts are at most 2^26"),
+        ("35 nested lists", too_deep, "more than 32 levels of nesting"),
+        ("empty input", b"", "no value"),
+    ]
+    out_invalid = []
+    for name, b, why in invalid:
+        try:
+            decode(b)
+        except ValueError:
+            out_invalid.append({"name": name, "hex": b.hex(), "why": why})
+        else:
+            raise AssertionError(f"the decoder accepted the invalid vector {name!r}")
+    return {"valid": out_valid, "invalid": out_invalid}
+
+
+# -- outputs, blobs, models ------------------------------------------------------------------------
+
+
+def test_image() -> np.ndarray:
+    """32 x 32 RGB: a red disc on a blue-to-green gradient (the embedded image model's size)."""
+    y, x = np.mgrid[0:32, 0:32]
+    img = np.zeros((32, 32, 3), dtype=np.uint8)
+    img[..., 1] = (x * 8).astype(np.uint8)
+    img[..., 2] = (255 - y * 6).astype(np.uint8)
+    disc = (x - 12) ** 2 + (y - 18) ** 2 <= 49
+    img[disc] = (220, 30, 40)
+    return img
+
+
+def png_stored(pixels: np.ndarray) -> bytes:
+    """A PNG whose deflate stream uses stored blocks: the same bytes whatever zlib is installed."""
+    h, w, c = pixels.shape
+    raw = b"".join(b"\x00" + pixels[r].tobytes() for r in range(h))
+    blocks = [raw[i : i + 65535] for i in range(0, len(raw), 65535)] or [b""]
+    z = b"\x78\x01"
+    for i, blk in enumerate(blocks):
+        z += bytes([1 if i == len(blocks) - 1 else 0]) + struct.pack("<HH", len(blk), len(blk) ^ 0xFFFF) + blk
+    z += struct.pack(">I", zlib.adler32(raw))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", w, h, 8, {3: 2, 4: 6}[c], 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", z) + chunk(b"IEND", b"")
+
+
+def blob_bytes(length: int) -> bytes:
+    return bytes((31 * i + 7) % 256 for i in range(length))
+
+
+def manifest_vector() -> dict[str, Any]:
+    files = [
+        ("config.json", b'{"n_layer": 4}\n'),
+        ("model.safetensors", bytes(range(256)) * 3),
+        ("tokenizer/vocab.json", '{"é": 0}'.encode()),
+        ("tokenizer/merges.txt", b""),
+        ("README.md", b"skipped by name\n"),
+        (".hidden", b"skipped: starts with a dot\n"),
+        (".cache/blob", b"skipped: in a directory that starts with a dot\n"),
+    ]
+    with tempfile.TemporaryDirectory() as d:
+        for rel, data in files:
+            p = pathlib.Path(d) / rel
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_bytes(data)
+        digest = model_digest(pathlib.Path(d))
+    return {"files": [{"path": rel, "content": data.hex()} for rel, data in files], "digest": digest}
+
+
+def output_vectors(pixels: np.ndarray, png: bytes) -> dict[str, Any]:
+    texts = [[], [0], [464, 318, 257, 1332, 13, 0, 50, 2], [2**32 - 1, 1, 65536]]
+    blobs = []
+    for n in (0, 1, CHUNK, 150_000):
+        data = blob_bytes(n)
+        blobs.append({"length": n, "chunks": hexes(chunk_hashes(data)), "digest": blob_digest(data)})
+    assert np.array_equal(read_png(png), pixels)
+    small = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
+    return {
+        "text": [{"token_ids": t, "digest": text_digest(t)} for t in texts],
+        "image": [
+            {
+                "height": a.shape[0],
+                "width": a.shape[1],
+                "channels": a.shape[2],
+                "pixels": a.tobytes().hex(),
+                "digest": image_digest(a),
+            }
+            for a in (pixels, small)
+        ],
+        "blob_rule": "byte i of a blob of length n is (31 * i + 7) mod 256",
+        "blobs": blobs,
+        "png": {"pixels_of": 0, "png": png.hex(), "digest": blob_digest(png)},
+        "model_manifest": manifest_vector(),
+    }
+
+
+# -- fingerprints --------------------------------------------------------------------------------
+
+
+def fingerprint_vectors(pixels: np.ndarray) -> dict[str, Any]:
+    minhashes = []
+    for tokens, num_perm, seed, shingle in (
+        ([464, 318, 257, 1332, 13, 0, 50, 2], 128, 1, 3),
+        ([7, 7, 7, 7, 7], 128, 1, 3),
+        ([5, 6], 128, 1, 3),
+        ([], 128, 1, 3),
+        (list(range(40)), 16, 7, 2),
+        ([2**32 - 1, 0, 2**31], 8, 2**32 - 1, 1),
+    ):
+        minhashes.append({"token_ids": tokens, "fingerprint": text_fingerprint(tokens, num_perm, seed, shingle)})
+    phashes = []
+    for name, img in (("disc", pixels), ("gradient", test_image()[::-1].copy())):
+        rgb_hash = image_fingerprint(img, "phash_rgb")["hash"]
+        gray = image_fingerprint(img, "phash")
+        # Bits are "value > median": keep every DCT value clear of its median, so a second
+        # implementation's rounding cannot flip a bit.
+        for chan in [np.asarray(PIL.Image.fromarray(img).convert("L"))] + [img[..., i] for i in range(3)]:
+            low = scipy.fftpack.dct(scipy.fftpack.dct(chan.astype(np.float64), axis=0), axis=1)[:8, :8]
+            assert np.min(np.abs(low - np.median(low))) > 1e-6, name
+        phashes.append(
+            {
+                "name": name,
+                "height": 32,
+                "width": 32,
+                "pixels": img.tobytes().hex(),
+                "phash": gray["hash"],
+                "phash_rgb": rgb_hash,
+            }
+        )
+    return {"minhash": minhashes, "phash": phashes}
+
+
+# -- sampling --------------------------------------------------------------------------------------
+
+
+def sampling_vectors() -> dict[str, Any]:
+    noise = []
+    for seed, position, vocab in ((0, 0, 6), (0, 1, 6), (1, 0, 6), (42, 7, 6), (2**63 - 1, 1023, 4)):
+        key = sampling._keys(seed, [position])
+        with np.errstate(over="ignore"):
+            words = sampling._mix(key + np.arange(1, vocab + 1, dtype=np.uint64) * sampling._GOLDEN)
+        # g to 12 significant digits: the last bits of a float64 log differ between libm and
+        # NumPy builds (see docs/protocol.md), and the file must not differ with them.
+        g = [float(f"{x:.12g}") for x in gumbel_noise_rows(seed, [position], vocab)[0].tolist()]
+        noise.append(
+            {
+                "seed": seed,
+                "position": position,
+                "vocab": vocab,
+                "key": f"{int(key[0]):016x}",
+                "words": [f"{int(w):016x}" for w in words],
+                "g": g,
+            }
+        )
+    logits = [0.5, 2.25, -1.0, 1.75, 0.0, 3.0, 2.5, -0.5, 1.0, 0.25, 2.0, -2.0, 1.5, 0.75, 2.75, -0.25]
+    selection = []
+    for seed, position, temperature, top_k, top_p in (
+        (0, 0, 1.0, 0, 1.0),
+        (7, 3, 0.7, 5, 1.0),
+        (11, 2, 1.3, 0, 0.8),
+        (123, 9, 0.5, 4, 0.9),
+        (2**40, 100, 2.0, 3, 0.5),
+    ):
+        x = torch.tensor(logits, dtype=torch.float64)
+        kept = [i for i, v in enumerate(filter_logits(x, temperature, top_k, top_p).tolist()) if v != float("-inf")]
+        # Keep the nucleus clear of its edge: the mass above each token must not sit on top_p.
+        xs = torch.sort(filter_logits(x, temperature, top_k, 1.0), descending=True).values
+        above = torch.cumsum(torch.softmax(xs, dim=0), dim=0) - torch.softmax(xs, dim=0)
+        assert top_p == 1.0 or float(torch.min(torch.abs(above - top_p))) > 1e-6
+        s = sorted(sample_scores(x, seed, position, temperature, top_k, top_p).tolist(), reverse=True)
+        assert s[0] - s[1] > 1e-6, "the vector must not sit on a tie"
+        selection.append(
+            {
+                "logits": logits,
+                "seed": seed,
+                "position": position,
+                "temperature": temperature,
+                "top_k": top_k,
+                "top_p": top_p,
+                "kept": kept,
+                "token": sample_token(x, seed, position, temperature, top_k, top_p),
+            }
+        )
+    return {"noise": noise, "selection": selection}
+
+
+# -- Merkle ----------------------------------------------------------------------------------------
+
+
+def merkle_vectors() -> dict[str, Any]:
+    data = [f"leaf {i}".encode() for i in range(11)]
+    leaves = [merkle.leaf_hash(d) for d in data]
+    roots = [{"size": n, "root": merkle.root(leaves[:n]).hex()} for n in range(len(leaves) + 1)]
+    inclusion = []
+    for index, size in ((0, 1), (0, 2), (1, 2), (2, 3), (4, 7), (6, 7), (0, 8), (5, 8), (3, 11), (10, 11)):
+        proof = merkle.inclusion_proof(index, leaves[:size])
+        assert merkle.verify_inclusion(index, size, leaves[index], proof, merkle.root(leaves[:size]))
+        inclusion.append({"index": index, "size": size, "proof": hexes(proof)})
+    consistency = []
+    for old, new in ((1, 2), (1, 8), (2, 8), (3, 7), (4, 8), (5, 11), (6, 8), (7, 11), (8, 11)):
+        proof = merkle.consistency_proof(old, leaves[:new])
+        assert merkle.verify_consistency(old, new, merkle.root(leaves[:old]), merkle.root(leaves[:new]), proof)
+        consistency.append({"old_size": old, "new_size": new, "proof": hexes(proof)})
+    return {
+        "leaf_data": hexes(data),
+        "leaves": hexes(leaves),
+        "roots": roots,
+        "inclusion": inclusion,
+        "consistency": consistency,
+    }
+
+
+# -- messages, the ledger, assignment and tally ------------------------------------------------------
+
+
+PROFILE = ExecutionProfile(
+    device="cpu",
+    device_name="cpu:x86_64",
+    dtype="float32",
+    threads=2,
+    deterministic=True,
+    flags={"use_deterministic_algorithms": True, "tf32_matmul": False, "float32_matmul_precision": "highest"},
+    versions={"torch": "2.13.0", "transformers": "5.1.0", "diffusers": "0.36.0", "python": "3.11.7"},
+).to_dict()
+
+
+def make_task(kind: str, params: dict[str, Any], model: str, nonce: bytes) -> Signed:
+    client = KEYS["client"]
+    body = {
+        "client": client.public_key,
+        "kind": kind,
+        "model": model,
+        "params": params,
+        "workers": 1,
+        "verifiers": 3,
+        "nonce": nonce,
+        "expiry": T0 + 3_600_000,
+    }
+    return sign(client, "Task", NETWORK, body)
+
+
+def make_result(task: Signed, output: dict[str, Any], digest: str, fp: dict[str, Any]) -> Signed:
+    worker = KEYS["worker"]
+    body = {
+        "worker": worker.public_key,
+        "task_id": task.id,
+        "model_digest": task.body["model"],
+        "output_digest": digest,
+        "output": output,
+        "fingerprint": fp,
+        "profile": PROFILE,
+    }
+    return sign(worker, "Result", NETWORK, body)
+
+
+def make_request(signer: str, method: str, args: dict[str, Any], n: int) -> Signed:
+    """A Request exactly as net/auth.make_request builds it, with its nonce and clock fixed."""
+    ident = KEYS[signer]
+    with (
+        mock.patch.object(auth.os, "urandom", lambda k: bytes([n]) * k),
+        mock.patch.object(auth.time, "time", lambda: (T0 + 1000 * n) / 1000),
+    ):
+        req = auth.make_request(ident, NETWORK, method, args)
+    body = decode(req.payload[4:])[3]
+    return Signed("Request", NETWORK, body, req.payload, req.signature)
+
+
+def scenario(pixels: np.ndarray, png: bytes, model: str) -> dict[str, Any]:
+    """A gateway's ledger: joins, commitments, a text task accepted by majority (one verifier
+    skipped, one in the minority), an image task rejected, and an equivocation."""
+    msgs: list[dict[str, Any]] = []
+    verifiers = [KEYS[f"verifier{i}"] for i in range(5)]
+    with tempfile.TemporaryDirectory() as d:
+        tmp = pathlib.Path(d)
+        led = Ledger(tmp / "ledger.db", NETWORK, KEYS["gateway"])
+        clock = iter(range(T0, T0 + 10**9, 250))
+        log: list[Entry] = []
+
+        def append(kind: str, body: dict[str, Any]) -> Entry:
+            e = led.append(kind, body, time_ms=next(clock))
+            log.append(e)
+            return e
+
+        def foreign(who: Identity, kind: str, body: dict[str, Any], store: bool = True) -> Entry:
+            own = Ledger(tmp / f"{who.node_id[:8]}.db", NETWORK, who)
+            e = own.append(kind, body, time_ms=next(clock))
+            own.close()
+            if store:
+                assert led.ingest(e.payload, e.sig) == "stored"
+                log.append(e)
+            return e
+
+        def commit() -> Entry:
+            # What Ledger.commit() appends, at a fixed time.
+            leaves = [merkle.leaf_hash(leaf_data(e.feed, e.seq, e.hash)) for e in log]
+            return append("Commitment", {"size": len(leaves), "root": merkle.root(leaves)})
+
+        append("NodeJoined", {"address": "127.0.0.1:7000", "roles": ["gateway"]})
+        foreign(KEYS["worker"], "NodeJoined", {"address": "127.0.0.1:7001", "roles": ["worker"]})
+        for i, v in enumerate(verifiers):
+            foreign(v, "NodeJoined", {"address": f"127.0.0.1:71{i:02d}", "roles": ["verifier"]})
+        candidates = sorted(v.public_key for v in verifiers)
+        by_key = {v.public_key: v for v in verifiers}
+        assignments = []
+
+        # Task 1: text, sampled; the first-ranked verifier times out (skipped), one votes reject.
+        beacon1 = commit()
+        text_params = TextParams(
+            prompt="a verifiable sentence",
+            max_new_tokens=8,
+            decoding="sample",
+            seed=7,
+            temperature=0.8,
+            top_k=50,
+            top_p=0.95,
+        ).to_dict()
+        task1 = make_task("text", text_params, model, b"\x01" * 16)
+        append(
+            "TaskAccepted",
+            {
+                "task": task1.wire(),
+                "beacon": beacon1.body["root"],
+                "beacon_size": beacon1.body["size"],
+                "candidates": candidates,
+            },
+        )
+        tokens = [464, 318, 257, 1332, 13, 0, 50, 2]
+        fp = text_fingerprint(tokens)
+        result1 = make_result(
+            task1,
+            {"token_ids": tokens, "text": "The network checks every token.", "finish_reason": "length"},
+            text_digest(tokens),
+            fp,
+        )
+        append("ResultCommitted", {"result": result1.wire()})
+        ranking1 = rank(beacon1.body["root"], task1.id, candidates, KEYS["worker"].public_key)
+        skipped1 = [ranking1[0]]
+        chosen1 = effective_verifiers(ranking1, skipped1, 3)
+        votes1 = []
+        for j, v in enumerate(chosen1):
+            ok = j != 2
+            value = VoteValue(
+                ok,
+                "prefill",
+                0.0 if ok else 3.4375,
+                1e-3 if ok else 1e-3 - 3.4375,
+                "every token is consistent" if ok else "token is not the seeded sample: 3.438 below the best",
+                None if ok else 4,
+                fp,
+            )
+            votes1.append(sign(by_key[v], "Vote", NETWORK, value.vote_body(v, task1.id, result1.id)))
+        cert1 = certify(KEYS["gateway"], NETWORK, task1, beacon1.body["root"], candidates, result1, votes1, skipped1)
+        for v in votes1:
+            append("VoteCast", {"vote": v.wire()})
+        append("TaskFinalized", {"certificate": cert1.wire()})
+        minority = votes1[2]
+        append(
+            "Evidence",
+            {
+                "kind": "minority_vote",
+                "subject": minority.signer,
+                "proof": {"certificate": cert1.wire(), "vote": minority.wire()},
+            },
+        )
+        assignments.append(("text task, first-ranked verifier skipped", beacon1, task1, candidates, ranking1, skipped1))
+
+        # Task 2: image; every verifier rejects the result (the worker altered a patch).
+        beacon2 = commit()
+        image_params = ImageParams(prompt="a red circle on a blue background", seed=3).to_dict()
+        task2 = make_task("image", image_params, model, b"\x02" * 16)
+        append(
+            "TaskAccepted",
+            {
+                "task": task2.wire(),
+                "beacon": beacon2.body["root"],
+                "beacon_size": beacon2.body["size"],
+                "candidates": candidates,
+            },
+        )
+        altered = pixels.copy()
+        altered[8:24, 8:24] = 255 - altered[8:24, 8:24]
+        ifp = {**image_fingerprint(altered, "phash"), "lib": IMAGE_LIB}
+        result2 = make_result(
+            task2, {"png_digest": blob_digest(png), "height": 32, "width": 32}, image_digest(altered), ifp
+        )
+        append("ResultCommitted", {"result": result2.wire()})
+        ranking2 = rank(beacon2.body["root"], task2.id, candidates, KEYS["worker"].public_key)
+        chosen2 = effective_verifiers(ranking2, [], 3)
+        own_fp = {**image_fingerprint(pixels, "phash_rgb"), "lib": IMAGE_LIB}
+        dist = distance(own_fp, {**image_fingerprint(altered, "phash_rgb"), "lib": IMAGE_LIB})
+        votes2 = [
+            sign(
+                by_key[v],
+                "Vote",
+                NETWORK,
+                VoteValue(
+                    False, "phash", dist, 8.0 - dist, f"perceptual distance {dist:.0f} exceeds 8", None, own_fp
+                ).vote_body(v, task2.id, result2.id),
+            )
+            for v in chosen2
+        ]
+        cert2 = certify(KEYS["gateway"], NETWORK, task2, beacon2.body["root"], candidates, result2, votes2, [])
+        for v in votes2:
+            append("VoteCast", {"vote": v.wire()})
+        append("TaskFinalized", {"certificate": cert2.wire()})
+        append(
+            "Evidence",
+            {"kind": "rejected_result", "subject": KEYS["worker"].public_key, "proof": {"certificate": cert2.wire()}},
+        )
+        assignments.append(("image task, nobody skipped", beacon2, task2, candidates, ranking2, []))
+        with_worker = sorted(candidates + [KEYS["worker"].public_key])
+        ranking3 = rank(beacon2.body["root"], task2.id, with_worker, KEYS["worker"].public_key)
+        assignments.append(
+            ("the worker is a candidate too: it never verifies itself", beacon2, task2, with_worker, ranking3, [])
+        )
+
+        # An equivocation: verifier4 signs two different entries at seq 2; the gateway stores
+        # one and records both as evidence.
+        v4 = KEYS["verifier4"]
+        a = foreign(v4, "Commitment", {"size": 1, "root": merkle.root([merkle.leaf_hash(b"a")])})
+        b = sign(
+            v4,
+            "LedgerEntry",
+            NETWORK,
+            {**a_body(a), "body": {"size": 1, "root": merkle.root([merkle.leaf_hash(b"b")])}},
+        )
+        append(
+            "Evidence",
+            {
+                "kind": "equivocation",
+                "subject": v4.public_key,
+                "proof": {"a_payload": a.payload, "a_sig": a.sig, "b_payload": b.payload, "b_sig": b.sig},
+            },
+        )
+        commit()
+        led.close()
+        report = audit_ledger(tmp / "ledger.db")
+        assert report.ok and len(report.equivocations) == 1 and report.tasks_checked == 2, report.to_dict()
+        heads = Ledger(tmp / "ledger.db", NETWORK).heads()
+
+    msgs += [message_vector("text task", task1), message_vector("image task", task2)]
+    msgs += [message_vector("text result", result1), message_vector("image result", result2)]
+    msgs += [message_vector("accept vote", votes1[0]), message_vector("reject vote (prefill)", votes1[2])]
+    msgs += [message_vector("reject vote (phash)", votes2[0])]
+    msgs += [message_vector("accepting certificate", cert1), message_vector("rejecting certificate", cert2)]
+
+    entries = [
+        {
+            "name": f"{e.type} {NAME_OF[e.feed]} #{e.seq}",
+            "signer": NAME_OF[e.feed],
+            "seq": e.seq,
+            "prev": e.prev.hex(),
+            "time": e.time,
+            "type": e.type,
+            "body": tj(e.body),
+            "payload": e.payload.hex(),
+            "sig": e.sig.hex(),
+            "hash": e.hash.hex(),
+        }
+        for e in log
+    ]
+    ledger = {
+        "owner": "gateway",
+        "log": entries,
+        "leaves": hexes([merkle.leaf_hash(leaf_data(e.feed, e.seq, e.hash)) for e in log]),
+        "heads": [{"feed": f.hex(), "seq": s, "hash": h.hex()} for f, (s, h) in sorted(heads.items())],
+    }
+    assign_out = []
+    for name, beacon, task, cands, ranking, skipped in assignments:
+        keyed = [hashlib.sha256(domains.ASSIGN + beacon.body["root"] + task.id + v).hexdigest() for v in ranking]
+        assign_out.append(
+            {
+                "name": name,
+                "beacon": beacon.body["root"].hex(),
+                "task_id": task.id.hex(),
+                "candidates": hexes(cands),
+                "worker": KEYS["worker"].public_key.hex(),
+                "ranking": hexes(ranking),
+                "sort_keys": keyed,
+                "k": 3,
+                "skipped": hexes(skipped),
+                "effective": hexes(effective_verifiers(ranking, skipped, 3)),
+            }
+        )
+    tallies = []
+    vs = [v.public_key for v in verifiers]
+    for name, votes, eff, k in (
+        ("3 of 3 accept", {vs[0]: True, vs[1]: True, vs[2]: True}, vs[:3], 3),
+        ("2 of 3 accept", {vs[0]: True, vs[1]: False, vs[2]: True}, vs[:3], 3),
+        ("2 of 3 reject, one missing", {vs[0]: False, vs[1]: False}, vs[:3], 3),
+        ("1 accept of 3 so far", {vs[0]: True}, vs[:3], 3),
+        ("votes outside the effective set do not count", {vs[0]: True, vs[3]: True, vs[4]: True}, vs[:3], 3),
+        ("3 of 5 accept", {vs[0]: True, vs[1]: True, vs[2]: True, vs[3]: False}, vs, 5),
+        ("2 accept 2 reject of 5", {vs[0]: True, vs[1]: True, vs[2]: False, vs[3]: False}, vs, 5),
+    ):
+        t = tally(votes, eff, k)
+        tallies.append(
+            {
+                "name": name,
+                "k": k,
+                "effective": hexes(eff),
+                "votes": [{"verifier": v.hex(), "accept": a} for v, a in votes.items()],
+                "decision": t.decision,
+                "accepts": t.accepts,
+                "rejects": t.rejects,
+            }
+        )
+    hb = {f: sh for f, sh in heads.items()}
+    gossip = {
+        "heads": ledger["heads"],
+        "heads_digest": heads_digest(hb).hex(),
+        "bucket_count": 4,
+        "buckets": [int.from_bytes(f[:4], "big") % 4 for f in sorted(hb)],
+        "bucket_digests": hexes(bucket_digests(hb, 4)),
+    }
+    return {
+        "messages": msgs,
+        "ledger": ledger,
+        "assignment": assign_out,
+        "tally": tallies,
+        "gossip_digests": gossip,
+        "_task1": task1,
+        "_result1": result1,
+        "_log": log,
+    }
+
+
+def a_body(e: Entry) -> dict[str, Any]:
+    return {"feed": e.feed, "seq": e.seq, "prev": e.prev, "time": e.time, "type": e.type}
+
+
+def request_vectors(task: Signed, result: Signed, log: list[Entry]) -> list[dict[str, Any]]:
+    calls = [
+        ("client", "Gateway", "Submit", {"task": task.wire()}),
+        ("client", "Gateway", "Status", {"task_id": task.id}),
+        ("client", "Gateway", "Watch", {"task_id": task.id}),
+        (
+            "worker",
+            "Gateway",
+            "Join",
+            {"entries": [[e.payload, e.sig] for e in log if e.feed == KEYS["worker"].public_key]},
+        ),
+        ("gateway", "Worker", "Execute", {"task": task.wire()}),
+        ("gateway", "Verifier", "Check", {"task": task.wire(), "result": result.wire(), "output": b""}),
+        ("gateway", "Blobs", "Manifest", {"digest": blob_digest(b"")}),
+        ("gateway", "Blobs", "Fetch", {"digest": blob_digest(b""), "from_index": 0}),
+    ]
+    out = []
+    for n, (signer, service, method, args) in enumerate(calls, start=1):
+        req = make_request(signer, full_method(service, method), args, n)
+        out.append(message_vector(f"request {service}/{method}", req))
+    return out
+
+
+# -- gossip session ----------------------------------------------------------------------------------
+
+
+def session_vector() -> dict[str, Any]:
+    client, server = KEYS["worker"], KEYS["gateway"]
+    c_eph = nacl.public.PrivateKey(hashlib.sha256(b"trustgen vectors: client ephemeral").digest())
+    s_eph = nacl.public.PrivateKey(hashlib.sha256(b"trustgen vectors: server ephemeral").digest())
+    nonce = bytes(range(16))
+    hello = sign(
+        client,
+        "Request",
+        NETWORK,
+        {
+            "sender": client.public_key,
+            "method": session.METHOD,
+            "nonce": nonce,
+            "time": T0,
+            "args": {"eph": bytes(c_eph.public_key)},
+        },
+    )
+    accept = sign(
+        server,
+        "GossipAccept",
+        NETWORK,
+        {"server": server.public_key, "client_nonce": nonce, "eph": bytes(s_eph.public_key)},
+    )
+    key = session._shared_key(c_eph, bytes(s_eph.public_key), hello.payload, accept.payload)
+    assert key == session._shared_key(s_eph, bytes(c_eph.public_key), hello.payload, accept.payload)
+    secret = nacl.bindings.crypto_scalarmult(bytes(c_eph), bytes(s_eph.public_key))
+    feed = KEYS["verifier0"].public_key
+    ops = [
+        (True, pb.GossipOp(digest=hashlib.sha256(b"heads").digest())),
+        (False, pb.GossipOp(heads=pb.Heads(same=True))),
+        (True, pb.GossipOp(pull=pb.Range(feed=feed, from_seq=1, to_seq=2))),
+        (False, pb.GossipOp(entries=pb.Entries())),
+        (True, pb.GossipOp(have=pb.Have(items=[pb.Pos(feed=feed, seq=1, hash=b"\xab" * 8, feed_id=1)]))),
+    ]
+    sides = {True: session.Framer(key, client=True), False: session.Framer(key, client=False)}
+    frames, counts = [], {True: 0, False: 0}
+    for from_client, op in ops:
+        frame = sides[from_client].seal(op)
+        frames.append(
+            {
+                "from": "client" if from_client else "server",
+                "direction": "C" if from_client else "S",
+                "number": counts[from_client],
+                "body": frame.body.hex(),
+                "tag": frame.tag.hex(),
+            }
+        )
+        counts[from_client] += 1
+        assert sides[not from_client].open(frame) == op
+    return {
+        "client": "worker",
+        "server": "gateway",
+        "client_eph_private": bytes(c_eph).hex(),
+        "client_eph_public": bytes(c_eph.public_key).hex(),
+        "server_eph_private": bytes(s_eph).hex(),
+        "server_eph_public": bytes(s_eph.public_key).hex(),
+        "hello": message_vector("session hello", hello),
+        "accept": message_vector("session accept", accept),
+        "x25519_secret": secret.hex(),
+        "transcript": (hashlib.sha256(hello.payload).digest() + hashlib.sha256(accept.payload).digest()).hex(),
+        "session_key": key.hex(),
+        "frames": frames,
+    }
+
+
+# -- the file --------------------------------------------------------------------------------------
+
+
+def build() -> dict[str, Any]:
+    pixels = test_image()
+    png = png_stored(pixels)
+    outputs = output_vectors(pixels, png)
+    model = outputs["model_manifest"]["digest"]
+    scen = scenario(pixels, png, model)
+    requests = request_vectors(scen["_task1"], scen["_result1"], scen["_log"])
+    return {
+        "about": "Test vectors for docs/protocol.md, written by scripts/make_protocol_vectors.py from the node's own "
+        "code; scripts/check_protocol_vectors.py re-derives every one from this file alone.",
+        "conventions": {
+            "hex": "byte strings are lowercase hex",
+            "values": "signed values are tagged JSON: null, true, false; a number with a point or exponent is a "
+            "float (IEEE-754 double), without one an int (int64); a string is a str; an array is a list; "
+            'an object with the single key "$bytes" is a byte string (its value in hex); any other object is a map',
+            "keys": "each key is the Ed25519 key whose 32-byte seed is the given byte repeated 32 times",
+        },
+        "network": NETWORK,
+        "domains": {name: tag.hex() for name, tag in domains.ALL.items()},
+        "keys": {
+            name: {"seed": (bytes([b]) * 32).hex(), "public": KEYS[name].public_key.hex()}
+            for name, b in KEY_SEEDS.items()
+        },
+        "encoding": encoding_vectors(),
+        "messages": scen["messages"] + requests,
+        "ledger": scen["ledger"],
+        "merkle": merkle_vectors(),
+        "assignment": scen["assignment"],
+        "tally": scen["tally"],
+        "session": session_vector(),
+        "gossip_digests": scen["gossip_digests"],
+        "sampling": sampling_vectors(),
+        "outputs": outputs,
+        "fingerprints": fingerprint_vectors(pixels),
+    }
+
+
+def render(doc: dict[str, Any]) -> str:
+    return json.dumps(doc, indent=1, ensure_ascii=False) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=pathlib.Path, default=OUT)
+    args = ap.parse_args()
+    args.out.write_text(render(build()), encoding="utf-8")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

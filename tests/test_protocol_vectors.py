@@ -1,0 +1,152 @@
+"""docs/protocol.md, its vectors and its second implementation stay in step with the node: the
+vectors regenerate byte for byte from the node's code, the second implementation (which imports
+nothing from trustgen) re-derives every one and refuses a vector with one byte changed, and every
+domain tag the code uses is the one the document lists."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import pathlib
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+
+from trustgen.consensus import domains, merkle
+from trustgen.consensus.encoding import MAGIC
+from trustgen.consensus.ledger import ENTRY_SCHEMAS, entry_hash
+from trustgen.consensus.messages import SCHEMAS, message_id
+from trustgen.engines import outputs, sampling
+from trustgen.engines.registry import model_digest
+from trustgen.gossip import session
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+VECTORS = ROOT / "docs" / "protocol_vectors.json"
+DOC = ROOT / "docs" / "protocol.md"
+MAKE = ROOT / "scripts" / "make_protocol_vectors.py"
+CHECK = ROOT / "scripts" / "check_protocol_vectors.py"
+
+
+def run(*args: str | pathlib.Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True, timeout=300, cwd=ROOT)
+
+
+def checker() -> Any:
+    spec = importlib.util.spec_from_file_location("check_protocol_vectors", CHECK)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_regenerating_the_vectors_gives_the_committed_file(tmp_path: pathlib.Path) -> None:
+    out = tmp_path / "vectors.json"
+    r = run(MAKE, "--out", out)
+    assert r.returncode == 0, r.stderr
+    assert out.read_bytes() == VECTORS.read_bytes(), (
+        "the node's bytes drifted from docs/protocol_vectors.json: a protocol change needs the "
+        "document, the vectors (scripts/make_protocol_vectors.py) and the second implementation updated"
+    )
+
+
+def test_the_second_implementation_accepts_every_vector() -> None:
+    r = run(CHECK, VECTORS)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("ok:")
+
+
+def test_the_second_implementation_imports_nothing_from_trustgen() -> None:
+    source = CHECK.read_text()
+    assert "trustgen." not in source.replace("trustgen.v1.", "").replace("trustgen.proto", "")
+    assert "import trustgen" not in source
+
+
+def _flip(doc: dict[str, Any], path: list[str | int]) -> None:
+    """Change one byte (the first hex digit) of the hex string at `path`."""
+    node: Any = doc
+    for k in path[:-1]:
+        node = node[k]
+    s = node[path[-1]]
+    i = s.index(":") + 1 if s.startswith("sha256:") else 0
+    node[path[-1]] = s[:i] + ("1" if s[i] == "0" else "0") + s[i + 1 :]
+
+
+@pytest.mark.parametrize(
+    "path, named",
+    [
+        (["encoding", "valid", 5, "hex"], "encoding 'int min'"),
+        (["messages", 0, "payload"], "message 'text task'"),
+        (["messages", 7, "sig"], "message 'accepting certificate'"),
+        (["messages", 12, "id"], "message 'request Gateway/Join'"),
+        (["ledger", "log", 9, "hash"], "ledger entry 9"),
+        (["merkle", "inclusion", 4, "proof", 1], "merkle inclusion proof (4, 7)"),
+        (["merkle", "consistency", 3, "proof", 0], "merkle consistency proof (3, 7)"),
+        (["assignment", 0, "ranking", 2], "assignment 'text task, first-ranked verifier skipped'"),
+        (["session", "frames", 2, "tag"], "session frame 2 tag"),
+        (["session", "session_key"], "session key"),
+        (["gossip_digests", "bucket_digests", 1], "gossip bucket digests"),
+        (["sampling", "noise", 3, "words", 0], "sampling noise (seed 42, position 7)"),
+        (["outputs", "blobs", 3, "digest"], "blob of 150000 bytes"),
+        (["outputs", "model_manifest", "digest"], "model manifest digest"),
+        (["fingerprints", "minhash", 0, "fingerprint", "minhash"], "minhash of [464, 318"),
+        (["fingerprints", "phash", 0, "phash_rgb"], "phash_rgb of disc"),
+    ],
+)
+def test_the_second_implementation_refuses_a_flipped_byte(tmp_path: pathlib.Path, path: list, named: str) -> None:
+    doc = json.loads(VECTORS.read_text(encoding="utf-8"))
+    _flip(doc, path)
+    bad = tmp_path / "vectors.json"
+    bad.write_text(json.dumps(doc), encoding="utf-8")
+    r = run(CHECK, bad)
+    assert r.returncode == 1, r.stdout
+    assert r.stderr.startswith("MISMATCH ") and named in r.stderr, r.stderr
+
+
+def test_domain_tags_are_distinct_and_prefix_free() -> None:
+    tags = list(domains.ALL.values())
+    for a in tags:
+        assert sum(b.startswith(a) for b in tags) == 1, f"{a!r} is a prefix of another tag"
+    assert json.loads(VECTORS.read_text(encoding="utf-8"))["domains"] == {k: v.hex() for k, v in domains.ALL.items()}
+
+
+def test_every_domain_tag_in_use_is_the_listed_one(tmp_path: pathlib.Path) -> None:
+    """Consensus and gossip import their tags; engines (which may not import consensus) keep
+    copies, checked here, and code that hashes with a literal is checked by what it computes."""
+    assert MAGIC == domains.SIGNED_MAGIC
+    assert message_id(b"p") == hashlib.sha256(domains.MESSAGE_ID + b"p").digest()
+    assert entry_hash(b"p", b"s") == hashlib.sha256(domains.ENTRY_HASH + b"ps").digest()
+    assert merkle.leaf_hash(b"d") == hashlib.sha256(domains.MERKLE_LEAF + b"d").digest()
+    assert merkle.node_hash(b"l", b"r") == hashlib.sha256(domains.MERKLE_NODE + b"lr").digest()
+    assert session._PERSON == domains.GOSSIP_SESSION
+    assert sampling._NOISE_DOMAIN == domains.GUMBEL_NOISE
+    assert outputs.TEXT_DOMAIN == domains.TEXT_OUTPUT and outputs.IMAGE_DOMAIN == domains.IMAGE_OUTPUT
+    assert model_digest(tmp_path) == "sha256:" + hashlib.sha256(domains.MODEL_MANIFEST).hexdigest()
+
+
+def test_the_document_lists_every_tag_and_type() -> None:
+    doc = DOC.read_text(encoding="utf-8")
+    for name, tag in domains.ALL.items():
+        assert f"`{name}`" in doc, name
+        shown = tag.replace(b"\0", b"\\0").replace(b"\n", b"\\n").decode() if tag[0] > 1 else tag.hex()
+        assert f"`{shown}`" in doc, (name, shown)
+    for t in ("Task", "Result", "Vote", "Certificate", "LedgerEntry", "Request", "GossipAccept"):
+        assert f"`{t}`" in doc
+        for field in SCHEMAS[t]:
+            assert f"`{field}`" in doc, (t, field)
+    for t, schema in ENTRY_SCHEMAS.items():
+        assert f"`{t}`" in doc
+        for field in schema:
+            assert f"`{field}`" in doc, (t, field)
+
+
+def test_the_second_implementation_shares_the_node_schemas() -> None:
+    """Its tables were written from the document; for every type it knows they must be the node's."""
+    mod = checker()
+    rename = {"dict": "map"}
+    for t, schema in mod.SCHEMAS.items():
+        assert {f: rename.get(k, k) for f, k in SCHEMAS[t].items()} == schema, t
+    for t, schema in mod.ENTRY_BODIES.items():
+        assert {f: rename.get(k, k) for f, k in ENTRY_SCHEMAS[t].items()} == schema, t
