@@ -49,6 +49,7 @@ from trustgen.engines.params import ImageParams, TextParams  # noqa: E402
 from trustgen.engines.registry import model_digest  # noqa: E402
 from trustgen.engines.sampling import filter_logits, gumbel_noise_rows, sample_scores, sample_token  # noqa: E402
 from trustgen.gossip import session  # noqa: E402
+from trustgen.gossip.antientropy import bucket_digests, heads_digest  # noqa: E402
 from trustgen.gossip.blobs import CHUNK, blob_digest, chunk_hashes  # noqa: E402
 from trustgen.net import auth  # noqa: E402
 from trustgen.net.peers import full_method  # noqa: E402
@@ -56,11 +57,6 @@ from trustgen.rpc import trustgen_pb2 as pb  # noqa: E402
 from trustgen.verifier.compare import distance  # noqa: E402
 from trustgen.verifier.fingerprints import image_fingerprint, text_fingerprint  # noqa: E402
 from trustgen.verifier.vote import VoteValue  # noqa: E402
-
-try:  # anti-entropy digests moved out of gossip.py; either home computes the same bytes
-    from trustgen.gossip.antientropy import bucket_digests, heads_digest
-except ImportError:  # pragma: no cover - before the move
-    from trustgen.gossip.gossip import bucket_digests, heads_digest  # type: ignore[no-redef]
 
 OUT = ROOT / "docs" / "protocol_vectors.json"
 NETWORK = "trustgen-vectors"
