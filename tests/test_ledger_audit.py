@@ -167,18 +167,17 @@ def test_equivocation_yields_evidence_and_store_is_unchanged_otherwise(tmp_path)
 def _rewrite_certificate(tmp_path, scen, mutate) -> None:
     """Re-sign the first certificate after `mutate(body)`; chain stays valid from there on."""
     led = Ledger(tmp_path / "forged.db", NET, scen.gateway)
+    done = False
     for e in scen.ledger.iter_entries():
         if e.feed != scen.gateway.public_key:
             led.ingest(e.payload, e.sig)
             continue
         body = e.body
-        if e.type == "TaskFinalized" and not getattr(led, "_done", False):
-            from trustgen.consensus.messages import open_wire
-
+        if e.type == "TaskFinalized" and not done:
             cert = dict(open_wire(body["certificate"], "Certificate", NET).body)
             mutate(cert)
             body = {"certificate": sign(scen.gateway, "Certificate", NET, cert).wire()}
-            led._done = True
+            done = True
         if e.type == "Commitment":
             led.commit()
         else:
