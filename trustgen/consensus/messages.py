@@ -70,6 +70,27 @@ SCHEMAS: dict[str, dict[str, str]] = {
     # A server's answer to a gossip session hello, bound to the client's nonce
     # (trustgen/gossip/session.py).
     "GossipAccept": {"server": B32, "client_nonce": "bytes", "eph": B32},
+    # Training (trustgen/training/records.py): a job spec under its author's signature; one
+    # SPSA byte; one local-SGD round's delta blob with the digests of every inner state; a
+    # checkpoint with its held-out loss.
+    "TrainingJob": {"author": B32, "spec": "dict"},
+    "SpsaUpdate": {"trainer": B32, "job": B32, "step": "int", "q": "int"},
+    "DeltaUpdate": {
+        "trainer": B32,
+        "job": B32,
+        "round": "int",
+        "base": B32,
+        "delta": B32,
+        "states": "list",
+    },
+    "TrainingCheckpoint": {
+        "publisher": B32,
+        "job": B32,
+        "step": "int",
+        "digest": B32,
+        "updates": B32,
+        "heldout_loss": "float",
+    },
 }
 SIGNER_FIELD = {
     "Task": "client",
@@ -79,6 +100,10 @@ SIGNER_FIELD = {
     "LedgerEntry": "feed",
     "Request": "sender",
     "GossipAccept": "server",
+    "TrainingJob": "author",
+    "SpsaUpdate": "trainer",
+    "DeltaUpdate": "trainer",
+    "TrainingCheckpoint": "publisher",
 }
 _PY = {"str": str, "int": int, "float": float, "bool": bool, "bytes": bytes, "dict": dict, "list": list}
 
