@@ -150,19 +150,46 @@ def test_honest_text_and_image_paths_with_a_lying_verifier(net, tmp_path):
 def test_events_metrics_and_bad_requests_keep_nodes_serving(net):
     root, ready = net
     gw = ready["gateway"]["address"]
+    import queue
     import subprocess
     import sys
+    import threading
 
     ev = subprocess.Popen(
-        [sys.executable, "-m", "trustgen.cli", "events", "--node", gw, "--insecure", "--count", "2", "--timeout", "60"],
+        [sys.executable, "-m", "trustgen.cli", "events", "--node", gw, "--insecure", "--timeout", "300"],
         stdout=subprocess.PIPE,
         text=True,
     )
-    time.sleep(1.5)  # PUB/SUB: a subscriber must be connected before events are sent
-    task, out = run_task(gw, "text", {"prompt": "Gossip", "max_new_tokens": 8})
-    assert out["decision"] == "accept"
-    lines = ev.communicate(timeout=60)[0].strip().splitlines()
-    assert len(lines) == 2 and all(json.loads(ln)["topic"] for ln in lines)
+    received: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: [received.put(json.loads(ln)) for ln in ev.stdout], daemon=True).start()
+    seen: list[dict] = []
+
+    def drain(pred) -> bool:
+        while not received.empty():
+            seen.append(received.get())
+        return any(pred(e) for e in seen)
+
+    try:
+        # PUB/SUB drops what is sent before a subscription is in place: the subscriber is ready
+        # once it prints an event, so keep the gateway publishing (small tasks) until it does.
+        for _ in range(40):
+            submit_nowait(gw, "Warm-up", 2)
+            try:
+                wait_for(lambda: drain(lambda e: True), timeout=3, what="the subscriber's first event")
+                break
+            except AssertionError:
+                continue
+        else:
+            raise AssertionError("the events subscriber never printed an event")
+        task, out = run_task(gw, "text", {"prompt": "Gossip", "max_new_tokens": 8})
+        assert out["decision"] == "accept"
+        wait_for(lambda: drain(lambda e: e.get("task") == task.id.hex() and e.get("state") == "final"), 30)
+        mine = [e for e in seen if e.get("task") == task.id.hex()]
+        assert [e["state"] for e in mine if e["topic"] == "task"] == ["accepted", "running", "final"]
+        assert [e["decision"] for e in mine if e["topic"] == "decision"] == ["accept"]
+    finally:
+        ev.terminate()
+        ev.wait(10)
     metrics = urllib.request.urlopen(f"http://127.0.0.1:{ready['gateway']['metrics_port']}/metrics", timeout=5).read()
     assert b'trustgen_tasks_total{state="final"}' in metrics
     # A worker refuses work from anyone but its gateway, and garbage from anyone.
