@@ -287,7 +287,8 @@ def open_signed(payload: bytes, sig: bytes, msg_type: str, network: str, what: s
         raise Mismatch(f"{what}: payload is not canonical ({e})") from None
     expect(isinstance(head, list) and len(head) == 4, f"{what}: header is not [type, network, version, body]")
     t, net, version, body = head
-    expect((t, net, version) == (msg_type, network, 1), f"{what}: header is {t!r}/{net!r}/v{version}")
+    # typed_equal: the version is the integer 1, never `true` (which Python's == takes for 1).
+    expect(typed_equal([t, net, version], [msg_type, network, 1]), f"{what}: header is {t!r}/{net!r}/v{version!r}")
     fields_ok(SCHEMAS[msg_type], body, what)
     expect(sig_ok(body[SIGNER[msg_type]], payload, sig), f"{what}: signature does not verify")
     return body

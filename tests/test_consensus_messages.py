@@ -7,7 +7,7 @@ import pytest
 
 from tests.consensus_fixtures import NET, ident, make_result, make_task, make_vote
 from tests.helpers import run_cli
-from trustgen.consensus.encoding import EncodingError, decode, encode, signing_bytes
+from trustgen.consensus.encoding import MAGIC, EncodingError, decode, encode, parse_signing_bytes, signing_bytes
 from trustgen.consensus.identity import Identity, KeyFileError
 from trustgen.consensus.messages import MessageError, open_payload, open_wire, sign
 
@@ -94,6 +94,37 @@ def test_forged_and_malformed_messages_are_refused():
     body["extra"] = 1
     with pytest.raises(MessageError, match="unexpected"):
         sign(ident(3), "Task", NET, body)
+
+
+def test_a_version_encoded_as_true_is_refused():
+    """`true` (0x02) and `1` (0x03 ..01) are two encodings; accepting the boolean would let a signer
+    make a second payload, and a second id, for one message."""
+    client = ident(3)
+    task = make_task(client)
+    as_bool = MAGIC + encode(["Task", NET, True, task.body])
+    assert as_bool != task.payload and decode(as_bool[len(MAGIC) :])[2] is True
+    with pytest.raises(EncodingError, match="header"):
+        parse_signing_bytes(as_bool)
+    with pytest.raises(MessageError, match="malformed") as e:
+        open_payload(as_bool, client.sign(as_bool), "Task", NET)  # validly signed, still refused
+    assert e.value.code == MessageError.MALFORMED
+    with pytest.raises(EncodingError, match="version"):
+        signing_bytes("Task", NET, task.body, version=True)
+    assert parse_signing_bytes(task.payload)[2] == 1
+
+
+def test_training_messages_sign_open_and_refuse_a_boolean_count():
+    trainer = ident(32)
+    body = {"trainer": trainer.public_key, "job": b"\x07" * 32, "step": 4, "q": -127}
+    msg = sign(trainer, "SpsaUpdate", NET, body)
+    assert open_wire(msg.wire(), "SpsaUpdate", NET).body == body
+    with pytest.raises(MessageError, match="expected a DeltaUpdate, got a SpsaUpdate"):
+        open_wire(msg.wire(), "DeltaUpdate", NET)
+    with pytest.raises(MessageError, match=r"SpsaUpdate\.step must be int"):
+        sign(trainer, "SpsaUpdate", NET, {**body, "step": True})
+    forged = signing_bytes("SpsaUpdate", NET, {**body, "q": True})
+    with pytest.raises(MessageError, match=r"SpsaUpdate\.q must be int"):
+        open_payload(forged, trainer.sign(forged), "SpsaUpdate", NET)
 
 
 def test_key_files_are_0600_never_leak_and_can_be_encrypted(tmp_path):

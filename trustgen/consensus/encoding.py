@@ -150,8 +150,16 @@ def decode(data: bytes) -> Any:
     return v
 
 
+def _is_int(v: Any) -> bool:
+    """A real integer: bool is an int subclass in Python (True == 1), but `true` and `1` are two
+    encodings, and accepting both would give one message two payloads and two ids."""
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
 def signing_bytes(msg_type: str, network: str, body: dict[str, Any], version: int = 1) -> bytes:
     """The exact bytes a signature covers: magic, type, network, version, then the body."""
+    if not _is_int(version):
+        raise EncodingError(f"version must be an integer, not {type(version).__name__}")
     return MAGIC + encode([msg_type, network, version, body])
 
 
@@ -164,7 +172,7 @@ def parse_signing_bytes(data: bytes) -> tuple[str, str, int, dict[str, Any]]:
         or len(v) != 4
         or not isinstance(v[0], str)
         or not isinstance(v[1], str)
-        or not isinstance(v[2], int)
+        or not _is_int(v[2])
         or not isinstance(v[3], dict)
     ):
         raise EncodingError("header is not [type, network, version, body]")

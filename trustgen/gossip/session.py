@@ -28,6 +28,7 @@ import nacl.bindings
 import nacl.exceptions
 import nacl.public
 
+from trustgen.consensus.domains import GOSSIP_SESSION as _PERSON  # BLAKE2b personalisation
 from trustgen.consensus.identity import Identity
 from trustgen.consensus.messages import MessageError, open_payload, sign
 from trustgen.net.auth import RequestGuard, RpcError
@@ -36,7 +37,6 @@ from trustgen.rpc import trustgen_pb2 as pb
 METHOD = "/trustgen.v1.Gossip/Session"
 TAG_BYTES = 16
 HELLO_TIMEOUT_S = 10.0
-from trustgen.consensus.domains import GOSSIP_SESSION as _PERSON  # noqa: E402  (BLAKE2b personalisation)
 
 
 class SessionCode(StrEnum):
