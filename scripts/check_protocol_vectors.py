@@ -39,6 +39,15 @@ DOMAINS = {
     "TEXT_OUTPUT": b"trustgen/text-output/v1\x00",
     "IMAGE_OUTPUT": b"trustgen/image-output/v1\x00",
     "MODEL_MANIFEST": b"trustgen/model-manifest/v1\n",
+    "TRAINING_JOB": b"trustgen/training-job/v1\x00",
+    "TRAIN_SPLIT": b"trustgen/train/split/v1\x00",
+    "TRAIN_SELECT": b"trustgen/train/select/v1\x00",
+    "TRAIN_SPSA_Z": b"trustgen/train/spsa-z/v1\x00",
+    "TENSORS": b"trustgen/tensors/v1\x00",
+    "TRAIN_INNER_STATE": b"trustgen/train/inner-state/v1\x00",
+    "TRAIN_CHECKPOINT": b"trustgen/train/checkpoint/v1\x00",
+    "TRAIN_CHALLENGE": b"trustgen/train/challenge/v1\x00",
+    "TRAIN_UPDATES": b"trustgen/train/updates/v1\x00",
 }
 D = DOMAINS
 U64 = (1 << 64) - 1

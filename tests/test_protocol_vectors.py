@@ -22,6 +22,7 @@ from trustgen.consensus.messages import SCHEMAS, message_id
 from trustgen.engines import outputs, sampling
 from trustgen.engines.registry import model_digest
 from trustgen.gossip import session
+from trustgen.training import data, diloco, job, records, spec, spsa, tensors
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 VECTORS = ROOT / "docs" / "protocol_vectors.json"
@@ -124,6 +125,12 @@ def test_every_domain_tag_in_use_is_the_listed_one(tmp_path: pathlib.Path) -> No
     assert sampling._NOISE_DOMAIN == domains.GUMBEL_NOISE
     assert outputs.TEXT_DOMAIN == domains.TEXT_OUTPUT and outputs.IMAGE_DOMAIN == domains.IMAGE_OUTPUT
     assert model_digest(tmp_path) == "sha256:" + hashlib.sha256(domains.MODEL_MANIFEST).hexdigest()
+    # Training imports its tags from domains.py, except spec.py's JOB_DOMAIN (a copy held equal here).
+    assert spec.JOB_DOMAIN == domains.TRAINING_JOB
+    assert (data.SPLIT_DOMAIN, data.SELECT_DOMAIN) == (domains.TRAIN_SPLIT, domains.TRAIN_SELECT)
+    assert spsa.Z_DOMAIN == domains.TRAIN_SPSA_Z and tensors.DIGEST_DOMAIN == domains.TENSORS
+    assert (diloco.STATE_DOMAIN, diloco.CHALLENGE_DOMAIN) == (domains.TRAIN_INNER_STATE, domains.TRAIN_CHALLENGE)
+    assert job.CHECKPOINT_DOMAIN == domains.TRAIN_CHECKPOINT and records.UPDATES_DOMAIN == domains.TRAIN_UPDATES
 
 
 def test_the_document_lists_every_tag_and_type() -> None:

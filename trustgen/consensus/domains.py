@@ -4,9 +4,9 @@ A tag makes bytes hashed or signed for one purpose useless for any other: an ent
 be taken for a message id, a session key for a frame tag of another protocol. Values are part of
 the protocol (docs/protocol.md) and must never change; a new meaning gets a new tag.
 
-Modules in consensus/ and the layers above import these constants. engines/ may not import
-consensus/ (the import contracts in pyproject.toml), so the engine tags below are also defined in
-engines/ and tests/test_protocol_vectors.py holds the two copies equal.
+Modules in consensus/ and the layers above (gossip/, training/) import these constants. engines/
+may not import consensus/ (the import contracts in pyproject.toml), so the engine tags below are
+also defined in engines/ and tests/test_protocol_vectors.py holds the two copies equal.
 """
 
 from __future__ import annotations
@@ -46,6 +46,27 @@ IMAGE_OUTPUT = b"trustgen/image-output/v1\0"
 # Model digest = sha256(MODEL_MANIFEST ‖ one "path\0size\0sha256hex\n" line per file).
 MODEL_MANIFEST = b"trustgen/model-manifest/v1\n"
 
+# -- training (training/; verifiable training jobs, docs/protocol.md section 15) ---------------------
+
+# Job id = sha256(TRAINING_JOB ‖ canonical encoding of the job spec).
+TRAINING_JOB = b"trustgen/training-job/v1\0"
+# Held-out split: sha256(TRAIN_SPLIT ‖ data set digest ‖ u64 window index)[:8] mod 1000 < permille.
+TRAIN_SPLIT = b"trustgen/train/split/v1\0"
+# Sample i of a trainer's batch: sha256(TRAIN_SELECT ‖ job id ‖ u64 step ‖ trainer key ‖ u32 i)[:8].
+TRAIN_SELECT = b"trustgen/train/select/v1\0"
+# SPSA direction seed = sha256(TRAIN_SPSA_Z ‖ job id ‖ u64 step)[:8] >> 1.
+TRAIN_SPSA_Z = b"trustgen/train/spsa-z/v1\0"
+# Tensor set digest = sha256(TENSORS ‖ (head, bytes) per tensor in name order).
+TENSORS = b"trustgen/tensors/v1\0"
+# Local-SGD inner state digest: the tensor set digest with TRAIN_INNER_STATE ‖ u64 step for TENSORS.
+TRAIN_INNER_STATE = b"trustgen/train/inner-state/v1\0"
+# Checkpoint digest: the tensor set digest with TRAIN_CHECKPOINT for TENSORS.
+TRAIN_CHECKPOINT = b"trustgen/train/checkpoint/v1\0"
+# Challenged inner step = 1 + sha256(TRAIN_CHALLENGE ‖ job id ‖ u64 round ‖ trainer ‖ updates digest)[:8] mod H.
+TRAIN_CHALLENGE = b"trustgen/train/challenge/v1\0"
+# Updates digest = sha256(TRAIN_UPDATES ‖ canonical encoding of the list of update ids).
+TRAIN_UPDATES = b"trustgen/train/updates/v1\0"
+
 # Every tag by name, for the protocol document, its test vectors and the uniqueness check.
 ALL: dict[str, bytes] = {
     "SIGNED_MAGIC": SIGNED_MAGIC,
@@ -61,4 +82,13 @@ ALL: dict[str, bytes] = {
     "TEXT_OUTPUT": TEXT_OUTPUT,
     "IMAGE_OUTPUT": IMAGE_OUTPUT,
     "MODEL_MANIFEST": MODEL_MANIFEST,
+    "TRAINING_JOB": TRAINING_JOB,
+    "TRAIN_SPLIT": TRAIN_SPLIT,
+    "TRAIN_SELECT": TRAIN_SELECT,
+    "TRAIN_SPSA_Z": TRAIN_SPSA_Z,
+    "TENSORS": TENSORS,
+    "TRAIN_INNER_STATE": TRAIN_INNER_STATE,
+    "TRAIN_CHECKPOINT": TRAIN_CHECKPOINT,
+    "TRAIN_CHALLENGE": TRAIN_CHALLENGE,
+    "TRAIN_UPDATES": TRAIN_UPDATES,
 }

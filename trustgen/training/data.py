@@ -12,8 +12,8 @@ import hashlib
 import struct
 from dataclasses import dataclass
 
-SPLIT_DOMAIN = b"trustgen/train/split/v1\0"
-SELECT_DOMAIN = b"trustgen/train/select/v1\0"
+from trustgen.consensus.domains import TRAIN_SELECT as SELECT_DOMAIN
+from trustgen.consensus.domains import TRAIN_SPLIT as SPLIT_DOMAIN
 
 
 def _u64(data: bytes) -> int:

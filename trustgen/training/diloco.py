@@ -22,11 +22,11 @@ from dataclasses import dataclass, field
 
 import torch
 
+from trustgen.consensus.domains import TRAIN_CHALLENGE as CHALLENGE_DOMAIN
+from trustgen.consensus.domains import TRAIN_INNER_STATE as STATE_DOMAIN
 from trustgen.training.data import select
 from trustgen.training.tensors import Tensors, from_bytes, tensor_digest, to_bytes
 
-STATE_DOMAIN = b"trustgen/train/inner-state/v1\0"
-CHALLENGE_DOMAIN = b"trustgen/train/challenge/v1\0"
 BETAS = (0.9, 0.95)
 ADAM_EPS = 1e-8
 GRAD_CLIP = 1.0

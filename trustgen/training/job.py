@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
+from trustgen.consensus.domains import TRAIN_CHECKPOINT as CHECKPOINT_DOMAIN
 from trustgen.consensus.messages import Signed
 from trustgen.errors import TrustgenError
 from trustgen.training import diloco, spsa
@@ -15,8 +16,6 @@ from trustgen.training.aggregate import aggregate
 from trustgen.training.objectives import Objective
 from trustgen.training.spec import JobSpec
 from trustgen.training.tensors import Tensors, clone, tensor_digest
-
-CHECKPOINT_DOMAIN = b"trustgen/train/checkpoint/v1\0"
 
 
 class UpdateError(TrustgenError):

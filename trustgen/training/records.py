@@ -21,6 +21,7 @@ import pathlib
 from dataclasses import dataclass
 from typing import Any
 
+from trustgen.consensus.domains import TRAIN_UPDATES as UPDATES_DOMAIN
 from trustgen.consensus.encoding import encode
 from trustgen.consensus.messages import MessageError, Signed, open_wire
 from trustgen.errors import TrustgenError
@@ -28,7 +29,6 @@ from trustgen.training.spec import JobSpec, open_job
 
 MAX_UPDATES = 10_000_000
 MAX_LINE = 1 << 16
-UPDATES_DOMAIN = b"trustgen/train/updates/v1\0"
 
 
 class RunError(TrustgenError):

@@ -18,9 +18,9 @@ import struct
 
 import torch
 
+from trustgen.consensus.domains import TRAIN_SPSA_Z as Z_DOMAIN
 from trustgen.training.tensors import Tensors
 
-Z_DOMAIN = b"trustgen/train/spsa-z/v1\0"
 QMAX = 127
 
 

@@ -17,10 +17,10 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from trustgen.consensus.domains import TENSORS as DIGEST_DOMAIN
 from trustgen.errors import TrustgenError
 
 Tensors = dict[str, torch.Tensor]
-DIGEST_DOMAIN = b"trustgen/tensors/v1\0"
 
 
 class TensorError(TrustgenError):
