@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 
 from trustgen.errors import TrustgenError
+from trustgen.train_cli import train_app
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -29,6 +30,7 @@ cluster_app = typer.Typer(no_args_is_help=True, help="A local cluster of node pr
 app.add_typer(cluster_app, name="cluster")
 blob_app = typer.Typer(no_args_is_help=True, help="Content-addressed blobs (outputs, checkpoints).")
 app.add_typer(blob_app, name="blob")
+app.add_typer(train_app, name="train")
 
 out = Console()
 err = Console(stderr=True, soft_wrap=True)

@@ -19,7 +19,7 @@ import sysconfig
 from trustgen.errors import UsageError
 
 DATA_DIR = pathlib.Path(__file__).resolve().parent / "data"
-BUILTIN = {"stdlib-docs": DATA_DIR / "stdlib-docs.txt"}
+BUILTIN = {"stdlib-docs": DATA_DIR / "stdlib-docs.txt", "purple-crosses": DATA_DIR / "purple-crosses"}
 MAX_DATASET_BYTES = 256 * 1024 * 1024  # a job's data set is read whole; bound what a spec can name
 IMAGE_SUFFIXES = (".png",)
 

@@ -133,7 +133,23 @@ def _copy_rest(base: pathlib.Path, out: pathlib.Path) -> None:
             shutil.copyfile(f, dst)
 
 
-OBJECTIVES: dict[str, Callable[[JobSpec], Any]] = {"causal-lm": CausalLM}
+def _image_objective(cls_name: str) -> Callable[[JobSpec], Any]:
+    """Image objectives live in image_objectives.py (which imports this module and diffusers):
+    imported when a job uses one."""
+
+    def make(spec: JobSpec) -> Any:
+        from trustgen.training import image_objectives
+
+        return getattr(image_objectives, cls_name)(spec)
+
+    return make
+
+
+OBJECTIVES: dict[str, Callable[[JobSpec], Any]] = {
+    "causal-lm": CausalLM,
+    "textual-inversion": _image_objective("TextualInversion"),
+    "unet-denoise": _image_objective("UNetDenoise"),
+}
 
 
 def load_objective(spec: JobSpec) -> Objective:

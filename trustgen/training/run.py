@@ -84,6 +84,12 @@ class Coordinator:
         except (BrokenPipeError, OSError):
             pass
 
+    def send(self, peer: Peer, msg: tuple, step: int) -> None:
+        try:
+            peer.conn.send(msg)
+        except (BrokenPipeError, OSError):
+            self.exclude(peer, step, "trainer_died", "the trainer process ended")
+
     def live(self) -> list[Peer]:
         return [p for p in self.peers if p.active]
 
@@ -170,7 +176,7 @@ class Coordinator:
             self.commit(got)
             wires = [u.wire() for u in by_trainer(got)]
             for peer in self.live():
-                peer.conn.send(("apply", wires))
+                self.send(peer, ("apply", wires), t)
             self.state.apply(got, z)
             if (t + 1) % hp["eval_every"] == 0 or t + 1 == hp["steps"]:
                 self.evaluate(t + 1)
@@ -211,10 +217,10 @@ class Coordinator:
             for peer, u, blob, delta in got:
                 h = diloco.challenge(self.spec.id, r, u.signer, round_id, hp["inner_steps"])
                 if self.rng.random() >= hp["check_probability"]:
-                    peer.conn.send(("challenge", 0))
+                    self.send(peer, ("challenge", 0), r)
                     checked.append((peer, u, delta))
                     continue
-                peer.conn.send(("challenge", h))
+                self.send(peer, ("challenge", h), r)
                 reply = self.receive(peer, r)
                 if reply is None:
                     continue
@@ -227,7 +233,7 @@ class Coordinator:
             self.commit(updates)
             wires = [u.wire() for u in by_trainer(updates)]
             for peer in self.live():
-                peer.conn.send(("round", wires))
+                self.send(peer, ("round", wires), r)
             order = {u.signer: d for _, u, d in checked}
             self.state.apply([order[k] for k in sorted(order)])
             self.evaluate(r + 1)

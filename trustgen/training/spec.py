@@ -23,7 +23,8 @@ from trustgen.errors import UsageError
 SPEC_VERSION = 1
 JOB_DOMAIN = b"trustgen/training-job/v1\0"
 MAX_TRAINERS = 64
-DEFAULT_JOB = pathlib.Path(__file__).resolve().parent / "data" / "default-job.toml"
+JOBS_DIR = pathlib.Path(__file__).resolve().parent / "data" / "jobs"
+DEFAULT_JOB = "diloco"
 
 
 @dataclass(frozen=True)
@@ -211,12 +212,19 @@ def _trainer_keys(raw: Any) -> list[bytes]:
     return out
 
 
+def shipped_jobs() -> list[str]:
+    return sorted(p.stem for p in JOBS_DIR.glob("*.toml"))
+
+
 def load(path: str | pathlib.Path) -> JobSpec:
+    """A job file, or the name of a job the package ships (`trustgen train run spsa`)."""
     p = pathlib.Path(path)
+    if not p.exists() and str(path) in shipped_jobs():
+        p = JOBS_DIR / f"{path}.toml"
     try:
         raw = tomllib.loads(p.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise UsageError(f"no job file at {p}") from None
+        raise UsageError(f"no job file at {p} (shipped jobs: {', '.join(shipped_jobs())})") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise UsageError(f"{p}: not a TOML job file ({e})") from None
     return from_dict(raw)

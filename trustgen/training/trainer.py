@@ -111,7 +111,7 @@ def _diloco(
             if h > 1:
                 given["before"] = blobs.put(to_bytes(work.states[h - 1])).hex()
             conn.send(("states", given))
-            cmd = conn.recv()
+        cmd = conn.recv()
         work.states.clear()
         if cmd[0] != "round":
             return

@@ -1,0 +1,180 @@
+"""`trustgen train ...`: run, replay, spot-check and show verifiable training jobs."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import sys
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from trustgen.errors import UsageError
+
+train_app = typer.Typer(no_args_is_help=True, help="Verifiable training jobs: run, replay, check-step, show.")
+out_console = Console()
+
+
+def _emit(obj: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        sys.stdout.write(json.dumps(obj, sort_keys=True) + "\n")
+
+
+def _load_spec(job: str | None, default: bool) -> Any:
+    from trustgen.training import spec as specs
+
+    if default == (job is not None):
+        raise UsageError("give a job file or --default (not both)")
+    return specs.load(specs.DEFAULT_JOB if default else job)
+
+
+@train_app.command("run")
+def run_cmd(
+    job: str | None = typer.Argument(None, help="Job TOML file, or a shipped job's name (diloco, spsa, ...)."),
+    out: pathlib.Path = typer.Option(..., "--out", help="New run directory."),
+    default: bool = typer.Option(False, "--default", help="Run the shipped default job."),
+    trainers: int = typer.Option(4, "--trainers", help="Trainer processes (keys generated into the run)."),
+    adversary: str = typer.Option(
+        "", "--adversary", help="Make one trainer cheat: wrong-scalar, scaled, sign-flip, stale-base."
+    ),
+    adversary_trainer: int = typer.Option(0, "--adversary-trainer", help="Which trainer cheats."),
+    keep_states: bool = typer.Option(False, "--keep-states", help="Keep every inner state (local SGD) for check-step."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Run a job with its trainers as separate processes; the run directory holds everything replay needs."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from trustgen.training.run import run_job
+
+    spec = _load_spec(job, default)
+    with Progress(
+        TextColumn("[bold]train[/bold]"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[loss]}"),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        disable=as_json,
+        transient=True,
+    ) as bar:
+        task = bar.add_task("train", total=None, loss="")
+
+        def progress(done: int, total: int, ev: dict[str, Any]) -> None:
+            loss = f"held-out {ev['heldout_loss']:.4f} @ {ev['step']}" if ev else ""
+            bar.update(task, completed=done, total=total, loss=loss)
+
+        summary = run_job(spec, out, trainers, adversary, adversary_trainer, keep_states, progress)
+    report = {
+        k: summary[k]
+        for k in (
+            "job_id",
+            "name",
+            "algorithm",
+            "final_checkpoint_digest",
+            "final_model_digest",
+            "final_step",
+            "base_heldout_loss",
+            "final_heldout_loss",
+            "rejected",
+            "checks",
+            "updates",
+            "wall_s",
+        )
+    }
+    report["out"] = str(out)
+    _emit(report, as_json)
+    if not as_json:
+        out_console.print(f"job {report['job_id'][:16]}… ({report['algorithm']}, {len(summary['trainers'])} trainers)")
+        out_console.print(
+            f"held-out loss {report['base_heldout_loss']:.4f} -> {report['final_heldout_loss']:.4f} "
+            f"(best at step {report['final_step']}); final model {out / 'final'} {report['final_model_digest']}"
+        )
+        for r in report["rejected"]:
+            out_console.print(
+                f"[red]rejected[/red] trainer {r['index']} at step {r['step']}: {r['code']} ({r['reason']})"
+            )
+
+
+@train_app.command("replay")
+def replay_cmd(
+    run_dir: pathlib.Path = typer.Argument(..., help="Run directory."),
+    threads: int = typer.Option(0, "--threads", help="Replay with this many threads (0: the job's)."),
+    no_losses: bool = typer.Option(False, "--no-losses", help="Compare digests only, not held-out losses."),
+    mode: str = typer.Option("full", "--mode", help="Local SGD: full (re-execute every inner step) or deltas."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Recompute every checkpoint from the signed job and updates. Exit 0 match, 1 mismatch, 2 bad input."""
+    from trustgen.training.replay import replay
+
+    if mode not in ("full", "deltas"):
+        raise UsageError("--mode must be full or deltas")
+    rep = replay(run_dir, threads or None, not no_losses, mode)
+    _emit(rep.to_dict(), as_json)
+    if not as_json:
+        if rep.ok:
+            out_console.print(f"[green]match[/green]: {rep.checkpoints} checkpoints, final {rep.final_digest[:16]}…")
+        else:
+            out_console.print(f"[red]mismatch[/red]: {rep.first_bad}")
+        if not rep.same_profile:
+            out_console.print("replayed under another execution profile: compared within tolerance")
+    raise typer.Exit(0 if rep.ok else 1)
+
+
+@train_app.command("check-step")
+def check_step_cmd(
+    run_dir: pathlib.Path = typer.Argument(..., help="Run directory."),
+    step: int = typer.Option(..., "--step", help="SPSA step, or local-SGD round."),
+    trainer: str = typer.Option(..., "--trainer", help="Trainer index or key prefix."),
+    inner: int = typer.Option(0, "--inner", help="Local SGD: inner step (1-based; 0: the round's challenge)."),
+    threads: int = typer.Option(0, "--threads"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Re-execute one trainer's step. Exit 0 accept, 1 reject, 2 bad input."""
+    from trustgen.training.replay import check_step
+
+    res = check_step(run_dir, step, trainer, inner or None, threads or None)
+    _emit(res, as_json)
+    if not as_json:
+        verdict = "[green]accept[/green]" if res["accept"] else f"[red]reject[/red]: {res['reason']}"
+        out_console.print(f"{verdict} (distance {res['distance']}, {res['method']}, {res['check_cpu_s']:.2f} CPU-s)")
+    raise typer.Exit(0 if res["accept"] else 1)
+
+
+@train_app.command("show")
+def show_cmd(
+    run_dir: pathlib.Path = typer.Argument(..., help="Run directory."),
+    plot: pathlib.Path = typer.Option(None, "--plot", help="PNG to write (default RUN/loss.png)."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """The loss curve as a table and a PNG plot, with the checkpoints and rejections."""
+    from trustgen.training.plot import loss_plot
+    from trustgen.training.records import open_run
+
+    run = open_run(run_dir)
+    info = run.info()
+    rows = [(c.body["step"], c.body["heldout_loss"], c.body["digest"].hex()) for c in run.checkpoints]
+    x = "round" if run.spec.algorithm["name"] == "diloco" else "step"
+    png = plot or pathlib.Path(run_dir) / "loss.png"
+    loss_plot({run.spec.section("job")["name"]: [(s, v) for s, v, _ in rows]}, png, f"job {run.spec.id.hex()[:16]}", x)
+    obj = {
+        "job_id": run.spec.id.hex(),
+        "algorithm": run.spec.algorithm["name"],
+        "trainers": len(run.spec.trainers),
+        "checkpoints": [{"step": s, "heldout_loss": v, "digest": d} for s, v, d in rows],
+        "updates": len(run.updates),
+        "rejected": info.get("rejected", []),
+        "final_step": info.get("final_step"),
+        "plot": str(png),
+    }
+    _emit(obj, as_json)
+    if not as_json:
+        t = Table(title=f"{run.spec.section('job')['name']} ({obj['algorithm']}, {obj['trainers']} trainers)")
+        for col in (x, "held-out loss", "checkpoint"):
+            t.add_column(col)
+        for s, v, d in rows:
+            mark = " (final)" if s == obj["final_step"] else ""
+            t.add_row(str(s), f"{v:.4f}{mark}", d[:16] + "…")
+        out_console.print(t)
+        out_console.print(f"plot: {png}")
