@@ -238,6 +238,10 @@ SCHEMAS: dict[str, dict[str, str]] = {
     "LedgerEntry": dict(feed=B32, seq="int", prev=B32, time="int", type="str", body="map"),
     "Request": dict(sender=B32, method="str", nonce="bytes", time="int", args="map"),
     "GossipAccept": dict(server=B32, client_nonce="bytes", eph=B32),
+    "TrainingJob": dict(author=B32, spec="map"),
+    "SpsaUpdate": dict(trainer=B32, job=B32, step="int", q="int"),
+    "DeltaUpdate": dict(trainer=B32, job=B32, round="int", base=B32, delta=B32, states="list"),
+    "TrainingCheckpoint": dict(publisher=B32, job=B32, step="int", digest=B32, updates=B32, heldout_loss="float"),
 }
 SIGNER = {
     "Task": "client",
@@ -247,6 +251,10 @@ SIGNER = {
     "LedgerEntry": "feed",
     "Request": "sender",
     "GossipAccept": "server",
+    "TrainingJob": "author",
+    "SpsaUpdate": "trainer",
+    "DeltaUpdate": "trainer",
+    "TrainingCheckpoint": "publisher",
 }
 ENTRY_BODIES: dict[str, dict[str, str]] = {
     "NodeJoined": dict(address="str", roles="list"),
@@ -408,6 +416,15 @@ def check_body_parts(msg_type: str, body: dict[str, Any], network: str, what: st
     elif msg_type == "Request":
         check_request_args(body["method"], body["args"], network, what)
         expect(len(body["nonce"]) >= 8, f"{what}: nonce shorter than 8 bytes")
+    elif msg_type == "TrainingJob":
+        check_canonical_spec(body["spec"], network, what)
+    elif msg_type == "SpsaUpdate":
+        expect(body["step"] >= 0 and -127 <= body["q"] <= 127, f"{what}: step or byte out of range")
+    elif msg_type == "DeltaUpdate":
+        expect(body["round"] >= 0 and len(body["states"]) >= 1, f"{what}: round or states")
+        expect(all(_TYPES[B32](d) for d in body["states"]), f"{what}: states are not 32-byte digests")
+    elif msg_type == "TrainingCheckpoint":
+        expect(body["step"] >= 0, f"{what}: step")
 
 
 def check_request_args(method: str, args: dict[str, Any], network: str, what: str) -> None:
@@ -453,6 +470,18 @@ def check_message(v: dict[str, Any], network: str, keys: dict[str, bytes]) -> by
     open_signed(payload, sig, v["type"], network, what)
     check_body_parts(v["type"], body, network, what)
     return body
+
+
+def check_refused(v: dict[str, Any], network: str, keys: dict[str, bytes]) -> None:
+    """A validly signed payload that is not a valid `open_as` message on the network: refused."""
+    what = f"refused payload {v['name']!r}"
+    payload, sig = unhex(v["payload"]), unhex(v["sig"])
+    expect(sig_ok(keys[v["signer"]], payload, sig), f"{what}: the signature itself must verify")
+    try:
+        open_signed(payload, sig, v["open_as"], network, what)
+    except Mismatch:
+        return
+    raise Mismatch(f"{what}: accepted as a {v['open_as']}, but it must be refused ({v['code']})")
 
 
 # -- Merkle trees (RFC 6962 definitions, verification as RFC 9162) ---------------------------------
@@ -972,6 +1001,298 @@ def check_fingerprints(f: dict[str, Any]) -> None:
         same(per_channel, v["phash_rgb"], f"phash_rgb of {v['name']}")
 
 
+# -- training (docs/protocol.md section 15) ---------------------------------------------------------
+
+# Job spec fields: (type, default or None when required, lowest, highest, choices).
+SPEC_SECTIONS: dict[str, dict[str, tuple[str, Any, Any, Any, tuple[str, ...]]]] = {
+    "job": {
+        "name": ("str", "job", None, None, ()),
+        "network": ("str", "trustgen-local", None, None, ()),
+        "seed": ("int", 0, 0, 1 << 62, ()),
+    },
+    "model": {
+        "base": ("str", None, None, None, ()),
+        "digest": ("str", None, None, None, ()),
+        "init": ("str", "pretrained", None, None, ("pretrained", "fresh")),
+        "objective": ("str", "causal-lm", None, None, ("causal-lm", "textual-inversion", "unet-denoise")),
+        "token": ("str", "<new>", None, None, ()),
+        "init_token": ("str", "shape", None, None, ()),
+    },
+    "data": {
+        "source": ("str", None, None, None, ()),
+        "digest": ("str", None, None, None, ()),
+        "block": ("int", 64, 8, 4096, ()),
+        "heldout_permille": ("int", 100, 1, 500, ()),
+        "eval_windows": ("int", 64, 1, 100_000, ()),
+        "captions": ("str", "a {token}", None, None, ()),
+    },
+    "profile": {
+        "dtype": ("str", "float32", None, None, ("float32", "float64")),
+        "threads": ("int", 1, 1, 256, ()),
+        "device": ("str", "cpu", None, None, ()),
+        "deterministic": ("bool", True, None, None, ()),
+    },
+}
+SPEC_ALGORITHMS: dict[str, dict[str, tuple[str, Any, Any, Any, tuple[str, ...]]]] = {
+    "spsa": {
+        "steps": ("int", 200, 1, 1_000_000, ()),
+        "batch": ("int", 8, 1, 1024, ()),
+        "lr": ("float", 1e-4, 0.0, 10.0, ()),
+        "eps": ("float", 1e-3, 1e-8, 1.0, ()),
+        "scale": ("float", 0.5, 1e-9, 1e6, ()),
+        "eval_every": ("int", 25, 1, 1_000_000, ()),
+        "check_probability": ("float", 0.1, 0.0, 1.0, ()),
+    },
+    "diloco": {
+        "rounds": ("int", 6, 1, 100_000, ()),
+        "inner_steps": ("int", 16, 1, 10_000, ()),
+        "batch": ("int", 8, 1, 1024, ()),
+        "inner_lr": ("float", 1e-3, 0.0, 10.0, ()),
+        "weight_decay": ("float", 0.0, 0.0, 1.0, ()),
+        "outer_lr": ("float", 0.7, 0.0, 10.0, ()),
+        "outer_momentum": ("float", 0.9, 0.0, 0.999, ()),
+        "aggregator": ("str", "trimmed-mean", None, None, ("trimmed-mean", "median", "centred-clip", "mean")),
+        "trim": ("float", 0.2, 0.0, 0.49, ()),
+        "clip": ("float", 1.0, 1e-9, 1e9, ()),
+        "check_probability": ("float", 0.5, 0.0, 1.0, ()),
+        "delta_format": ("str", "int8", None, None, ("int8", "float32")),
+    },
+}
+MAX_TRAINERS = 64
+
+
+def spec_section(name: str, fields: dict[str, tuple], raw: Any) -> dict[str, Any]:
+    raw = {} if raw is None else raw
+    expect(isinstance(raw, dict) and set(raw) <= set(fields), f"job spec [{name}]: not a table of known fields")
+    out = {}
+    for k, (typ, default, lo, hi, choices) in fields.items():
+        v = raw.get(k)
+        if v is None:
+            expect(default is not None, f"job spec {name}.{k} is required")
+            v = default
+        if typ == "float" and _TYPES["int"](v):
+            v = float(v)
+        expect(_TYPES[typ](v), f"job spec {name}.{k} is not a {typ}")
+        expect((lo is None or v >= lo) and (hi is None or v <= hi), f"job spec {name}.{k} = {v} out of bounds")
+        expect(not choices or v in choices, f"job spec {name}.{k} = {v!r} is not one of {choices}")
+        expect(not isinstance(v, str) or len(v) <= 4096, f"job spec {name}.{k} is too long")
+        out[k] = v
+    return out
+
+
+def spec_from_input(raw: Any) -> dict[str, Any]:
+    """The canonical spec map of a job file (TOML tables as a map): defaults filled in, integers in
+    float fields made floats, trainer keys as bytes, the spec version added."""
+    expect(isinstance(raw, dict) and set(raw) <= {*SPEC_SECTIONS, "algorithm", "trainers"}, "job spec: sections")
+    spec: dict[str, Any] = {name: spec_section(name, f, raw.get(name)) for name, f in SPEC_SECTIONS.items()}
+    algo = raw.get("algorithm")
+    expect(isinstance(algo, dict) and algo.get("name") in SPEC_ALGORITHMS, "job spec: algorithm.name")
+    rest = {k: v for k, v in algo.items() if k != "name"}
+    spec["algorithm"] = {"name": algo["name"], **spec_section("algorithm", SPEC_ALGORITHMS[algo["name"]], rest)}
+    expect(spec["profile"]["device"].split(":")[0] in ("cpu", "cuda"), "job spec: profile.device")
+    expect(all(spec[s]["digest"].startswith("sha256:") for s in ("model", "data")), "job spec: digests")
+    keys = (raw.get("trainers") or {"keys": []}).get("keys")
+    expect(isinstance(keys, list) and len(keys) <= MAX_TRAINERS, "job spec: trainers.keys")
+    spec["trainers"] = [unhex(k) for k in keys]
+    expect(all(len(k) == 32 for k in spec["trainers"]), "job spec: a trainer key is not 32 bytes")
+    expect(len(set(spec["trainers"])) == len(keys), "job spec: a trainer key is listed twice")
+    spec["version"] = 1
+    return spec
+
+
+def check_canonical_spec(spec: Any, network: str, what: str) -> None:
+    """A spec as signed: it must be exactly what its own job-file form gives (canonical)."""
+    expect(isinstance(spec, dict) and spec.get("version") == 1 and _TYPES["int"](spec["version"]), f"{what}: version")
+    expect(isinstance(spec.get("trainers"), list) and all(isinstance(k, bytes) for k in spec["trainers"]), what)
+    as_input = {k: v for k, v in spec.items() if k not in ("trainers", "version")}
+    as_input["trainers"] = {"keys": [k.hex() for k in spec["trainers"]]}
+    expect(typed_equal(spec_from_input(as_input), spec), f"{what}: the spec is not canonical")
+    expect(spec["job"]["network"] == network, f"{what}: the spec names another network")
+
+
+def job_id(spec: dict[str, Any]) -> bytes:
+    return hashlib.sha256(D["TRAINING_JOB"] + enc(spec)).digest()
+
+
+def u64_of(data: bytes) -> int:
+    return int.from_bytes(hashlib.sha256(data).digest()[:8], "big")
+
+
+def split_draw(dataset: str, index: int) -> int:
+    return u64_of(D["TRAIN_SPLIT"] + dataset.encode() + index.to_bytes(8, "big")) % 1000
+
+
+def select_samples(job: bytes, step: int, trainer: bytes, batch: int, train: list[int]) -> list[int]:
+    head = D["TRAIN_SELECT"] + job + step.to_bytes(8, "big") + trainer
+    return [train[u64_of(head + i.to_bytes(4, "big")) % len(train)] for i in range(batch)]
+
+
+def quantise(g: float, scale: float) -> int:
+    if g != g:
+        return 0
+    return max(-127, min(127, round(g / scale)))  # round: to nearest, ties to even
+
+
+def f32(x: float) -> float:
+    """x rounded to the nearest binary32 (ties to even)."""
+    return struct.unpack("<f", struct.pack("<f", x))[0]
+
+
+_PACK = {"float64": "<d", "float32": "<f", "float16": "<e", "int64": "<q", "int32": "<i", "int16": "<h", "int8": "b"}
+
+
+def tensor_raw(t: dict[str, Any]) -> bytes:
+    n = 1
+    for d in t["shape"]:
+        n *= d
+    expect(len(t["values"]) == n, f"tensor {t['name']}: {len(t['values'])} values for shape {t['shape']}")
+    if t["dtype"] == "bfloat16":  # the high half of the binary32 (the vectors use exact values)
+        words = [struct.pack("<f", v) for v in t["values"]]
+        expect(all(w[:2] == b"\0\0" for w in words), f"tensor {t['name']}: not exact in bfloat16")
+        return b"".join(w[2:] for w in words)
+    return b"".join(struct.pack(_PACK[t["dtype"]], v) for v in t["values"])
+
+
+def tensor_set_digest(prefix: bytes, tensors: list[dict[str, Any]]) -> bytes:
+    h = hashlib.sha256(prefix)
+    for t in sorted(tensors, key=lambda t: t["name"]):  # code point order = UTF-8 byte order
+        raw = tensor_raw(t)
+        head = f"{t['name']}\0{t['dtype']}\0{','.join(map(str, t['shape']))}\0".encode()
+        h.update(len(head).to_bytes(4, "big") + head + len(raw).to_bytes(8, "big") + raw)
+    return h.digest()
+
+
+def state_digest(state: list[dict[str, Any]], step: int) -> bytes:
+    return tensor_set_digest(D["TRAIN_INNER_STATE"] + step.to_bytes(8, "big"), state)
+
+
+def safetensors(tensors: list[tuple[str, str, list[int], bytes]]) -> bytes:
+    """(name, dtype code, shape, raw) as safetensors bytes, laid out as section 15.5 says."""
+    rank = {"F32": 1, "I8": 0}
+    order = sorted(tensors, key=lambda t: (-rank[t[1]], t[0].encode()))
+    parts, data = [], b""
+    for name, dtype, shape, raw in order:
+        info = {"dtype": dtype, "shape": shape, "data_offsets": [len(data), len(data) + len(raw)]}
+        parts.append(json.dumps(name, ensure_ascii=False) + ":" + json.dumps(info, separators=(",", ":")))
+        data += raw
+    header = ("{" + ",".join(parts) + "}").encode()
+    header += b" " * (-len(header) % 8)
+    return len(header).to_bytes(8, "little") + header + data
+
+
+def int8_delta(values: list[float]) -> tuple[list[int], float]:
+    """q and the scale of one float32 tensor's delta."""
+    amax = max((abs(v) for v in values), default=0.0)
+    if amax == 0:
+        return [0] * len(values), 0.0
+    s = f32(amax / 127)
+    return [max(-127, min(127, round(f32(v / s)))) for v in values], s
+
+
+def check_round(r: dict[str, Any], by_name: dict[str, dict[str, Any]], keys: dict[str, bytes]) -> None:
+    base = {t["name"]: t for t in r["base"]}
+    expect(all(t["dtype"] == "float32" for t in base.values()), "training round: float32 parameters")
+    base_digest = tensor_set_digest(D["TRAIN_CHECKPOINT"], r["base"])
+    same(base_digest.hex(), r["base_digest"], "training round: base checkpoint digest")
+    for tr in r["trainers"]:
+        what = f"training round, {tr['trainer']}"
+        digests = [state_digest(st, h).hex() for h, st in enumerate(tr["states"], 1)]
+        same(digests, tr["state_digests"], f"{what}: inner state digests")
+        final = {t["name"]: t for t in tr["states"][-1]}
+        delta, st_int8, st_f32, decoded = [], [], [], []
+        for n in sorted(base):
+            d = [f32(a - b) for a, b in zip(final["p/" + n]["values"], base[n]["values"])]
+            shape = base[n]["shape"]
+            delta.append({"name": n, "dtype": "float32", "shape": shape, "values": d})
+            q, scale = int8_delta(d)
+            st_int8.append(("q/" + n, "I8", shape, struct.pack(f"{len(q)}b", *q)))
+            st_int8.append(("s/" + n, "F32", [], struct.pack("<f", scale)))
+            st_f32.append(("f/" + n, "F32", shape, struct.pack(f"<{len(d)}f", *d)))
+            decoded.append({"name": n, "dtype": "float32", "shape": shape, "values": [f32(x * scale) for x in q]})
+        same(delta, tr["delta"], f"{what}: delta")
+        blob = safetensors(st_int8)
+        same(blob.hex(), tr["blob"], f"{what}: int8 delta blob")
+        same(hashlib.sha256(blob).hexdigest(), tr["blob_digest"], f"{what}: delta blob digest")
+        same(decoded, tr["decoded"], f"{what}: decoded delta")
+        if tr["trainer"] == r["float32_blob"]["trainer"]:
+            same(safetensors(st_f32).hex(), r["float32_blob"]["blob"], f"{what}: float32 delta blob")
+            same(delta, r["float32_blob"]["decoded"], f"{what}: decoded float32 delta")
+        body = from_tagged(by_name[tr["message"]]["body"])
+        want = {
+            "trainer": keys[tr["trainer"]],
+            "job": unhex(r["job"]),
+            "round": r["round"],
+            "base": base_digest,
+            "delta": hashlib.sha256(blob).digest(),
+            "states": [unhex(d) for d in digests],
+        }
+        expect(typed_equal(body, want), f"{what}: the DeltaUpdate does not commit to this round")
+    ups = sorted((by_name[tr["message"]] for tr in r["trainers"]), key=lambda m: keys[m["signer"]])
+    same([m["name"] for m in ups], r["updates_in_order"], "training round: updates in trainer key order")
+    digest = updates_digest([msg_id(unhex(m["payload"])) for m in ups])
+    same(digest.hex(), r["updates_digest"], "training round: updates digest")
+    for c in r["challenges"]:
+        head = D["TRAIN_CHALLENGE"] + unhex(r["job"]) + r["round"].to_bytes(8, "big") + keys[c["trainer"]] + digest
+        same(1 + u64_of(head) % r["inner_steps"], c["inner"], f"training challenge of {c['trainer']}")
+
+
+def updates_digest(ids: list[bytes]) -> bytes:
+    return hashlib.sha256(D["TRAIN_UPDATES"] + enc(ids)).digest()
+
+
+def check_training(t: dict[str, Any], messages: list[dict[str, Any]], keys: dict[str, bytes]) -> None:
+    by_name = {m["name"]: m for m in messages}
+    specs = {}
+    for j in t["jobs"]:
+        what = f"training job {j['name']!r}"
+        spec = spec_from_input(j["input"])
+        expect(typed_equal(spec, from_tagged(j["spec"])), f"{what}: spec")
+        same(enc(spec).hex(), j["canonical"], f"{what}: canonical bytes")
+        same(job_id(spec).hex(), j["id"], f"{what}: id")
+        expect(typed_equal(from_tagged(by_name[j["message"]]["body"])["spec"], spec), f"{what}: signed spec")
+        specs[job_id(spec)] = spec
+    for sp in t["split"]:
+        what = f"training split of {sp['count']} windows"
+        draws = [split_draw(sp["dataset_digest"], i) for i in range(sp["count"])]
+        same(draws, sp["draws"], f"{what}: draws")
+        held = [i for i, d in enumerate(draws) if d < sp["heldout_permille"]]
+        same([i for i, d in enumerate(draws) if d >= sp["heldout_permille"]], sp["train"], f"{what}: train")
+        same((held, held[: sp["eval_windows"]]), (sp["heldout"], sp["eval"]), f"{what}: held-out and eval")
+    for v in t["select"]:
+        got = select_samples(unhex(v["job"]), v["step"], unhex(v["trainer"]), v["batch"], v["train"])
+        same(got, v["indices"], f"training selection at step {v['step']}")
+    for v in t["spsa_seed"]:
+        head = D["TRAIN_SPSA_Z"] + unhex(v["job"]) + v["step"].to_bytes(8, "big")
+        same(u64_of(head) >> 1, v["seed"], f"training SPSA seed at step {v['step']}")
+    for v in t["quantise"]:
+        g = struct.unpack(">d", unhex(v["g"]))[0]
+        same(quantise(g, v["scale"]), v["q"], f"training quantise {g!r} / {v['scale']!r}")
+    tensor_digests = {}
+    for v in t["tensor_digests"]:
+        what = f"training tensor digest {v['name']!r}"
+        for x in v["tensors"]:
+            same(tensor_raw(x).hex(), x["raw"], f"{what}: bytes of {x['name']}")
+        prefix = D[v["domain"]] + (v["step"].to_bytes(8, "big") if v["domain"] == "TRAIN_INNER_STATE" else b"")
+        same(tensor_set_digest(prefix, v["tensors"]).hex(), v["digest"], what)
+        tensor_digests[v["name"]] = unhex(v["digest"])
+    check_round(t["round"], by_name, keys)
+    for v in t["updates_digests"]:
+        same(updates_digest([unhex(i) for i in v["ids"]]).hex(), v["digest"], f"training updates digest {v['name']!r}")
+    for c in t["checkpoints"]:
+        what = f"training checkpoint {c['message']!r}"
+        body = from_tagged(by_name[c["message"]]["body"])
+        same(body["digest"], tensor_digests[c["tensors"]], f"{what}: digest")
+        ids = [msg_id(unhex(by_name[n]["payload"])) for n in c["updates"]]
+        same(body["updates"], updates_digest(ids), f"{what}: updates")
+    for m in messages:  # every training message names a job of the vectors, and its trainers sign updates
+        if m["type"] in ("SpsaUpdate", "DeltaUpdate", "TrainingCheckpoint"):
+            body = from_tagged(m["body"])
+            spec = specs.get(body["job"])
+            expect(spec is not None, f"message {m['name']!r}: unknown job")
+            if m["type"] != "TrainingCheckpoint":
+                expect(keys[m["signer"]] in spec["trainers"], f"message {m['name']!r}: not a trainer of the job")
+
+
 # -- encoding vectors ---------------------------------------------------------------------------------
 
 
@@ -1010,6 +1331,8 @@ def check(doc: dict[str, Any]) -> int:
     steps: list[tuple[str, Callable[[], None]]] = [("encoding", lambda: check_encoding(doc["encoding"]))]
     for m in doc["messages"]:
         steps.append((f"message {m['name']!r}", lambda m=m: check_message(m, net, keys)))
+    for v in doc["refused"]:
+        steps.append((f"refused payload {v['name']!r}", lambda v=v: check_refused(v, net, keys)))
     steps += [
         ("ledger", lambda: check_ledger(doc["ledger"], net, keys)),
         ("merkle", lambda: check_merkle(doc["merkle"])),
@@ -1020,6 +1343,7 @@ def check(doc: dict[str, Any]) -> int:
         ("sampling", lambda: check_sampling(doc["sampling"])),
         ("outputs", lambda: check_outputs(doc["outputs"])),
         ("fingerprints", lambda: check_fingerprints(doc["fingerprints"])),
+        ("training", lambda: check_training(doc["training"], doc["messages"], keys)),
     ]
     for name, step in steps:
         try:

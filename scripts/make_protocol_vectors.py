@@ -1,6 +1,6 @@
 """Write docs/protocol_vectors.json: test vectors for every rule in docs/protocol.md, made by the
 node's own code (encoding, signing, ledger, Merkle, assignment, tally, sessions, sampling noise,
-fingerprints, digests) from fixed keys, times and inputs, so the file is byte-identical on every run.
+fingerprints, digests, training) from fixed keys, times and inputs, so the file is byte-identical on every run.
 
 python scripts/make_protocol_vectors.py            # rewrite docs/protocol_vectors.json
 python scripts/make_protocol_vectors.py --out F    # write elsewhere (the drift test compares)
@@ -40,7 +40,7 @@ from trustgen.consensus.encoding import decode, encode  # noqa: E402
 from trustgen.consensus.finality import certify  # noqa: E402
 from trustgen.consensus.identity import Identity  # noqa: E402
 from trustgen.consensus.ledger import Entry, Ledger, leaf_data  # noqa: E402
-from trustgen.consensus.messages import Signed, sign  # noqa: E402
+from trustgen.consensus.messages import MessageError, Signed, open_payload, sign  # noqa: E402
 from trustgen.consensus.tally import tally  # noqa: E402
 from trustgen.engines import sampling  # noqa: E402
 from trustgen.engines.determinism import ExecutionProfile  # noqa: E402
@@ -54,6 +54,12 @@ from trustgen.gossip.blobs import CHUNK, blob_digest, chunk_hashes  # noqa: E402
 from trustgen.net import auth  # noqa: E402
 from trustgen.net.peers import full_method  # noqa: E402
 from trustgen.rpc import trustgen_pb2 as pb  # noqa: E402
+from trustgen.training import data as tdata  # noqa: E402
+from trustgen.training import diloco, spsa  # noqa: E402
+from trustgen.training.job import by_trainer, checkpoint_digest  # noqa: E402
+from trustgen.training.records import updates_digest  # noqa: E402
+from trustgen.training.spec import from_dict, sign_job  # noqa: E402
+from trustgen.training.tensors import tensor_digest  # noqa: E402
 from trustgen.verifier.compare import distance  # noqa: E402
 from trustgen.verifier.fingerprints import image_fingerprint, text_fingerprint  # noqa: E402
 from trustgen.verifier.vote import VoteValue  # noqa: E402
@@ -65,7 +71,14 @@ T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z in ms: every time in the vectors 
 # change with the installed imagehash release (it is a label, compared for equality only).
 IMAGE_LIB = "imagehash-4.3.2/pillow-13"
 
-KEY_SEEDS = {"gateway": 1, "worker": 2, "client": 3, **{f"verifier{i}": 10 + i for i in range(5)}}
+KEY_SEEDS = {
+    "gateway": 1,
+    "worker": 2,
+    "client": 3,
+    **{f"verifier{i}": 10 + i for i in range(5)},
+    "author": 4,  # a training job's author, who also coordinates it and signs its checkpoints
+    **{f"trainer{i}": 32 + i for i in range(3)},
+}
 KEYS = {name: Identity.from_seed(bytes([b]) * 32) for name, b in KEY_SEEDS.items()}
 NAME_OF = {k.public_key: name for name, k in KEYS.items()}
 
@@ -780,6 +793,366 @@ def session_vector() -> dict[str, Any]:
     }
 
 
+# -- training ----------------------------------------------------------------------------------------
+
+DATASET = "sha256:" + hashlib.sha256(b"trustgen vectors: data set").hexdigest()
+
+
+def tensor_list(ts: dict[str, torch.Tensor], raw: bool = False) -> list[dict[str, Any]]:
+    """A tensor set as JSON, in name order: dtype, shape and the row-major values (and, with
+    `raw`, the little-endian bytes the digest covers)."""
+    out = []
+    for name in sorted(ts):
+        t = ts[name].contiguous()
+        v: dict[str, Any] = {
+            "name": name,
+            "dtype": str(t.dtype).removeprefix("torch."),
+            "shape": list(t.shape),
+            "values": t.flatten().tolist(),
+        }
+        if raw:
+            v["raw"] = t.view(torch.uint8).numpy().tobytes().hex() if t.numel() else ""
+        out.append(v)
+    return out
+
+
+def base_params() -> dict[str, torch.Tensor]:
+    return {
+        "h.0.w": torch.tensor([[0.5, -0.25, 1.0], [0.125, -2.0, 0.75]]),
+        "h.0.b": torch.tensor([0.0, -0.5]),
+    }
+
+
+def inner_states(base: dict[str, torch.Tensor], k: int, steps: int) -> list[dict[str, torch.Tensor]]:
+    """Inner states 1..steps of trainer k: fixed values in the layout of a real state (p/, m/, v/
+    per parameter), chosen so that the int8 delta has no value on a rounding tie."""
+    out = []
+    for h in range(1, steps + 1):
+        state = {}
+        for n, p in base.items():
+            step = torch.arange(p.numel(), dtype=torch.float32).reshape(p.shape)
+            delta = ((step + 1) ** 2 + 5 * k) * (h / 64) * (-1) ** k
+            state["p/" + n] = p + delta
+            state["m/" + n] = delta / 10
+            state["v/" + n] = (delta / 10) ** 2
+        out.append(state)
+    return out
+
+
+def training_vectors(model: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    author = KEYS["author"]
+    trainers = [KEYS[f"trainer{i}"] for i in range(3)]
+    common = {
+        "model": {"base": "tiny-text", "digest": model},
+        "data": {"source": "stdlib-docs", "digest": DATASET, "block": 32, "heldout_permille": 250, "eval_windows": 3},
+    }
+    inputs = {
+        "spsa job": {
+            "job": {"name": "vectors-spsa", "network": NETWORK, "seed": 11},
+            **common,
+            "profile": {"threads": 2},
+            # lr given as an integer: a float field takes an integer and stores it as a float
+            "algorithm": {"name": "spsa", "steps": 3, "batch": 4, "lr": 1, "scale": 0.25, "eval_every": 1},
+            "trainers": {"keys": [t.public_key.hex() for t in trainers]},
+        },
+        "diloco job": {
+            "job": {"name": "vectors-diloco", "network": NETWORK},
+            **common,
+            "algorithm": {"name": "diloco", "rounds": 2, "inner_steps": 3, "batch": 2, "aggregator": "median"},
+            "trainers": {"keys": [t.public_key.hex() for t in trainers[:2]]},
+        },
+    }
+    msgs: list[dict[str, Any]] = []
+    jobs, specs = [], {}
+    for name, raw in inputs.items():
+        spec = from_dict(raw)
+        specs[name] = spec
+        signed = sign_job(author, spec)
+        msgs.append(message_vector(f"training {name}", signed))
+        jobs.append(
+            {
+                "name": name,
+                "input": raw,
+                "spec": tj(spec.data),
+                "canonical": spec.canonical_bytes().hex(),
+                "id": spec.id.hex(),
+                "message": f"training {name}",
+            }
+        )
+    spsa_id, diloco_id = specs["spsa job"].id, specs["diloco job"].id
+
+    splits = []
+    for count, permille, eval_count in ((40, 250, 3), (24, 100, 8)):
+        sp = tdata.split(DATASET, count, permille, eval_count)
+        draws = [tdata._u64(tdata.SPLIT_DOMAIN + DATASET.encode() + struct.pack(">Q", i)) % 1000 for i in range(count)]
+        splits.append(
+            {
+                "dataset_digest": DATASET,
+                "count": count,
+                "heldout_permille": permille,
+                "eval_windows": eval_count,
+                "draws": draws,
+                "train": list(sp.train),
+                "heldout": list(sp.heldout),
+                "eval": list(sp.eval),
+            }
+        )
+    train = splits[0]["train"]
+    selects = []
+    for job_id, step, t, batch in (
+        (spsa_id, 0, 0, 4),
+        (spsa_id, 1, 1, 4),
+        (diloco_id, 5, 1, 2),
+        (spsa_id, 2**40, 2, 8),
+    ):
+        key = trainers[t].public_key
+        selects.append(
+            {
+                "job": job_id.hex(),
+                "step": step,
+                "trainer": key.hex(),
+                "batch": batch,
+                "train": train,
+                "indices": tdata.select(job_id, step, key, batch, tuple(train)),
+            }
+        )
+    seeds = []
+    for step in (0, 1, 2, 2**32):
+        head = hashlib.sha256(spsa.Z_DOMAIN + spsa_id + struct.pack(">Q", step)).digest()
+        seed = int.from_bytes(head[:8], "big") >> 1
+        # what spsa.direction seeds torch's generator with
+        g = torch.Generator().manual_seed(seed)
+        assert g.initial_seed() == seed
+        seeds.append({"job": spsa_id.hex(), "step": step, "seed": seed})
+    quant = []
+    for g, scale in (
+        (0.0, 0.25),
+        (-0.0, 0.25),
+        (0.3, 0.25),
+        (0.125, 0.25),
+        (0.375, 0.25),
+        (0.625, 0.25),
+        (-0.625, 0.25),
+        (31.6, 0.25),
+        (31.9, 0.25),
+        (-1e300, 0.25),
+        (5e-324, 0.25),
+        (float("nan"), 0.25),
+        (-3.0e-4, 1e-4),
+    ):
+        quant.append({"g": struct.pack(">d", g).hex(), "scale": scale, "q": spsa.quantise(g, scale)})
+
+    base = base_params()
+    mixed = {
+        "z": torch.tensor([[1.5, -2.0], [0.1, 3.0e38]]),
+        "a.weight": torch.tensor([0.1, -0.0, 5e-324], dtype=torch.float64),
+        "é": torch.tensor([-128, -1, 0, 127], dtype=torch.int8),
+        "empty": torch.zeros(0),
+        "ids": torch.tensor([-(2**63), 2**63 - 1], dtype=torch.int64),
+        "half": torch.tensor([0.5, 65504.0], dtype=torch.float16),
+        "bf": torch.tensor([1.0, -0.5], dtype=torch.bfloat16),
+    }
+    states = {k: inner_states(base, k, 3) for k in range(2)}
+    digests = [
+        {"name": "tensor set", "domain": "TENSORS", "tensors": tensor_list(mixed, raw=True), "digest": mixed},
+        {"name": "no tensors", "domain": "TENSORS", "tensors": [], "digest": {}},
+        {"name": "checkpoint", "domain": "TRAIN_CHECKPOINT", "tensors": tensor_list(base, raw=True), "digest": base},
+        {
+            "name": "inner state",
+            "domain": "TRAIN_INNER_STATE",
+            "step": 2,
+            "tensors": tensor_list(states[0][1], raw=True),
+            "digest": states[0][1],
+        },
+    ]
+    for d in digests:
+        ts = d["digest"]
+        if d["domain"] == "TRAIN_CHECKPOINT":
+            d["digest"] = checkpoint_digest(ts).hex()
+        elif d["domain"] == "TRAIN_INNER_STATE":
+            d["digest"] = diloco.state_digest(ts, d["step"]).hex()
+        else:
+            d["digest"] = tensor_digest(ts).hex()
+
+    # -- signed updates, a local-SGD round, checkpoints
+    spsa_ups = [
+        sign(t, "SpsaUpdate", NETWORK, {"trainer": t.public_key, "job": spsa_id, "step": 0, "q": q})
+        for t, q in zip(trainers, (5, -127, 0))
+    ]
+    for t, u in zip(trainers, spsa_ups):
+        msgs.append(message_vector(f"spsa update {NAME_OF[t.public_key]}", u))
+    hp = specs["diloco job"].algorithm
+    rnd, inner = 0, hp["inner_steps"]
+    round_trainers, delta_ups = [], []
+    for k in range(2):
+        t = trainers[k]
+        final = states[k][-1]
+        delta = diloco.delta_of(final, base)
+        blob = diloco.encode_delta(delta, "int8")
+        for d in delta.values():
+            ratio = (d / (float(d.abs().max()) / diloco.QMAX)).double()
+            assert float((ratio - ratio.floor() - 0.5).abs().min()) > 1e-3, "a delta value sits on a rounding tie"
+        body = {
+            "trainer": t.public_key,
+            "job": diloco_id,
+            "round": rnd,
+            "base": checkpoint_digest(base),
+            "delta": hashlib.sha256(blob).digest(),
+            "states": [diloco.state_digest(st, h) for h, st in enumerate(states[k], 1)],
+        }
+        u = sign(t, "DeltaUpdate", NETWORK, body)
+        delta_ups.append(u)
+        msgs.append(message_vector(f"delta update {NAME_OF[t.public_key]}", u))
+        round_trainers.append(
+            {
+                "trainer": NAME_OF[t.public_key],
+                "message": f"delta update {NAME_OF[t.public_key]}",
+                "states": [tensor_list(st) for st in states[k]],
+                "state_digests": hexes(body["states"]),
+                "delta": tensor_list(delta),
+                "blob": blob.hex(),
+                "blob_digest": body["delta"].hex(),
+                "decoded": tensor_list(diloco.decode_delta(blob, base, "int8", "vector")),
+            }
+        )
+    in_order = by_trainer(delta_ups)
+    round_id = updates_digest(in_order)
+    f32_delta = diloco.delta_of(states[0][-1], base)
+    f32_blob = diloco.encode_delta(f32_delta, "float32")
+    round_vec = {
+        "job": diloco_id.hex(),
+        "round": rnd,
+        "inner_steps": inner,
+        "delta_format": hp["delta_format"],
+        "base": tensor_list(base),
+        "base_digest": checkpoint_digest(base).hex(),
+        "trainers": round_trainers,
+        "updates_in_order": [f"delta update {NAME_OF[u.signer]}" for u in in_order],
+        "updates_digest": round_id.hex(),
+        "challenges": [
+            {"trainer": NAME_OF[u.signer], "inner": diloco.challenge(diloco_id, rnd, u.signer, round_id, inner)}
+            for u in in_order
+        ],
+        "float32_blob": {
+            "trainer": "trainer0",
+            "blob": f32_blob.hex(),
+            "decoded": tensor_list(diloco.decode_delta(f32_blob, base, "float32", "vector")),
+        },
+    }
+    checkpoints = []
+    for name, job_id, step, updates, loss in (
+        ("training checkpoint (diloco, step 0)", diloco_id, 0, [], 3.375),
+        ("training checkpoint (spsa, step 1)", spsa_id, 1, by_trainer(spsa_ups), 3.25),
+    ):
+        cp = sign(
+            author,
+            "TrainingCheckpoint",
+            NETWORK,
+            {
+                "publisher": author.public_key,
+                "job": job_id,
+                "step": step,
+                "digest": checkpoint_digest(base),
+                "updates": updates_digest(updates),
+                "heldout_loss": loss,
+            },
+        )
+        msgs.append(message_vector(name, cp))
+        checkpoints.append(
+            {
+                "message": name,
+                "tensors": "checkpoint",
+                "updates": [
+                    f"{'spsa' if u.type == 'SpsaUpdate' else 'delta'} update {NAME_OF[u.signer]}" for u in updates
+                ],
+            }
+        )
+    updates_out = [
+        {"name": "no updates", "ids": [], "digest": updates_digest([]).hex()},
+        {
+            "name": "the spsa updates of step 0, in trainer key order",
+            "ids": hexes([u.id for u in by_trainer(spsa_ups)]),
+            "digest": updates_digest(by_trainer(spsa_ups)).hex(),
+        },
+        {"name": "the round's delta updates", "ids": hexes([u.id for u in in_order]), "digest": round_id.hex()},
+    ]
+    return (
+        {
+            "jobs": jobs,
+            "split": splits,
+            "select": selects,
+            "spsa_seed": seeds,
+            "quantise": quant,
+            "tensor_digests": digests,
+            "round": round_vec,
+            "updates_digests": updates_out,
+            "checkpoints": checkpoints,
+        },
+        msgs,
+    )
+
+
+# -- payloads a receiver must refuse ------------------------------------------------------------------
+
+
+def refused_vectors() -> list[dict[str, Any]]:
+    """Validly signed payloads that are not valid messages: each is refused by the node's
+    open_payload with the code given (and must be by every implementation)."""
+    t0 = KEYS["trainer0"]
+    spsa_body = {"trainer": t0.public_key, "job": b"\x07" * 32, "step": 0, "q": 5}
+    cp_body = {
+        "publisher": KEYS["author"].public_key,
+        "job": b"\x07" * 32,
+        "step": 1,
+        "digest": b"\x08" * 32,
+        "updates": b"\x09" * 32,
+        "heldout_loss": 3,
+    }
+    cases = [
+        ("version encoded as true", "SpsaUpdate", ["SpsaUpdate", NETWORK, True, spsa_body], "malformed"),
+        ("version encoded as the float 1.0", "SpsaUpdate", ["SpsaUpdate", NETWORK, 1.0, spsa_body], "malformed"),
+        ("version 2", "SpsaUpdate", ["SpsaUpdate", NETWORK, 2, spsa_body], "unsupported_version"),
+        ("another network", "SpsaUpdate", ["SpsaUpdate", "trustgen-other", 1, spsa_body], "wrong_network"),
+        ("opened as another type", "DeltaUpdate", ["SpsaUpdate", NETWORK, 1, spsa_body], "wrong_type"),
+        (
+            "an int field encoded as true",
+            "SpsaUpdate",
+            ["SpsaUpdate", NETWORK, 1, {**spsa_body, "step": True}],
+            "malformed",
+        ),
+        (
+            "a float field encoded as an int",
+            "TrainingCheckpoint",
+            ["TrainingCheckpoint", NETWORK, 1, cp_body],
+            "malformed",
+        ),
+        ("an unknown field", "SpsaUpdate", ["SpsaUpdate", NETWORK, 1, {**spsa_body, "extra": 0}], "malformed"),
+        ("a header of five elements", "SpsaUpdate", ["SpsaUpdate", NETWORK, 1, spsa_body, None], "malformed"),
+    ]
+    out = []
+    for name, open_as, header, code in cases:
+        signer = KEYS["author"] if header[0] == "TrainingCheckpoint" else t0
+        payload = domains.SIGNED_MAGIC + encode(header)
+        sig = signer.sign(payload)
+        try:
+            open_payload(payload, sig, open_as, NETWORK)
+        except MessageError as e:
+            assert e.code == code, (name, e.code, e)
+        else:
+            raise AssertionError(f"the node accepted the refused vector {name!r}")
+        out.append(
+            {
+                "name": name,
+                "open_as": open_as,
+                "signer": NAME_OF[signer.public_key],
+                "payload": payload.hex(),
+                "sig": sig.hex(),
+                "code": code,
+            }
+        )
+    return out
+
+
 # -- the file --------------------------------------------------------------------------------------
 
 
@@ -790,6 +1163,7 @@ def build() -> dict[str, Any]:
     model = outputs["model_manifest"]["digest"]
     scen = scenario(pixels, png, model)
     requests = request_vectors(scen["_task1"], scen["_result1"], scen["_log"])
+    training, training_msgs = training_vectors(model)
     return {
         "about": "Test vectors for docs/protocol.md, written by scripts/make_protocol_vectors.py from the node's own "
         "code; scripts/check_protocol_vectors.py re-derives every one from this file alone.",
@@ -807,7 +1181,8 @@ def build() -> dict[str, Any]:
             for name, b in KEY_SEEDS.items()
         },
         "encoding": encoding_vectors(),
-        "messages": scen["messages"] + requests,
+        "messages": scen["messages"] + requests + training_msgs,
+        "refused": refused_vectors(),
         "ledger": scen["ledger"],
         "merkle": merkle_vectors(),
         "assignment": scen["assignment"],
@@ -817,6 +1192,7 @@ def build() -> dict[str, Any]:
         "sampling": sampling_vectors(),
         "outputs": outputs,
         "fingerprints": fingerprint_vectors(pixels),
+        "training": training,
     }
 
 

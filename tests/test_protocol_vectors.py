@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 
 from trustgen.consensus import domains, merkle
-from trustgen.consensus.encoding import MAGIC
+from trustgen.consensus.encoding import MAGIC, encode
 from trustgen.consensus.ledger import ENTRY_SCHEMAS, entry_hash
-from trustgen.consensus.messages import SCHEMAS, message_id
+from trustgen.consensus.messages import SCHEMAS, MessageError, message_id, open_payload
 from trustgen.engines import outputs, sampling
 from trustgen.engines.registry import model_digest
 from trustgen.gossip import session
@@ -94,6 +94,18 @@ def _flip(doc: dict[str, Any], path: list[str | int]) -> None:
         (["outputs", "model_manifest", "digest"], "model manifest digest"),
         (["fingerprints", "minhash", 0, "fingerprint", "minhash"], "minhash of [464, 318"),
         (["fingerprints", "phash", 0, "phash_rgb"], "phash_rgb of disc"),
+        (["messages", 22, "payload"], "message 'delta update trainer0'"),
+        (["refused", 0, "payload"], "refused payload 'version encoded as true'"),
+        (["training", "jobs", 0, "canonical"], "training job 'spsa job': canonical bytes"),
+        (["training", "split", 0, "dataset_digest"], "training split of 40 windows: draws"),
+        (["training", "select", 0, "job"], "training selection at step 0"),
+        (["training", "spsa_seed", 0, "job"], "training SPSA seed at step 0"),
+        (["training", "quantise", 8, "g"], "training quantise"),
+        (["training", "tensor_digests", 0, "digest"], "training tensor digest 'tensor set'"),
+        (["training", "round", "trainers", 0, "state_digests", 2], "training round, trainer0: inner state digests"),
+        (["training", "round", "trainers", 1, "blob"], "training round, trainer1: int8 delta blob"),
+        (["training", "round", "updates_digest"], "training round: updates digest"),
+        (["training", "updates_digests", 1, "digest"], "training updates digest"),
     ],
 )
 def test_the_second_implementation_refuses_a_flipped_byte(tmp_path: pathlib.Path, path: list, named: str) -> None:
@@ -104,6 +116,25 @@ def test_the_second_implementation_refuses_a_flipped_byte(tmp_path: pathlib.Path
     r = run(CHECK, bad)
     assert r.returncode == 1, r.stdout
     assert r.stderr.startswith("MISMATCH ") and named in r.stderr, r.stderr
+
+
+def test_the_node_refuses_every_refused_payload_with_its_code() -> None:
+    doc = json.loads(VECTORS.read_text(encoding="utf-8"))
+    assert {v["code"] for v in doc["refused"]} == {"malformed", "unsupported_version", "wrong_network", "wrong_type"}
+    for v in doc["refused"]:
+        with pytest.raises(MessageError) as e:
+            open_payload(bytes.fromhex(v["payload"]), bytes.fromhex(v["sig"]), v["open_as"], doc["network"])
+        assert e.value.code == v["code"], v["name"]
+
+
+def test_the_second_implementation_complains_when_a_refused_payload_is_acceptable(tmp_path: pathlib.Path) -> None:
+    doc = json.loads(VECTORS.read_text(encoding="utf-8"))
+    valid = next(m for m in doc["messages"] if m["name"] == "spsa update trainer0")
+    doc["refused"][0].update(payload=valid["payload"], sig=valid["sig"], open_as="SpsaUpdate", signer="trainer0")
+    bad = tmp_path / "vectors.json"
+    bad.write_text(json.dumps(doc), encoding="utf-8")
+    r = run(CHECK, bad)
+    assert r.returncode == 1 and "must be refused" in r.stderr, r.stderr
 
 
 def test_domain_tags_are_distinct_and_prefix_free() -> None:
@@ -131,6 +162,10 @@ def test_every_domain_tag_in_use_is_the_listed_one(tmp_path: pathlib.Path) -> No
     assert spsa.Z_DOMAIN == domains.TRAIN_SPSA_Z and tensors.DIGEST_DOMAIN == domains.TENSORS
     assert (diloco.STATE_DOMAIN, diloco.CHALLENGE_DOMAIN) == (domains.TRAIN_INNER_STATE, domains.TRAIN_CHALLENGE)
     assert job.CHECKPOINT_DOMAIN == domains.TRAIN_CHECKPOINT and records.UPDATES_DOMAIN == domains.TRAIN_UPDATES
+    assert job.checkpoint_digest({}) == hashlib.sha256(domains.TRAIN_CHECKPOINT).digest()
+    assert records.updates_digest([]) == hashlib.sha256(domains.TRAIN_UPDATES + encode([])).digest()
+    assert diloco.state_digest({}, 3) == hashlib.sha256(domains.TRAIN_INNER_STATE + (3).to_bytes(8, "big")).digest()
+    assert tensors.tensor_digest({}) == hashlib.sha256(domains.TENSORS).digest()
 
 
 def test_the_document_lists_every_tag_and_type() -> None:
@@ -139,10 +174,17 @@ def test_the_document_lists_every_tag_and_type() -> None:
         assert f"`{name}`" in doc, name
         shown = tag.replace(b"\0", b"\\0").replace(b"\n", b"\\n").decode() if tag[0] > 1 else tag.hex()
         assert f"`{shown}`" in doc, (name, shown)
-    for t in ("Task", "Result", "Vote", "Certificate", "LedgerEntry", "Request", "GossipAccept"):
-        assert f"`{t}`" in doc
+    for t in SCHEMAS:
+        assert f"`{t}`" in doc, t
         for field in SCHEMAS[t]:
             assert f"`{field}`" in doc, (t, field)
+    for section, fields in spec.SECTIONS.items():
+        for field in fields:
+            assert f"`{section}.{field}`" in doc, (section, field)
+    for name, fields in spec.ALGORITHMS.items():
+        assert f'`algorithm.name = "{name}"`' in doc, name
+        for field in fields:
+            assert f"| `{field}` |" in doc, (name, field)
     for t, schema in ENTRY_SCHEMAS.items():
         assert f"`{t}`" in doc
         for field in schema:
@@ -157,3 +199,17 @@ def test_the_second_implementation_shares_the_node_schemas() -> None:
         assert {f: rename.get(k, k) for f, k in SCHEMAS[t].items()} == schema, t
     for t, schema in mod.ENTRY_BODIES.items():
         assert {f: rename.get(k, k) for f, k in ENTRY_SCHEMAS[t].items()} == schema, t
+    assert set(mod.SCHEMAS) == set(SCHEMAS)
+
+
+def test_the_second_implementation_shares_the_node_job_spec() -> None:
+    """Its job spec tables (type, default, bounds, choices) were written from the document; they
+    must be the node's, field for field."""
+    mod = checker()
+
+    def table(fields: dict[str, spec.Field]) -> dict[str, tuple]:
+        return {k: (f.type.__name__, f.default, f.lo, f.hi, f.choices) for k, f in fields.items()}
+
+    assert mod.SPEC_SECTIONS == {name: table(f) for name, f in spec.SECTIONS.items()}
+    assert mod.SPEC_ALGORITHMS == {name: table(f) for name, f in spec.ALGORITHMS.items()}
+    assert mod.MAX_TRAINERS == spec.MAX_TRAINERS
