@@ -156,7 +156,7 @@ def test_every_domain_tag_in_use_is_the_listed_one(tmp_path: pathlib.Path) -> No
     assert sampling._NOISE_DOMAIN == domains.GUMBEL_NOISE
     assert outputs.TEXT_DOMAIN == domains.TEXT_OUTPUT and outputs.IMAGE_DOMAIN == domains.IMAGE_OUTPUT
     assert model_digest(tmp_path) == "sha256:" + hashlib.sha256(domains.MODEL_MANIFEST).hexdigest()
-    # Training imports its tags from domains.py, except spec.py's JOB_DOMAIN (a copy held equal here).
+    # Training imports its tags from domains.py under its own names.
     assert spec.JOB_DOMAIN == domains.TRAINING_JOB
     assert (data.SPLIT_DOMAIN, data.SELECT_DOMAIN) == (domains.TRAIN_SPLIT, domains.TRAIN_SELECT)
     assert spsa.Z_DOMAIN == domains.TRAIN_SPSA_Z and tensors.DIGEST_DOMAIN == domains.TENSORS

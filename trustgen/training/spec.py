@@ -15,13 +15,13 @@ import tomllib
 from dataclasses import dataclass
 from typing import Any
 
+from trustgen.consensus.domains import TRAINING_JOB as JOB_DOMAIN
 from trustgen.consensus.encoding import encode
 from trustgen.consensus.identity import Identity
 from trustgen.consensus.messages import MessageError, Signed, open_wire, sign
 from trustgen.errors import UsageError
 
 SPEC_VERSION = 1
-JOB_DOMAIN = b"trustgen/training-job/v1\0"
 MAX_TRAINERS = 64
 JOBS_DIR = pathlib.Path(__file__).resolve().parent / "data" / "jobs"
 DEFAULT_JOB = "diloco"
