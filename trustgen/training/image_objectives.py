@@ -104,7 +104,10 @@ class _Denoising(ABC):
         bars = diffusers_logging.is_progress_bar_enabled()
         diffusers_logging.disable_progress_bar()
         try:
-            pipe = PixelTextToImagePipeline.from_pretrained(self.ref.path, use_safetensors=True, local_files_only=True)
+            # low_cpu_mem_usage=False: the default asks for `accelerate` and warns in every trainer's log.
+            pipe = PixelTextToImagePipeline.from_pretrained(
+                self.ref.path, use_safetensors=True, local_files_only=True, low_cpu_mem_usage=False
+            )
         except (OSError, ValueError) as e:
             raise ModelError(f"cannot load image model {self.ref.name!r}: {e}") from None
         finally:
@@ -113,9 +116,7 @@ class _Denoising(ABC):
         self.pipe = pipe
         self.store_dtype = pipe.unet.dtype  # checkpoints are written in the base model's dtype
         for module in (pipe.unet, pipe.text_encoder):
-            if module.dtype != self.dtype:
-                module.to(self.dtype)
-            module.eval()
+            _to(module, self.dtype).eval()
             for p in module.parameters():
                 p.requires_grad_(False)
 
@@ -189,6 +190,11 @@ class _Denoising(ABC):
         return total / len(idx)
 
 
+def _to(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    # diffusers warns on every cast of a UNet, even one to the dtype it already has.
+    return module if module.dtype == dtype else module.to(dtype)
+
+
 def _check_pixel_pipeline(ref: ModelRef, objective: str) -> None:
     if ref.kind != "image":
         raise ModelError(f"objective {objective} needs an image model; {ref.name!r} is a text model")
@@ -260,7 +266,7 @@ class TextualInversion(_Denoising):
             )
         encoder.set_input_embeddings(grown)
         encoder.config.vocab_size = grown.num_embeddings
-        encoder.to(self.store_dtype).save_pretrained(out / "text_encoder", safe_serialization=True)
+        _to(encoder, self.store_dtype).save_pretrained(out / "text_encoder", safe_serialization=True)
         self.pipe.tokenizer.save_pretrained(out / "tokenizer")
         _copy_rest(self.ref.path, out)
 
@@ -294,5 +300,5 @@ class UNetDenoise(_Denoising):
         with torch.no_grad():
             for n, p in unet.named_parameters():
                 p.copy_(params[n])
-        unet.to(self.store_dtype).save_pretrained(out / "unet", safe_serialization=True)
+        _to(unet, self.store_dtype).save_pretrained(out / "unet", safe_serialization=True)
         _copy_rest(self.ref.path, out)
