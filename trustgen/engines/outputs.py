@@ -65,7 +65,7 @@ class TextOutput:
         return text_digest(self.token_ids)
 
     def to_dict(self) -> dict[str, Any]:
-        d = {
+        d: dict[str, Any] = {
             "kind": "text",
             "output_digest": self.output_digest,
             "model_digest": self.model_digest,

@@ -10,20 +10,43 @@ through `DiffusionPipeline` instead; both are called the same way.
 from __future__ import annotations
 
 import inspect
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
-from diffusers import DiffusionPipeline, UNet2DConditionModel
-from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
+
+# Imported from their defining modules: the package's lazy top level shows type checkers only
+# placeholder classes. They are the same objects at run time.
+from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
+from diffusers.pipelines.pipeline_utils import DiffusionPipeline, ImagePipelineOutput
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from transformers import CLIPTextModel, PreTrainedTokenizerFast
+
+
+class _Scheduler(Protocol):
+    """What the sampling loop uses of a diffusers scheduler (SchedulerMixin itself declares none of it)."""
+
+    config: dict[str, Any]  # ConfigMixin's: the engine builds the other samplers from it
+    init_noise_sigma: float
+    timesteps: torch.Tensor
+
+    def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None) -> None: ...
+
+    def scale_model_input(self, sample: torch.Tensor, timestep: Any) -> torch.Tensor: ...
+
+    def step(self, model_output: torch.Tensor, timestep: Any, sample: torch.Tensor, **kwargs: Any) -> Any: ...
 
 
 class PixelTextToImagePipeline(DiffusionPipeline):
     """Classifier-free-guided diffusion in pixel space, conditioned on a CLIP text encoder."""
 
-    model_cpu_offload_seq = "text_encoder->unet"
+    # diffusers declares this `= None` without an annotation, so checkers take its type to be None.
+    model_cpu_offload_seq = "text_encoder->unet"  # type: ignore[assignment]
+    # Set by register_modules (diffusers keeps them as config entries too).
+    unet: UNet2DConditionModel
+    text_encoder: CLIPTextModel
+    tokenizer: PreTrainedTokenizerFast
+    scheduler: _Scheduler
 
     def __init__(
         self,
@@ -71,7 +94,7 @@ class PixelTextToImagePipeline(DiffusionPipeline):
 
         # Initial noise is drawn on the CPU from each image's own generator, so it is the same
         # on every device and independent of what else is in the batch.
-        shape = (self.unet.config.in_channels, height, width)
+        shape = (self.unet.config["in_channels"], height, width)
         x = torch.stack([torch.randn(shape, generator=g, dtype=torch.float32) for g in gens])
         x = (x * self.scheduler.init_noise_sigma).to(device=device, dtype=dtype)
 

@@ -43,23 +43,27 @@ class TextEngine:
         self.ref = model
         self.device = torch.device(self.profile.device)
         self.tokenizer = AutoTokenizer.from_pretrained(model.path, local_files_only=True)
-        self.model: PreTrainedModel = (
-            AutoModelForCausalLM.from_pretrained(
-                model.path, dtype=resolve_dtype(dtype), use_safetensors=True, local_files_only=True
-            )
-            .to(self.device)
-            .eval()
+        loaded = AutoModelForCausalLM.from_pretrained(
+            model.path, dtype=resolve_dtype(dtype), use_safetensors=True, local_files_only=True
         )
+        # Called through the class: transformers wraps `to` with functools.wraps, which type
+        # checkers take for an unbound function. It is the same call as `loaded.to(device)`.
+        self.model: PreTrainedModel = type(loaded).to(loaded, self.device).eval()
         self.eos_id = self.tokenizer.eos_token_id
-        self.max_positions = getattr(self.model.config, "max_position_embeddings", None) or getattr(
+        positions = getattr(self.model.config, "max_position_embeddings", None) or getattr(
             self.model.config, "n_positions", 2048
         )
+        if not isinstance(positions, int):
+            raise ModelError(f"model {model.name!r} declares no integer context length: {positions!r}")
+        self.max_positions: int = positions
 
     def encode_prompt(self, prompt: str) -> list[int]:
         return list(self.tokenizer.encode(prompt, add_special_tokens=False))
 
     def decode(self, token_ids: list[int]) -> str:
-        return self.tokenizer.decode(token_ids, skip_special_tokens=True)
+        text = self.tokenizer.decode(token_ids, skip_special_tokens=True)
+        assert isinstance(text, str)  # a flat id list decodes to one string (a list only for batches)
+        return text
 
     def generate(self, params: TextParams) -> TextOutput:
         prompt_ids = self.encode_prompt(params.prompt)

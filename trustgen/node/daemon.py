@@ -13,7 +13,8 @@ import json
 import logging
 import os
 import signal
-from typing import Any
+from functools import partial
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -44,6 +45,12 @@ from trustgen.node.servicers import (
 from trustgen.rpc import trustgen_pb2 as pb
 from trustgen.rpc import trustgen_pb2_grpc as rpc
 
+if TYPE_CHECKING:  # the roles are imported when loaded: a pure gateway never imports torch
+    from trustgen.node.engine_pool import Engines
+    from trustgen.node.gateway import GatewayRole
+    from trustgen.node.verifier_role import VerifierRole
+    from trustgen.node.worker import WorkerRole
+
 log = logging.getLogger("trustgen.node")
 READY_FILE = "ready.json"
 
@@ -72,14 +79,17 @@ class Node:
         )
         self.metrics.gossip_bytes.set_function(lambda: self.gossip.bytes_sent)
         for state in ("alive", "suspect", "dead", "banned"):
-            self.metrics.peers.labels(state).set_function(
-                lambda st=state: sum(1 for p in self.membership.peers.values() if p.state == st)
-            )
-        self.gateway = self.worker = self.verifier = None
-        self.engines = None
+            self.metrics.peers.labels(state).set_function(partial(self._peers_in, state))
+        self.gateway: GatewayRole | None = None
+        self.worker: WorkerRole | None = None
+        self.verifier: VerifierRole | None = None
+        self.engines: Engines | None = None
         self.address = ""
         self._stop = asyncio.Event()
         self.serving = asyncio.Event()
+
+    def _peers_in(self, state: str) -> int:
+        return sum(1 for p in self.membership.peers.values() if p.state == state)
 
     def info(self) -> pb.NodeInfo:
         return pb.NodeInfo(
@@ -99,27 +109,29 @@ class Node:
             from trustgen.node.engine_pool import Engines
 
             quiet_libraries()
-            self.engines = Engines(cfg.models, cfg.threads)
-        if "worker" in cfg.roles:
-            from trustgen.node.worker import WorkerRole
+            self.engines = engines = Engines(cfg.models, cfg.threads)
+            if "worker" in cfg.roles:
+                from trustgen.node.worker import WorkerRole
 
-            self.worker = WorkerRole(
-                self.identity,
-                cfg.network,
-                self.engines,
-                self.blobs,
-                cfg.adversary,
-                cfg.delay_s,
-                self.metrics,
-            )
-        if "verifier" in cfg.roles:
-            from trustgen.node.verifier_role import VerifierRole
+                self.worker = WorkerRole(
+                    self.identity,
+                    cfg.network,
+                    engines,
+                    self.blobs,
+                    cfg.adversary,
+                    cfg.delay_s,
+                    self.metrics,
+                )
+            if "verifier" in cfg.roles:
+                from trustgen.node.verifier_role import VerifierRole
 
-            self.verifier = VerifierRole(self.identity, cfg.network, self.engines, cfg.adversary, self.metrics)
-            log.info(
-                "history index: %d accepted outputs from the ledger",
-                self.verifier.rebuild_history(self.ledger, self.blobs),
-            )
+                self.verifier = verifier = VerifierRole(
+                    self.identity, cfg.network, engines, cfg.adversary, self.metrics
+                )
+                log.info(
+                    "history index: %d accepted outputs from the ledger",
+                    verifier.rebuild_history(self.ledger, self.blobs),
+                )
         if "gateway" in cfg.roles:
             from trustgen.node.gateway import GatewayRole
 
@@ -186,7 +198,11 @@ class Node:
         gossiper = (
             loop.create_task(self.gossip.run(cfg.gossip_interval_s, self._stop)) if cfg.gossip_interval_s > 0 else None
         )
-        follower = loop.create_task(self._follow_outputs(max(cfg.gossip_interval_s, 0.5))) if self.verifier else None
+        follower = (
+            loop.create_task(self._follow_outputs(self.verifier, max(cfg.gossip_interval_s, 0.5)))
+            if self.verifier
+            else None
+        )
         self.serving.set()
         await self._stop.wait()
         log.info("stopping")
@@ -206,14 +222,14 @@ class Node:
         self.ledger.close()
         (cfg.data_dir / READY_FILE).unlink(missing_ok=True)
 
-    async def _follow_outputs(self, interval_s: float) -> None:
+    async def _follow_outputs(self, verifier: VerifierRole, interval_s: float) -> None:
         """Keep the verifier's replay index current as certificates arrive by gossip, fetching
         accepted images it does not have by digest from the nodes that had them, then any peer."""
         tries: dict[str, int] = {}
         while not self._stop.is_set():
             try:
-                self.verifier.follow(self.ledger, self.blobs)
-                for digest, (task_key, holders) in list(self.verifier.missing.items())[:4]:
+                verifier.follow(self.ledger, self.blobs)
+                for digest, (task_key, holders) in list(verifier.missing.items())[:4]:
                     try:
                         png, bad = await fetch_blob(
                             self.peers, digest, sources_for(holders, self.membership), self.blobs
@@ -222,17 +238,17 @@ class Node:
                         tries[digest] = tries.get(digest, 0) + 1
                         if tries[digest] >= 10:
                             log.warning("giving up on output %s: %s", digest[:12], e)
-                            del self.verifier.missing[digest]
+                            del verifier.missing[digest]
                         continue
                     for address in bad:
                         p = self.membership.peers.get(address)
                         if p is not None and p.key is not None:
                             self.membership.misbehaved(p.key)
-                    del self.verifier.missing[digest]
+                    del verifier.missing[digest]
                     tries.pop(digest, None)
-                    self.verifier.index_image(task_key, png)
+                    verifier.index_image(task_key, png)
                     self.metrics.blobs_fetched.inc()
-                self.metrics.replay_index.set(len(self.verifier.history))
+                self.metrics.replay_index.set(len(verifier.history))
             except Exception:  # the index is derived state: a failed pass is retried, never fatal
                 log.exception("output follower pass failed")
             try:

@@ -13,7 +13,7 @@ import zmq
 
 class EventBus:
     def __init__(self, port: int) -> None:
-        self._ctx = zmq.Context.instance()
+        self._ctx: zmq.SyncContext = zmq.Context.instance()
         self._sock = self._ctx.socket(zmq.PUB)
         self._sock.setsockopt(zmq.LINGER, 0)
         self._sock.setsockopt(zmq.SNDHWM, 10_000)
@@ -35,7 +35,7 @@ class EventBus:
 
 
 def subscribe(host: str, port: int, timeout_s: float | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
-    ctx = zmq.Context.instance()
+    ctx: zmq.SyncContext = zmq.Context.instance()
     sock = ctx.socket(zmq.SUB)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.SUBSCRIBE, b"")

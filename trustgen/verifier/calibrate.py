@@ -133,9 +133,10 @@ def histogram_png(
 def _ddim_float64(engine: Any) -> Any:
     """The same DDIM update rule computed by another implementation: diffusers' DDIM with its
     schedule tables held in float64 instead of float32. It should not change the picture."""
-    import diffusers
+    # From its defining module: the package's lazy top level shows type checkers a placeholder.
+    from diffusers.schedulers.scheduling_ddim import DDIMScheduler, DDIMSchedulerOutput
 
-    class DDIM64(diffusers.DDIMScheduler):
+    class DDIM64(DDIMScheduler):
         def set_timesteps(self, *a: Any, **k: Any) -> None:
             super().set_timesteps(*a, **k)
             self.alphas_cumprod = self.alphas_cumprod.double()
@@ -143,6 +144,7 @@ def _ddim_float64(engine: Any) -> Any:
 
         def step(self, model_output: torch.Tensor, timestep: Any, sample: torch.Tensor, *a: Any, **k: Any) -> Any:
             out = super().step(model_output.double(), timestep, sample.double(), *a, **k)
+            assert isinstance(out, DDIMSchedulerOutput)  # the pipelines never pass return_dict=False
             out.prev_sample = out.prev_sample.to(sample.dtype)
             return out
 

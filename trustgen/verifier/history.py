@@ -75,13 +75,14 @@ class HistoryIndex:
             return best
         if not self._image_hashes:
             return None
+        assert self._image_ref is not None  # the first image added set it
         check_compatible(self._image_ref, fp)
-        hits = within(
+        close = within(
             np.array([int(fp["hash"], 16)], dtype=np.uint64),
             np.array(self._image_hashes, dtype=np.uint64),
             self.image_threshold,
         )
-        hits = [(int(d), self._image_keys[int(i)]) for _, i, d in hits if self._image_keys[int(i)] != task_id]
+        hits = [(int(d), self._image_keys[int(i)]) for _, i, d in close if self._image_keys[int(i)] != task_id]
         if not hits:
             return None
         d, other = min(hits)
