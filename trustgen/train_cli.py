@@ -27,7 +27,7 @@ def _load_spec(job: str | None, default: bool) -> Any:
 
     if default == (job is not None):
         raise UsageError("give a job file or --default (not both)")
-    return specs.load(specs.DEFAULT_JOB if default else job)
+    return specs.load(job if job is not None else specs.DEFAULT_JOB)
 
 
 @train_app.command("run")

@@ -262,8 +262,12 @@ def _check_inner(
     hp = spec.algorithm
     kept = run.info().get("kept_states", {}).get(f"{rnd}/{update.signer.hex()}", {})
     if inner is None:
-        round_ups = [u for u in run.updates if u.body["round"] == rnd]
-        inner = diloco.challenge(spec.id, rnd, update.signer, updates_digest(by_trainer(round_ups)), hp["inner_steps"])
+        # The step the run challenged (recorded), else the challenge derived from the committed
+        # updates (the same unless the run rejected a trainer in that round).
+        inner = run.info().get("challenges", {}).get(f"{rnd}/{update.signer.hex()}")
+        if inner is None:
+            round_ups = by_trainer([u for u in run.updates if u.body["round"] == rnd])
+            inner = diloco.challenge(spec.id, rnd, update.signer, updates_digest(round_ups), hp["inner_steps"])
     if not 1 <= inner <= hp["inner_steps"]:
         raise RunError(f"--inner must be between 1 and {hp['inner_steps']}")
     base = {n: v.clone() for n, v in state.params.items()}

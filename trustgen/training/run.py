@@ -68,6 +68,7 @@ class Coordinator:
     checks: dict[str, float] = field(default_factory=lambda: {"count": 0, "rejected": 0, "cpu_s": 0.0})
     trainer_cpu_s: float = 0.0
     kept_states: dict[str, dict[str, str]] = field(default_factory=dict)
+    challenges: dict[str, int] = field(default_factory=dict)
     best: tuple[float, int, Tensors] | None = None
 
     @property
@@ -166,9 +167,8 @@ class Coordinator:
                     self.exclude(peer, t, "malformed", f"step {u.body['step']} byte {u.body['q']}")
                     continue
                 if self.rng.random() < hp["check_probability"]:
-                    res = self.timed_check(
-                        lambda u=u: check_scalar(self.objective, self.spec, self.state.params, z, u, True)
-                    )
+                    params = self.state.params
+                    res = self.timed_check(lambda: check_scalar(self.objective, self.spec, params, z, u, True))
                     if not res.accept:
                         self.exclude(peer, t, "wrong_scalar", res.reason)
                         continue
@@ -212,10 +212,13 @@ class Coordinator:
                 for h, hx in msg[3].items():
                     self.kept_states.setdefault(f"{r}/{u.signer.hex()}", {})[str(h)] = hx
                 got.append((peer, u, blob, delta))
-            round_id = updates_digest([u for _, u, _, _ in got])
+            # The beacon for this round's challenges: every update that passed the static checks, in
+            # trainer order (equal to the committed set unless a check then rejects someone).
+            round_id = updates_digest(by_trainer([u for _, u, _, _ in got]))
             checked = []
             for peer, u, blob, delta in got:
                 h = diloco.challenge(self.spec.id, r, u.signer, round_id, hp["inner_steps"])
+                self.challenges[f"{r}/{u.signer.hex()}"] = h
                 if self.rng.random() >= hp["check_probability"]:
                     self.send(peer, ("challenge", 0), r)
                     checked.append((peer, u, delta))
@@ -247,14 +250,10 @@ class Coordinator:
             states = {k: from_bytes(self.blobs.get(bytes.fromhex(v)), shape, f"state {k}") for k, v in given.items()}
         except Exception as e:  # missing or malformed state blobs fail the check
             return CheckResult(False, float("inf"), f"state blobs: {e}", "inner-step")
-        if h == 1:
-            before = diloco.initial_state(base)  # public: the round's checkpoint, zero moments
-        else:
-            before = states.get("before")
-            if before is None or diloco.state_digest(before, h - 1) != u.body["states"][h - 2]:
-                return CheckResult(
-                    False, float("inf"), f"the state before step {h} is not the committed one", "inner-step"
-                )
+        # Before step 1 the state is public: the round's checkpoint with zero moments.
+        before = diloco.initial_state(base) if h == 1 else states.get("before")
+        if before is None or (h > 1 and diloco.state_digest(before, h - 1) != u.body["states"][h - 2]):
+            return CheckResult(False, float("inf"), f"the state before step {h} is not the committed one", "inner-step")
         res = check_inner_step(self.objective, self.spec, u, h, before, states.get("after"), True)
         if not res.accept:
             return res
@@ -351,6 +350,7 @@ def run_job(
         "updates": len(co.accepted),
         "trainer_cpu_s": co.trainer_cpu_s,
         "kept_states": co.kept_states,
+        "challenges": co.challenges,
         "wall_s": time.perf_counter() - t0,
     }
     (out / "run.json").write_text(json.dumps(summary, indent=1))

@@ -46,7 +46,9 @@ class Field:
             value = float(value)
         if not isinstance(value, self.type) or (self.type is int and isinstance(value, bool)):
             raise UsageError(f"{where} must be {self.type.__name__}, not {type(value).__name__}")
-        if self.lo is not None and value < self.lo or self.hi is not None and value > self.hi:
+        if isinstance(value, (int, float)) and (
+            self.lo is not None and value < self.lo or self.hi is not None and value > self.hi
+        ):
             raise UsageError(f"{where} = {value} is outside [{self.lo}, {self.hi}]")
         if self.choices and value not in self.choices:
             raise UsageError(f"{where} = {value!r}; choose one of {', '.join(self.choices)}")
@@ -269,6 +271,8 @@ def open_job(wire: bytes, network: str) -> tuple[Signed, JobSpec]:
         raise MessageError(f"TrainingJob spec is invalid: {e}") from None
     if spec.data != spec_data:
         raise MessageError("TrainingJob spec is not in canonical form")
+    if spec.network != msg.network:
+        raise MessageError(f"TrainingJob was signed for network {msg.network!r} but its spec names {spec.network!r}")
     return msg, spec
 
 

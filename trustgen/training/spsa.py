@@ -41,9 +41,16 @@ def projected_gradient(loss_fn, params: Tensors, z: Tensors, indices: list[int],
 
 
 def quantise(g: float, scale: float) -> int:
-    if g != g:  # NaN: a trainer whose loss blew up contributes nothing rather than garbage
+    """The signed byte for projected gradient g: NaN (a loss that blew up) contributes nothing;
+    anything past the range, infinities included, saturates."""
+    if g != g:
         return 0
-    return max(-QMAX, min(QMAX, int(round(g / scale))))
+    x = g / scale
+    if x >= QMAX:
+        return QMAX
+    if x <= -QMAX:
+        return -QMAX
+    return int(round(x))
 
 
 def apply(params: Tensors, z: Tensors, qs: list[int], lr: float, scale: float) -> None:

@@ -31,7 +31,7 @@ def tensor_digest(tensors: Mapping[str, torch.Tensor], domain: bytes = DIGEST_DO
     h = hashlib.sha256(domain)
     for name in sorted(tensors):
         t = tensors[name].detach().to("cpu").contiguous()
-        raw = t.view(torch.uint8).numpy().tobytes() if t.numel() else b""
+        raw = t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""  # 0-dim too
         head = f"{name}\0{str(t.dtype).removeprefix('torch.')}\0{','.join(map(str, t.shape))}\0".encode()
         h.update(struct.pack(">I", len(head)) + head + struct.pack(">Q", len(raw)))
         h.update(raw)
