@@ -22,6 +22,7 @@ import pathlib
 import struct
 from abc import ABC, abstractmethod
 from fractions import Fraction
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -39,6 +40,7 @@ NOISE_DOMAIN = b"trustgen/train/image-noise/v1\0"
 DRAWS = 8  # noised versions of each image: more samples from a small picture set
 TOKEN_PARAM = "token_embedding"
 PIXEL_PIPELINE = "PixelTextToImagePipeline"
+_M = TypeVar("_M", bound=torch.nn.Module)
 
 
 # -- images -----------------------------------------------------------------------------------
@@ -122,7 +124,7 @@ class _Denoising(ABC):
 
         d = spec.section("data")
         files = image_files(resolve_data(spec))
-        size = pipe.unet.config.sample_size
+        size = pipe.unet.config["sample_size"]
         h, w = (size, size) if isinstance(size, int) else tuple(size)
         x0 = torch.from_numpy(np.stack([load_image(f, (h, w)) for f in files])).permute(0, 3, 1, 2)
         by_image = split(d["digest"], len(files), d["heldout_permille"], len(files))
@@ -190,7 +192,7 @@ class _Denoising(ABC):
         return total / len(idx)
 
 
-def _to(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+def _to(module: _M, dtype: torch.dtype) -> _M:
     # diffusers warns on every cast of a UNet, even one to the dtype it already has.
     return module if module.dtype == dtype else module.to(dtype)
 
@@ -227,7 +229,10 @@ class TextualInversion(_Denoising):
         tok.add_tokens([token])
         self.token_id = tok.convert_tokens_to_ids(token)
         encoder = self.pipe.text_encoder
-        table = encoder.get_input_embeddings().weight
+        embedding = encoder.get_input_embeddings()
+        if not isinstance(embedding, torch.nn.Embedding):
+            raise ModelError(f"{self.ref.name!r}: the text encoder's input embedding is not a lookup table")
+        table = embedding.weight
         if self.token_id != table.shape[0]:
             raise ModelError(
                 f"{self.ref.name!r}: the tokenizer has {self.token_id} ids, the embedding {table.shape[0]}"
@@ -236,7 +241,7 @@ class TextualInversion(_Denoising):
         self.table = table.detach()
         self.init_row = self.table[init_ids[0]].clone()
         self.ids = self.caption_ids()
-        if not bool((self.ids == self.token_id).any()):
+        if not bool(self.ids.eq(self.token_id).any()):
             raise UsageError(f"caption {self.caption!r} loses the token {token!r} to truncation")
 
     def initial(self) -> Tensors:
