@@ -238,6 +238,7 @@ def test_a_trainer_sending_wrong_scalars_is_caught_at_its_first_checked_step(tmp
     out = tmp_path / "run"
     s = run_job(small("spsa", steps=3, eval_every=3, check_probability=1.0), out, 2, "wrong-scalar", 1)
     assert [(r["index"], r["step"], r["code"]) for r in s["rejected"]] == [(1, 0, "wrong_scalar")]
+    assert "its samples give" in s["rejected"][0]["reason"]  # caught by the free arithmetic check
     assert s["updates"] == 3  # the honest trainer's three bytes; none of the cheater's
     assert cli("replay", str(out), "--no-losses").returncode == 0
 

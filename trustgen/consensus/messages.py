@@ -74,7 +74,8 @@ SCHEMAS: dict[str, dict[str, str]] = {
     # SPSA byte; one local-SGD round's delta blob with the digests of every inner state; a
     # checkpoint with its held-out loss.
     "TrainingJob": {"author": B32, "spec": "dict"},
-    "SpsaUpdate": {"trainer": B32, "job": B32, "step": "int", "q": "int"},
+    # q: the signed byte; diffs: each sample's (L+ - L-) / 2 eps, which the byte must summarise
+    "SpsaUpdate": {"trainer": B32, "job": B32, "step": "int", "q": "int", "diffs": "list"},
     "DeltaUpdate": {
         "trainer": B32,
         "job": B32,

@@ -182,6 +182,13 @@ class _Denoising(ABC):
         pred = self.predict(params, self.noisy[idx], self.steps[idx], ctx)
         return torch.nn.functional.mse_loss(pred, self.target[idx])
 
+    def sample_losses(self, params: Tensors, indices: list[int]) -> torch.Tensor:
+        """Each sample's denoising MSE (what an SPSA trainer commits to per sample)."""
+        idx = torch.tensor(indices, dtype=torch.long)
+        ctx = self.context(params).expand(len(indices), -1, -1)
+        pred = self.predict(params, self.noisy[idx], self.steps[idx], ctx)
+        return ((pred - self.target[idx]) ** 2).flatten(1).mean(dim=1)
+
     def eval_loss(self, params: Tensors) -> float:
         idx = list(self.split.eval)
         total = 0.0

@@ -35,6 +35,8 @@ class Objective(Protocol):
 
     def loss(self, params: Tensors, indices: list[int]) -> torch.Tensor: ...
 
+    def sample_losses(self, params: Tensors, indices: list[int]) -> torch.Tensor: ...
+
     def eval_loss(self, params: Tensors) -> float: ...
 
     def save(self, params: Tensors, out: pathlib.Path) -> None: ...
@@ -103,6 +105,15 @@ class CausalLM:
         x = self.windows[indices]
         out = torch.func.functional_call(self.model, params, args=(), kwargs={"input_ids": x, "labels": x})
         return out.loss
+
+    def sample_losses(self, params: Tensors, indices: list[int]) -> torch.Tensor:
+        """Each window's mean next-token loss (what an SPSA trainer commits to per sample)."""
+        x = self.windows[indices]
+        logits = torch.func.functional_call(self.model, params, args=(), kwargs={"input_ids": x}).logits
+        per_token = torch.nn.functional.cross_entropy(
+            logits[:, :-1].reshape(-1, logits.shape[-1]).float(), x[:, 1:].reshape(-1), reduction="none"
+        )
+        return per_token.view(len(indices), -1).mean(dim=1)
 
     def eval_loss(self, params: Tensors) -> float:
         idx = list(self.split.eval)

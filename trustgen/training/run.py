@@ -23,7 +23,7 @@ from trustgen.consensus.messages import MessageError, Signed, open_wire, sign
 from trustgen.engines.registry import model_digest
 from trustgen.errors import UsageError
 from trustgen.training import adversary, diloco
-from trustgen.training.checks import CheckResult, check_delta, check_inner_step, check_scalar
+from trustgen.training.checks import CheckResult, check_delta, check_inner_step, check_sample
 from trustgen.training.job import (
     DilocoState,
     SpsaState,
@@ -167,8 +167,8 @@ class Coordinator:
                     self.exclude(peer, t, "malformed", f"step {u.body['step']} byte {u.body['q']}")
                     continue
                 if self.rng.random() < hp["check_probability"]:
-                    params = self.state.params
-                    res = self.timed_check(lambda: check_scalar(self.objective, self.spec, params, z, u, True))
+                    params, j = self.state.params, self.rng.randrange(hp["batch"])
+                    res = self.timed_check(lambda: check_sample(self.objective, self.spec, params, z, u, j))
                     if not res.accept:
                         self.exclude(peer, t, "wrong_scalar", res.reason)
                         continue

@@ -5,7 +5,11 @@ trainer, verifier and replayer draws the same z_t, so replay cost does not grow 
 number of trainers. A trainer's contribution is its projected gradient
 g = (L(θ + εz) − L(θ − εz)) / 2ε on its own samples, quantised to one signed byte
 q = clamp(round(g / scale), −127, 127): saturating, so one bad byte moves the model by at most
-one quantum. The step applies θ ← θ − lr · scale · (Σ q) / n · z. The sum of integers is exact
+one quantum. With the byte a trainer signs each sample's value
+d_i = (L_i(θ + εz) − L_i(θ − εz)) / 2ε, and g is their exactly rounded mean: a verifier checks
+that arithmetic for free and re-computes one randomly chosen sample at 1/batch of the cost of
+the whole scalar (docs/training.md). The step applies θ ← θ − lr · scale · (Σ q) / n · z. The
+sum of integers is exact
 and taken before any float arithmetic, so the update does not depend on the order updates
 arrive in, and θ_t is a pure function of the spec and the signed bytes up to t. Replay needs
 no forward pass at all: it redraws z_t and applies the bytes.
@@ -14,7 +18,9 @@ no forward pass at all: it redraws z_t and applies the bytes.
 from __future__ import annotations
 
 import hashlib
+import math
 import struct
+from typing import Any
 
 import torch
 
@@ -22,6 +28,7 @@ from trustgen.consensus.domains import TRAIN_SPSA_Z as Z_DOMAIN
 from trustgen.training.tensors import Tensors
 
 QMAX = 127
+DMAX = 1e30
 
 
 def direction(job_id: bytes, step: int, params: Tensors) -> Tensors:
@@ -31,13 +38,27 @@ def direction(job_id: bytes, step: int, params: Tensors) -> Tensors:
     return {n: torch.randn(params[n].shape, generator=g, dtype=params[n].dtype) for n in sorted(params)}
 
 
-def projected_gradient(loss_fn, params: Tensors, z: Tensors, indices: list[int], eps: float) -> float:  # noqa: ANN001
+def finite(d: float) -> float:
+    """A per-sample value as it is signed: NaN -> 0, anything past ±DMAX (infinities too) -> ±DMAX
+    (the canonical encoding carries finite floats only)."""
+    if d != d:
+        return 0.0
+    return max(-DMAX, min(DMAX, d))
+
+
+def sample_diffs(objective: Any, params: Tensors, z: Tensors, indices: list[int], eps: float) -> list[float]:
+    """Each sample's (L(θ + εz) − L(θ − εz)) / 2ε, from one batched forward pass per side."""
     with torch.no_grad():
         plus = {n: p + eps * z[n] for n, p in params.items()}
         minus = {n: p - eps * z[n] for n, p in params.items()}
-        lp = float(loss_fn(plus, indices).double())
-        lm = float(loss_fn(minus, indices).double())
-    return (lp - lm) / (2.0 * eps)
+        lp = objective.sample_losses(plus, indices).double().tolist()
+        lm = objective.sample_losses(minus, indices).double().tolist()
+    return [finite((a - b) / (2.0 * eps)) for a, b in zip(lp, lm)]
+
+
+def scalar(diffs: list[float], scale: float) -> int:
+    """The byte a list of per-sample values commits to: their exactly rounded mean, quantised."""
+    return quantise(math.fsum(diffs) / len(diffs), scale) if diffs else 0
 
 
 def quantise(g: float, scale: float) -> int:

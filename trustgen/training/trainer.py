@@ -14,8 +14,8 @@ from typing import Any
 
 from trustgen.consensus.identity import Identity
 from trustgen.consensus.messages import open_wire, sign
-from trustgen.training import adversary, diloco
-from trustgen.training.checks import honest_scalar
+from trustgen.training import adversary, diloco, spsa
+from trustgen.training.checks import honest_diffs
 from trustgen.training.job import DilocoState, SpsaState, by_trainer, checkpoint_digest, start_state
 from trustgen.training.objectives import load_objective
 from trustgen.training.profile import apply_profile
@@ -56,10 +56,12 @@ def _spsa(spec: Any, objective: Any, state: SpsaState, me: Identity, mode: Any, 
     for t in range(spec.algorithm["steps"]):
         z = state.direction()
         c0 = time.process_time()
-        q = honest_scalar(objective, spec, state.params, z, t, me.public_key)
+        diffs = honest_diffs(objective, spec, state.params, z, t, me.public_key)
+        q = spsa.scalar(diffs, spec.algorithm["scale"])
         if mode is not None:
             q = mode.scalar(q)
-        msg = sign(me, "SpsaUpdate", spec.network, {"trainer": me.public_key, "job": spec.id, "step": t, "q": q})
+        body = {"trainer": me.public_key, "job": spec.id, "step": t, "q": q, "diffs": diffs}
+        msg = sign(me, "SpsaUpdate", spec.network, body)
         conn.send(("update", msg.wire(), time.process_time() - c0))
         cmd = conn.recv()
         if cmd[0] != "apply":
