@@ -8,6 +8,8 @@ import shutil
 import subprocess
 import sys
 
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
@@ -32,3 +34,22 @@ def test_a_back_arrow_breaks_the_contracts(tmp_path: pathlib.Path) -> None:
     r = lint_imports(tmp_path, tmp_path)
     assert r.returncode != 0, r.stdout
     assert "trustgen.engines.back_arrow -> trustgen.node.daemon" in r.stdout
+
+
+@pytest.mark.parametrize(
+    ("module", "target"),
+    [
+        ("cli_net", "trustgen.cli"),  # a command group reaching up to the module that assembles them
+        ("cli_local", "trustgen.cli_net"),  # one command group importing another
+        ("cli_shared", "trustgen.cli_local"),  # the shared helpers reaching up to a group
+    ],
+)
+def test_the_cli_modules_are_layered_too(tmp_path: pathlib.Path, module: str, target: str) -> None:
+    """The split command line keeps one direction: cli > command groups (independent) > cli_shared."""
+    shutil.copytree(ROOT / "trustgen", tmp_path / "trustgen", ignore=shutil.ignore_patterns("models", "__pycache__"))
+    shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
+    path = tmp_path / "trustgen" / f"{module}.py"
+    path.write_text(path.read_text() + f"\nimport {target}  # noqa: E402, F401\n")
+    r = lint_imports(tmp_path, tmp_path)
+    assert r.returncode != 0, r.stdout
+    assert f"trustgen.{module} -> {target}" in r.stdout
