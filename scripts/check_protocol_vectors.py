@@ -16,6 +16,7 @@ import struct
 import sys
 import zlib
 from collections.abc import Callable
+from fractions import Fraction
 from typing import Any
 
 import nacl.bindings
@@ -239,7 +240,7 @@ SCHEMAS: dict[str, dict[str, str]] = {
     "Request": dict(sender=B32, method="str", nonce="bytes", time="int", args="map"),
     "GossipAccept": dict(server=B32, client_nonce="bytes", eph=B32),
     "TrainingJob": dict(author=B32, spec="map"),
-    "SpsaUpdate": dict(trainer=B32, job=B32, step="int", q="int"),
+    "SpsaUpdate": dict(trainer=B32, job=B32, step="int", q="int", diffs="list"),
     "DeltaUpdate": dict(trainer=B32, job=B32, round="int", base=B32, delta=B32, states="list"),
     "TrainingCheckpoint": dict(publisher=B32, job=B32, step="int", digest=B32, updates=B32, heldout_loss="float"),
 }
@@ -420,6 +421,8 @@ def check_body_parts(msg_type: str, body: dict[str, Any], network: str, what: st
         check_canonical_spec(body["spec"], network, what)
     elif msg_type == "SpsaUpdate":
         expect(body["step"] >= 0 and -127 <= body["q"] <= 127, f"{what}: step or byte out of range")
+        d = body["diffs"]
+        expect(all(_TYPES["float"](x) and abs(x) <= DMAX for x in d), f"{what}: diffs are not floats within ±1e30")
     elif msg_type == "DeltaUpdate":
         expect(body["round"] >= 0 and len(body["states"]) >= 1, f"{what}: round or states")
         expect(all(_TYPES[B32](d) for d in body["states"]), f"{what}: states are not 32-byte digests")
@@ -1127,10 +1130,39 @@ def select_samples(job: bytes, step: int, trainer: bytes, batch: int, train: lis
     return [train[u64_of(head + i.to_bytes(4, "big")) % len(train)] for i in range(batch)]
 
 
+DMAX = 1e30
+
+
 def quantise(g: float, scale: float) -> int:
     if g != g:
         return 0
-    return max(-127, min(127, round(g / scale)))  # round: to nearest, ties to even
+    x = g / scale
+    if abs(x) >= 127:  # infinities too (an infinite g, or a quotient that overflows)
+        return 127 if x > 0 else -127
+    return round(x)  # to nearest, ties to even
+
+
+def finite(d: float) -> float:
+    """A per-sample value as signed: NaN -> 0.0, beyond ±1e30 (infinities too) -> ±1e30."""
+    if d != d:
+        return 0.0
+    return DMAX if d > DMAX else -DMAX if d < -DMAX else d
+
+
+def scalar(diffs: list[float], scale: float) -> int:
+    """The byte per-sample values commit to: their exact sum (a rational, so no rounding on the
+    way) rounded once to binary64, divided by their count in binary64, quantised."""
+    expect(len(diffs) > 0, "a scalar of no samples")
+    exact = sum((Fraction(d) for d in diffs), Fraction(0))
+    total = exact.numerator / exact.denominator  # int / int: correctly rounded, ties to even
+    return quantise(total / len(diffs), scale)  # (the sign of a zero sum cannot change the byte)
+
+
+def check_arithmetic(body: dict[str, Any], spec: dict[str, Any], what: str) -> None:
+    """An SpsaUpdate's byte is the scalar of its committed values, one per sample of the batch."""
+    hp = spec["algorithm"]
+    same(len(body["diffs"]), hp["batch"], f"{what}: committed samples")
+    same(scalar(body["diffs"], hp["scale"]), body["q"], f"{what}: byte of its diffs")
 
 
 def f32(x: float) -> float:
@@ -1251,6 +1283,15 @@ def check_training(t: dict[str, Any], messages: list[dict[str, Any]], keys: dict
         same(job_id(spec).hex(), j["id"], f"{what}: id")
         expect(typed_equal(from_tagged(by_name[j["message"]]["body"])["spec"], spec), f"{what}: signed spec")
         specs[job_id(spec)] = spec
+    for m in messages:  # every training message names a job of the vectors, and its trainers sign updates
+        if m["type"] in ("SpsaUpdate", "DeltaUpdate", "TrainingCheckpoint"):
+            body = from_tagged(m["body"])
+            spec = specs.get(body["job"])
+            expect(spec is not None, f"message {m['name']!r}: unknown job")
+            if m["type"] != "TrainingCheckpoint":
+                expect(keys[m["signer"]] in spec["trainers"], f"message {m['name']!r}: not a trainer of the job")
+            if m["type"] == "SpsaUpdate":
+                check_arithmetic(body, spec, f"message {m['name']!r}")
     for sp in t["split"]:
         what = f"training split of {sp['count']} windows"
         draws = [split_draw(sp["dataset_digest"], i) for i in range(sp["count"])]
@@ -1267,6 +1308,13 @@ def check_training(t: dict[str, Any], messages: list[dict[str, Any]], keys: dict
     for v in t["quantise"]:
         g = struct.unpack(">d", unhex(v["g"]))[0]
         same(quantise(g, v["scale"]), v["q"], f"training quantise {g!r} / {v['scale']!r}")
+    for v in t["scalar"]:
+        what = f"training scalar {v['name']!r}"
+        raw = [struct.unpack(">d", unhex(h))[0] for h in v["raw"]]
+        signed = [finite(d) for d in raw]
+        # bit for bit (struct), so that -0.0 and 0.0 differ
+        same([struct.pack(">d", d).hex() for d in signed], [struct.pack(">d", d).hex() for d in v["diffs"]], what)
+        same(scalar(signed, v["scale"]), v["q"], f"{what}: byte")
     tensor_digests = {}
     for v in t["tensor_digests"]:
         what = f"training tensor digest {v['name']!r}"
@@ -1284,13 +1332,6 @@ def check_training(t: dict[str, Any], messages: list[dict[str, Any]], keys: dict
         same(body["digest"], tensor_digests[c["tensors"]], f"{what}: digest")
         ids = [msg_id(unhex(by_name[n]["payload"])) for n in c["updates"]]
         same(body["updates"], updates_digest(ids), f"{what}: updates")
-    for m in messages:  # every training message names a job of the vectors, and its trainers sign updates
-        if m["type"] in ("SpsaUpdate", "DeltaUpdate", "TrainingCheckpoint"):
-            body = from_tagged(m["body"])
-            spec = specs.get(body["job"])
-            expect(spec is not None, f"message {m['name']!r}: unknown job")
-            if m["type"] != "TrainingCheckpoint":
-                expect(keys[m["signer"]] in spec["trainers"], f"message {m['name']!r}: not a trainer of the job")
 
 
 # -- encoding vectors ---------------------------------------------------------------------------------

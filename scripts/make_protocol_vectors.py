@@ -56,6 +56,7 @@ from trustgen.net.peers import full_method  # noqa: E402
 from trustgen.rpc import trustgen_pb2 as pb  # noqa: E402
 from trustgen.training import data as tdata  # noqa: E402
 from trustgen.training import diloco, spsa  # noqa: E402
+from trustgen.training.checks import check_arithmetic  # noqa: E402
 from trustgen.training.job import by_trainer, checkpoint_digest  # noqa: E402
 from trustgen.training.records import updates_digest  # noqa: E402
 from trustgen.training.spec import from_dict, sign_job  # noqa: E402
@@ -811,7 +812,7 @@ def tensor_list(ts: dict[str, torch.Tensor], raw: bool = False) -> list[dict[str
             "values": t.flatten().tolist(),
         }
         if raw:
-            v["raw"] = t.view(torch.uint8).numpy().tobytes().hex() if t.numel() else ""
+            v["raw"] = t.reshape(-1).view(torch.uint8).numpy().tobytes().hex() if t.numel() else ""  # 0-dim too
         out.append(v)
     return out
 
@@ -836,6 +837,33 @@ def inner_states(base: dict[str, torch.Tensor], k: int, steps: int) -> list[dict
             state["m/" + n] = delta / 10
             state["v/" + n] = (delta / 10) ** 2
         out.append(state)
+    return out
+
+
+def scalar_vectors() -> list[dict[str, Any]]:
+    """Per-sample values as computed (NaN, infinities and huge values among them), as signed
+    (after spsa.finite) and the byte spsa.scalar gives them."""
+    nan, inf = float("nan"), float("inf")
+    cases = [
+        ("the mean of four", [1.5, 0.75, 1.875, 0.875], 0.25),
+        ("an exact sum, not a left-to-right one", [1e16, 1.0, -1e16, 1.0], 0.25),
+        ("a NaN sample counts as 0", [nan, 0.5, 0.5, 0.5], 0.25),
+        ("infinities and huge values clamp to 1e30 and cancel", [inf, -1e300, 2.5, 0.0], 0.25),
+        ("one blown-up sample saturates the byte", [-inf, 1.0], 0.25),
+        ("a tie rounds to even", [0.125, 0.125], 0.25),
+        ("-0.0 stays -0.0", [-0.0], 0.25),
+        ("a batch of eight", [0.3172, -1.204, 2.718281828, 0.1, -0.2, 0.3, 5e-324, -3.3], 0.05),
+        ("a small value beside cancelling huge ones counts", [40.0, 1e29, -1e29], 0.25),
+    ]
+    out = []
+    for name, raw, scale in cases:
+        diffs = [spsa.finite(d) for d in raw]
+        q = spsa.scalar(diffs, scale)
+        if name.startswith("an exact sum"):
+            assert spsa.quantise(sum(diffs) / len(diffs), scale) != q, "the vector must tell fsum from sum"
+        out.append(
+            {"name": name, "raw": [struct.pack(">d", d).hex() for d in raw], "diffs": diffs, "scale": scale, "q": q}
+        )
     return out
 
 
@@ -939,8 +967,13 @@ def training_vectors(model: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         (5e-324, 0.25),
         (float("nan"), 0.25),
         (-3.0e-4, 1e-4),
+        (float("inf"), 0.25),
+        (float("-inf"), 0.25),
+        (1e308, 1e-9),  # g / scale overflows to infinity: saturates like any out-of-range value
+        (126.5 * 0.25, 0.25),  # a tie below the bound rounds to even (126), not up to the bound
     ):
         quant.append({"g": struct.pack(">d", g).hex(), "scale": scale, "q": spsa.quantise(g, scale)})
+    scalars = scalar_vectors()
 
     base = base_params()
     mixed = {
@@ -952,10 +985,17 @@ def training_vectors(model: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         "half": torch.tensor([0.5, 65504.0], dtype=torch.float16),
         "bf": torch.tensor([1.0, -0.5], dtype=torch.bfloat16),
     }
+    zero_dim = {"loss": torch.tensor(2.5), "count": torch.tensor(-3, dtype=torch.int64)}
     states = {k: inner_states(base, k, 3) for k in range(2)}
     digests = [
         {"name": "tensor set", "domain": "TENSORS", "tensors": tensor_list(mixed, raw=True), "digest": mixed},
         {"name": "no tensors", "domain": "TENSORS", "tensors": [], "digest": {}},
+        {
+            "name": "0-dimensional tensors",
+            "domain": "TENSORS",
+            "tensors": tensor_list(zero_dim, raw=True),
+            "digest": zero_dim,
+        },
         {"name": "checkpoint", "domain": "TRAIN_CHECKPOINT", "tensors": tensor_list(base, raw=True), "digest": base},
         {
             "name": "inner state",
@@ -975,10 +1015,21 @@ def training_vectors(model: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
             d["digest"] = tensor_digest(ts).hex()
 
     # -- signed updates, a local-SGD round, checkpoints
-    spsa_ups = [
-        sign(t, "SpsaUpdate", NETWORK, {"trainer": t.public_key, "job": spsa_id, "step": 0, "q": q})
-        for t, q in zip(trainers, (5, -127, 0))
-    ]
+    spsa_spec = specs["spsa job"]
+    spsa_ups = []
+    # Each trainer's per-sample values (batch 4): trainer1 had a sample whose loss blew up (its
+    # value saturated to -DMAX by spsa.finite), which saturates its byte.
+    for t, diffs, want in zip(
+        trainers,
+        ([1.2906, 0.7713, 2.0412, 0.8969], [-spsa.DMAX, 0.42, -3.75, 0.0], [0.0625, -0.1171875, 0.0302, -0.0041]),
+        (5, -127, 0),
+    ):
+        q = spsa.scalar(diffs, spsa_spec.algorithm["scale"])
+        assert q == want, (q, want)
+        body = {"trainer": t.public_key, "job": spsa_id, "step": 0, "q": q, "diffs": diffs}
+        u = sign(t, "SpsaUpdate", NETWORK, body)
+        assert check_arithmetic(spsa_spec, u) is None, "the node's verifier rejects a vector's arithmetic"
+        spsa_ups.append(u)
     for t, u in zip(trainers, spsa_ups):
         msgs.append(message_vector(f"spsa update {NAME_OF[t.public_key]}", u))
     hp = specs["diloco job"].algorithm
@@ -1083,6 +1134,7 @@ def training_vectors(model: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
             "select": selects,
             "spsa_seed": seeds,
             "quantise": quant,
+            "scalar": scalars,
             "tensor_digests": digests,
             "round": round_vec,
             "updates_digests": updates_out,
@@ -1099,7 +1151,8 @@ def refused_vectors() -> list[dict[str, Any]]:
     """Validly signed payloads that are not valid messages: each is refused by the node's
     open_payload with the code given (and must be by every implementation)."""
     t0 = KEYS["trainer0"]
-    spsa_body = {"trainer": t0.public_key, "job": b"\x07" * 32, "step": 0, "q": 5}
+    spsa_body = {"trainer": t0.public_key, "job": b"\x07" * 32, "step": 0, "q": 5, "diffs": [1.0, 1.5]}
+    without_diffs = {k: v for k, v in spsa_body.items() if k != "diffs"}  # the SpsaUpdate of before diffs
     cp_body = {
         "publisher": KEYS["author"].public_key,
         "job": b"\x07" * 32,
@@ -1128,6 +1181,7 @@ def refused_vectors() -> list[dict[str, Any]]:
         ),
         ("an unknown field", "SpsaUpdate", ["SpsaUpdate", NETWORK, 1, {**spsa_body, "extra": 0}], "malformed"),
         ("a header of five elements", "SpsaUpdate", ["SpsaUpdate", NETWORK, 1, spsa_body, None], "malformed"),
+        ("a missing field (no diffs)", "SpsaUpdate", ["SpsaUpdate", NETWORK, 1, without_diffs], "malformed"),
     ]
     out = []
     for name, open_as, header, code in cases:

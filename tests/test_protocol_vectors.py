@@ -9,6 +9,7 @@ import hashlib
 import importlib.util
 import json
 import pathlib
+import random
 import subprocess
 import sys
 from typing import Any
@@ -17,12 +18,14 @@ import pytest
 
 from trustgen.consensus import domains, merkle
 from trustgen.consensus.encoding import MAGIC, encode
+from trustgen.consensus.identity import Identity
 from trustgen.consensus.ledger import ENTRY_SCHEMAS, entry_hash
-from trustgen.consensus.messages import SCHEMAS, MessageError, message_id, open_payload
+from trustgen.consensus.messages import SCHEMAS, MessageError, Signed, message_id, open_payload, sign
 from trustgen.engines import outputs, sampling
 from trustgen.engines.registry import model_digest
 from trustgen.gossip import session
 from trustgen.training import data, diloco, job, records, spec, spsa, tensors
+from trustgen.training.checks import check_arithmetic
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 VECTORS = ROOT / "docs" / "protocol_vectors.json"
@@ -101,6 +104,8 @@ def _flip(doc: dict[str, Any], path: list[str | int]) -> None:
         (["training", "select", 0, "job"], "training selection at step 0"),
         (["training", "spsa_seed", 0, "job"], "training SPSA seed at step 0"),
         (["training", "quantise", 8, "g"], "training quantise"),
+        (["training", "scalar", 1, "raw", 0], "training scalar 'an exact sum, not a left-to-right one'"),
+        (["training", "tensor_digests", 2, "digest"], "training tensor digest '0-dimensional tensors'"),
         (["training", "tensor_digests", 0, "digest"], "training tensor digest 'tensor set'"),
         (["training", "round", "trainers", 0, "state_digests", 2], "training round, trainer0: inner state digests"),
         (["training", "round", "trainers", 1, "blob"], "training round, trainer1: int8 delta blob"),
@@ -213,3 +218,59 @@ def test_the_second_implementation_shares_the_node_job_spec() -> None:
     assert mod.SPEC_SECTIONS == {name: table(f) for name, f in spec.SECTIONS.items()}
     assert mod.SPEC_ALGORITHMS == {name: table(f) for name, f in spec.ALGORITHMS.items()}
     assert mod.MAX_TRAINERS == spec.MAX_TRAINERS
+
+
+def _resigned_spsa_update(doc: dict[str, Any], change: dict[str, Any]) -> tuple[Signed, spec.JobSpec]:
+    """trainer0's SpsaUpdate of the vectors with `change` applied to its body, signed again and put
+    back in `doc` (so only its arithmetic is wrong), with the node's spec of the spsa job."""
+    mod = checker()
+    m = next(m for m in doc["messages"] if m["name"] == "spsa update trainer0")
+    body = {**mod.from_tagged(m["body"]), **change}
+    me = Identity.from_seed(bytes.fromhex(doc["keys"]["trainer0"]["seed"]))
+    u = sign(me, "SpsaUpdate", doc["network"], body)
+    m.update(body={**m["body"], **change}, payload=u.payload.hex(), sig=u.sig.hex(), id=u.id.hex(), wire=u.wire().hex())
+    job_input = next(j["input"] for j in doc["training"]["jobs"] if j["name"] == "spsa job")
+    return u, spec.from_dict(job_input)
+
+
+@pytest.mark.parametrize(
+    "change, named",
+    [
+        ({"q": 6}, "message 'spsa update trainer0': byte of its diffs"),
+        ({"diffs": [1.2906, 0.7713, 2.0412]}, "message 'spsa update trainer0': committed samples"),
+    ],
+)
+def test_both_implementations_refuse_an_spsa_byte_its_diffs_do_not_give(
+    tmp_path: pathlib.Path, change: dict[str, Any], named: str
+) -> None:
+    doc = json.loads(VECTORS.read_text(encoding="utf-8"))
+    u, job_spec = _resigned_spsa_update(doc, change)
+    res = check_arithmetic(job_spec, u)
+    assert res is not None and not res.accept and res.method == "spsa-arithmetic"
+    bad = tmp_path / "vectors.json"
+    bad.write_text(json.dumps(doc), encoding="utf-8")
+    r = run(CHECK, bad)
+    assert r.returncode == 1 and r.stderr.startswith("MISMATCH ") and named in r.stderr, r.stderr
+
+
+def test_the_second_implementation_computes_the_node_scalar_and_quantise() -> None:
+    """Its exact-sum scalar (rationals) and saturating quantise agree with the node's (math.fsum)
+    on values across the whole range, signed zeros, subnormals, ties and the ±1e30 clamp."""
+    mod = checker()
+    rng = random.Random(20261130)
+    specials = [0.0, -0.0, 5e-324, -5e-324, spsa.DMAX, -spsa.DMAX, float("nan"), float("inf"), -float("inf"), 1e300]
+    scales = [1e-9, 1e-4, 0.05, 0.25, 0.5, 1e6]
+    for _ in range(3000):
+        raw = [
+            rng.choice(specials) if rng.random() < 0.1 else rng.gauss(0, 1) * 10.0 ** rng.randint(-320, 35)
+            for _ in range(rng.randint(1, 16))
+        ]
+        if rng.random() < 0.2:  # exact ties: quarters on a quarter scale
+            raw = [rng.randint(-600, 600) / 8 for _ in raw]
+        diffs = [spsa.finite(d) for d in raw]
+        assert [repr(mod.finite(d)) for d in raw] == [repr(d) for d in diffs]  # repr: -0.0 is not 0.0
+        scale = rng.choice(scales)
+        assert mod.scalar(diffs, scale) == spsa.scalar(diffs, scale), (diffs, scale)
+    for g in [*specials, 31.625, -31.625, 126.5 * 0.25, 127 * 0.25, 1e308]:
+        for scale in scales:
+            assert mod.quantise(g, scale) == spsa.quantise(g, scale), (g, scale)
