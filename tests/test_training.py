@@ -234,11 +234,20 @@ def test_replay_names_what_is_wrong_with_a_damaged_run(spsa_run: pathlib.Path, t
 
 
 @pytest.mark.slow
-def test_a_trainer_sending_wrong_scalars_is_caught_at_its_first_checked_step(tmp_path: pathlib.Path) -> None:
+@pytest.mark.parametrize(
+    "mode, p, code, reason",
+    [
+        ("wrong-scalar", 0.0, "wrong_scalar", "its samples give"),  # the free arithmetic check, every update
+        ("forged-samples", 1.0, "forged_sample", "re-computed"),  # the sampled re-computation
+    ],
+)
+def test_a_trainer_sending_wrong_scalars_is_caught_at_its_first_checked_step(
+    tmp_path: pathlib.Path, mode: str, p: float, code: str, reason: str
+) -> None:
     out = tmp_path / "run"
-    s = run_job(small("spsa", steps=3, eval_every=3, check_probability=1.0), out, 2, "wrong-scalar", 1)
-    assert [(r["index"], r["step"], r["code"]) for r in s["rejected"]] == [(1, 0, "wrong_scalar")]
-    assert "its samples give" in s["rejected"][0]["reason"]  # caught by the free arithmetic check
+    s = run_job(small("spsa", steps=3, eval_every=3, check_probability=p), out, 2, mode, 1)
+    assert [(r["index"], r["step"], r["code"]) for r in s["rejected"]] == [(1, 0, code)]
+    assert reason in s["rejected"][0]["reason"]
     assert s["updates"] == 3  # the honest trainer's three bytes; none of the cheater's
     assert cli("replay", str(out), "--no-losses").returncode == 0
 

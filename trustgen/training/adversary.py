@@ -16,6 +16,7 @@ class Mode:
     algorithm: str
     what: str
     scalar: Callable[[int], int] | None = None  # SPSA: the byte sent instead of the honest one
+    diffs: Callable[[list[float]], list[float]] | None = None  # SPSA: forged per-sample values
     delta: Callable[[Tensors], Tensors] | None = None  # local SGD: the delta sent instead
     stale_base: bool = False  # local SGD: keep training from the first round's checkpoint
 
@@ -26,6 +27,13 @@ def _flip_byte(q: int) -> int:
 
 MODES: dict[str, Mode] = {
     "wrong-scalar": Mode("spsa", "sends the negated (or a saturated) byte instead of its scalar", scalar=_flip_byte),
+    # Consistent forgery: every sample value pushed up by 20 units, the byte recomputed from them,
+    # so the arithmetic holds and only re-computing a sample shows it.
+    "forged-samples": Mode(
+        "spsa",
+        "shifts every committed sample value and signs the byte they give",
+        diffs=lambda d: [x + 20.0 for x in d],
+    ),
     "scaled": Mode("diloco", "sends -10x its delta", delta=lambda d: {n: v * -10.0 for n, v in d.items()}),
     "sign-flip": Mode("diloco", "sends its delta with the sign flipped", delta=lambda d: {n: -v for n, v in d.items()}),
     "stale-base": Mode("diloco", "trains every round from the first round's checkpoint", stale_base=True),

@@ -23,7 +23,7 @@ from trustgen.consensus.messages import MessageError, Signed, open_wire, sign
 from trustgen.engines.registry import model_digest
 from trustgen.errors import UsageError
 from trustgen.training import adversary, diloco
-from trustgen.training.checks import CheckResult, check_delta, check_inner_step, check_sample
+from trustgen.training.checks import CheckResult, check_arithmetic, check_delta, check_inner_step, check_sample
 from trustgen.training.job import (
     DilocoState,
     SpsaState,
@@ -166,11 +166,15 @@ class Coordinator:
                 if u.body["step"] != t or not -127 <= u.body["q"] <= 127:
                     self.exclude(peer, t, "malformed", f"step {u.body['step']} byte {u.body['q']}")
                     continue
+                bad = check_arithmetic(self.spec, u)  # free: every update, not a sample of them
+                if bad is not None:
+                    self.exclude(peer, t, "wrong_scalar", bad.reason)
+                    continue
                 if self.rng.random() < hp["check_probability"]:
                     params, j = self.state.params, self.rng.randrange(hp["batch"])
                     res = self.timed_check(lambda: check_sample(self.objective, self.spec, params, z, u, j))
                     if not res.accept:
-                        self.exclude(peer, t, "wrong_scalar", res.reason)
+                        self.exclude(peer, t, "forged_sample", res.reason)
                         continue
                 got.append(u)
             self.commit(got)

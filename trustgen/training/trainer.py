@@ -57,8 +57,10 @@ def _spsa(spec: Any, objective: Any, state: SpsaState, me: Identity, mode: Any, 
         z = state.direction()
         c0 = time.process_time()
         diffs = honest_diffs(objective, spec, state.params, z, t, me.public_key)
+        if mode is not None and mode.diffs is not None:
+            diffs = mode.diffs(diffs)
         q = spsa.scalar(diffs, spec.algorithm["scale"])
-        if mode is not None:
+        if mode is not None and mode.scalar is not None:
             q = mode.scalar(q)
         body = {"trainer": me.public_key, "job": spec.id, "step": t, "q": q, "diffs": diffs}
         msg = sign(me, "SpsaUpdate", spec.network, body)
