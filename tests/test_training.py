@@ -296,7 +296,9 @@ def test_a_corrupted_delta_blob_is_named(diloco_run: pathlib.Path, tmp_path: pat
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode, code", [("scaled", "failed_check"), ("stale-base", "stale_base")])
+@pytest.mark.parametrize(
+    "mode, code", [("scaled", "failed_check"), ("sign-flip", "failed_check"), ("stale-base", "stale_base")]
+)
 def test_cheating_trainers_are_rejected_with_the_reason(tmp_path: pathlib.Path, mode: str, code: str) -> None:
     s = run_job(small("diloco", rounds=2, inner_steps=2, check_probability=1.0), tmp_path / "run", 2, mode, 1)
     bad = [(r["index"], r["code"]) for r in s["rejected"]]

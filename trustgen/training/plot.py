@@ -10,7 +10,7 @@ COLOURS = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 
 
 
 def loss_plot(series: dict[str, list[tuple[float, float]]], out: pathlib.Path, title: str, xlabel: str) -> None:
-    w, h, left, right, top, bottom = 720, 440, 70, 170, 40, 50
+    w, h, left, right, top, bottom = 760, 440, 70, 210, 40, 50
     img = Image.new("RGB", (w, h), "white")
     d = ImageDraw.Draw(img)
     pts = [p for s in series.values() for p in s]
@@ -46,6 +46,6 @@ def loss_plot(series: dict[str, list[tuple[float, float]]], out: pathlib.Path, t
         for px, py in line:
             d.ellipse([px - 2, py - 2, px + 2, py + 2], fill=c)
         d.line([w - right + 10, top + 10 + 18 * k, w - right + 30, top + 10 + 18 * k], fill=c, width=3)
-        d.text((w - right + 35, top + 4 + 18 * k), name[:18], fill="black")
+        d.text((w - right + 35, top + 4 + 18 * k), name[:26], fill="black")
     out.parent.mkdir(parents=True, exist_ok=True)
     img.save(out)
