@@ -47,7 +47,7 @@ class Swarm:
 
     async def stop(self, i: int) -> None:
         node = self.nodes.pop(i)
-        node._stop.set()
+        node.stop()
         await self.tasks.pop(i)
 
     async def start_many(self, n: int, links: int = 2, seed: int = 0) -> None:

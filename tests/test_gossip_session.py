@@ -140,7 +140,7 @@ def test_frames_are_bound_to_their_session_and_place(tmp_path):
                 await a.request(op, 5)
             assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT, op
         a = await session()
-        await a.call.write(pb.GossipFrame(body=b"\xff\xff\xff", tag=a.framer._tag(b"C", 0, b"\xff\xff\xff")))
+        await a.call.write(a.framer.seal_body(b"\xff\xff\xff"))
         assert await status_of(a.call) == grpc.StatusCode.INVALID_ARGUMENT  # a tagged body that is not an op
         # Oversized: over the gossip frame limit, and over the transport's message limit.
         for size in (serving.MAX_FRAME, 9 << 20):
@@ -186,7 +186,7 @@ def test_session_errors_say_what_went_wrong_by_code(tmp_path):
         opened = sess.framer.open(frame)  # the authentic frame still opens, in its place
         assert opened.heads.same
         for garbage in (b"\xff\xff\xff", b""):  # not a GossipOp; no operation
-            tagged = pb.GossipFrame(body=garbage, tag=server_side._tag(b"S", sess.framer.received, garbage))
+            tagged = server_side.seal_body(garbage)  # authentic, in its place: the next frame
             with pytest.raises(SessionError) as e:
                 sess.framer.open(tagged)
             assert e.value.code is SessionCode.MALFORMED
@@ -267,16 +267,16 @@ def test_idle_session_closed_by_server_is_reopened_without_marking_the_peer(tmp_
         a, b = s.nodes[0], s.nodes[1]
         a.membership.add(b.address)
         await a.gossip.connect()
-        first = a.gossip.client._sessions[b.address]
-        assert first.peer_key == b.identity.public_key  # learnt in the handshake
+        first = a.gossip.client.session_with(b.address)
+        assert first is not None and first.peer_key == b.identity.public_key  # learnt in the handshake
         for _ in range(200):  # b closes the idle session
-            if b.gossip.server._open == 0:
+            if b.gossip.server.open_sessions() == 0:
                 break
             await asyncio.sleep(0.05)
-        assert b.gossip.server._open == 0 and not first.closed  # a has not noticed yet
+        assert b.gossip.server.open_sessions() == 0 and not first.closed  # a has not noticed yet
         b.ledger.append("NodeJoined", {"address": b.address, "roles": ["x"]})
-        await a.gossip.client._sync(a.membership.peers[b.address])
-        assert a.gossip.client._sessions[b.address] is not first
+        await a.gossip.sync(b.address)
+        assert a.gossip.client.session_with(b.address) not in (None, first)
         assert a.membership.snapshot()[b.address] == "alive"
         assert a.ledger.head(b.identity.public_key) == b.ledger.head(b.identity.public_key)
 

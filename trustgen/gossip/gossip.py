@@ -68,6 +68,10 @@ class Gossip:
         """Open sessions to every live peer now rather than on first use; returns how many are open."""
         return await self.client.connect()
 
+    async def sync(self, address: str) -> None:
+        """Anti-entropy with one member now (see Rounds.sync)."""
+        await self.client.sync(address)
+
     async def run(self, interval_s: float, stop: asyncio.Event) -> None:
         await self.client.run(interval_s, stop)
 

@@ -107,6 +107,11 @@ class Rounds:
     def open_sessions(self) -> int:
         return sum(1 for s in self._sessions.values() if not s.closed)
 
+    def session_with(self, address: str) -> ClientSession | None:
+        """The session held to `address`, or None. A session the peer ended is still held (and
+        reports not `closed`) until a request on it finds out; one that failed is dropped."""
+        return self._sessions.get(address)
+
     async def connect(self) -> int:
         """Open sessions to every live peer now rather than on first use; returns how many are open."""
         await asyncio.gather(*(self._session_or_none(p) for p in self.r.members.live()))
@@ -236,6 +241,13 @@ class Rounds:
             await self._request(peer, op(push=pb.Entries(entries=batch)), "ack")
 
     # -- anti-entropy ------------------------------------------------------------------------------
+
+    async def sync(self, address: str) -> None:
+        """Anti-entropy with the member at `address` now, within its PEER_BUDGET_S, as a round
+        does now and then; a failure marks the peer as a round would. KeyError if `address` is
+        not a member."""
+        peer = self.r.members.peers[address]
+        await self._bounded(peer, self._sync(peer), None)
 
     async def _sync(self, peer: Peer) -> None:
         """Anti-entropy with one peer: compare the digest of all heads; if they differ, narrow

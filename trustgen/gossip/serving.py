@@ -60,6 +60,10 @@ class Server:
         self._open = self._strangers = 0  # served sessions, handshakes included; of unknown keys
         self._closing = asyncio.Event()
 
+    def open_sessions(self) -> int:
+        """Sessions being served now, handshakes in progress included."""
+        return self._open
+
     def close(self) -> None:
         """End served sessions, so a server stop need not wait out its grace period."""
         self._closing.set()

@@ -88,6 +88,11 @@ class Node:
         self._stop = asyncio.Event()
         self.serving = asyncio.Event()
 
+    def stop(self) -> None:
+        """Ask `run()` to shut down, as SIGTERM does; call it on the node's event loop (from another
+        thread: `loop.call_soon_threadsafe(node.stop)`)."""
+        self._stop.set()
+
     def _peers_in(self, state: str) -> int:
         return sum(1 for p in self.membership.peers.values() if p.state == state)
 
@@ -191,7 +196,7 @@ class Node:
         self.events.publish("node", state="serving", node=self.identity.node_id, address=self.address)
 
         loop = asyncio.get_running_loop()
-        if handle_signals:  # only possible on the main thread; in-process tests stop via _stop
+        if handle_signals:  # only possible on the main thread; in-process callers use stop()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self._stop.set)
         joiner = loop.create_task(self._join_gateway()) if (self.worker or self.verifier) and cfg.gateway else None
