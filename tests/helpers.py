@@ -89,7 +89,7 @@ class LocalNodes:
     async def stop(self, name: str) -> None:
         """Stop a node as SIGTERM would; its server is gone when this returns."""
         node = self.nodes.pop(name)
-        node._stop.set()  # Node has no public stop(); this is what its signal handler sets
+        node.stop()
         await self._tasks.pop(name)
 
     async def close(self) -> None:

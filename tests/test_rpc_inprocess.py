@@ -49,7 +49,7 @@ class InProcessNode:
 
     def __exit__(self, *exc) -> None:
         self.channel.close()
-        self.loop.call_soon_threadsafe(self.node._stop.set)
+        self.loop.call_soon_threadsafe(self.node.stop)
         self.thread.join(10)
 
 
@@ -205,7 +205,7 @@ def test_tls_when_configured_and_plaintext_only_when_asked(tmp_path):
                 rpc.NodeStub(ch).Info(pb.InfoRequest(), timeout=5)
             assert e.value.code() == grpc.StatusCode.UNAVAILABLE
     finally:
-        node.loop.call_soon_threadsafe(node.node._stop.set)
+        node.loop.call_soon_threadsafe(node.node.stop)
         node.thread.join(10)
 
 
