@@ -272,7 +272,11 @@ def test_worker_killed_mid_task_and_gateway_restart(tmp_path):
         # Gateway: accept two tasks, kill -9 it while they run, restart it, and both complete.
         tasks = [submit_nowait(gw, p, 12, verifiers=1) for p in ("Gossip", "Ledger")]
         os.kill(ready["gateway"]["pid"], signal.SIGKILL)
-        wait_for(lambda: not cluster._alive(ready["gateway"]["pid"]), what="the gateway to die")
+        pid = ready["gateway"]["pid"]
+        wait_for(
+            lambda: any(n["name"] == "gateway" and n["pid"] == pid and not n["running"] for n in cluster.status(root)),
+            what="the gateway to die",
+        )
         cluster.wait_ready(root / "gateway", cluster.start(root / "gateway"))
         for t in tasks:
             s = wait_for(lambda: (x := status(gw, t.id)).state == "final" and x, timeout=90, what="resumed task")
@@ -342,8 +346,9 @@ def test_verifier_rebuilds_its_history_from_the_replicated_ledger(net, tmp_path)
             shutil.copy(src, tmp_path / f"ledger.db{suffix}")
     role = VerifierRole(Identity.generate(), NET, engines=None)
     n = role.rebuild_history(Ledger(tmp_path / "ledger.db", NET), BlobStore(root / "verifier-1" / "blobs"))
-    assert n >= 1 and task.id.hex() in role.history._text
-    replay = role.history.find_replay("another-task", role.history._text[task.id.hex()])
+    fp = role.history.text_fingerprint(task.id.hex())
+    assert n >= 1 and fp is not None
+    replay = role.history.find_replay("another-task", fp)
     assert replay is not None and replay.earlier_task == task.id.hex()
 
 

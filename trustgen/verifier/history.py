@@ -46,6 +46,11 @@ class HistoryIndex:
     def __contains__(self, task_id: str) -> bool:
         return task_id in self._text or task_id in self._image_set
 
+    def text_fingerprint(self, task_id: str) -> dict[str, Any] | None:
+        """The fingerprint held for the text output accepted for `task_id`; None when there is
+        none (an unknown task, or an image: images keep only their hash)."""
+        return self._text.get(task_id)
+
     def add(self, task_id: str, fp: dict[str, Any]) -> None:
         if fp["kind"] == "text":
             if task_id in self._text:
