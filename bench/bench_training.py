@@ -40,7 +40,7 @@ ENV = {**os.environ}
 
 
 def job(name: str, algo: dict[str, Any] | None = None, **sections: dict[str, Any]) -> specs.JobSpec:
-    raw = specs._tomlish(specs.load(name).data)
+    raw = specs.as_table(specs.load(name).data)
     raw.pop("trainers")
     raw["algorithm"].update(algo or {})
     for k, v in sections.items():
@@ -150,7 +150,7 @@ def diloco_curve(
     if fmt:
         hp["delta_format"] = fmt
     st = DilocoState.start(spec, obj)
-    st.spec = specs.from_dict({**specs._tomlish(spec.data), "algorithm": hp})
+    st.spec = specs.from_dict({**specs.as_table(spec.data), "algorithm": hp})
     curve = [(0, obj.eval_loss(st.params))]
     round_cpu = agg_cpu = 0.0
     blob_bytes = 0

@@ -24,7 +24,7 @@ ENV = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "HF_HUB_OFFLINE": "1"}
 
 
 def small(name: str, **algo: object) -> specs.JobSpec:
-    raw = specs._tomlish(specs.load(name).data)
+    raw = specs.as_table(specs.load(name).data)
     raw.pop("trainers")
     raw["data"]["eval_windows"] = 16
     raw["algorithm"].update(algo)
@@ -42,11 +42,11 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 def test_spec_is_canonical_and_its_digest_is_the_job_id() -> None:
     a = specs.load("spsa")
-    raw = specs._tomlish(a.data)
+    raw = specs.as_table(a.data)
     raw["algorithm"] = {k: v for k, v in raw["algorithm"].items() if k not in ("eps", "lr")}  # defaults fill in
     b = specs.from_dict(raw)
     assert a.data["algorithm"]["eps"] == b.data["algorithm"]["eps"]
-    assert specs.from_dict(specs._tomlish(a.data)).id == a.id
+    assert specs.from_dict(specs.as_table(a.data)).id == a.id
     raw["algorithm"]["steps"] = 201
     assert specs.from_dict(raw).id != a.id
     assert len(a.id) == 32
@@ -67,7 +67,7 @@ def test_spec_is_canonical_and_its_digest_is_the_job_id() -> None:
     ],
 )
 def test_bad_specs_are_refused_with_the_field_named(edit, message: str) -> None:  # noqa: ANN001
-    raw = specs._tomlish(specs.load("spsa").data)
+    raw = specs.as_table(specs.load("spsa").data)
     edit(raw)
     with pytest.raises(UsageError, match=message):
         specs.from_dict(raw)

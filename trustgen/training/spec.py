@@ -148,13 +148,14 @@ class JobSpec:
         return self.data["job"]["network"]
 
     def with_trainers(self, keys: list[bytes]) -> JobSpec:
-        return from_dict({**_tomlish(self.data), "trainers": {"keys": [k.hex() for k in keys]}})
+        return from_dict({**as_table(self.data), "trainers": {"keys": [k.hex() for k in keys]}})
 
     def to_toml(self) -> str:
-        return dump_toml(_tomlish(self.data))
+        return dump_toml(as_table(self.data))
 
 
-def _tomlish(data: dict[str, Any]) -> dict[str, Any]:
+def as_table(data: dict[str, Any]) -> dict[str, Any]:
+    """A canonical spec as the TOML table it reads from (keys as hex): edit it, then from_dict()."""
     out = {k: dict(v) for k, v in data.items() if isinstance(v, dict)}
     out["trainers"] = {"keys": [k.hex() for k in data["trainers"]]}
     return out
