@@ -122,7 +122,7 @@ def bench_spsa_cheater(res: dict[str, Any], quick: bool, tmp: pathlib.Path) -> N
             "wrong-scalar",
             2,
         )
-        caught.append(s["rejected"][0]["step"] if s["rejected"] else None)
+        caught.append((s["rejected"][0]["step"], s["rejected"][0]["code"]) if s["rejected"] else None)
     rng = random.Random(7)
     trials = 10_000
     within = sum(any(rng.random() < 0.1 for _ in range(30)) for _ in range(trials))
