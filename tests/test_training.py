@@ -209,7 +209,8 @@ def test_replay_names_what_is_wrong_with_a_damaged_run(spsa_run: pathlib.Path, t
 
     job = open_run(d).spec
     stranger = Identity.generate()
-    u = sign(stranger, "SpsaUpdate", job.network, {"trainer": stranger.public_key, "job": job.id, "step": 5, "q": 3})
+    body = {"trainer": stranger.public_key, "job": job.id, "step": 5, "q": 0, "diffs": [0.0] * 8}
+    u = sign(stranger, "SpsaUpdate", job.network, body)
     with (d / "updates.log").open("a") as f:
         f.write(u.wire().hex() + "\n")
     r = cli("replay", str(d))
@@ -314,3 +315,87 @@ def test_bad_commands_fail_in_one_line(tmp_path: pathlib.Path) -> None:
     assert r.returncode == 2 and "shipped jobs" in r.stderr
     with pytest.raises(RunError, match="job.wire is missing"):
         open_run(tmp_path)
+
+
+# -- what a hostile run directory or peer can try -----------------------------------------------
+
+
+def test_trimming_always_cuts_at_least_one_value_from_three_up() -> None:
+    assert [aggregate.trimmed_k(n, 0.2) for n in (1, 2, 3, 4, 5, 10, 11)] == [0, 0, 1, 1, 1, 2, 2]
+    assert aggregate.trimmed_k(4, 0.0) == 0 and aggregate.trimmed_k(3, 0.49) == 1
+
+
+def test_delta_blobs_with_a_negative_or_huge_scale_are_refused() -> None:
+    from trustgen.training.tensors import to_bytes
+
+    like = {"w": torch.zeros(3)}
+    for scale in (-1.0, 1e30):
+        blob = to_bytes({"q/w": torch.ones(3, dtype=torch.int8), "s/w": torch.tensor(scale)})
+        with pytest.raises(TensorError, match="scale"):
+            diloco.decode_delta(blob, like, "int8", "t")
+
+
+def test_a_job_signed_with_a_non_canonical_spec_is_refused() -> None:
+    from trustgen.consensus.messages import MessageError, sign
+
+    author = Identity.generate()
+    spec = specs.load("spsa")
+    data = {**spec.data, "algorithm": {**spec.data["algorithm"], "lr": 1}}  # an int where a float belongs
+    msg = sign(author, "TrainingJob", spec.network, {"author": author.public_key, "spec": data})
+    with pytest.raises(MessageError, match="canonical"):
+        specs.open_job(msg.wire(), spec.network)
+
+
+@pytest.mark.slow
+def test_replay_refuses_forged_checkpoints_and_names_forged_updates(
+    spsa_run: pathlib.Path, tmp_path: pathlib.Path
+) -> None:
+    import shutil
+
+    from trustgen.consensus.messages import sign
+
+    job = open_run(spsa_run).spec
+    # a checkpoint record from someone who is not the job's author, far in the future
+    d = pathlib.Path(shutil.copytree(spsa_run, tmp_path / "forged-checkpoint"))
+    other = Identity.generate()
+    body = {
+        "publisher": other.public_key,
+        "job": job.id,
+        "step": 2**62,
+        "digest": b"\0" * 32,
+        "updates": b"\0" * 32,
+        "heldout_loss": 1.0,
+    }
+    with (d / "checkpoints.log").open("a") as f:
+        f.write(sign(other, "TrainingCheckpoint", job.network, body).wire().hex() + "\n")
+    r = cli("replay", str(d))
+    assert r.returncode == 2 and "not signed by the job's author" in r.stderr
+    # a trainer's update whose byte contradicts its committed samples, re-signed by that trainer
+    d = pathlib.Path(shutil.copytree(spsa_run, tmp_path / "forged-byte"))
+    lines = (d / "updates.log").read_text().splitlines()
+    trainer = Identity.load(d / "keys" / "trainer-0")
+    run = open_run(d)
+    n = next(i for i, u in enumerate(run.updates) if u.signer == trainer.public_key and u.body["step"] == 1)
+    b = dict(run.updates[n].body)
+    b["q"] = 127 if b["q"] != 127 else -127
+    lines[n] = sign(trainer, "SpsaUpdate", job.network, b).wire().hex()
+    (d / "updates.log").write_text("\n".join(lines) + "\n")
+    r = cli("replay", str(d), "--json", "--no-losses")
+    bad = json.loads(r.stdout)["first_bad"]
+    assert r.returncode == 1 and bad["step"] == 1 and bad["what"] == "wrong_scalar", r.stdout
+
+
+@pytest.mark.slow
+def test_a_duplicated_delta_is_named_and_cross_profile_replay_re_executes(
+    diloco_run: pathlib.Path, tmp_path: pathlib.Path
+) -> None:
+    import shutil
+
+    r = cli("replay", str(diloco_run), "--threads", "2", "--no-losses", "--json")
+    rep = json.loads(r.stdout)
+    assert r.returncode == 0 and rep["ok"] and not rep["same_profile"], r.stdout + r.stderr
+    d = pathlib.Path(shutil.copytree(diloco_run, tmp_path / "dup"))
+    lines = (d / "updates.log").read_text().splitlines()
+    (d / "updates.log").write_text("\n".join([lines[0], *lines]) + "\n")
+    r = cli("replay", str(d), "--json", "--mode", "deltas", "--no-losses")
+    assert r.returncode == 1 and json.loads(r.stdout)["first_bad"]["what"] == "duplicate", r.stdout

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+import numpy as np
 import torch
 
 from trustgen.training.tensors import Tensors
@@ -26,8 +27,17 @@ def mean(deltas: list[Tensors], params: dict[str, float]) -> Tensors:
     return {n: _stack(deltas, n).mean(dim=0) for n in deltas[0]}
 
 
+def trimmed_k(n: int, trim: float) -> int:
+    """Values cut from each side: floor(trim · n), but at least one whenever trimming is asked for
+    and three or more values remain (else 4 trainers at trim 0.2 would get a plain mean)."""
+    k = math.floor(trim * n)
+    if trim > 0 and n >= 3:
+        k = max(1, k)
+    return min(k, (n - 1) // 2)
+
+
 def trimmed_mean(deltas: list[Tensors], params: dict[str, float]) -> Tensors:
-    k = math.floor(params["trim"] * len(deltas))
+    k = trimmed_k(len(deltas), params["trim"])
     if k == 0:
         return mean(deltas, params)
     out = {}
@@ -43,7 +53,9 @@ def median(deltas: list[Tensors], params: dict[str, float]) -> Tensors:
 
 
 def _norm(d: Tensors) -> float:
-    return math.sqrt(sum(float((v.double() ** 2).sum()) for v in d.values()))
+    # NumPy's float64 sum is single-threaded (pairwise), so the norm, and with it the clipping,
+    # does not depend on torch's thread count: replay across thread counts stays bit-exact.
+    return math.sqrt(math.fsum(float(np.square(d[n].detach().double().numpy()).sum()) for n in sorted(d)))
 
 
 def centred_clip(deltas: list[Tensors], params: dict[str, float]) -> Tensors:

@@ -47,21 +47,9 @@ def honest_diffs(
 def check_arithmetic(spec: JobSpec, update: Signed) -> CheckResult | None:
     """The byte is the quantised mean of the committed per-sample values (free: no forward pass).
     Returns a rejection, or None when the arithmetic holds."""
-    b = update.body
-    d = b["diffs"]
-    if len(d) != spec.algorithm["batch"] or not all(isinstance(x, float) and abs(x) <= spsa.DMAX for x in d):
-        return CheckResult(
-            False,
-            float("inf"),
-            f"{len(d)} committed samples, the job's batch is {spec.algorithm['batch']}",
-            "spsa-arithmetic",
-        )
-    q = spsa.scalar(d, spec.algorithm["scale"])
-    if q != b["q"]:
-        return CheckResult(
-            False, float(abs(q - b["q"])), f"signed byte {b['q']}, its samples give {q}", "spsa-arithmetic"
-        )
-    return None
+    b, hp = update.body, spec.algorithm
+    why = spsa.arithmetic_error(b["q"], b["diffs"], hp["batch"], hp["scale"])
+    return None if why is None else CheckResult(False, float("inf"), why, "spsa-arithmetic")
 
 
 def check_sample(

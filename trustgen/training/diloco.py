@@ -25,12 +25,13 @@ import torch
 from trustgen.consensus.domains import TRAIN_CHALLENGE as CHALLENGE_DOMAIN
 from trustgen.consensus.domains import TRAIN_INNER_STATE as STATE_DOMAIN
 from trustgen.training.data import select
-from trustgen.training.tensors import Tensors, from_bytes, tensor_digest, to_bytes
+from trustgen.training.tensors import TensorError, Tensors, from_bytes, tensor_digest, to_bytes
 
 BETAS = (0.9, 0.95)
 ADAM_EPS = 1e-8
 GRAD_CLIP = 1.0
 QMAX = 127
+MAX_DELTA_ABS = 1e6
 
 
 def initial_state(base: Tensors) -> Tensors:
@@ -128,13 +129,26 @@ def decode_delta(blob: bytes, like: Tensors, fmt: str, what: str) -> Tensors:
     if fmt == "float32":
         expect = {"f/" + n: (p.shape, torch.float32) for n, p in like.items()}
         got = from_bytes(blob, expect, what)
-        return {n: got["f/" + n].to(p.dtype) for n, p in like.items()}
+        return _bounded({n: got["f/" + n].to(p.dtype) for n, p in like.items()}, what)
     expect = {}
     for n, p in like.items():
         expect["q/" + n] = (p.shape, torch.int8)
         expect["s/" + n] = (torch.Size([]), torch.float32)
     got = from_bytes(blob, expect, what)
-    return {n: got["q/" + n].to(p.dtype) * got["s/" + n].to(p.dtype) for n, p in like.items()}
+    for n in like:
+        s = float(got["s/" + n])
+        if not 0.0 <= s <= MAX_DELTA_ABS / QMAX:
+            raise TensorError(f"{what}: scale {s!r} of {n} is negative or out of range")
+    return _bounded({n: got["q/" + n].to(p.dtype) * got["s/" + n].to(p.dtype) for n, p in like.items()}, what)
+
+
+def _bounded(delta: Tensors, what: str) -> Tensors:
+    """A delta whose every value is finite and at most MAX_DELTA_ABS: no honest update comes near
+    it, and it keeps every later sum (aggregation, the outer step) finite."""
+    for n, d in delta.items():
+        if d.numel() and not float(d.abs().max()) <= MAX_DELTA_ABS:
+            raise TensorError(f"{what}: delta of {n} is not finite or exceeds {MAX_DELTA_ABS:g}")
+    return delta
 
 
 def outer_step(params: Tensors, agg: Tensors, momentum: Tensors, hp: dict) -> None:

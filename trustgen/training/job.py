@@ -61,6 +61,9 @@ class SpsaState:
                 raise UpdateError("duplicate", f"two updates from one trainer at step {self.step}")
             if not -spsa.QMAX <= b["q"] <= spsa.QMAX:
                 raise UpdateError("out_of_range", f"scalar {b['q']} is outside one signed byte")
+            why = spsa.arithmetic_error(b["q"], b["diffs"], hp["batch"], hp["scale"])
+            if why is not None:
+                raise UpdateError("wrong_scalar", why)
             seen.add(u.signer)
             qs.append(b["q"])
         spsa.apply(self.params, z if z is not None else self.direction(), qs, hp["lr"], hp["scale"])

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 import torch
 
-from trustgen.engines.registry import ModelRef, model_files, resolve
+from trustgen.engines.registry import ModelRef, embedded_models, model_files, resolve
 from trustgen.errors import ModelError, UsageError
 from trustgen.training.corpus import dataset_digest, dataset_path, read_text_dataset
 from trustgen.training.data import Split, split
@@ -44,6 +44,10 @@ class Objective(Protocol):
 
 def resolve_base(spec: JobSpec) -> ModelRef:
     m = spec.section("model")
+    base = m["base"].split("@", 1)[0]
+    if base not in embedded_models() and not pathlib.Path(base).expanduser().is_dir():
+        # A replayer reads nothing from its environment: no hub downloads for a job's base model.
+        raise ModelError(f"base model {base!r} is neither embedded nor a local directory")
     ref = resolve(f"{m['base']}@{m['digest']}") if "@" not in m["base"] else resolve(m["base"])
     if ref.digest != m["digest"]:
         raise ModelError(f"base model {m['base']!r} has digest {ref.digest}, the job names {m['digest']}")

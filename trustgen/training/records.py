@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import pathlib
+import stat
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,7 +29,7 @@ from trustgen.errors import TrustgenError
 from trustgen.training.spec import JobSpec, open_job
 
 MAX_UPDATES = 10_000_000
-MAX_LINE = 1 << 16
+MAX_LINE = 1 << 20  # a DeltaUpdate commits 32 bytes per inner step: 4,096 steps fit
 
 
 class RunError(TrustgenError):
@@ -37,6 +38,8 @@ class RunError(TrustgenError):
 
 class BlobDir:
     """Content-addressed files: a blob's name is the sha256 of its bytes, checked on read."""
+
+    MAX_BYTES = 1 << 30  # a delta or a kept inner state: the size of a model, bounded
 
     def __init__(self, root: pathlib.Path) -> None:
         self.root = root
@@ -51,12 +54,31 @@ class BlobDir:
             os.replace(tmp, path)
         return digest
 
-    def get(self, digest: bytes) -> bytes:
+    def get(self, digest: bytes, max_bytes: int = MAX_BYTES) -> bytes:
+        """The blob's bytes, checked against its name. Only a regular file (or a link to one) of
+        at most `max_bytes` is read, and its size is checked before reading: a run directory is
+        input like any other, and a FIFO, device or huge file in blobs/ must not hang or exhaust
+        the reader."""
+        name = f"blob {digest.hex()[:16]}…"
         path = self.root / digest.hex()
         try:
-            data = path.read_bytes()
+            st = path.stat()  # lstat would stop at a link; this sees what a link points to
+            if not stat.S_ISREG(st.st_mode):
+                raise RunError(f"{name} in {self.root} is not a regular file")
+            if st.st_size > max_bytes:
+                raise RunError(f"{name} is {st.st_size} bytes, more than the {max_bytes} a blob may have")
+            # Non-blocking: a file swapped for a FIFO after the stat still cannot hang the open.
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+            with os.fdopen(fd, "rb") as f:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    raise RunError(f"{name} in {self.root} is not a regular file")
+                data = f.read(max_bytes + 1)
         except FileNotFoundError:
-            raise RunError(f"blob {digest.hex()[:16]}… is missing from {self.root}") from None
+            raise RunError(f"{name} is missing from {self.root}") from None
+        except OSError as e:
+            raise RunError(f"{name} in {self.root} cannot be read ({e.strerror})") from None
+        if len(data) > max_bytes:
+            raise RunError(f"{name} grew past {max_bytes} bytes while it was read")
         if hashlib.sha256(data).digest() != digest:
             raise RunError(f"blob {digest.hex()[:16]}… is corrupted (its bytes do not match its name)")
         return data
@@ -95,7 +117,9 @@ def _read_log(path: pathlib.Path, msg_type: str | tuple[str, ...], spec: JobSpec
     types = (msg_type,) if isinstance(msg_type, str) else msg_type
     out = []
     with path.open("rb") as f:
-        for n, line in enumerate(f, 1):
+        n = 0
+        while line := f.readline(MAX_LINE + 1):  # bounded: a line with no newline is never read whole
+            n += 1
             if n > MAX_UPDATES or len(line) > MAX_LINE:
                 raise RunError(f"{path.name}: line {n} is too long or the log has too many lines")
             line = line.strip()
@@ -134,7 +158,8 @@ def open_run(root: str | pathlib.Path, network: str | None = None) -> Run:
         msg, spec = open_job(wire, network or _network_of(wire))
     except MessageError as e:
         raise RunError(f"{job_file}: {e}") from None
-    updates = _read_log(root / "updates.log", ("SpsaUpdate", "DeltaUpdate"), spec, spec.id)
+    update_type = "SpsaUpdate" if spec.algorithm["name"] == "spsa" else "DeltaUpdate"
+    updates = _read_log(root / "updates.log", update_type, spec, spec.id)
     allowed = set(spec.trainers)
     for n, u in enumerate(updates, 1):
         if u.signer not in allowed:
@@ -149,8 +174,12 @@ def _network_of(wire: bytes) -> str:
 
     try:
         env = decode(wire)
-        _, net, _, _ = parse_signing_bytes(env["payload"])
-    except (EncodingError, TypeError, KeyError):
+        # Decodable is not well-formed: the envelope may be any value (an int, a list, ...).
+        payload = env.get("payload") if isinstance(env, dict) else None
+        if not isinstance(payload, bytes):
+            raise RunError("job.wire is not a signed job")
+        _, net, _, _ = parse_signing_bytes(payload)
+    except EncodingError:
         raise RunError("job.wire is not a signed job") from None
     if not isinstance(net, str):
         raise RunError("job.wire is not a signed job")

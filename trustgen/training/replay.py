@@ -21,11 +21,14 @@ from trustgen.training import diloco
 from trustgen.training.checks import CheckResult, check_delta, check_inner_step, check_scalar
 from trustgen.training.job import DilocoState, SpsaState, UpdateError, by_trainer, checkpoint_digest, start_state
 from trustgen.training.objectives import load_objective
-from trustgen.training.profile import apply_profile, profile_dict, same_numerics
+from trustgen.training.profile import apply_profile, profile_dict
 from trustgen.training.records import Run, RunError, open_run, updates_digest
-from trustgen.training.tensors import from_bytes, layout
+from trustgen.training.tensors import from_bytes, layout, relative_l2
 
 LOSS_REL_TOLERANCE = 1e-5  # held-out loss across profiles (same profile: exact)
+# A trainer's whole-round delta re-executed under another profile, against its blob (int8
+# rounding included); bench_training.py measures honest and dishonest distances.
+DELTA_CROSS_PROFILE_REL_L2 = 0.02
 
 
 @dataclass
@@ -66,8 +69,25 @@ def _group(updates: list[Signed], key: str) -> dict[int, list[Signed]]:
     return out
 
 
-def _record_profile(run: Run) -> dict[str, Any]:
-    return run.info().get("profile", {})
+def _same_profile(spec: Any, threads: int | None) -> bool:
+    """Exact comparison is expected when this replay runs the profile the signed spec names (the
+    run's own unsigned notes never decide how strict a check is)."""
+    return threads is None or threads == spec.section("profile")["threads"]
+
+
+def _records(run: Run, total: int, key: str) -> dict[int, Signed]:
+    """The run's checkpoint records: signed by the job's author, one per step, within the job."""
+    out: dict[int, Signed] = {}
+    for n, c in enumerate(run.checkpoints, 1):
+        s = c.body["step"]
+        if c.signer != run.job.signer:
+            raise RunError(f"checkpoints.log: record {n} is not signed by the job's author")
+        if not 0 <= s <= total:
+            raise RunError(f"checkpoints.log: record {n} is for {key} {s}, outside 0..{total}")
+        if s in out:
+            raise RunError(f"checkpoints.log: two records for {key} {s}")
+        out[s] = c
+    return out
 
 
 def replay(
@@ -76,7 +96,7 @@ def replay(
     run = open_run(root)
     spec = run.spec
     prof = profile_dict(apply_profile(spec, threads))
-    same = same_numerics(prof, _record_profile(run)) if _record_profile(run) else True
+    same = _same_profile(spec, threads)
     objective = load_objective(spec)
     c0 = time.process_time()  # from here: the replay's own work (loading is the same for a trainer)
     state = start_state(spec, objective)
@@ -86,7 +106,7 @@ def replay(
     groups = _group(run.updates, key)
     if groups and max(groups) >= total:
         raise RunError(f"updates.log holds updates for {key} {max(groups)}, past the job's {total}")
-    records = {c.body["step"]: c for c in run.checkpoints}
+    records = _records(run, total, key)
     if not records:
         raise RunError("checkpoints.log records no checkpoint: nothing to replay against")
     applied: list[Signed] = []
@@ -166,33 +186,47 @@ def _diloco_round(
     run: Run, objective: Any, state: DilocoState, ups: list[Signed], mode: str, same: bool
 ) -> dict[str, Any] | None:
     spec = run.spec
-    hp = spec.algorithm
     deltas = []
     base = {n: v.clone() for n, v in state.params.items()}
+    seen: set[bytes] = set()
     for u in by_trainer(ups):
+        if u.signer in seen:
+            raise UpdateError("duplicate", f"two updates from one trainer in round {state.step}")
+        seen.add(u.signer)
         state.check(u)
         blob = run.blobs.get(u.body["delta"])
+        delta = state.decode(u, blob)
         if mode == "full":
-            work = diloco.run_round(objective, base, spec.id, state.step, u.signer, hp, keep=False)
-            who = u.signer.hex()
-            for h, (mine, theirs) in enumerate(zip(work.digests, u.body["states"]), 1):
-                if mine != theirs:
-                    if same:
-                        return {
-                            "trainer": who,
-                            "inner_step": h,
-                            "what": "inner_state",
-                            "detail": "re-executed state differs from the committed one",
-                        }
-                    break  # across profiles the digests differ everywhere: compare the delta instead
-            if diloco.encode_delta(diloco.delta_of(work.final, base), hp["delta_format"]) != blob and same:
-                return {
-                    "trainer": who,
-                    "what": "delta",
-                    "detail": "the delta blob is not the encoding of the re-executed final state",
-                }
-        deltas.append(state.decode(u, blob))
+            bad = _reexecute(objective, spec, state.step, u, base, blob, delta, same)
+            if bad is not None:
+                return {"trainer": u.signer.hex(), **bad}
+        deltas.append(delta)
     state.apply(deltas)
+    return None
+
+
+def _reexecute(
+    objective: Any, spec: Any, rnd: int, u: Signed, base: Any, blob: bytes, delta: Any, same: bool
+) -> dict[str, Any] | None:
+    """Re-execute a trainer's round: under the job's profile every inner state must match its
+    commitment and the blob must be the exact encoding of the final state; under another profile
+    the re-executed delta must be within tolerance of the blob's."""
+    hp = spec.algorithm
+    work = diloco.run_round(objective, base, spec.id, rnd, u.signer, hp, keep=False)
+    if same:
+        for h, (mine, theirs) in enumerate(zip(work.digests, u.body["states"]), 1):
+            if mine != theirs:
+                return {
+                    "inner_step": h,
+                    "what": "inner_state",
+                    "detail": "re-executed state differs from the committed one",
+                }
+        if diloco.encode_delta(diloco.delta_of(work.final, base), hp["delta_format"]) != blob:
+            return {"what": "delta", "detail": "the delta blob is not the encoding of the re-executed final state"}
+        return None
+    dist = relative_l2(diloco.delta_of(work.final, base), delta)
+    if dist > DELTA_CROSS_PROFILE_REL_L2:
+        return {"what": "delta", "detail": f"re-executed delta is {dist:.3g} (relative L2) from the blob's"}
     return None
 
 
@@ -217,23 +251,34 @@ def check_step(
     """Re-execute one SPSA scalar (step T) or one local-SGD inner step (round T) of one trainer."""
     run = open_run(root)
     spec = run.spec
-    prof = profile_dict(apply_profile(spec, threads))
-    same = same_numerics(prof, _record_profile(run)) if _record_profile(run) else True
+    apply_profile(spec, threads)
+    same = _same_profile(spec, threads)
     who = _trainer_key(run, trainer)
     key = "step" if spec.algorithm["name"] == "spsa" else "round"
+    total = spec.algorithm["steps"] if key == "step" else spec.algorithm["rounds"]
+    if not 0 <= step < total:
+        raise RunError(f"--step {step} is outside the job's {key}s 0..{total - 1}")
     groups = _group(run.updates, key)
     mine = [u for u in groups.get(step, []) if u.signer == who]
-    if not mine:
-        raise RunError(f"trainer {who.hex()[:16]}… has no accepted update at {key} {step}")
+    if len(mine) != 1:
+        raise RunError(f"trainer {who.hex()[:16]}… has {len(mine)} accepted updates at {key} {step}, not one")
     update = mine[0]
     objective = load_objective(spec)
     state = start_state(spec, objective)
     c0 = time.process_time()
-    for t in range(step):  # reach the state the update was computed from (cheap for SPSA)
-        if isinstance(state, SpsaState):
-            state.apply(groups.get(t, []))
-        else:
-            state.apply([state.decode(u, run.blobs.get(u.body["delta"])) for u in by_trainer(groups.get(t, []))])
+    try:
+        for t in range(step):  # reach the state the update was computed from (cheap for SPSA)
+            ups = by_trainer(groups.get(t, []))
+            if isinstance(state, SpsaState):
+                state.apply(ups)
+            else:
+                for u in ups:
+                    state.check(u)
+                state.apply([state.decode(u, run.blobs.get(u.body["delta"])) for u in ups])
+        if isinstance(state, DilocoState):
+            state.check(update)
+    except UpdateError as e:
+        raise RunError(f"{key} {state.step}: {e}") from None
     replay_cpu = time.process_time() - c0
     c1 = time.process_time()
     if isinstance(state, SpsaState):

@@ -10,6 +10,7 @@ checkpoints, and writes the best one as the job's final model directory.
 from __future__ import annotations
 
 import json
+import math
 import multiprocessing as mp
 import pathlib
 import random
@@ -21,7 +22,7 @@ from typing import Any
 from trustgen.consensus.identity import Identity
 from trustgen.consensus.messages import MessageError, Signed, open_wire, sign
 from trustgen.engines.registry import model_digest
-from trustgen.errors import UsageError
+from trustgen.errors import TrustgenError, UsageError
 from trustgen.training import adversary, diloco
 from trustgen.training.checks import CheckResult, check_arithmetic, check_delta, check_inner_step, check_sample
 from trustgen.training.job import (
@@ -35,12 +36,33 @@ from trustgen.training.job import (
 )
 from trustgen.training.objectives import Objective, load_objective
 from trustgen.training.profile import apply_profile, profile_dict
-from trustgen.training.records import BlobDir, append_line, updates_digest
+from trustgen.training.records import BlobDir, RunError, append_line, updates_digest
 from trustgen.training.spec import MAX_TRAINERS, JobSpec, sign_job
 from trustgen.training.tensors import TensorError, Tensors, from_bytes, layout
 from trustgen.training.trainer import key_home, trainer_main
 
 Progress = Callable[[int, int, dict[str, Any]], None]
+RECV_TIMEOUT_S = 600.0
+# What each message from a trainer must look like (pipes carry pickled tuples; check before use).
+_SHAPES: dict[str, Callable[[tuple], bool]] = {
+    "update": lambda m: (
+        len(m) in (3, 4)
+        and isinstance(m[1], bytes)
+        and isinstance(m[2], float)
+        and (len(m) == 3 or isinstance(m[3], dict) and all(isinstance(v, str) for v in m[3].values()))
+    ),
+    "states": lambda m: (
+        len(m) == 2
+        and isinstance(m[1], dict)
+        and "final" in m[1]
+        and "after" in m[1]
+        and all(isinstance(k, str) and isinstance(v, str) for k, v in m[1].items())
+    ),
+}
+
+
+class TrainingError(TrustgenError):
+    """A run that cannot go on: a trainer that never started, a held-out loss that is no number."""
 
 
 @dataclass
@@ -94,12 +116,22 @@ class Coordinator:
     def live(self) -> list[Peer]:
         return [p for p in self.peers if p.active]
 
-    def receive(self, peer: Peer, step: int) -> tuple | None:
+    def receive(self, peer: Peer, step: int, kind: str) -> tuple | None:
+        """The trainer's next message if it is a well-formed `kind` within the time limit; else the
+        trainer is excluded (a stuck, dead or confused trainer never stalls or crashes the run)."""
         try:
-            return peer.conn.recv()
+            if not peer.conn.poll(RECV_TIMEOUT_S):
+                self.exclude(peer, step, "trainer_timeout", f"no message within {RECV_TIMEOUT_S:g} s")
+                peer.proc.kill()
+                return None
+            msg = peer.conn.recv()
         except (EOFError, OSError):
             self.exclude(peer, step, "trainer_died", "the trainer process ended")
             return None
+        if not (isinstance(msg, tuple) and msg and msg[0] == kind and _SHAPES[kind](msg)):
+            self.exclude(peer, step, "bad_message", f"expected a {kind} message")
+            return None
+        return msg
 
     def open_update(self, peer: Peer, wire: bytes, msg_type: str, step: int) -> Signed | None:
         try:
@@ -123,6 +155,10 @@ class Coordinator:
     def evaluate(self, step: int) -> None:
         params = self.state.params
         loss = self.objective.eval_loss(params)
+        if not math.isfinite(loss):
+            raise TrainingError(
+                f"held-out loss is {loss} at step {step}: the job diverged (lower its learning rate)"
+            )
         digest = checkpoint_digest(params)
         rec = sign(
             self.me,
@@ -156,7 +192,7 @@ class Coordinator:
             z = self.state.direction()
             got: list[Signed] = []
             for peer in self.live():
-                msg = self.receive(peer, t)
+                msg = self.receive(peer, t, "update")
                 if msg is None:
                     continue
                 self.trainer_cpu_s += msg[2]
@@ -196,7 +232,7 @@ class Coordinator:
             base = snapshot(self.state)
             got: list[tuple[Peer, Signed, bytes, Tensors]] = []
             for peer in self.live():
-                msg = self.receive(peer, r)
+                msg = self.receive(peer, r, "update")
                 if msg is None:
                     continue
                 self.trainer_cpu_s += msg[2]
@@ -210,10 +246,10 @@ class Coordinator:
                 except UpdateError as e:
                     self.exclude(peer, r, e.code, str(e))
                     continue
-                except (TensorError, Exception) as e:  # a missing or malformed blob: the trainer's fault
+                except (TensorError, RunError) as e:  # a missing or malformed blob: the trainer's fault
                     self.exclude(peer, r, "bad_blob", str(e))
                     continue
-                for h, hx in msg[3].items():
+                for h, hx in (msg[3] if len(msg) > 3 else {}).items():
                     self.kept_states.setdefault(f"{r}/{u.signer.hex()}", {})[str(h)] = hx
                 got.append((peer, u, blob, delta))
             # The beacon for this round's challenges: every update that passed the static checks, in
@@ -225,10 +261,11 @@ class Coordinator:
                 self.challenges[f"{r}/{u.signer.hex()}"] = h
                 if self.rng.random() >= hp["check_probability"]:
                     self.send(peer, ("challenge", 0), r)
-                    checked.append((peer, u, delta))
+                    if peer.active:
+                        checked.append((peer, u, delta))
                     continue
                 self.send(peer, ("challenge", h), r)
-                reply = self.receive(peer, r)
+                reply = self.receive(peer, r, "states")
                 if reply is None:
                     continue
                 res = self.timed_check(lambda: self.check_round(u, blob, base, h, reply[1]))
@@ -264,17 +301,9 @@ class Coordinator:
         return check_delta(states["final"], base, blob, u, fmt)
 
 
-def _keys(root: pathlib.Path, spec: JobSpec, trainers: int | None) -> tuple[JobSpec, Identity]:
+def _keys(root: pathlib.Path, spec: JobSpec, n: int) -> tuple[JobSpec, Identity]:
     author = Identity.generate()
     author.save(root / "keys" / "author")
-    if spec.trainers:
-        raise UsageError(
-            "this job names its trainers; `train run` starts trainers with keys it generates, so "
-            "give a job without [trainers] (the run writes the keys it used into the job)"
-        )
-    n = trainers or 4
-    if not 1 <= n <= MAX_TRAINERS:
-        raise UsageError(f"--trainers must be between 1 and {MAX_TRAINERS}")
     keys = []
     for i in range(n):
         ident = Identity.generate()
@@ -294,16 +323,26 @@ def run_job(
 ) -> dict[str, Any]:
     """Run a job to completion and return its summary (also written to `out/run.json`)."""
     out = pathlib.Path(out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"{out} exists and is not a directory")
     if out.exists() and any(out.iterdir()):
         raise UsageError(f"{out} is not empty: choose a new directory for the run")
     try:
         adversary.mode(adversary_mode, spec.algorithm["name"])
     except ValueError as e:
         raise UsageError(str(e)) from None
+    if spec.trainers:
+        raise UsageError(
+            "this job names its trainers; `train run` starts trainers with keys it generates, so "
+            "give a job without [trainers] (the run writes the keys it used into the job)"
+        )
+    n = 4 if trainers is None else trainers
+    if not 1 <= n <= MAX_TRAINERS:
+        raise UsageError(f"--trainers must be between 1 and {MAX_TRAINERS}")
+    if adversary_mode and not 0 <= adversary_trainer < n:
+        raise UsageError(f"--adversary-trainer must be below {n}")
     out.mkdir(parents=True, exist_ok=True)
-    spec, author = _keys(out, spec, trainers)
-    if adversary_mode and not 0 <= adversary_trainer < len(spec.trainers):
-        raise UsageError(f"--adversary-trainer must be below {len(spec.trainers)}")
+    spec, author = _keys(out, spec, n)
     (out / "job.wire").write_bytes(sign_job(author, spec).wire())
     (out / "job.toml").write_text(spec.to_toml())
     t0 = time.perf_counter()
@@ -320,9 +359,12 @@ def run_job(
             theirs.close()
             peers.append(Peer(i, key, mine, proc))
         for p in peers:
-            hello = p.conn.recv()
+            try:
+                hello = p.conn.recv() if p.conn.poll(RECV_TIMEOUT_S) else None
+            except (EOFError, OSError):
+                hello = None
             if hello != ("ready", p.key):
-                raise UsageError(f"trainer {p.index} did not start with its key")
+                raise TrainingError(f"trainer {p.index} did not start (see its error above)")
         co = Coordinator(out, spec, author, objective, start_state(spec, objective), peers, progress)
         co.evaluate(0)
         (co.run_spsa if spec.algorithm["name"] == "spsa" else co.run_diloco)()

@@ -61,6 +61,15 @@ def scalar(diffs: list[float], scale: float) -> int:
     return quantise(math.fsum(diffs) / len(diffs), scale) if diffs else 0
 
 
+def arithmetic_error(q: int, diffs: list[Any], batch: int, scale: float) -> str | None:
+    """Why a signed byte does not follow from its committed samples (None when it does). Free to
+    check: every coordinator and replayer checks every update."""
+    if len(diffs) != batch or not all(isinstance(x, float) and abs(x) <= DMAX for x in diffs):
+        return f"{len(diffs)} committed samples, the job's batch is {batch}"
+    mine = scalar(diffs, scale)
+    return None if mine == q else f"signed byte {q}, its samples give {mine}"
+
+
 def quantise(g: float, scale: float) -> int:
     """The signed byte for projected gradient g: NaN (a loss that blew up) contributes nothing;
     anything past the range, infinities included, saturates."""
