@@ -276,7 +276,7 @@ def test_local_sgd_run_replays_and_inner_steps_check_within_tolerance(diloco_run
         )
         res = json.loads(r.stdout)
         assert r.returncode == 0 and res["accept"], r.stdout + r.stderr
-        assert res["same_profile"] == (threads == "1") and res["distance"] < 1e-4
+        assert res["same_profile"] == (threads == "1") and res["distance"] < 1e-2
     r = cli("show", str(diloco_run), "--json")
     shown = json.loads(r.stdout)
     assert [c["step"] for c in shown["checkpoints"]] == [0, 1, 2] and pathlib.Path(shown["plot"]).stat().st_size > 1000
