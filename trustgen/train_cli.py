@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import os
 import pathlib
 import sys
 from typing import Any
@@ -17,9 +19,21 @@ train_app = typer.Typer(no_args_is_help=True, help="Verifiable training jobs: ru
 out_console = Console()
 
 
+def _strict(v: Any) -> Any:
+    """`v` with every infinite or NaN float as None: JSON has no such numbers (Python would write
+    `Infinity`, which strict parsers refuse), and a diverged loss or an unbounded distance has them."""
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None
+    if isinstance(v, dict):
+        return {k: _strict(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_strict(x) for x in v]
+    return v
+
+
 def _emit(obj: dict[str, Any], as_json: bool) -> None:
     if as_json:
-        sys.stdout.write(json.dumps(obj, sort_keys=True) + "\n")
+        sys.stdout.write(json.dumps(_strict(obj), sort_keys=True, allow_nan=False) + "\n")
 
 
 def _load_spec(job: str | None, default: bool) -> Any:
@@ -28,6 +42,18 @@ def _load_spec(job: str | None, default: bool) -> Any:
     if default == (job is not None):
         raise UsageError("give a job file or --default (not both)")
     return specs.load(job if job is not None else specs.DEFAULT_JOB)
+
+
+def _check_out(out: pathlib.Path) -> None:
+    """Refuse an --out that cannot become a run directory, before any work (run_job creates it)."""
+    try:
+        if out.exists() and not out.is_dir():
+            raise UsageError(f"--out {out} exists and is not a directory: choose a new directory for the run")
+        parent = next(p for p in (out.absolute(), *out.absolute().parents) if p.exists())
+    except OSError as e:
+        raise UsageError(f"--out {out} cannot be used ({e.strerror or e})") from None
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(f"--out {out}: {parent} is not a directory this user can write in")
 
 
 @train_app.command("run")
@@ -47,8 +73,12 @@ def run_cmd(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from trustgen.training.run import run_job
+    from trustgen.training.spec import MAX_TRAINERS
 
+    if not 1 <= trainers <= MAX_TRAINERS:
+        raise UsageError(f"--trainers must be between 1 and {MAX_TRAINERS}")
     spec = _load_spec(job, default)
+    _check_out(out)
     with Progress(
         TextColumn("[bold]train[/bold]"),
         BarColumn(),
@@ -134,6 +164,10 @@ def check_step_cmd(
     """Re-execute one trainer's step. Exit 0 accept, 1 reject, 2 bad input."""
     from trustgen.training.replay import check_step
 
+    # An index is ASCII digits and a key prefix ASCII hex: anything else (say a superscript "²",
+    # which str.isdigit accepts and int() refuses) names no trainer.
+    if not trainer or not all(c in "0123456789abcdefABCDEF" for c in trainer):
+        raise UsageError(f"--trainer {trainer!r} must be a trainer index or a hex key prefix")
     res = check_step(run_dir, step, trainer, inner or None, threads or None)
     _emit(res, as_json)
     if not as_json:
@@ -150,11 +184,18 @@ def show_cmd(
 ) -> None:
     """The loss curve as a table and a PNG plot, with the checkpoints and rejections."""
     from trustgen.training.plot import loss_plot
-    from trustgen.training.records import open_run
+    from trustgen.training.records import RunError, open_run
 
     run = open_run(run_dir)
-    info = run.info()
+    try:
+        info = run.info()
+    except (OSError, ValueError) as e:  # run.json is information, but a broken one is still bad input
+        raise RunError(f"{run_dir}/run.json cannot be read ({' '.join(str(e).split())})") from None
+    if not isinstance(info, dict):
+        raise RunError(f"{run_dir}/run.json is not a JSON object")
     rows = [(c.body["step"], c.body["heldout_loss"], c.body["digest"].hex()) for c in run.checkpoints]
+    if not rows:
+        raise RunError(f"{run_dir} records no checkpoint yet: nothing to show")
     x = "round" if run.spec.algorithm["name"] == "diloco" else "step"
     png = plot or pathlib.Path(run_dir) / "loss.png"
     loss_plot({run.spec.section("job")["name"]: [(s, v) for s, v, _ in rows]}, png, f"job {run.spec.id.hex()[:16]}", x)

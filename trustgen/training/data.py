@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from trustgen.consensus.domains import TRAIN_SELECT as SELECT_DOMAIN
 from trustgen.consensus.domains import TRAIN_SPLIT as SPLIT_DOMAIN
+from trustgen.errors import UsageError
 
 
 def _u64(data: bytes) -> int:
@@ -37,7 +38,8 @@ def split(dataset_digest: str, count: int, permille: int, eval_count: int) -> Sp
     held = tuple(i for i in range(count) if is_heldout(dataset_digest, i, permille))
     train = tuple(i for i in range(count) if not is_heldout(dataset_digest, i, permille))
     if not train or not held:
-        raise ValueError(f"the data set has {count} samples: too few for a training and a held-out part")
+        # The data set is the job author's input: a usage error, reported as one line.
+        raise UsageError(f"the data set has {count} samples: too few for a training and a held-out part")
     return Split(train=train, heldout=held, eval=held[:eval_count])
 
 

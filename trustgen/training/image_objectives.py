@@ -40,6 +40,8 @@ NOISE_DOMAIN = b"trustgen/train/image-noise/v1\0"
 DRAWS = 8  # noised versions of each image: more samples from a small picture set
 TOKEN_PARAM = "token_embedding"
 PIXEL_PIPELINE = "PixelTextToImagePipeline"
+MAX_IMAGE_SIDE = 4096
+MAX_IMAGE_PIXELS = 2048 * 2048  # decoded as float64 RGBA: 128 MiB at the bound
 _M = TypeVar("_M", bound=torch.nn.Module)
 
 
@@ -65,10 +67,22 @@ def load_image(path: pathlib.Path, size: tuple[int, int]) -> np.ndarray:
     """An image as float64 (H, W, 3) in [-1, 1] at `size` (height, width): alpha composited onto
     white, then box-resampled; the same bytes give the same array on every machine."""
     try:
-        with Image.open(path) as im:
+        im = Image.open(path, formats=["PNG"])  # reads the header only
+    except Exception as e:  # Pillow raises many types for a file that is no PNG
+        raise UsageError(f"{path}: not a readable PNG image ({_reason(e)})") from None
+    with im:
+        w, h = im.size
+        # Bounded before decoding: a small file can declare a huge image (a decompression bomb),
+        # and _area_weights holds an (output, input) matrix per axis.
+        if not (1 <= w <= MAX_IMAGE_SIDE and 1 <= h <= MAX_IMAGE_SIDE and w * h <= MAX_IMAGE_PIXELS):
+            raise UsageError(
+                f"{path}: a {w}x{h} image is outside the bounds (sides 1..{MAX_IMAGE_SIDE}, "
+                f"at most {MAX_IMAGE_PIXELS} pixels)"
+            )
+        try:
             rgba = np.asarray(im.convert("RGBA"), dtype=np.float64)
-    except (OSError, ValueError) as e:
-        raise UsageError(f"{path}: not a readable image ({e})") from None
+        except Exception as e:  # truncated or corrupt data: OSError, SyntaxError, zlib.error, ...
+            raise UsageError(f"{path}: not a readable PNG image ({_reason(e)})") from None
     alpha = rgba[..., 3:] / 255.0
     rgb = rgba[..., :3] * alpha + 255.0 * (1.0 - alpha)
     h, w = size
@@ -78,6 +92,11 @@ def load_image(path: pathlib.Path, size: tuple[int, int]) -> np.ndarray:
         rgb = np.einsum("oh,hwc->owc", wh, rgb, optimize=False)
         rgb = np.einsum("pw,owc->opc", ww, rgb, optimize=False)
     return rgb / 127.5 - 1.0
+
+
+def _reason(e: Exception) -> str:
+    """An exception as one line for an error message."""
+    return " ".join(f"{type(e).__name__}: {e}".split())
 
 
 def _sample_seed(data_digest: str, sample: int) -> int:

@@ -69,9 +69,14 @@ class BlobDir:
                 raise RunError(f"{name} is {st.st_size} bytes, more than the {max_bytes} a blob may have")
             # Non-blocking: a file swapped for a FIFO after the stat still cannot hang the open.
             fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
-            with os.fdopen(fd, "rb") as f:
+            try:
                 if not stat.S_ISREG(os.fstat(fd).st_mode):
                     raise RunError(f"{name} in {self.root} is not a regular file")
+                f = os.fdopen(fd, "rb")
+            except BaseException:
+                os.close(fd)
+                raise
+            with f:
                 data = f.read(max_bytes + 1)
         except FileNotFoundError:
             raise RunError(f"{name} is missing from {self.root}") from None

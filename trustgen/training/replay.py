@@ -28,7 +28,7 @@ from trustgen.training.tensors import from_bytes, layout, relative_l2
 LOSS_REL_TOLERANCE = 1e-5  # held-out loss across profiles (same profile: exact)
 # A trainer's whole-round delta re-executed under another profile, against its blob (int8
 # rounding included); bench_training.py measures honest and dishonest distances.
-DELTA_CROSS_PROFILE_REL_L2 = 0.02
+DELTA_CROSS_PROFILE_REL_L2 = 0.05  # honest 1 vs 2 threads, 16 inner steps: 0.0058; another trainer: 1.04
 
 
 @dataclass

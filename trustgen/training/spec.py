@@ -10,7 +10,10 @@ that mean the same job have the same id.
 from __future__ import annotations
 
 import hashlib
+import math
+import os
 import pathlib
+import stat
 import tomllib
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +28,7 @@ SPEC_VERSION = 1
 MAX_TRAINERS = 64
 JOBS_DIR = pathlib.Path(__file__).resolve().parent / "data" / "jobs"
 DEFAULT_JOB = "diloco"
+MAX_JOB_BYTES = 1 << 20  # a job file is a page of TOML
 
 
 @dataclass(frozen=True)
@@ -46,6 +50,8 @@ class Field:
             value = float(value)
         if not isinstance(value, self.type) or (self.type is int and isinstance(value, bool)):
             raise UsageError(f"{where} must be {self.type.__name__}, not {type(value).__name__}")
+        if isinstance(value, float) and not math.isfinite(value):  # nan passes every bound check
+            raise UsageError(f"{where} = {value} is not a finite number")
         if isinstance(value, (int, float)) and (
             self.lo is not None and value < self.lo or self.hi is not None and value > self.hi
         ):
@@ -104,7 +110,7 @@ ALGORITHMS: dict[str, dict[str, Field]] = {
     },
     "diloco": {
         "rounds": Field(int, 6, 1, 100_000),
-        "inner_steps": Field(int, 16, 1, 10_000),
+        "inner_steps": Field(int, 16, 1, 4096),  # each commits a 32-byte state digest
         "batch": Field(int, 8, 1, 1024),
         "inner_lr": Field(float, 1e-3, 0.0, 10.0),
         "weight_decay": Field(float, 0.0, 0.0, 1.0),
@@ -182,7 +188,7 @@ def from_dict(raw: dict[str, Any]) -> JobSpec:
         raise UsageError(f"unknown sections: {', '.join(unknown)}")
     data: dict[str, Any] = {name: _section(name, fields, raw.get(name)) for name, fields in SECTIONS.items()}
     algo = raw.get("algorithm")
-    if not isinstance(algo, dict) or algo.get("name") not in ALGORITHMS:
+    if not isinstance(algo, dict) or not isinstance(algo.get("name"), str) or algo["name"] not in ALGORITHMS:
         raise UsageError(f"[algorithm].name must be one of {', '.join(ALGORITHMS)}")
     rest = {k: v for k, v in algo.items() if k != "name"}
     data["algorithm"] = {"name": algo["name"], **_section("algorithm", ALGORITHMS[algo["name"]], rest)}
@@ -198,6 +204,8 @@ def from_dict(raw: dict[str, Any]) -> JobSpec:
 def _trainer_keys(raw: Any) -> list[bytes]:
     if raw is None:
         return []
+    if isinstance(raw, dict) and set(raw) - {"keys"}:
+        raise UsageError(f"[trainers] has unknown fields: {', '.join(sorted(set(raw) - {'keys'}))}")
     keys = raw.get("keys", []) if isinstance(raw, dict) else None
     if not isinstance(keys, list) or len(keys) > MAX_TRAINERS:
         raise UsageError(f"[trainers].keys must be a list of at most {MAX_TRAINERS} hex public keys")
@@ -222,14 +230,38 @@ def shipped_jobs() -> list[str]:
 def load(path: str | pathlib.Path) -> JobSpec:
     """A job file, or the name of a job the package ships (`trustgen train run spsa`)."""
     p = pathlib.Path(path)
-    if not p.exists() and str(path) in shipped_jobs():
+    if str(path) in shipped_jobs() and not p.exists():  # a bare name: nothing to stat but the cwd
         p = JOBS_DIR / f"{path}.toml"
     try:
-        raw = tomllib.loads(p.read_text(encoding="utf-8"))
+        # Non-blocking open, then fstat: a FIFO or device given as the job neither hangs nor
+        # streams forever, and only a regular file of bounded size is read.
+        fd = os.open(p, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
         raise UsageError(f"no job file at {p} (shipped jobs: {', '.join(shipped_jobs())})") from None
+    except (OSError, ValueError) as e:
+        raise UsageError(f"job file {p} cannot be opened ({e})") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            kind = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
+            raise UsageError(f"job file {p} is {kind}")
+        if st.st_size > MAX_JOB_BYTES:
+            raise UsageError(f"job file {p} is larger than {MAX_JOB_BYTES >> 10} KiB")
+        f = os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+    with f:
+        try:
+            data = f.read(MAX_JOB_BYTES + 1)
+        except OSError as e:
+            raise UsageError(f"job file {p} cannot be read ({e.strerror})") from None
+    if len(data) > MAX_JOB_BYTES:
+        raise UsageError(f"job file {p} is larger than {MAX_JOB_BYTES >> 10} KiB")
+    try:
+        raw = tomllib.loads(data.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise UsageError(f"{p}: not a TOML job file ({e})") from None
+        raise UsageError(f"{p}: not a TOML job file ({' '.join(str(e).split())})") from None
     return from_dict(raw)
 
 
@@ -270,7 +302,7 @@ def open_job(wire: bytes, network: str) -> tuple[Signed, JobSpec]:
         spec = from_dict(_tomlish_from_canonical(spec_data))
     except UsageError as e:
         raise MessageError(f"TrainingJob spec is invalid: {e}") from None
-    if spec.data != spec_data:
+    if encode(spec.data) != encode(spec_data):  # bytes, not ==: 1 == 1.0 == True in Python
         raise MessageError("TrainingJob spec is not in canonical form")
     if spec.network != msg.network:
         raise MessageError(f"TrainingJob was signed for network {msg.network!r} but its spec names {spec.network!r}")
