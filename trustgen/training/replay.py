@@ -235,7 +235,7 @@ def _reexecute(
 
 def _trainer_key(run: Run, trainer: str) -> bytes:
     keys = run.spec.trainers
-    if trainer.isdigit() and int(trainer) < len(keys):
+    if trainer.isdecimal() and int(trainer) < len(keys):
         return keys[int(trainer)]
     matches = [k for k in keys if k.hex().startswith(trainer.lower())] if trainer else []
     if len(matches) != 1:
