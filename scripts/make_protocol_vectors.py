@@ -19,6 +19,7 @@ import pathlib
 import struct
 import sys
 import tempfile
+import tomllib
 import zlib
 from typing import Any
 from unittest import mock
@@ -48,19 +49,20 @@ from trustgen.engines.outputs import image_digest, read_png, text_digest  # noqa
 from trustgen.engines.params import ImageParams, TextParams  # noqa: E402
 from trustgen.engines.registry import model_digest  # noqa: E402
 from trustgen.engines.sampling import filter_logits, gumbel_noise_rows, sample_scores, sample_token  # noqa: E402
+from trustgen.errors import UsageError  # noqa: E402
 from trustgen.gossip import session  # noqa: E402
 from trustgen.gossip.antientropy import bucket_digests, heads_digest  # noqa: E402
 from trustgen.gossip.blobs import CHUNK, blob_digest, chunk_hashes  # noqa: E402
 from trustgen.net import auth  # noqa: E402
 from trustgen.net.peers import full_method  # noqa: E402
 from trustgen.rpc import trustgen_pb2 as pb  # noqa: E402
+from trustgen.training import aggregate, diloco, spsa  # noqa: E402
 from trustgen.training import data as tdata  # noqa: E402
-from trustgen.training import diloco, spsa  # noqa: E402
 from trustgen.training.checks import check_arithmetic  # noqa: E402
-from trustgen.training.job import by_trainer, checkpoint_digest  # noqa: E402
+from trustgen.training.job import SpsaState, UpdateError, by_trainer, checkpoint_digest  # noqa: E402
 from trustgen.training.records import updates_digest  # noqa: E402
-from trustgen.training.spec import from_dict, sign_job  # noqa: E402
-from trustgen.training.tensors import tensor_digest  # noqa: E402
+from trustgen.training.spec import from_dict, open_job, sign_job  # noqa: E402
+from trustgen.training.tensors import TensorError, tensor_digest, to_bytes  # noqa: E402
 from trustgen.verifier.compare import distance  # noqa: E402
 from trustgen.verifier.fingerprints import image_fingerprint, text_fingerprint  # noqa: E402
 from trustgen.verifier.vote import VoteValue  # noqa: E402
@@ -867,6 +869,217 @@ def scalar_vectors() -> list[dict[str, Any]]:
     return out
 
 
+def trimmed_k_vectors() -> list[dict[str, Any]]:
+    """Values the trimmed mean cuts from each side, per trim, for trainer counts up to 64."""
+    ns = [*range(1, 13), 20, 33, 64]
+    return [
+        {"trim": trim, "n": ns, "k": [aggregate.trimmed_k(n, trim) for n in ns]}
+        for trim in (0.0, 0.05, 0.1, 0.2, 0.25, 0.3, 0.34, 0.49)
+    ]
+
+
+F32 = np.float32
+SCALE_MAX = float(F32(diloco.MAX_DELTA_ABS / diloco.QMAX))  # the largest binary32 scale a blob may carry
+assert SCALE_MAX <= diloco.MAX_DELTA_ABS / diloco.QMAX < float(np.nextafter(F32(SCALE_MAX), F32(1e9)))
+
+
+def delta_blob_vectors(base: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """Delta blobs for the parameters `base` that a receiver accepts (with what they decode to)
+    or refuses (with why): the bounds on scales and values, non-finite values, a wrong layout.
+    Each is run through the node's diloco.decode_delta."""
+
+    def f32(*v: float) -> torch.Tensor:
+        return torch.tensor(v, dtype=torch.float32)
+
+    def i8(*v: int) -> torch.Tensor:
+        return torch.tensor(v, dtype=torch.int8)
+
+    w_q = i8(1, 0, -1, 2, -2, 127).reshape(2, 3)
+    just_over = float(np.nextafter(F32(SCALE_MAX), F32(1e9)))
+    over_1e6 = float(np.nextafter(F32(1e6), F32(2e6)))
+    int8 = {"q/h.0.b": i8(127, -127), "s/h.0.b": f32(SCALE_MAX)[0], "q/h.0.w": w_q, "s/h.0.w": f32(0.5)[0]}
+    flt = {"f/h.0.b": f32(1e6, -1e6), "f/h.0.w": f32(0.25, -0.0, 5e-45, 3.0, -1.5, 0.0).reshape(2, 3)}
+    cases: list[tuple[str, str, dict[str, torch.Tensor], str | None]] = [
+        ("int8: the largest scale (127 of it decodes to exactly 1e6)", "int8", int8, None),
+        ("int8: a scale of -0.0 is a zero scale", "int8", {**int8, "s/h.0.w": f32(-0.0)[0]}, None),
+        ("float32: values of ±1e6 and a subnormal", "float32", flt, None),
+        ("int8: a negative scale", "int8", {**int8, "s/h.0.w": f32(-0.5)[0]}, "scale"),
+        ("int8: the next binary32 scale above 1e6/127", "int8", {**int8, "s/h.0.b": f32(just_over)[0]}, "scale"),
+        ("int8: a NaN scale", "int8", {**int8, "s/h.0.w": f32(math.nan)[0]}, "not_finite"),
+        ("int8: an infinite scale", "int8", {**int8, "s/h.0.b": f32(math.inf)[0]}, "not_finite"),
+        ("float32: a NaN value", "float32", {**flt, "f/h.0.b": f32(1.0, math.nan)}, "not_finite"),
+        ("float32: a value of -infinity", "float32", {**flt, "f/h.0.b": f32(-math.inf, 1.0)}, "not_finite"),
+        ("float32: the next binary32 above 1e6", "float32", {**flt, "f/h.0.b": f32(over_1e6, 0.0)}, "too_large"),
+        ("int8: a scale missing", "int8", {k: v for k, v in int8.items() if k != "s/h.0.w"}, "layout"),
+        ("int8: an extra tensor", "int8", {**int8, "q/h.0.c": i8(1)}, "layout"),
+        ("int8: values of the wrong shape", "int8", {**int8, "q/h.0.w": w_q.reshape(3, 2)}, "layout"),
+        (
+            "int8: a scale stored as float64",
+            "int8",
+            {**int8, "s/h.0.w": torch.tensor(0.5, dtype=torch.float64)},
+            "layout",
+        ),
+        ("float32: a blob in the int8 layout", "float32", int8, "layout"),
+    ]
+    # Which rule the node's decode_delta (and tensors.from_bytes under it) refuses a blob by.
+    because = {
+        "tensors missing": "layout",
+        ", expected ": "layout",
+        "non-finite": "not_finite",
+        "negative or out of range": "scale",
+        "not finite or exceeds": "too_large",
+    }
+    blobs = []
+    for name, fmt, ts, reason in cases:
+        blob = to_bytes(ts)
+        v: dict[str, Any] = {"name": name, "format": fmt, "blob": blob.hex()}
+        try:
+            decoded = diloco.decode_delta(blob, base, fmt, "vector")
+        except TensorError as e:
+            got = [r for k, r in because.items() if k in str(e)]
+            assert got == [reason], (name, str(e))
+            v.update(accept=False, reason=reason)
+        else:
+            assert reason is None, f"the node accepts the refused blob {name!r}"
+            v.update(accept=True, decoded=tensor_list(decoded))
+        blobs.append(v)
+    return {
+        "params": [{"name": n, "dtype": "float32", "shape": list(base[n].shape)} for n in sorted(base)],
+        "max_abs": diloco.MAX_DELTA_ABS,
+        "blobs": blobs,
+    }
+
+
+def refused_spec_vectors(spsa_input: dict[str, Any], diloco_input: dict[str, Any]) -> list[dict[str, Any]]:
+    """Job files (TOML) the node's spec parser refuses: each differs from a valid job in one place."""
+
+    def toml(raw: dict[str, Any]) -> str:
+        return "".join(
+            f"[{section}]\n" + "".join(f"{k} = {v}\n" for k, v in table.items()) for section, table in raw.items()
+        )
+
+    def text(v: Any) -> str:  # a TOML value
+        if isinstance(v, str):
+            return json.dumps(v)
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, list):
+            return "[" + ", ".join(text(x) for x in v) + "]"
+        return repr(v)
+
+    def job(raw: dict[str, Any], section: str, change: dict[str, str]) -> str:
+        tables = {s: {k: text(v) for k, v in t.items()} for s, t in raw.items()}
+        tables[section] = {**tables[section], **change}
+        return toml(tables)
+
+    cases = [
+        ("inner_steps above 4096", job(diloco_input, "algorithm", {"inner_steps": "4097"})),
+        ("a NaN learning rate", job(spsa_input, "algorithm", {"lr": "nan"})),
+        ("an infinite clipping radius", job(diloco_input, "algorithm", {"clip": "inf"})),
+        ("an unknown field in [trainers]", job(spsa_input, "trainers", {"weights": "[1, 1, 1]"})),
+        ("an unknown field in [data]", job(spsa_input, "data", {"shuffle": "true"})),
+        ("a boolean where an int belongs", job(spsa_input, "algorithm", {"batch": "true"})),
+        (
+            "a trainer listed twice",
+            job(diloco_input, "trainers", {"keys": text([KEYS["trainer0"].public_key.hex()] * 2)}),
+        ),
+    ]
+    valid = from_dict(tomllib.loads(job(spsa_input, "algorithm", {})))
+    assert valid.data == from_dict(spsa_input).data, "the TOML form of a vector job must be the same job"
+    out = []
+    for name, doc in cases:
+        try:
+            from_dict(tomllib.loads(doc))
+        except UsageError:
+            out.append({"name": name, "toml": doc})
+        else:
+            raise AssertionError(f"the node accepts the refused job file {name!r}")
+    return out
+
+
+def refused_job_vectors(spec_data: dict[str, Any]) -> list[dict[str, Any]]:
+    """Validly signed TrainingJob messages whose spec a receiver refuses (the node's open_job):
+    `invalid` (no job file gives it), `not_canonical` (the job file it comes from gives other
+    bytes) or `wrong_network` (it names a network other than the one it is signed on)."""
+    author = KEYS["author"]
+    algo = spec_data["algorithm"]
+    cases = [
+        ("a float field signed as an int", {**spec_data, "algorithm": {**algo, "lr": 1}}, "not_canonical"),
+        (
+            "a field left out (its default not filled in)",
+            {**spec_data, "algorithm": {k: v for k, v in algo.items() if k != "eval_every"}},
+            "not_canonical",
+        ),
+        ("a spec version of 2", {**spec_data, "version": 2}, "invalid"),
+        ("steps of 0", {**spec_data, "algorithm": {**algo, "steps": 0}}, "invalid"),
+        ("trainer keys as hex text", {**spec_data, "trainers": [k.hex() for k in spec_data["trainers"]]}, "invalid"),
+        (
+            "a spec naming another network",
+            {**spec_data, "job": {**spec_data["job"], "network": "trustgen-other"}},
+            "wrong_network",
+        ),
+    ]
+    because = {"is invalid": "invalid", "canonical form": "not_canonical", "but its spec names": "wrong_network"}
+    out = []
+    for name, spec, reason in cases:
+        signed = sign(author, "TrainingJob", NETWORK, {"author": author.public_key, "spec": spec})
+        try:
+            open_job(signed.wire(), NETWORK)
+        except MessageError as e:
+            got = [r for k, r in because.items() if k in str(e)]
+            assert got == [reason], (name, str(e))
+        else:
+            raise AssertionError(f"the node accepts the refused job {name!r}")
+        out.append({"name": name, "signer": "author", "wire": signed.wire().hex(), "reason": reason})
+    return out
+
+
+def refused_update_vectors(spec: Any, params: dict[str, torch.Tensor]) -> list[dict[str, Any]]:
+    """Validly signed SpsaUpdates that the coordinator and a replayer refuse when applied at a step
+    (the node's SpsaState.apply), each with the code the replay reports."""
+    t0, t1 = KEYS["trainer0"], KEYS["trainer1"]
+    job_id = spec.id
+    good = [1.2906, 0.7713, 2.0412, 0.8969]  # their byte is 5 at scale 0.25
+
+    def update(who: Identity, step: int, q: int, diffs: list[Any]) -> Signed:
+        return sign(
+            who, "SpsaUpdate", NETWORK, {"trainer": who.public_key, "job": job_id, "step": step, "q": q, "diffs": diffs}
+        )
+
+    cases = [
+        ("a byte its samples do not give", [update(t0, 0, 6, good)], "wrong_scalar"),
+        ("three samples where the batch is four", [update(t0, 0, 5, good[:3])], "wrong_scalar"),
+        ("a sample beyond ±1e30", [update(t0, 0, 127, [1e31, 1.0, 1.0, 1.0])], "wrong_scalar"),
+        ("an int among the samples", [update(t0, 0, 5, [*good[:3], 1])], "wrong_scalar"),
+        ("a byte of 128", [update(t0, 0, 128, [1e3] * 4)], "out_of_range"),
+        ("an update for step 1 at step 0", [update(t0, 1, 5, good)], "wrong_step"),
+        (
+            "two updates from one trainer in one step",
+            [update(t1, 0, 0, [0.0] * 4), update(t0, 0, 5, good), update(t0, 0, 0, [0.0] * 4)],
+            "duplicate",
+        ),
+    ]
+    z = {n: torch.zeros_like(p) for n, p in params.items()}
+    out = []
+    for name, ups, code in cases:
+        state = SpsaState(spec, {n: p.clone() for n, p in params.items()}, step=0)
+        try:
+            state.apply(ups, z)
+        except UpdateError as e:
+            assert e.code == code, (name, e.code, str(e))
+        else:
+            raise AssertionError(f"the node applies the refused updates {name!r}")
+        out.append(
+            {
+                "name": name,
+                "step": 0,
+                "updates": [{"signer": NAME_OF[u.signer], "body": tj(u.body), "wire": u.wire().hex()} for u in ups],
+                "code": code,
+            }
+        )
+    return out
+
+
 def training_vectors(model: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     author = KEYS["author"]
     trainers = [KEYS[f"trainer{i}"] for i in range(3)]
@@ -1139,6 +1352,11 @@ def training_vectors(model: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
             "round": round_vec,
             "updates_digests": updates_out,
             "checkpoints": checkpoints,
+            "trimmed_k": trimmed_k_vectors(),
+            "delta_blobs": delta_blob_vectors(base),
+            "refused_specs": refused_spec_vectors(inputs["spsa job"], inputs["diloco job"]),
+            "refused_jobs": refused_job_vectors(specs["spsa job"].data),
+            "refused_updates": refused_update_vectors(spsa_spec, base),
         },
         msgs,
     )

@@ -55,7 +55,7 @@ def main() -> None:
     try:
         app()
     except TrustgenError as e:
-        sys.stderr.write(f"error: {e}\n")  # one line, never wrapped
+        sys.stderr.write("error: " + " ".join(str(e).split()) + "\n")  # one line, whatever the message holds
         sys.exit(2)
     except KeyboardInterrupt:
         sys.exit(130)

@@ -25,6 +25,12 @@ def apply_profile(spec: JobSpec, threads: int | None = None) -> ExecutionProfile
         # The device a spec names may not exist here: `cuda` without CUDA (ValueError), `cuda:x`
         # (torch.device's RuntimeError), a CUDA-less torch build (AssertionError).
         raise UsageError(f"profile.device {p['device']!r} cannot be used here ({e})") from None
+    if prof.device != "cpu":
+        # The objectives keep their tensors on the CPU; computing there while the profile claimed a
+        # GPU would record a profile the numbers did not come from.
+        raise UsageError(
+            f"profile.device {p['device']!r} cannot be used here (training runs on the CPU in this version)"
+        )
     # transformers warns per call about attention masks and loss types; training windows are
     # never padded, so the warnings are noise in a trainer's log.
     logging.getLogger("transformers").setLevel(logging.ERROR)

@@ -29,6 +29,8 @@ from trustgen.errors import TrustgenError
 from trustgen.training.spec import JobSpec, open_job
 
 MAX_UPDATES = 10_000_000
+MAX_JOB_BYTES = 1 << 20
+MAX_NOTES = 64 << 20
 MAX_LINE = 1 << 20  # a DeltaUpdate commits 32 bytes per inner step: 4,096 steps fit
 
 
@@ -112,8 +114,16 @@ class Run:
         return BlobDir(self.root / "blobs")
 
     def info(self) -> dict[str, Any]:
+        """The run's own notes (unsigned: shown to people, indexes checked against commitments,
+        never evidence). Missing, oversized or malformed notes read as none."""
         p = self.root / "run.json"
-        return json.loads(p.read_text()) if p.is_file() else {}
+        try:
+            if not stat.S_ISREG(p.lstat().st_mode) or p.stat().st_size > MAX_NOTES:
+                return {}
+            doc = json.loads(p.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        return doc if isinstance(doc, dict) else {}
 
 
 def _read_log(path: pathlib.Path, msg_type: str | tuple[str, ...], spec: JobSpec, job_id: bytes) -> list[Signed]:
@@ -156,9 +166,14 @@ def open_run(root: str | pathlib.Path, network: str | None = None) -> Run:
         raise RunError(f"{root} is not a run directory")
     job_file = root / "job.wire"
     try:
+        st = job_file.lstat()
+        if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_JOB_BYTES:
+            raise RunError(f"{job_file} is not a regular file of at most {MAX_JOB_BYTES >> 10} KiB")
         wire = job_file.read_bytes()
     except FileNotFoundError:
         raise RunError(f"{job_file} is missing") from None
+    except OSError as e:
+        raise RunError(f"{job_file}: {e.strerror}") from None
     try:
         msg, spec = open_job(wire, network or _network_of(wire))
     except MessageError as e:

@@ -156,9 +156,7 @@ class Coordinator:
         params = self.state.params
         loss = self.objective.eval_loss(params)
         if not math.isfinite(loss):
-            raise TrainingError(
-                f"held-out loss is {loss} at step {step}: the job diverged (lower its learning rate)"
-            )
+            raise TrainingError(f"held-out loss is {loss} at step {step}: the job diverged (lower its learning rate)")
         digest = checkpoint_digest(params)
         rec = sign(
             self.me,
