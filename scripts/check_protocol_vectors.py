@@ -14,6 +14,7 @@ import math
 import pathlib
 import struct
 import sys
+import tomllib
 import zlib
 from collections.abc import Callable
 from fractions import Fraction
@@ -1048,7 +1049,7 @@ SPEC_ALGORITHMS: dict[str, dict[str, tuple[str, Any, Any, Any, tuple[str, ...]]]
     },
     "diloco": {
         "rounds": ("int", 6, 1, 100_000, ()),
-        "inner_steps": ("int", 16, 1, 10_000, ()),
+        "inner_steps": ("int", 16, 1, 4096, ()),
         "batch": ("int", 8, 1, 1024, ()),
         "inner_lr": ("float", 1e-3, 0.0, 10.0, ()),
         "weight_decay": ("float", 0.0, 0.0, 1.0, ()),
@@ -1076,6 +1077,7 @@ def spec_section(name: str, fields: dict[str, tuple], raw: Any) -> dict[str, Any
         if typ == "float" and _TYPES["int"](v):
             v = float(v)
         expect(_TYPES[typ](v), f"job spec {name}.{k} is not a {typ}")
+        expect(typ != "float" or math.isfinite(v), f"job spec {name}.{k} = {v} is not finite")
         expect((lo is None or v >= lo) and (hi is None or v <= hi), f"job spec {name}.{k} = {v} out of bounds")
         expect(not choices or v in choices, f"job spec {name}.{k} = {v!r} is not one of {choices}")
         expect(not isinstance(v, str) or len(v) <= 4096, f"job spec {name}.{k} is too long")
@@ -1094,8 +1096,11 @@ def spec_from_input(raw: Any) -> dict[str, Any]:
     spec["algorithm"] = {"name": algo["name"], **spec_section("algorithm", SPEC_ALGORITHMS[algo["name"]], rest)}
     expect(spec["profile"]["device"].split(":")[0] in ("cpu", "cuda"), "job spec: profile.device")
     expect(all(spec[s]["digest"].startswith("sha256:") for s in ("model", "data")), "job spec: digests")
-    keys = (raw.get("trainers") or {"keys": []}).get("keys")
+    trainers = raw.get("trainers", {})
+    expect(isinstance(trainers, dict) and set(trainers) <= {"keys"}, "job spec: [trainers] holds only keys")
+    keys = trainers.get("keys", [])
     expect(isinstance(keys, list) and len(keys) <= MAX_TRAINERS, "job spec: trainers.keys")
+    expect(all(isinstance(k, str) for k in keys), "job spec: a trainer key is not hex text")
     spec["trainers"] = [unhex(k) for k in keys]
     expect(all(len(k) == 32 for k in spec["trainers"]), "job spec: a trainer key is not 32 bytes")
     expect(len(set(spec["trainers"])) == len(keys), "job spec: a trainer key is listed twice")
@@ -1103,14 +1108,30 @@ def spec_from_input(raw: Any) -> dict[str, Any]:
     return spec
 
 
-def check_canonical_spec(spec: Any, network: str, what: str) -> None:
-    """A spec as signed: it must be exactly what its own job-file form gives (canonical)."""
-    expect(isinstance(spec, dict) and spec.get("version") == 1 and _TYPES["int"](spec["version"]), f"{what}: version")
-    expect(isinstance(spec.get("trainers"), list) and all(isinstance(k, bytes) for k in spec["trainers"]), what)
+def spec_refusal(spec: Any, network: str) -> str | None:
+    """Why a signed spec is refused, or None: `invalid` when its job-file form (trainers back as
+    hex keys, version dropped) is no valid job, `not_canonical` when that job's canonical map
+    differs from the signed one in any byte (an int where a float belongs, a default left out),
+    `wrong_network` when it names a network other than the one it is signed on."""
+    if not (isinstance(spec, dict) and typed_equal(spec.get("version"), 1)):
+        return "invalid"
+    if not (isinstance(spec.get("trainers"), list) and all(isinstance(k, bytes) for k in spec["trainers"])):
+        return "invalid"
     as_input = {k: v for k, v in spec.items() if k not in ("trainers", "version")}
     as_input["trainers"] = {"keys": [k.hex() for k in spec["trainers"]]}
-    expect(typed_equal(spec_from_input(as_input), spec), f"{what}: the spec is not canonical")
-    expect(spec["job"]["network"] == network, f"{what}: the spec names another network")
+    try:
+        mine = spec_from_input(as_input)
+    except (Mismatch, ValueError, TypeError, AttributeError):
+        return "invalid"
+    if enc(mine) != enc(spec):  # bytes: 1 and 1.0 encode differently
+        return "not_canonical"
+    return None if spec["job"]["network"] == network else "wrong_network"
+
+
+def check_canonical_spec(spec: Any, network: str, what: str) -> None:
+    """A spec as signed: it must be exactly what its own job-file form gives (canonical)."""
+    why = spec_refusal(spec, network)
+    expect(why is None, f"{what}: the spec is refused ({why})")
 
 
 def job_id(spec: dict[str, Any]) -> bytes:
@@ -1162,7 +1183,38 @@ def check_arithmetic(body: dict[str, Any], spec: dict[str, Any], what: str) -> N
     """An SpsaUpdate's byte is the scalar of its committed values, one per sample of the batch."""
     hp = spec["algorithm"]
     same(len(body["diffs"]), hp["batch"], f"{what}: committed samples")
+    expect(all(_TYPES["float"](d) and abs(d) <= DMAX for d in body["diffs"]), f"{what}: samples within ±1e30")
     same(scalar(body["diffs"], hp["scale"]), body["q"], f"{what}: byte of its diffs")
+
+
+def update_refusal(updates: list[dict[str, Any]], step: int, spec: dict[str, Any]) -> str | None:
+    """Why a step's SpsaUpdates cannot be applied at `step` (the code a replay reports), or None:
+    checked in order, update by update: its step, one update per trainer, the byte's range, then
+    its arithmetic (every update, not a sample of them)."""
+    hp, seen = spec["algorithm"], set()
+    for b in updates:
+        if b["step"] != step:
+            return "wrong_step"
+        if b["trainer"] in seen:
+            return "duplicate"
+        if not -127 <= b["q"] <= 127:
+            return "out_of_range"
+        d = b["diffs"]
+        if len(d) != hp["batch"] or not all(_TYPES["float"](x) and abs(x) <= DMAX for x in d):
+            return "wrong_scalar"
+        if scalar(d, hp["scale"]) != b["q"]:
+            return "wrong_scalar"
+        seen.add(b["trainer"])
+    return None
+
+
+def trimmed_k(n: int, trim: float) -> int:
+    """Values the trimmed mean cuts from each side of n: floor(trim * n) with the product in
+    binary64, at least 1 when trim > 0 and n >= 3, at most (n - 1) // 2 (one value always stays)."""
+    k = math.floor(trim * n)
+    if trim > 0 and n >= 3:
+        k = max(1, k)
+    return min(k, (n - 1) // 2)
 
 
 def f32(x: float) -> float:
@@ -1212,6 +1264,83 @@ def safetensors(tensors: list[tuple[str, str, list[int], bytes]]) -> bytes:
     return len(header).to_bytes(8, "little") + header + data
 
 
+MAX_DELTA_ABS = 1e6
+ST_DTYPES = {"F64": ("<d", 8), "F32": ("<f", 4), "F16": ("<e", 2), "I64": ("<q", 8), "I32": ("<i", 4), "I8": ("b", 1)}
+
+
+class BadBlob(Exception):
+    pass
+
+
+def read_safetensors(blob: bytes) -> dict[str, tuple[str, list[int], list[Any]]]:
+    """name -> (dtype code, shape, row-major values) of a safetensors blob: u64le(N), an N-byte JSON
+    header, then the data section, which the tensors' offsets must cover exactly, in order."""
+    if len(blob) < 8:
+        raise BadBlob("shorter than its header length")
+    n = int.from_bytes(blob[:8], "little")
+    if n > len(blob) - 8:
+        raise BadBlob("header longer than the blob")
+    try:
+        header = json.loads(blob[8 : 8 + n].decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise BadBlob("header is not JSON") from None
+    if not isinstance(header, dict):
+        raise BadBlob("header is not an object")
+    data = blob[8 + n :]
+    header.pop("__metadata__", None)
+    out, spans = {}, []
+    for name, info in header.items():
+        if not (isinstance(info, dict) and info.get("dtype") in ST_DTYPES):
+            raise BadBlob(f"tensor {name}: unknown dtype")
+        shape, (b, e) = info["shape"], info["data_offsets"]
+        fmt, size = ST_DTYPES[info["dtype"]]
+        count = math.prod(shape)
+        if not (0 <= b <= e <= len(data) and e - b == count * size):
+            raise BadBlob(f"tensor {name}: offsets do not fit its shape")
+        out[name] = (info["dtype"], shape, [struct.unpack_from(fmt, data, b + i * size)[0] for i in range(count)])
+        spans.append((b, e))
+    end = 0
+    for b, e in sorted(spans):
+        if b != end:
+            raise BadBlob("tensors overlap or leave a gap")
+        end = e
+    if end != len(data):
+        raise BadBlob("bytes after the last tensor")
+    return out
+
+
+def decode_delta(blob: bytes, params: dict[str, list[int]], fmt: str) -> tuple[str | None, dict[str, list[float]]]:
+    """(why refused or None, the delta per float32 parameter) of a delta blob, section 15.5's rules in
+    order: the layout (exactly the format's tensors, dtypes and shapes), every F32 value finite,
+    every int8 scale within [0, 1e6/127], every decoded value within ±1e6."""
+    try:
+        got = read_safetensors(blob)
+    except BadBlob:
+        return "layout", {}
+    if fmt == "float32":
+        want = {"f/" + n: ("F32", shape) for n, shape in params.items()}
+    else:
+        want = {k: v for n, shape in params.items() for k, v in (("q/" + n, ("I8", shape)), ("s/" + n, ("F32", [])))}
+    if set(got) != set(want) or any(list(got[k][:2]) != list(want[k]) for k in want):
+        return "layout", {}
+    if not all(math.isfinite(x) for dt, _, vals in got.values() if dt == "F32" for x in vals):
+        return "not_finite", {}
+    if fmt == "float32":
+        out = {n: got["f/" + n][2] for n in params}
+    else:
+        if not all(0.0 <= got["s/" + n][2][0] <= MAX_DELTA_ABS / 127 for n in params):
+            return "scale", {}
+        out = {n: [f32(q * got["s/" + n][2][0]) for q in got["q/" + n][2]] for n in params}
+    if not all(abs(x) <= MAX_DELTA_ABS for vals in out.values() for x in vals):
+        return "too_large", {}
+    return None, out
+
+
+def bits(values: list[float]) -> list[str]:
+    """Floats as their binary64 bytes, so that -0.0 and 0.0 differ."""
+    return [struct.pack(">d", v).hex() for v in values]
+
+
 def int8_delta(values: list[float]) -> tuple[list[int], float]:
     """q and the scale of one float32 tensor's delta."""
     amax = max((abs(v) for v in values), default=0.0)
@@ -1246,6 +1375,9 @@ def check_round(r: dict[str, Any], by_name: dict[str, dict[str, Any]], keys: dic
         same(blob.hex(), tr["blob"], f"{what}: int8 delta blob")
         same(hashlib.sha256(blob).hexdigest(), tr["blob_digest"], f"{what}: delta blob digest")
         same(decoded, tr["decoded"], f"{what}: decoded delta")
+        why, back = decode_delta(blob, {n: base[n]["shape"] for n in base}, "int8")
+        expect(why is None, f"{what}: its own int8 blob is refused ({why})")
+        same([bits(back[n]) for n in sorted(base)], [bits(t["values"]) for t in decoded], f"{what}: blob decoding")
         if tr["trainer"] == r["float32_blob"]["trainer"]:
             same(safetensors(st_f32).hex(), r["float32_blob"]["blob"], f"{what}: float32 delta blob")
             same(delta, r["float32_blob"]["decoded"], f"{what}: decoded float32 delta")
@@ -1272,7 +1404,7 @@ def updates_digest(ids: list[bytes]) -> bytes:
     return hashlib.sha256(D["TRAIN_UPDATES"] + enc(ids)).digest()
 
 
-def check_training(t: dict[str, Any], messages: list[dict[str, Any]], keys: dict[str, bytes]) -> None:
+def check_training(t: dict[str, Any], messages: list[dict[str, Any]], keys: dict[str, bytes], net: str) -> None:
     by_name = {m["name"]: m for m in messages}
     specs = {}
     for j in t["jobs"]:
@@ -1332,6 +1464,53 @@ def check_training(t: dict[str, Any], messages: list[dict[str, Any]], keys: dict
         same(body["digest"], tensor_digests[c["tensors"]], f"{what}: digest")
         ids = [msg_id(unhex(by_name[n]["payload"])) for n in c["updates"]]
         same(body["updates"], updates_digest(ids), f"{what}: updates")
+    for row in t["trimmed_k"]:
+        got = [trimmed_k(n, row["trim"]) for n in row["n"]]
+        same(got, row["k"], f"training trimmed_k at trim {row['trim']!r} for n = {row['n']}")
+    check_delta_blobs(t["delta_blobs"])
+    for v in t["refused_specs"]:
+        what = f"training refused job file {v['name']!r}"
+        try:
+            spec_from_input(tomllib.loads(v["toml"]))
+        except Mismatch:
+            continue
+        raise Mismatch(f"{what}: accepted, but it must be refused")
+    for v in t["refused_jobs"]:
+        what = f"training refused job {v['name']!r}"
+        body, _ = open_wire(unhex(v["wire"]), "TrainingJob", net, what)
+        same(body["author"], keys[v["signer"]], f"{what}: signer")
+        why = spec_refusal(body["spec"], net)
+        expect(why is not None, f"{what}: its spec is accepted, but it must be refused ({v['reason']})")
+        same(why, v["reason"], f"{what}: reason")
+    for v in t["refused_updates"]:
+        what = f"training refused updates {v['name']!r}"
+        bodies = []
+        for u in v["updates"]:
+            body, _ = open_wire(unhex(u["wire"]), "SpsaUpdate", net, what)
+            expect(typed_equal(body, from_tagged(u["body"])) and body["trainer"] == keys[u["signer"]], what)
+            bodies.append(body)
+        spec = specs.get(bodies[0]["job"])
+        expect(spec is not None and all(b["job"] == bodies[0]["job"] for b in bodies), f"{what}: unknown job")
+        why = update_refusal(bodies, v["step"], spec)
+        expect(why is not None, f"{what}: applied, but they must be refused ({v['code']})")
+        same(why, v["code"], f"{what}: code")
+
+
+def check_delta_blobs(d: dict[str, Any]) -> None:
+    same(d["max_abs"], MAX_DELTA_ABS, "training delta blobs: the bound on values")
+    expect(all(p["dtype"] == "float32" for p in d["params"]), "training delta blobs: float32 parameters")
+    params = {p["name"]: p["shape"] for p in d["params"]}
+    for v in d["blobs"]:
+        what = f"training delta blob {v['name']!r}"
+        why, decoded = decode_delta(unhex(v["blob"]), params, v["format"])
+        if not v["accept"]:
+            expect(why is not None, f"{what}: accepted, but it must be refused ({v['reason']})")
+            same(why, v["reason"], f"{what}: reason")
+            continue
+        expect(why is None, f"{what}: refused ({why}), but it must be accepted")
+        want = [{"name": n, "dtype": "float32", "shape": params[n], "values": decoded[n]} for n in sorted(params)]
+        same([bits(x["values"]) for x in want], [bits(x["values"]) for x in v["decoded"]], f"{what}: decoded")
+        expect(all(typed_equal(a, b) for a, b in zip(want, v["decoded"])), f"{what}: decoded layout")
 
 
 # -- encoding vectors ---------------------------------------------------------------------------------
@@ -1384,7 +1563,7 @@ def check(doc: dict[str, Any]) -> int:
         ("sampling", lambda: check_sampling(doc["sampling"])),
         ("outputs", lambda: check_outputs(doc["outputs"])),
         ("fingerprints", lambda: check_fingerprints(doc["fingerprints"])),
-        ("training", lambda: check_training(doc["training"], doc["messages"], keys)),
+        ("training", lambda: check_training(doc["training"], doc["messages"], keys, net)),
     ]
     for name, step in steps:
         try:
