@@ -10,21 +10,25 @@ import importlib.util
 import json
 import pathlib
 import random
+import struct
 import subprocess
 import sys
+import tomllib
 from typing import Any
 
 import pytest
+import torch
 
 from trustgen.consensus import domains, merkle
 from trustgen.consensus.encoding import MAGIC, encode
 from trustgen.consensus.identity import Identity
 from trustgen.consensus.ledger import ENTRY_SCHEMAS, entry_hash
-from trustgen.consensus.messages import SCHEMAS, MessageError, Signed, message_id, open_payload, sign
+from trustgen.consensus.messages import SCHEMAS, MessageError, Signed, message_id, open_payload, open_wire, sign
 from trustgen.engines import outputs, sampling
 from trustgen.engines.registry import model_digest
+from trustgen.errors import UsageError
 from trustgen.gossip import session
-from trustgen.training import data, diloco, job, records, spec, spsa, tensors
+from trustgen.training import aggregate, data, diloco, job, records, spec, spsa, tensors
 from trustgen.training.checks import check_arithmetic
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -274,3 +278,190 @@ def test_the_second_implementation_computes_the_node_scalar_and_quantise() -> No
     for g in [*specials, 31.625, -31.625, 126.5 * 0.25, 127 * 0.25, 1e308]:
         for scale in scales:
             assert mod.quantise(g, scale) == spsa.quantise(g, scale), (g, scale)
+
+
+def _base(doc: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The parameters the delta blob vectors are decoded against, as the node's tensors."""
+    return {p["name"]: torch.zeros(p["shape"], dtype=torch.float32) for p in doc["training"]["delta_blobs"]["params"]}
+
+
+def test_the_node_decides_every_training_refusal_as_the_vectors_say() -> None:
+    """The vectors the generator asserted, checked again from the file: the node's trimmed_k, its
+    delta decoding, its spec parser, open_job and replay's SpsaState give what each vector says."""
+    doc = json.loads(VECTORS.read_text(encoding="utf-8"))
+    t = doc["training"]
+    for row in t["trimmed_k"]:
+        assert [aggregate.trimmed_k(n, row["trim"]) for n in row["n"]] == row["k"], row["trim"]
+    base = _base(doc)
+    for v in t["delta_blobs"]["blobs"]:
+        blob = bytes.fromhex(v["blob"])
+        if not v["accept"]:
+            with pytest.raises(tensors.TensorError):
+                diloco.decode_delta(blob, base, v["format"], v["name"])
+            continue
+        got = diloco.decode_delta(blob, base, v["format"], v["name"])
+        for want in v["decoded"]:
+            have = got[want["name"]].flatten().tolist()
+            assert [struct.pack(">d", x) for x in have] == [struct.pack(">d", x) for x in want["values"]], v["name"]
+    for v in t["refused_specs"]:
+        with pytest.raises(UsageError):
+            spec.from_dict(tomllib.loads(v["toml"]))
+    for v in t["refused_jobs"]:
+        with pytest.raises(MessageError):
+            spec.open_job(bytes.fromhex(v["wire"]), doc["network"])
+    spsa_spec = spec.from_dict(next(j["input"] for j in t["jobs"] if j["name"] == "spsa job"))
+    for v in t["refused_updates"]:
+        ups = [open_wire(bytes.fromhex(u["wire"]), "SpsaUpdate", doc["network"]) for u in v["updates"]]
+        state = job.SpsaState(spsa_spec, {n: x.clone() for n, x in base.items()}, step=v["step"])
+        with pytest.raises(job.UpdateError) as e:
+            state.apply(ups, {n: torch.zeros_like(x) for n, x in base.items()})
+        assert e.value.code == v["code"], v["name"]
+
+
+def _training_vector(doc: dict[str, Any], key: str, name: str) -> dict[str, Any]:
+    items = doc["training"][key]["blobs"] if key == "delta_blobs" else doc["training"][key]
+    return next(v for v in items if v["name"] == name)
+
+
+def _accept_a_refused_blob(doc: dict[str, Any]) -> None:
+    v = _training_vector(doc, "delta_blobs", "int8: a negative scale")
+    v["blob"] = _training_vector(doc, "delta_blobs", "int8: the largest scale (127 of it decodes to exactly 1e6)")[
+        "blob"
+    ]
+
+
+def _accept_a_refused_job_file(doc: dict[str, Any]) -> None:
+    v = _training_vector(doc, "refused_specs", "inner_steps above 4096")
+    v["toml"] = v["toml"].replace("inner_steps = 4097", "inner_steps = 4096")
+
+
+def _accept_a_refused_job(doc: dict[str, Any]) -> None:
+    valid = next(m for m in doc["messages"] if m["name"] == "training spsa job")
+    _training_vector(doc, "refused_jobs", "a float field signed as an int")["wire"] = valid["wire"]
+
+
+def _accept_refused_updates(doc: dict[str, Any]) -> None:
+    valid = next(m for m in doc["messages"] if m["name"] == "spsa update trainer0")
+    v = _training_vector(doc, "refused_updates", "a byte its samples do not give")
+    v["updates"] = [{"signer": "trainer0", "body": valid["body"], "wire": valid["wire"]}]
+
+
+def _change(key: str, name: str, field: str, value: Any) -> Any:
+    return lambda doc: _training_vector(doc, key, name).__setitem__(field, value)
+
+
+def _change_k(doc: dict[str, Any]) -> None:
+    row = next(r for r in doc["training"]["trimmed_k"] if r["trim"] == 0.2)
+    row["k"][row["n"].index(4)] = 0  # floor(0.2 * 4) = 0, but four trainers cut one from each side
+
+
+def _change_decoded(doc: dict[str, Any]) -> None:
+    v = _training_vector(doc, "delta_blobs", "int8: a scale of -0.0 is a zero scale")
+    v["decoded"][1]["values"][0] = 0.0  # 1 · -0.0 is -0.0
+
+
+@pytest.mark.parametrize(
+    "change, named",
+    [
+        (_change_k, "training trimmed_k at trim 0.2"),
+        (_accept_a_refused_blob, "delta blob 'int8: a negative scale': accepted, but it must be refused"),
+        (_change_decoded, "delta blob 'int8: a scale of -0.0 is a zero scale': decoded"),
+        (_change("delta_blobs", "int8: a NaN scale", "reason", "scale"), "delta blob 'int8: a NaN scale': reason"),
+        (
+            _change("delta_blobs", "float32: the next binary32 above 1e6", "reason", "not_finite"),
+            "delta blob 'float32: the next binary32 above 1e6': reason",
+        ),
+        (_accept_a_refused_job_file, "job file 'inner_steps above 4096': accepted, but it must be refused"),
+        (_accept_a_refused_job, "job 'a float field signed as an int': its spec is accepted"),
+        (
+            _change("refused_jobs", "a field left out (its default not filled in)", "reason", "invalid"),
+            "job 'a field left out (its default not filled in)': reason",
+        ),
+        (_accept_refused_updates, "updates 'a byte its samples do not give': applied, but they must be refused"),
+        (
+            _change("refused_updates", "two updates from one trainer in one step", "code", "wrong_scalar"),
+            "updates 'two updates from one trainer in one step': code",
+        ),
+    ],
+)
+def test_the_second_implementation_holds_the_training_refusals(tmp_path: pathlib.Path, change: Any, named: str) -> None:
+    doc = json.loads(VECTORS.read_text(encoding="utf-8"))
+    change(doc)
+    bad = tmp_path / "vectors.json"
+    bad.write_text(json.dumps(doc), encoding="utf-8")
+    r = run(CHECK, bad)
+    assert r.returncode == 1 and r.stderr.startswith("MISMATCH ") and named in r.stderr, r.stderr
+
+
+def test_the_second_implementation_computes_the_node_trimmed_k() -> None:
+    mod = checker()
+    rng = random.Random(20261201)
+    trims = [0.0, 0.49, 5e-324, 0.2, 0.25, 1 / 3, *(rng.uniform(0, 0.49) for _ in range(200))]
+    for trim in trims:
+        for n in range(1, spec.MAX_TRAINERS + 1):
+            assert mod.trimmed_k(n, trim) == aggregate.trimmed_k(n, trim), (n, trim)
+
+
+def _node_reason(blob: bytes, base: dict[str, torch.Tensor], fmt: str) -> tuple[str | None, dict[str, list[float]]]:
+    """The node's decision on a delta blob, named as the vectors name it."""
+    try:
+        got = diloco.decode_delta(blob, base, fmt, "blob")
+    except tensors.TensorError as e:
+        for words, reason in (
+            ("non-finite", "not_finite"),
+            ("negative or out of range", "scale"),
+            ("not finite or exceeds", "too_large"),
+        ):
+            if words in str(e):
+                return reason, {}
+        return "layout", {}
+    return None, {n: t.flatten().tolist() for n, t in got.items()}
+
+
+def test_the_second_implementation_decodes_delta_blobs_like_the_node() -> None:
+    """Random int8 and float32 blobs, scales and values around every bound and special value: the
+    second implementation accepts, refuses (for the same reason) and decodes as the node does."""
+    mod = checker()
+    assert mod.MAX_DELTA_ABS == diloco.MAX_DELTA_ABS
+    rng = random.Random(20261202)
+    base = {"a": torch.zeros(3), "b.w": torch.zeros(2, 2)}
+    bound = torch.tensor(diloco.MAX_DELTA_ABS / diloco.QMAX, dtype=torch.float32)
+    big = torch.tensor(diloco.MAX_DELTA_ABS, dtype=torch.float32)
+    scales = [
+        0.0, -0.0, 1e-30, 0.5, float(bound), float(torch.nextafter(bound, torch.tensor(1e9))),
+        -1e-45, float("nan"), float("inf"), -float("inf"), 3e38,
+    ]  # fmt: skip
+    values = [
+        0.0, -0.0, 1.5, -2.25, 5e-45, float(big), -float(big), float(torch.nextafter(big, torch.tensor(2e6))),
+        float("nan"), float("inf"), -float("inf"), 3e38,
+    ]  # fmt: skip
+    seen = set()
+    for _ in range(400):
+        if rng.random() < 0.5:
+            ts = {}
+            for n, p in base.items():
+                ts["q/" + n] = torch.tensor([rng.randint(-128, 127) for _ in range(p.numel())], dtype=torch.int8)
+                ts["q/" + n] = ts["q/" + n].reshape(p.shape)
+                ts["s/" + n] = torch.tensor(
+                    rng.choice(scales) if rng.random() < 0.3 else rng.random(), dtype=torch.float32
+                )
+            fmt = "int8"
+        else:
+            ts = {
+                "f/" + n: torch.tensor(
+                    [rng.choice(values) if rng.random() < 0.2 else rng.gauss(0, 100) for _ in range(p.numel())],
+                    dtype=torch.float32,
+                ).reshape(p.shape)
+                for n, p in base.items()
+            }
+            fmt = "float32"
+        if rng.random() < 0.1:  # a layout the format does not have
+            ts.pop(rng.choice(sorted(ts)))
+        blob = tensors.to_bytes(ts)
+        want, decoded = _node_reason(blob, base, fmt)
+        got, mine = mod.decode_delta(blob, {n: list(p.shape) for n, p in base.items()}, fmt)
+        assert got == want, (fmt, ts)
+        seen.add(want)
+        for n in decoded:
+            assert [struct.pack(">d", x) for x in mine[n]] == [struct.pack(">d", x) for x in decoded[n]], (n, ts)
+    assert seen == {None, "layout", "not_finite", "scale", "too_large"}, seen
