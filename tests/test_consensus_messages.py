@@ -115,7 +115,7 @@ def test_a_version_encoded_as_true_is_refused():
 
 def test_training_messages_sign_open_and_refuse_a_boolean_count():
     trainer = ident(32)
-    body = {"trainer": trainer.public_key, "job": b"\x07" * 32, "step": 4, "q": -127}
+    body = {"trainer": trainer.public_key, "job": b"\x07" * 32, "step": 4, "q": -127, "diffs": [-1e30, 0.5]}
     msg = sign(trainer, "SpsaUpdate", NET, body)
     assert open_wire(msg.wire(), "SpsaUpdate", NET).body == body
     with pytest.raises(MessageError, match="expected a DeltaUpdate, got a SpsaUpdate"):
