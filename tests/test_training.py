@@ -399,3 +399,32 @@ def test_a_duplicated_delta_is_named_and_cross_profile_replay_re_executes(
     (d / "updates.log").write_text("\n".join([lines[0], *lines]) + "\n")
     r = cli("replay", str(d), "--json", "--mode", "deltas", "--no-losses")
     assert r.returncode == 1 and json.loads(r.stdout)["first_bad"]["what"] == "duplicate", r.stdout
+
+
+@pytest.mark.slow
+def test_replay_checks_the_final_model_and_every_evaluation_point(
+    spsa_run: pathlib.Path, tmp_path: pathlib.Path
+) -> None:
+    import shutil
+
+    rep = json.loads(cli("replay", str(spsa_run), "--json", "--no-losses").stdout)
+    info = json.loads((spsa_run / "run.json").read_text())
+    assert rep["ok"] and rep["final_step"] == info["final_step"]
+    # a final model that is not the best checkpoint: one weight file byte changed
+    d = pathlib.Path(shutil.copytree(spsa_run, tmp_path / "final"))
+    weights = d / "final" / "model.safetensors"
+    raw = bytearray(weights.read_bytes())
+    raw[-1] ^= 1
+    weights.write_bytes(bytes(raw))
+    r = cli("replay", str(d), "--json", "--no-losses")
+    assert r.returncode == 1 and json.loads(r.stdout)["first_bad"]["what"] == "final"
+    # an evaluation point whose record was dropped
+    d = pathlib.Path(shutil.copytree(spsa_run, tmp_path / "gap"))
+    lines = (d / "checkpoints.log").read_text().splitlines()
+    (d / "checkpoints.log").write_text("\n".join([lines[0], lines[2]]) + "\n")
+    r = cli("replay", str(d), "--json", "--no-losses")
+    assert r.returncode == 1 and json.loads(r.stdout)["first_bad"] == {
+        "step": 3,
+        "what": "missing_checkpoint",
+        "detail": "no record at this evaluation point",
+    }

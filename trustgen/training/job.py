@@ -111,6 +111,15 @@ class DilocoState:
         self.step += 1
 
 
+def evaluation_points(spec: JobSpec) -> set[int]:
+    """The steps (SPSA) or rounds (local SGD) after which a checkpoint is evaluated and recorded:
+    the start, every `eval_every` steps and the last step; every round."""
+    a = spec.algorithm
+    if a["name"] == "spsa":
+        return {0, a["steps"], *range(a["eval_every"], a["steps"] + 1, a["eval_every"])}
+    return set(range(a["rounds"] + 1))
+
+
 def start_state(spec: JobSpec, objective: Objective) -> SpsaState | DilocoState:
     return (SpsaState if spec.algorithm["name"] == "spsa" else DilocoState).start(spec, objective)
 

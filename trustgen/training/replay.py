@@ -11,15 +11,25 @@ aggregation (`deltas`).
 from __future__ import annotations
 
 import pathlib
+import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from trustgen.consensus.messages import Signed
+from trustgen.engines.registry import model_digest
 from trustgen.errors import TrustgenError
 from trustgen.training import diloco
 from trustgen.training.checks import CheckResult, check_delta, check_inner_step, check_scalar
-from trustgen.training.job import DilocoState, SpsaState, UpdateError, by_trainer, checkpoint_digest, start_state
+from trustgen.training.job import (
+    DilocoState,
+    SpsaState,
+    UpdateError,
+    by_trainer,
+    checkpoint_digest,
+    evaluation_points,
+    start_state,
+)
 from trustgen.training.objectives import load_objective
 from trustgen.training.profile import apply_profile, profile_dict
 from trustgen.training.records import Run, RunError, open_run, updates_digest
@@ -39,6 +49,7 @@ class ReplayReport:
     checkpoints: int
     final_digest: str
     first_bad: dict[str, Any] | None = None
+    final_step: int | None = None  # the best held-out checkpoint: the job's final model
     same_profile: bool = True
     profile: dict[str, Any] = field(default_factory=dict)
     cpu_s: float = 0.0
@@ -51,6 +62,7 @@ class ReplayReport:
             "checkpoints": self.checkpoints,
             "final_digest": self.final_digest,
             "first_bad": self.first_bad,
+            "final_step": self.final_step,
             "same_profile": self.same_profile,
             "profile": self.profile,
             "cpu_s": self.cpu_s,
@@ -109,12 +121,24 @@ def replay(
     records = _records(run, total, key)
     if not records:
         raise RunError("checkpoints.log records no checkpoint: nothing to replay against")
+    points = evaluation_points(spec)
+    stray = sorted(set(records) - points)
+    if stray:
+        raise RunError(f"checkpoints.log records {key} {stray[0]}, which is not an evaluation point of this job")
+    best: list[Any] = []  # [loss, step, params] of the best recorded checkpoint so far
     applied: list[Signed] = []
     report = ReplayReport(True, spec.id.hex(), 0, 0, "", same_profile=same, profile=prof)
 
     def compare(step: int) -> bool:
         rec = records.get(step)
         if rec is None:
+            if step in points and step <= max(records):
+                report.first_bad = {
+                    key: step,
+                    "what": "missing_checkpoint",
+                    "detail": "no record at this evaluation point",
+                }
+                return False
             return True
         report.checkpoints += 1
         digest = checkpoint_digest(state.params)
@@ -143,6 +167,8 @@ def replay(
                     "detail": f"recomputed {loss!r}, recorded {ref!r}",
                 }
                 return False
+        if not best or rec.body["heldout_loss"] < best[0]:
+            best[:] = [rec.body["heldout_loss"], step, {n: v.clone() for n, v in state.params.items()}]
         return True
 
     if not compare(0):
@@ -174,7 +200,26 @@ def replay(
             "what": "truncated",
             "detail": f"checkpoints stop at {key} {last_record} of {total}",
         }
+        return _done(report, c0)
+    report.final_step = best[1]
+    final = run.root / "final"
+    if final.is_dir() and not _final_matches(objective, best[2], final):
+        report.ok = False
+        report.first_bad = {
+            key: best[1],
+            "what": "final",
+            "detail": f"{final} is not the best held-out checkpoint ({key} {best[1]}) saved as a model directory",
+        }
     return _done(report, c0)
+
+
+def _final_matches(objective: Any, params: Any, final: pathlib.Path) -> bool:
+    """The run's final model directory is exactly the best checkpoint saved by the objective
+    (saving is deterministic, so the two directories' content digests must be equal)."""
+    with tempfile.TemporaryDirectory() as td:
+        mine = pathlib.Path(td) / "final"
+        objective.save(params, mine)
+        return model_digest(mine) == model_digest(final)
 
 
 def _done(report: ReplayReport, c0: float) -> ReplayReport:

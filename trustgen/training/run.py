@@ -31,6 +31,7 @@ from trustgen.training.job import (
     UpdateError,
     by_trainer,
     checkpoint_digest,
+    evaluation_points,
     snapshot,
     start_state,
 )
@@ -186,6 +187,7 @@ class Coordinator:
     def run_spsa(self) -> None:
         assert isinstance(self.state, SpsaState)
         hp = self.spec.algorithm
+        points = evaluation_points(self.spec)
         for t in range(hp["steps"]):
             z = self.state.direction()
             got: list[Signed] = []
@@ -216,7 +218,7 @@ class Coordinator:
             for peer in self.live():
                 self.send(peer, ("apply", wires), t)
             self.state.apply(got, z)
-            if (t + 1) % hp["eval_every"] == 0 or t + 1 == hp["steps"]:
+            if t + 1 in points:
                 self.evaluate(t + 1)
             if self.progress:
                 self.progress(t + 1, hp["steps"], self.evals[-1] if self.evals else {})
