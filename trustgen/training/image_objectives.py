@@ -32,7 +32,7 @@ from trustgen.engines.registry import ModelRef
 from trustgen.errors import ModelError, UsageError
 from trustgen.training.corpus import image_files
 from trustgen.training.data import Split, split
-from trustgen.training.objectives import DTYPES, EVAL_BATCH, _copy_rest, resolve_base, resolve_data
+from trustgen.training.objectives import DTYPES, _copy_rest, heldout_loss, resolve_base, resolve_data
 from trustgen.training.spec import JobSpec
 from trustgen.training.tensors import Tensors
 
@@ -209,13 +209,7 @@ class _Denoising(ABC):
         return ((pred - self.target[idx]) ** 2).flatten(1).mean(dim=1)
 
     def eval_loss(self, params: Tensors) -> float:
-        idx = list(self.split.eval)
-        total = 0.0
-        with torch.no_grad():
-            for i in range(0, len(idx), EVAL_BATCH):
-                part = idx[i : i + EVAL_BATCH]
-                total += float(self.loss(params, part).double()) * len(part)
-        return total / len(idx)
+        return heldout_loss(self, params)
 
 
 def _to(module: _M, dtype: torch.dtype) -> _M:

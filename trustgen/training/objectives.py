@@ -120,13 +120,7 @@ class CausalLM:
         return per_token.view(len(indices), -1).mean(dim=1)
 
     def eval_loss(self, params: Tensors) -> float:
-        idx = list(self.split.eval)
-        total = 0.0
-        with torch.no_grad():
-            for i in range(0, len(idx), EVAL_BATCH):
-                part = idx[i : i + EVAL_BATCH]
-                total += float(self.loss(params, part).double()) * len(part)
-        return total / len(idx)
+        return heldout_loss(self, params)
 
     def save(self, params: Tensors, out: pathlib.Path) -> None:
         out.mkdir(parents=True, exist_ok=True)
@@ -135,6 +129,24 @@ class CausalLM:
                 p.copy_(params[n])
         self.model.save_pretrained(out, safe_serialization=True)
         _copy_rest(self.ref.path, out)
+
+
+class Evaluable(Protocol):
+    split: Split
+
+    def loss(self, params: Tensors, indices: list[int]) -> torch.Tensor: ...
+
+
+def heldout_loss(objective: Evaluable, params: Tensors) -> float:
+    """Mean loss over the evaluation windows, in fixed batches (one definition for every
+    objective, so every checkpoint's recorded loss is computed the same way)."""
+    idx = list(objective.split.eval)
+    total = 0.0
+    with torch.no_grad():
+        for i in range(0, len(idx), EVAL_BATCH):
+            part = idx[i : i + EVAL_BATCH]
+            total += float(objective.loss(params, part).double()) * len(part)
+    return total / len(idx)
 
 
 def _copy_rest(base: pathlib.Path, out: pathlib.Path) -> None:
