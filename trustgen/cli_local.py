@@ -139,15 +139,18 @@ def keys_show(
 
 
 def audit(
-    path: pathlib.Path = typer.Argument(..., help="A node data directory or a ledger.db file."),
+    paths: list[pathlib.Path] = typer.Argument(
+        ..., help="Node data directories, a cluster directory or ledger.db files (every ledger.db under each)."
+    ),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Verify every feed, link, signature, assignment, decision and commitment. Exit 0 when
-    clean, 1 on violations, 2 on unusable input."""
-    from trustgen.consensus.audit import audit_path
+    """Verify every feed, link, signature, assignment, vote, decision and commitment; with several
+    ledgers, also every replica of every feed against the others. Exit 0 when clean, 1 on
+    violations, 2 on unusable input."""
+    from trustgen.consensus.audit import audit_paths
     from trustgen.node.report import print_audit
 
-    reports = audit_path(path)
+    reports = audit_paths(paths)
     ok = all(r.ok for r in reports)
     if as_json:
         emit({"ok": ok, "ledgers": [r.to_dict() for r in reports]}, True)

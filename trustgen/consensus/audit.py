@@ -1,5 +1,7 @@
 """Audit a node's ledger from its bytes alone: every feed, link and signature, every verifier
-assignment and majority decision, the node's own Merkle commitments, and equivocation evidence.
+assignment, recorded vote and majority decision, the node's own Merkle commitments, and
+equivocation evidence. Several ledgers (a cluster directory, or several paths) are then
+cross-checked replica against replica (audit_replicas).
 
 Violations are things the ledger must not contain (a broken chain, a forged signature, a
 certificate that contradicts its votes). Equivocations backed by valid evidence are findings:
@@ -8,18 +10,16 @@ the ledger did its job by recording them.
 
 from __future__ import annotations
 
-import multiprocessing
-import os
 import pathlib
 import sqlite3
 from collections import defaultdict
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from trustgen.consensus import merkle
 from trustgen.consensus.assignment import effective_verifiers, rank
-from trustgen.consensus.identity import verify
+from trustgen.consensus.audit_checks import accusation_problem, verify_all
+from trustgen.consensus.audit_replicas import Replica, cross_check
 from trustgen.consensus.ledger import ZERO, Entry, entry_hash, leaf_data, parse_entry
 from trustgen.consensus.messages import MessageError, open_wire
 from trustgen.consensus.tally import PENDING, tally
@@ -27,7 +27,6 @@ from trustgen.errors import TrustgenError
 
 LEDGER_FILE = "ledger.db"
 MAX_INCLUSION_CHECKS = 256
-PARALLEL_FROM = 4000  # entries; below this a process pool costs more than it saves
 
 
 class AuditInputError(TrustgenError):
@@ -51,6 +50,8 @@ class AuditReport:
     commitments_checked: int = 0
     equivocations: list[dict[str, Any]] = field(default_factory=list)
     violations: list[Violation] = field(default_factory=list)
+    # Feeds this replica holds fewer entries of than another audited replica (not a violation).
+    behind: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -130,6 +131,10 @@ class _Auditor:
             es.sort(key=lambda e: e.seq)
             prev_seq, prev_hash = 0, ZERO
             for e in es:
+                if e.seq == prev_seq:  # only a store without its (feed, seq) key can hold this
+                    what = "the entry is stored twice" if e.hash == prev_hash else "two different entries at one seq"
+                    self.bad(_where(feed, e.seq), "duplicate_entry", what)
+                    continue
                 if e.seq != prev_seq + 1:
                     self.bad(_where(feed, e.seq), "missing_entry", f"entries {prev_seq + 1}..{e.seq - 1} are missing")
                 elif e.prev != prev_hash:
@@ -200,25 +205,33 @@ class _Auditor:
                 self._first_verifier_join[x.feed] = min(i, self._first_verifier_join.get(x.feed, i))
 
     def check_tasks(self) -> None:
+        """Tasks, results, votes and certificates, each matched within its own feed (the feed of
+        the gateway that accepted the task)."""
         self._index_beacons()
-        accepted: dict[bytes, tuple[Entry, Any]] = {}
-        results: dict[bytes, Any] = {}
+        accepted: dict[tuple[bytes, bytes], tuple[Entry, Any]] = {}  # (feed, task id)
+        results: dict[tuple[bytes, bytes], Any] = {}  # (feed, result id)
+        cast: list[tuple[Entry, Any]] = []
         for e in self.entries:
             where = _where(e.feed, e.seq)
             if e.type == "TaskAccepted":
                 task = self._open(where, e.body["task"], "Task")
                 if task is not None:
-                    accepted[task.id] = (e, task)
+                    accepted[(e.feed, task.id)] = (e, task)
                     self.check_beacon(e)
             elif e.type == "ResultCommitted":
                 res = self._open(where, e.body["result"], "Result")
                 if res is not None:
-                    results[res.id] = res
+                    results[(e.feed, res.id)] = res
             elif e.type == "VoteCast":
-                self._open(where, e.body["vote"], "Vote")
+                vote = self._open(where, e.body["vote"], "Vote")
+                if vote is not None:
+                    cast.append((e, vote))
+        counted: dict[tuple[bytes, bytes, bytes], list[bytes]] = {}  # (feed, task, result) -> effective verifiers
         for e in self.entries:
             if e.type == "TaskFinalized":
-                self.check_certificate(e, accepted, results)
+                self.check_certificate(e, accepted, results, counted)
+        for e, vote in cast:
+            self.check_cast_vote(e, vote, accepted, results, counted)
 
     def check_beacon(self, e: Entry) -> None:
         where = _where(e.feed, e.seq)
@@ -236,7 +249,7 @@ class _Auditor:
             if set(e.body["candidates"]) != joined:
                 self.bad(where, "bad_candidates", "candidates differ from the verifiers known at the beacon")
 
-    def check_certificate(self, e: Entry, accepted: dict, results: dict) -> None:
+    def check_certificate(self, e: Entry, accepted: dict, results: dict, counted: dict) -> None:
         where = _where(e.feed, e.seq)
         cert = self._open(where, e.body["certificate"], "Certificate")
         if cert is None:
@@ -246,11 +259,11 @@ class _Auditor:
         if c["gateway"] != e.feed:
             self.bad(where, "bad_certificate", "certificate signed by another node than the feed")
             return
-        if c["task_id"] not in accepted:
+        if (e.feed, c["task_id"]) not in accepted:
             self.bad(where, "unknown_task", f"task {_short(c['task_id'])} was never accepted")
             return
-        acc_entry, task = accepted[c["task_id"]]
-        res = results.get(c["result_id"])
+        acc_entry, task = accepted[(e.feed, c["task_id"])]
+        res = results.get((e.feed, c["result_id"]))
         if res is None or res.body["task_id"] != c["task_id"] or res.body["worker"] != c["worker"]:
             self.bad(where, "unknown_result", "certified result is not a committed result of this task")
         k = task.body["verifiers"]
@@ -259,6 +272,7 @@ class _Auditor:
         if list(c["verifiers"]) != expected:
             self.bad(where, "bad_assignment", "verifiers differ from the recomputed assignment")
             return
+        counted[(e.feed, c["task_id"], c["result_id"])] = expected
         if not set(c["skipped"]) <= set(ranking):
             self.bad(where, "bad_assignment", "skipped verifiers were never candidates")
         votes: dict[bytes, bool] = {}
@@ -286,6 +300,27 @@ class _Auditor:
                 f"({t.accepts} accept, {t.rejects} reject of {k})",
             )
 
+    def check_cast_vote(self, e: Entry, vote: Any, accepted: dict, results: dict, counted: dict) -> None:
+        """A VoteCast records a vote the gateway counted, so it must be from a verifier the task
+        assigned: one of the certificate's effective verifiers; before a certificate (a gateway
+        stopped between the votes and it), one of the task's ranking; before a committed result,
+        one of its candidates."""
+        b = vote.body
+        where = _where(e.feed, e.seq)
+        got = accepted.get((e.feed, b["task_id"]))
+        if got is None:
+            self.bad(where, "unknown_task", f"vote for task {_short(b['task_id'])} that this feed never accepted")
+            return
+        acc, _ = got
+        allowed = counted.get((e.feed, b["task_id"], b["result_id"]))
+        if allowed is None:
+            res = results.get((e.feed, b["result_id"]))
+            allowed = acc.body["candidates"]
+            if res is not None and res.body["task_id"] == b["task_id"]:
+                allowed = rank(acc.body["beacon"], b["task_id"], allowed, res.body["worker"])
+        if b["verifier"] not in allowed:
+            self.bad(where, "foreign_vote", f"vote of {_short(b['verifier'])}, a verifier not assigned to the task")
+
     def check_evidence(self) -> None:
         for e in self.entries:
             if e.type != "Evidence":
@@ -309,51 +344,9 @@ class _Auditor:
             self.r.equivocations.append({"feed": a.feed.hex(), "seq": a.seq, "reported_by": e.feed.hex()})
 
     def check_accusation(self, e: Entry) -> None:
-        problem = _accusation_problem(e, self.r.network)
+        problem = accusation_problem(e, self.r.network)
         if problem is not None:
             self.bad(_where(e.feed, e.seq), "bad_evidence", f"{e.body['kind']}: {problem}")
-
-
-def _accusation_problem(e: Entry, network: str) -> str | None:
-    """Why a rejected-result or minority-vote accusation does not hold, or None when it does:
-    it must carry a certificate signed by the accuser whose votes convict the subject."""
-    p = e.body["proof"]
-    try:
-        cert = open_wire(p["certificate"], "Certificate", network)
-    except (MessageError, KeyError, TypeError) as err:
-        return f"certificate in the proof is invalid: {err}"
-    c = cert.body
-    if c["gateway"] != e.feed:
-        return "certificate in the proof is not the accuser's"
-    if e.body["kind"] == "rejected_result":
-        if c["decision"] != "reject" or c["worker"] != e.body["subject"]:
-            return "certificate does not reject the accused worker's result"
-        return None
-    try:
-        vote = open_wire(p["vote"], "Vote", network)
-    except (MessageError, KeyError, TypeError) as err:
-        return f"vote in the proof is invalid: {err}"
-    if vote.wire() not in c["votes"] or vote.body["verifier"] != e.body["subject"]:
-        return "vote is not the accused verifier's vote in this certificate"
-    if vote.body["accept"] == (c["decision"] == "accept"):
-        return "the accused vote agrees with the decision"
-    return None
-
-
-def _verify_chunk(items: list[tuple[bytes, bytes, bytes]]) -> list[bool]:
-    return [verify(k, p, s) for k, p, s in items]
-
-
-def verify_all(items: list[tuple[bytes, bytes, bytes]]) -> list[bool]:
-    """Ed25519 checks of (key, message, signature), spread over processes for big ledgers
-    (PyNaCl has no batch verification; it is the audit's floor)."""
-    workers = min(os.cpu_count() or 1, 8)
-    if len(items) < PARALLEL_FROM or workers < 2:
-        return _verify_chunk(items)
-    size = -(-len(items) // (workers * 4))
-    chunks = [items[i : i + size] for i in range(0, len(items), size)]
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
-        return [ok for part in pool.map(_verify_chunk, chunks) for ok in part]
 
 
 def find_ledgers(path: pathlib.Path) -> list[pathlib.Path]:
@@ -367,18 +360,49 @@ def find_ledgers(path: pathlib.Path) -> list[pathlib.Path]:
     raise AuditInputError(f"no ledger at {path} (expected a {LEDGER_FILE} file or a directory holding one)")
 
 
-def audit_ledger(db_path: pathlib.Path) -> AuditReport:
+def _audit(db_path: pathlib.Path) -> _Auditor:
     report = AuditReport(path=str(db_path))
     try:
         db = sqlite3.connect(f"file:{pathlib.Path(db_path).resolve()}?mode=ro", uri=True)
         try:
-            _Auditor(db, report).run()
+            auditor = _Auditor(db, report)
+            auditor.run()
         finally:
             db.close()
     except sqlite3.DatabaseError as e:
         raise AuditInputError(f"{db_path} is not a readable trustgen ledger: {e}") from None
-    return report
+    return auditor
+
+
+def audit_ledger(db_path: pathlib.Path) -> AuditReport:
+    return _audit(db_path).r
+
+
+def audit_paths(paths: list[pathlib.Path]) -> list[AuditReport]:
+    """Audit every ledger under `paths`, each file once; with several, cross-check every replica
+    of every feed between them (what one ledger alone cannot show: the end cut off a feed)."""
+    found: dict[pathlib.Path, pathlib.Path] = {}
+    for path in paths:
+        for p in find_ledgers(path):
+            found.setdefault(p.resolve(), p)
+    if len(found) == 1:
+        return [audit_ledger(p) for p in found.values()]
+    return _cross_check([_audit(p) for p in found.values()])
+
+
+def _cross_check(auditors: list[_Auditor]) -> list[AuditReport]:
+    reports = [a.r for a in auditors]
+    replicas = [Replica.of(a.r.path, a.owner, a.entries, a.log) for a in auditors]
+    cross = cross_check(replicas)
+    for i, where, code, detail in cross.violations:
+        reports[i].violations.append(Violation(where, code, detail))
+    for i, fork in cross.forks:
+        if not any((x["feed"], x["seq"]) == (fork["feed"], fork["seq"]) for x in reports[i].equivocations):
+            reports[i].equivocations.append(fork)  # unless the ledger's own evidence records it already
+    for i, lag in cross.behind:
+        reports[i].behind.append(lag)
+    return reports
 
 
 def audit_path(path: pathlib.Path) -> list[AuditReport]:
-    return [audit_ledger(p) for p in find_ledgers(path)]
+    return audit_paths([path])

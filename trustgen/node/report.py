@@ -32,8 +32,15 @@ def print_audit(console: Console, reports: list[AuditReport]) -> None:
         for v in r.violations:
             console.print(f"[red]violation[/] {r.path}: {v.where}: {v.code}: {v.detail}", highlight=False)
         for e in r.equivocations:
+            # Found by comparing replicas (it names the other one) or recorded as evidence.
+            seen = f"differs from {e['replica']}" if "replica" in e else f"reported by {e['reported_by'][:16]}"
             console.print(
-                f"[yellow]equivocation[/] feed {e['feed'][:16]} seq {e['seq']} (reported by {e['reported_by'][:16]})",
+                f"[yellow]equivocation[/] {r.path}: feed {e['feed'][:16]} seq {e['seq']} ({seen})", highlight=False
+            )
+        for b in r.behind:
+            console.print(
+                f"[yellow]behind[/] {r.path}: feed {b['feed'][:16]} ends at seq {b['seq']}; "
+                f"{b['replica']} holds up to {b['replica_seq']} (not yet replicated, or cut off: one ledger cannot tell)",
                 highlight=False,
             )
     clean = all(r.ok for r in reports)
