@@ -396,3 +396,15 @@ def test_vote_cast_for_a_task_this_gateway_never_accepted(scen):
     cast(scen, scen.verifiers[0], make_result(scen.worker, t))
     r = audited(scen)
     assert codes(r) == ["unknown_task"] and "never accepted" in r.violations[0].detail
+
+
+def test_one_task_certified_by_two_gateways_is_checked_against_each_ones_acceptance(scen, tmp_path):
+    """A client may send one task to two gateways: each accepts it on its own beacon. A ledger
+    replicating both feeds checks each certificate against its own gateway's acceptance."""
+    other = Scenario(Ledger(tmp_path / "other.db", NET, ident(5)), ident(5), scen.verifiers, scen.worker)
+    mine, theirs = run_task(scen, b"both"), run_task(other, b"both")
+    assert mine.task.id == theirs.task.id  # on two beacons: two assignments (unless they happen to agree)
+    replicate(other.ledger, scen.ledger)
+    other.ledger.close()
+    r = audited(scen)
+    assert r.ok and r.tasks_checked == 3, r.violations
