@@ -16,7 +16,7 @@ from typing import Any
 
 from rich.console import Console
 
-from trustgen.consensus.audit import audit_path
+from trustgen.consensus.audit import audit_paths
 from trustgen.consensus.identity import Identity
 from trustgen.engines.params import ImageParams, TextParams
 from trustgen.node import cluster
@@ -68,7 +68,7 @@ def run_demo(
         )
     finally:
         cluster.down(root)
-    audits = [r for d in cluster.node_dirs(root) for r in audit_path(d)]
+    audits = audit_paths(cluster.node_dirs(root))  # every ledger, and every replica cross-checked
     report["audit"] = [r.to_dict() for r in audits]
     if not as_json:
         print_audit(console, audits)
