@@ -298,8 +298,13 @@ class _Tx:
     def __exit__(self, exc_type, exc, tb) -> None:
         try:
             if self.outer:
-                self.db.execute("COMMIT" if exc_type is None else "ROLLBACK")
-                if exc_type is not None:
+                if exc_type is None:
+                    self.db.execute("COMMIT")
+                else:
+                    # SQLite may have rolled back already (SQLITE_FULL does): a second ROLLBACK
+                    # would fail and hide the error that caused it.
+                    if self.db.in_transaction:
+                        self.db.execute("ROLLBACK")
                     self.on_rollback()
         finally:
             self.lock.release()
