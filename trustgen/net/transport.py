@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pathlib
+from collections.abc import Sequence
 
 import grpc
 
@@ -16,8 +17,8 @@ def channel(address: str, insecure: bool = False, ca_file: str = "") -> grpc.aio
     return grpc.aio.secure_channel(address, grpc.ssl_channel_credentials(root), options=CHANNEL_OPTIONS)
 
 
-def server() -> grpc.aio.Server:
-    return grpc.aio.server(options=SERVER_OPTIONS)
+def server(interceptors: Sequence[grpc.aio.ServerInterceptor] = ()) -> grpc.aio.Server:
+    return grpc.aio.server(options=SERVER_OPTIONS, interceptors=list(interceptors))
 
 
 def add_port(srv: grpc.aio.Server, address: str, insecure: bool, cert: str = "", key: str = "") -> int:

@@ -36,6 +36,7 @@ from trustgen.node.events import EventBus
 from trustgen.node.metrics import Metrics
 from trustgen.node.servicers import (
     BlobsServicer,
+    DecodeGuard,
     GatewayServicer,
     GossipServicer,
     NodeServicer,
@@ -156,7 +157,7 @@ class Node:
     async def run(self, handle_signals: bool = True) -> None:
         cfg = self.cfg
         self._load_roles()
-        server = transport.server()
+        server = transport.server([DecodeGuard(metrics=self.metrics)])  # undecodable bytes: INVALID_ARGUMENT
         services = [pb.DESCRIPTOR.services_by_name["Node"].full_name, pb.DESCRIPTOR.services_by_name["Blobs"].full_name]
         rpc.add_NodeServicer_to_server(NodeServicer(self.info), server)
         rpc.add_BlobsServicer_to_server(BlobsServicer(self.blobs, self.guard, self.metrics), server)

@@ -1,17 +1,24 @@
 """gRPC servicers: thin. Each opens the signed request, calls a role function, and maps domain
 errors to status codes. Nothing a peer sends can raise out of here: unexpected errors become
-INTERNAL and are logged, and the node keeps serving."""
+INTERNAL and are logged, and the node keeps serving. Undecodable request bytes are answered
+INVALID_ARGUMENT (DecodeGuard) and storage faults RESOURCE_EXHAUSTED or UNAVAILABLE, each logged
+as one line: a hostile peer or a full disk must not fill the log with tracebacks."""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import inspect
 import logging
-from collections.abc import Callable
+import sqlite3
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from trustgen.errors import TrustgenError
 from trustgen.gossip.blobs import CHUNK
@@ -36,6 +43,19 @@ def _refusal(name: str, e: Exception) -> tuple[grpc.StatusCode, str]:
     return grpc.StatusCode.INVALID_ARGUMENT, f"bad request: {e}"
 
 
+_STORAGE = (sqlite3.OperationalError, OSError)
+_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def _storage_fault(name: str, e: Exception) -> tuple[grpc.StatusCode, str]:
+    """The status for a local storage failure: the request may succeed later, elsewhere or after
+    space is freed, so it is not the peer's fault (never INVALID_ARGUMENT) nor UNKNOWN."""
+    full = "database or disk is full" in str(e) or getattr(e, "errno", None) in _FULL
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED if full else grpc.StatusCode.UNAVAILABLE
+    log.error("%s: storage fault: %s: %s", name, type(e).__name__, e)  # one line, no traceback
+    return code, f"node storage {'full' if full else 'unavailable'}: {e}"
+
+
 def guarded(service: str, method: str, opens: bool = True) -> Callable:
     """Open the request for `service/method` (unless the handler authenticates a stream itself:
     `opens=False`), run the handler, unary or streaming, and map errors to statuses."""
@@ -54,6 +74,10 @@ def guarded(service: str, method: str, opens: bool = True) -> Callable:
                         yield item
                 except _REFUSED as e:
                     await self._refuse(context, *_refusal(name, e))
+                except _STORAGE as e:
+                    if isinstance(e, TimeoutError):  # an OSError, but not storage: let it be
+                        raise
+                    await self._refuse(context, *_storage_fault(name, e))
 
             return stream
 
@@ -63,10 +87,111 @@ def guarded(service: str, method: str, opens: bool = True) -> Callable:
                 return await fn(self, arg(self, request), context)
             except _REFUSED as e:
                 await self._refuse(context, *_refusal(name, e))
+            except _STORAGE as e:
+                if isinstance(e, TimeoutError):
+                    raise
+                await self._refuse(context, *_storage_fault(name, e))
 
         return unary
 
     return wrap
+
+
+class _Undecodable(RpcError):
+    def __init__(self) -> None:
+        super().__init__(grpc.StatusCode.INVALID_ARGUMENT, "request is not a valid protobuf message")
+
+
+class DecodeGuard(grpc.aio.ServerInterceptor):
+    """Decodes requests to our services inside the handler instead of in gRPC's deserializer,
+    which answers undecodable bytes UNKNOWN and logs a traceback per message. Here they are
+    answered INVALID_ARGUMENT, and logged one line per peer per `log_every_s` at most."""
+
+    def __init__(self, prefix: str = "/trustgen.v1.", metrics: Any = None, log_every_s: float = 60.0) -> None:
+        self.prefix, self.metrics, self.log_every_s = prefix, metrics, log_every_s
+        self._logged: OrderedDict[str, tuple[float, int]] = OrderedDict()  # peer -> (last line, dropped since)
+
+    async def intercept_service(self, continuation: Callable, details: grpc.HandlerCallDetails) -> Any:
+        handler = await continuation(details)
+        if handler is None or handler.request_deserializer is None or not details.method.startswith(self.prefix):
+            return handler
+        decode, method = handler.request_deserializer, details.method
+        if handler.request_streaming:
+            inner = handler.stream_stream or handler.stream_unary
+
+            async def frames(raw: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                async for data in raw:
+                    yield self._decode(decode, data, method, context)
+
+            if handler.response_streaming:
+
+                async def stream_stream(raw: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> Any:
+                    try:
+                        async for item in inner(frames(raw, context), context):
+                            yield item
+                    except _Undecodable as e:  # a handler that did not map it itself
+                        await self._abort(context, e)
+
+                return grpc.stream_stream_rpc_method_handler(
+                    stream_stream, response_serializer=handler.response_serializer
+                )
+
+            async def stream_unary(raw: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> Any:
+                try:
+                    return await inner(frames(raw, context), context)
+                except _Undecodable as e:
+                    await self._abort(context, e)
+
+            return grpc.stream_unary_rpc_method_handler(stream_unary, response_serializer=handler.response_serializer)
+
+        if handler.response_streaming:
+            inner = handler.unary_stream
+
+            async def unary_stream(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
+                try:
+                    request = self._decode(decode, raw, method, context)
+                except _Undecodable as e:
+                    await self._abort(context, e)
+                async for item in inner(request, context):
+                    yield item
+
+            return grpc.unary_stream_rpc_method_handler(unary_stream, response_serializer=handler.response_serializer)
+
+        inner = handler.unary_unary
+
+        async def unary_unary(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
+            try:
+                request = self._decode(decode, raw, method, context)
+            except _Undecodable as e:
+                await self._abort(context, e)
+            return await inner(request, context)
+
+        return grpc.unary_unary_rpc_method_handler(unary_unary, response_serializer=handler.response_serializer)
+
+    def _decode(self, decode: Callable[[bytes], Any], data: bytes, method: str, context: Any) -> Any:
+        try:
+            return decode(data)
+        except DecodeError:
+            self._note(context.peer(), method)
+            raise _Undecodable() from None
+
+    def _note(self, peer: str, method: str) -> None:
+        now = time.monotonic()
+        last, dropped = self._logged.pop(peer, (float("-inf"), 0))
+        if now - last >= self.log_every_s:
+            more = f" ({dropped} more since the last line)" if dropped else ""
+            log.warning("%s: undecodable request from %s%s", method, peer, more)
+            last, dropped = now, 0
+        else:
+            dropped += 1
+        self._logged[peer] = (last, dropped)
+        while len(self._logged) > 4096:  # bounded, whatever the number of peers
+            self._logged.popitem(last=False)
+
+    async def _abort(self, context: grpc.aio.ServicerContext, e: RpcError) -> None:
+        if self.metrics is not None:
+            self.metrics.rejected_requests.labels(e.code.name).inc()
+        await context.abort(e.code, str(e))
 
 
 class _Base:
