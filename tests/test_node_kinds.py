@@ -30,8 +30,13 @@ def test_unknown_kinds_and_bad_parameters_are_usage_errors():
             lookup("video")
     text = engine_kind("text")
     assert text.parse_params({"prompt": "hi", "max_new_tokens": 4}).max_new_tokens == 4
-    with pytest.raises(UsageError, match="bad task parameters"):
+    with pytest.raises(UsageError, match="unknown task parameter steps"):
         text.parse_params({"prompt": "hi", "steps": 4})  # an image parameter
+    with pytest.raises(UsageError, match="max_new_tokens must be int, got float"):
+        text.parse_params({"prompt": "hi", "max_new_tokens": 8.0})
+    with pytest.raises(UsageError, match="steps must be int, got bool"):
+        engine_kind("image").parse_params({"prompt": "hi", "steps": True})
+    assert engine_kind("image").parse_params({"prompt": "hi", "guidance": 3}).guidance == 3  # an int is a float
     with pytest.raises(UsageError, match="prompt must not be empty"):
         engine_kind("image").parse_params({"prompt": " "})
 

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any
 
-from trustgen.engines.params import ImageParams, TextParams
+from trustgen.engines.params import ImageParams, TextParams, params_from_dict
 from trustgen.errors import UsageError
 
 
@@ -37,11 +37,8 @@ class EngineKind:
             raise ValueError(f"kind {self.name}: blob_field and to_blob go together")
 
     def parse_params(self, params: dict[str, Any]) -> Any:
-        """Task parameters from an untrusted dict (UsageError when invalid)."""
-        try:
-            return self.params(**params)
-        except TypeError as e:
-            raise UsageError(f"bad task parameters: {e}") from None
+        """Task parameters from an untrusted dict (UsageError naming the field when invalid)."""
+        return params_from_dict(self.params, params)
 
     def param_names(self) -> list[str]:
         return [f.name for f in fields(self.params)]

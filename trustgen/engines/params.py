@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import asdict, dataclass, fields
+from typing import Any, get_type_hints
 
 from trustgen.errors import UsageError
 
@@ -19,6 +19,27 @@ SEED_LIMIT = 2**63
 def _check(cond: bool, msg: str) -> None:
     if not cond:
         raise UsageError(msg)
+
+
+def _check_types(obj: Any) -> None:
+    """Exact types, field by field: an int field refuses 8.0 and True (bool is an int in Python, and
+    a float that happens to be whole is still a different task on the wire); a float field takes an
+    int, not a bool. Untrusted tasks arrive as decoded dicts, so this is the only type check."""
+    for name, hint in get_type_hints(type(obj)).items():
+        v = getattr(obj, name)
+        ok = type(v) is hint or (hint is float and type(v) is int)
+        _check(ok, f"{name} must be {hint.__name__}, got {type(v).__name__} {v!r}")
+
+
+def params_from_dict(cls: type[Any], params: Any) -> Any:
+    """`cls` (TextParams or ImageParams) from an untrusted dict: unknown or missing keys are refused
+    by name (UsageError) before the dataclass checks types and ranges."""
+    _check(isinstance(params, dict), f"task parameters must be a map, got {type(params).__name__}")
+    names = {f.name for f in fields(cls)}
+    unknown = sorted(str(k) for k in params if k not in names)
+    _check(not unknown, f"unknown task parameter {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+    _check("prompt" in params, "prompt is required")
+    return cls(**params)
 
 
 def _check_prompt(prompt: str) -> None:
@@ -42,6 +63,7 @@ class TextParams:
     top_p: float = 1.0
 
     def __post_init__(self) -> None:
+        _check_types(self)
         _check_prompt(self.prompt)
         _check(self.decoding in DECODINGS, f"unknown decoding {self.decoding!r}; choose one of {', '.join(DECODINGS)}")
         _check(
@@ -72,6 +94,7 @@ class ImageParams:
     scheduler: str = "ddim"
 
     def __post_init__(self) -> None:
+        _check_types(self)
         _check_prompt(self.prompt)
         _check_seed(self.seed)
         _check(1 <= self.steps <= MAX_STEPS, f"steps must be in [1, {MAX_STEPS}], got {self.steps}")
