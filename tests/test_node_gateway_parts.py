@@ -30,19 +30,23 @@ def task_with(**changes) -> Signed:
 
 
 def test_check_task_refuses_what_the_gateway_cannot_run():
-    scheduling.check_task(task_with())
+    scheduling.check_task(task_with(), 3)
     refused = [
         (task_with(kind="video"), grpc.StatusCode.INVALID_ARGUMENT, "unknown task kind"),
-        (task_with(params={"prompt": "hi", "steps": 3}), grpc.StatusCode.INVALID_ARGUMENT, "bad task parameters"),
+        (
+            task_with(params={"prompt": "hi", "steps": 3}),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "unknown task parameter steps",
+        ),
         (task_with(kind="image", params={"prompt": "a cat", "height": 30}), grpc.StatusCode.INVALID_ARGUMENT, "height"),
-        (task_with(workers=2), grpc.StatusCode.INVALID_ARGUMENT, "workers = 1"),
+        (task_with(workers=2), grpc.StatusCode.INVALID_ARGUMENT, "workers: only 1"),
         (task_with(verifiers=2), grpc.StatusCode.INVALID_ARGUMENT, "odd"),
         (task_with(verifiers=11), grpc.StatusCode.INVALID_ARGUMENT, "odd"),
         (task_with(expiry=int(time.time() * 1000) - 1), grpc.StatusCode.FAILED_PRECONDITION, "expired"),
     ]
     for task, code, needle in refused:
         with pytest.raises(RpcError, match=needle) as e:
-            scheduling.check_task(task)
+            scheduling.check_task(task, 3)
         assert e.value.code == code
 
 

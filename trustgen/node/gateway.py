@@ -146,10 +146,11 @@ class GatewayRole:
             raise RpcError(code, f"task refused: {e}") from None
         if task.id in self.tasks:
             return self.tasks[task.id]  # idempotent: a retried submit gets the same task
-        scheduling.check_task(task)
-        # The beacon is a fresh commitment; the candidates are every verifier it covers.
-        commitment = self.ledger.commit()
+        # The candidates are every registered verifier; a task asking for more is refused, not
+        # finalised on fewer votes.
         candidates = sorted(k for k, m in self.members.items() if "verifier" in m["roles"])
+        scheduling.check_task(task, len(candidates))
+        commitment = self.ledger.commit()  # the beacon: a fresh commitment
         self.ledger.append(
             "TaskAccepted",
             {
@@ -200,12 +201,17 @@ class GatewayRole:
     async def _drive(self, st: TaskState) -> None:
         """Give the task to workers until a result is accepted, attempts run out or it expires."""
         failures = 0
+        refused = ""  # why a worker refused the task as invalid (the task's fault, not the worker's)
         task = st.task
         while st.attempt < self.max_attempts and failures < MAX_WORKER_FAILURES:
             if scheduling.expired(task):
                 st.update("failed", "expired")
                 return
             worker = scheduling.pick_worker(st, self.members, self.suspects, self.reputation, self.inflight)
+            if worker is None and refused:
+                # Every worker that could take it said it is invalid: fail now, with the reason.
+                st.update("failed", f"task refused by workers: {refused}")
+                return
             if worker is None:
                 st.update("waiting", "no worker available")
                 joined = self._joined
@@ -216,7 +222,15 @@ class GatewayRole:
                 continue
             st.update("running", f"worker {worker.hex()[:12]}")
             self._publish("task", task=task.id.hex(), state="running", worker=worker.hex())
-            got = await self._execute(st, worker)
+            try:
+                got = await self._execute(st, worker)
+            except scheduling.TaskRefused as e:
+                # Not suspected: the next task goes to it as usual. Only this task moves on, so one
+                # lying worker cannot fail a task another worker would run.
+                refused = str(e)
+                st.excluded.add(worker)
+                self._publish("task_refused", task=task.id.hex(), worker=worker.hex(), reason=refused)
+                continue
             if got is None:
                 failures += 1
                 st.excluded.add(worker)

@@ -75,19 +75,35 @@ def expired(task: Signed) -> bool:
     return task.body["expiry"] <= int(time.time() * 1000)
 
 
-def check_task(task: Signed) -> None:
-    """Refuse (RpcError) a task this gateway cannot run as asked."""
+def check_task(task: Signed, verifier_pool: int) -> None:
+    """Refuse (RpcError) a task this gateway cannot run as asked, before anything is stored:
+    `verifier_pool` is how many registered verifiers it could be assigned."""
     b = task.body
     try:
         engine_kind(b["kind"]).parse_params(b["params"])
     except UsageError as e:
         raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, str(e)) from None
-    if b["workers"] != 1:
-        raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, "only workers = 1 is supported")
-    if not 1 <= b["verifiers"] <= MAX_VERIFIERS or b["verifiers"] % 2 == 0:
+    if type(b["workers"]) is not int or b["workers"] != 1:
+        raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, "workers: only 1 is supported")
+    k = b["verifiers"]
+    if type(k) is not int or not 1 <= k <= MAX_VERIFIERS or k % 2 == 0:
         raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, f"verifiers must be odd, 1..{MAX_VERIFIERS}")
+    if k > verifier_pool:
+        # Accepting it would finalise on fewer votes than the client asked for.
+        raise RpcError(
+            grpc.StatusCode.FAILED_PRECONDITION, f"verifiers: {k} asked, only {verifier_pool} registered verifiers"
+        )
     if expired(task):
         raise RpcError(grpc.StatusCode.FAILED_PRECONDITION, "task already expired")
+
+
+class TaskRefused(Exception):
+    """A worker said the task itself is bad (INVALID_ARGUMENT), or names a model or kind it does not
+    serve (FAILED_PRECONDITION): the worker did nothing wrong, so it is not suspected; the task goes
+    to another worker or fails with the reason."""
+
+
+TASK_REFUSALS = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION)
 
 
 def finish(st: TaskState, cert: Signed, votes: list[Signed], blobs: BlobStore) -> None:
@@ -158,10 +174,14 @@ async def execute(
     on_failure: Callable[[str], None],
 ) -> tuple[Signed, bytes] | None:
     """Have `worker` run `task`: its signed Result and output blob, or None when it failed (an RPC
-    error, reported to `on_failure` with the status name) or answered with something unusable."""
+    error, reported to `on_failure` with the status name) or answered with something unusable.
+    Raises TaskRefused when the worker refused the task as invalid."""
     try:
         reply = await peers.call(address, "Worker", "Execute", {"task": task.wire()}, timeout=timeout_s)
     except grpc.aio.AioRpcError as e:
+        if e.code() in TASK_REFUSALS:
+            log.warning("worker %s refused task %s: %s", worker.hex()[:12], task.id.hex()[:12], e.details())
+            raise TaskRefused(e.details() or "task refused by the worker") from None
         log.warning("worker %s failed task %s: %s", worker.hex()[:12], task.id.hex()[:12], e.code().name)
         on_failure(e.code().name)
         return None
