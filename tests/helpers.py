@@ -54,6 +54,16 @@ async def until(pred: Callable[[], Any], timeout: float = 30.0, what: str = "con
         await asyncio.sleep(0.02)
 
 
+def in_state(peers: Any, gw: Any, task: Any, *states: str) -> Callable[[], Any]:
+    """An async predicate for `until`: the task's status once it is in one of `states`."""
+
+    async def check() -> Any:
+        st = await peers.call(gw.address, "Gateway", "Status", {"task_id": task.id}, timeout=10)
+        return st if st.state in states else None
+
+    return check
+
+
 class LocalNodes:
     """Real nodes with real roles in this process and event loop, each a gRPC server on an ephemeral
     loopback port. Gossip rounds are off (a test drives what it needs); engines load for workers

@@ -12,7 +12,7 @@ from typing import Any
 import grpc
 import pytest
 
-from tests.helpers import EventLog, LocalNodes, until
+from tests.helpers import EventLog, LocalNodes, in_state, until
 from trustgen.consensus.assignment import rank
 from trustgen.consensus.audit import audit_ledger
 from trustgen.consensus.identity import Identity
@@ -20,7 +20,6 @@ from trustgen.consensus.messages import Signed, open_wire, sign
 from trustgen.consensus.reputation import reputation
 from trustgen.net.peers import Peers
 from trustgen.node.client import make_task, submit
-from trustgen.rpc import trustgen_pb2 as pb
 
 NET = "trustgen-local"
 pytestmark = pytest.mark.slow
@@ -58,16 +57,6 @@ def of_task(node: Any, entry_type: str, task: Signed) -> list[Signed]:
 
 def counter(node: Any, name: str, **labels: str) -> float:
     return node.metrics.registry.get_sample_value(name, labels) or 0.0
-
-
-def in_state(peers: Peers, gw: Any, task: Signed, *states: str):
-    """An async predicate for `until`: the task's status once it is in one of `states`."""
-
-    async def check() -> pb.TaskStatus | None:
-        st = await peers.call(gw.address, "Gateway", "Status", {"task_id": task.id}, timeout=10)
-        return st if st.state in states else None
-
-    return check
 
 
 def test_an_expired_task_is_never_run(tmp_path):

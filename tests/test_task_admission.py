@@ -11,12 +11,11 @@ from typing import Any
 import grpc
 import pytest
 
-from tests.helpers import EventLog, LocalNodes, until
+from tests.helpers import EventLog, LocalNodes, in_state, until
 from trustgen.consensus.identity import Identity
 from trustgen.consensus.messages import Signed
 from trustgen.net.peers import Peers
 from trustgen.node.client import make_task
-from trustgen.rpc import trustgen_pb2 as pb
 
 NET = "trustgen-local"
 pytestmark = pytest.mark.slow
@@ -32,14 +31,6 @@ async def submit_code(peers: Peers, gw: Any, task: Signed) -> tuple[grpc.StatusC
     except grpc.aio.AioRpcError as e:
         return e.code(), e.details() or ""
     return grpc.StatusCode.OK, ""
-
-
-def settled(peers: Peers, gw: Any, task: Signed):
-    async def check() -> pb.TaskStatus | None:
-        st = await peers.call(gw.address, "Gateway", "Status", {"task_id": task.id}, timeout=10)
-        return st if st.state in ("final", "failed") else None
-
-    return check
 
 
 def test_hostile_tasks_are_refused_at_submit_and_never_mark_the_worker(tmp_path):
@@ -80,7 +71,7 @@ def test_hostile_tasks_are_refused_at_submit_and_never_mark_the_worker(tmp_path)
             unserved = text_task(me, {"prompt": "x", "max_new_tokens": 4}, model="tiny-image")
             for task, reason in ((too_long, "context"), (unserved, "does not serve model")):
                 assert (await submit_code(peers, gw, task))[0] == grpc.StatusCode.OK
-                st = await until(settled(peers, gw, task), 120, "the refused task to settle")
+                st = await until(in_state(peers, gw, task, "final", "failed"), 120, "the refused task to settle")
                 assert st.state == "failed" and reason in st.detail, st.detail
             assert events.of("task_refused", worker=wkey.hex())
 
@@ -91,7 +82,7 @@ def test_hostile_tasks_are_refused_at_submit_and_never_mark_the_worker(tmp_path)
             assert reply.task_id == honest.id
             accepted = [e for e in gw.ledger.iter_entries(entry_type="TaskAccepted")]
             assert sum(1 for e in accepted if e.body["task"] == honest.wire()) == 1
-            st = await until(settled(peers, gw, honest), 120, "the honest task to settle")
+            st = await until(in_state(peers, gw, honest, "final", "failed"), 120, "the honest task to settle")
             assert st.state == "final", st.detail
             assert wkey not in gw.gateway.suspects
             assert events.of("worker_failed") == []
