@@ -6,6 +6,10 @@ cross-checked replica against replica (audit_replicas).
 Violations are things the ledger must not contain (a broken chain, a forged signature, a
 certificate that contradicts its votes). Equivocations backed by valid evidence are findings:
 the ledger did its job by recording them.
+
+A little over 400 lines on purpose: the per-ledger checks share one pass and its indexes; the
+signature work and accusation proofs (audit_checks) and the replica comparison (audit_replicas)
+are already their own modules.
 """
 
 from __future__ import annotations

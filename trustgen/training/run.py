@@ -5,6 +5,9 @@ range, base checkpoint, blob layout), spot-checks a random fraction by re-execut
 private random source the trainers cannot predict, excludes a trainer at its first failed
 check, appends accepted updates to `updates.log`, evaluates held-out loss, records signed
 checkpoints, and writes the best one as the job's final model directory.
+
+A little over 400 lines on purpose: the coordinator's SPSA and local-SGD loops share its state,
+checks and records; the arithmetic lives in spsa.py, diloco.py, checks.py and job.py.
 """
 
 from __future__ import annotations
