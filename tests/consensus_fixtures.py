@@ -5,6 +5,7 @@ from __future__ import annotations
 import pathlib
 from dataclasses import dataclass, field
 
+from trustgen.consensus.assignment import rank
 from trustgen.consensus.finality import certify
 from trustgen.consensus.identity import Identity
 from trustgen.consensus.ledger import Ledger
@@ -116,3 +117,34 @@ def build(path: pathlib.Path, n_tasks: int = 2, lying: set[int] | None = None) -
         scen.tasks.append(task)
     led.commit()
     return scen
+
+
+@dataclass
+class Open:
+    """A task the gateway accepted (and maybe committed a result for), not yet finalised."""
+
+    task: Signed
+    result: Signed
+    beacon: bytes
+    candidates: list[bytes]
+    ranking: list[bytes]
+    votes: list[Signed] = field(default_factory=list)  # votes cast for it so far
+
+
+def open_task(scen: Scenario, nonce: bytes, worker: Identity | None = None, commit_result: bool = True) -> Open:
+    """Accept a task on a fresh beacon and (unless told not to) commit its worker's result, as the
+    gateway does."""
+    led = scen.ledger
+    c = led.commit()
+    task = make_task(ident(3), nonce=nonce)
+    candidates = sorted(v.public_key for v in scen.verifiers)
+    led.append(
+        "TaskAccepted",
+        {"task": task.wire(), "beacon": c.body["root"], "beacon_size": c.body["size"], "candidates": candidates},
+    )
+    worker = worker or scen.worker
+    result = make_result(worker, task)
+    if commit_result:
+        led.append("ResultCommitted", {"result": result.wire()})
+    ranking = rank(c.body["root"], task.id, candidates, worker.public_key)
+    return Open(task, result, c.body["root"], candidates, ranking)

@@ -6,12 +6,11 @@ from __future__ import annotations
 import pathlib
 import sqlite3
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
-from tests.consensus_fixtures import NET, Scenario, build, ident, make_result, make_task, make_vote
+from tests.consensus_fixtures import NET, Open, Scenario, build, ident, make_result, make_task, make_vote, open_task
 from trustgen.consensus import merkle
 from trustgen.consensus.assignment import rank
 from trustgen.consensus.audit import AuditReport, audit_ledger
@@ -30,37 +29,14 @@ def details(report: AuditReport, code: str) -> list[str]:
     return [v.detail for v in report.violations if v.code == code]
 
 
-@dataclass
-class Open:
-    """A task the gateway accepted (and maybe committed a result for), not yet finalised."""
-
-    task: Signed
-    result: Signed
-    beacon: bytes
-    candidates: list[bytes]
-    ranking: list[bytes]
-    votes: list[Signed]  # honest accepting votes of the three assigned verifiers
-
-
 def accept_task(scen: Scenario, nonce: bytes, commit_result: bool = True) -> Open:
     """Accept a task on a fresh beacon, as the gateway does, and gather its assigned votes."""
-    led = scen.ledger
-    c = led.commit()
-    task = make_task(ident(3), nonce=nonce)
-    candidates = sorted(v.public_key for v in scen.verifiers)
-    led.append(
-        "TaskAccepted",
-        {"task": task.wire(), "beacon": c.body["root"], "beacon_size": c.body["size"], "candidates": candidates},
-    )
-    result = make_result(scen.worker, task)
-    if commit_result:
-        led.append("ResultCommitted", {"result": result.wire()})
-    ranking = rank(c.body["root"], task.id, candidates, scen.worker.public_key)
+    o = open_task(scen, nonce, commit_result=commit_result)
     by_key = {v.public_key: v for v in scen.verifiers}
-    votes = [make_vote(by_key[k], result, True) for k in ranking[:3]]
-    for v in votes:
-        led.append("VoteCast", {"vote": v.wire()})
-    return Open(task, result, c.body["root"], candidates, ranking, votes)
+    o.votes = [make_vote(by_key[k], o.result, True) for k in o.ranking[:3]]
+    for v in o.votes:
+        scen.ledger.append("VoteCast", {"vote": v.wire()})
+    return o
 
 
 def finalize(

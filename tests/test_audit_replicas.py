@@ -8,14 +8,12 @@ from __future__ import annotations
 import json
 import pathlib
 import sqlite3
-from dataclasses import dataclass
 
 import pytest
 
-from tests.consensus_fixtures import NET, Scenario, build, ident, make_result, make_task, make_vote
+from tests.consensus_fixtures import NET, Open, Scenario, build, ident, make_result, make_task, make_vote, open_task
 from tests.helpers import run_cli
 from trustgen.consensus import audit
-from trustgen.consensus.assignment import rank
 from trustgen.consensus.audit import AuditReport, audit_ledger, audit_path, audit_paths
 from trustgen.consensus.finality import certify
 from trustgen.consensus.identity import Identity
@@ -35,34 +33,6 @@ def replicate(src: Ledger, dst: Ledger) -> None:
     """What gossip does: every entry src holds, in src's log order, ingested by dst."""
     for e in src.iter_entries():
         dst.ingest(e.payload, e.sig)
-
-
-@dataclass
-class Open:
-    """A task the gateway accepted and committed a result of, not yet voted on."""
-
-    task: Signed
-    result: Signed
-    beacon: bytes
-    candidates: list[bytes]
-    ranking: list[bytes]
-
-
-def open_task(scen: Scenario, nonce: bytes, worker: Identity | None = None) -> Open:
-    """Accept a task on a fresh beacon and commit its worker's result, as the gateway does."""
-    led = scen.ledger
-    c = led.commit()
-    task = make_task(ident(3), nonce=nonce)
-    candidates = sorted(v.public_key for v in scen.verifiers)
-    led.append(
-        "TaskAccepted",
-        {"task": task.wire(), "beacon": c.body["root"], "beacon_size": c.body["size"], "candidates": candidates},
-    )
-    worker = worker or scen.worker
-    result = make_result(worker, task)
-    led.append("ResultCommitted", {"result": result.wire()})
-    ranking = rank(c.body["root"], task.id, candidates, worker.public_key)
-    return Open(task, result, c.body["root"], candidates, ranking)
 
 
 def run_task(scen: Scenario, nonce: bytes, skip: int = 0) -> Open:
