@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import pathlib
 import random
@@ -439,7 +438,6 @@ def summary(res: dict[str, Any]) -> None:
         fa = f"{a:.4g}" if isinstance(a, float) else str(a)
         fb = "" if b is None else (f"{b:.4g}" if isinstance(b, float) else str(b))
         print(f"{name} | {fa} | {fb}")
-    _ = math
 
 
 if __name__ == "__main__":

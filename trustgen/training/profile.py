@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import replace
-from typing import Any
 
 from trustgen.engines.determinism import ExecutionProfile, configure
 from trustgen.errors import UsageError
@@ -42,12 +41,3 @@ def apply_profile(spec: JobSpec, threads: int | None = None) -> ExecutionProfile
     except ImportError:
         pass
     return replace(prof, dtype=p["dtype"])
-
-
-def profile_dict(prof: ExecutionProfile) -> dict[str, Any]:
-    return prof.to_dict()
-
-
-def same_numerics(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    keys = ("device_name", "dtype", "threads", "deterministic", "versions")
-    return all(a.get(k) == b.get(k) for k in keys)

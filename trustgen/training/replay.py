@@ -18,7 +18,6 @@ from typing import Any
 
 from trustgen.consensus.messages import Signed
 from trustgen.engines.registry import model_digest
-from trustgen.errors import TrustgenError
 from trustgen.training import diloco
 from trustgen.training.checks import CheckResult, check_delta, check_inner_step, check_scalar
 from trustgen.training.job import (
@@ -31,7 +30,7 @@ from trustgen.training.job import (
     start_state,
 )
 from trustgen.training.objectives import load_objective
-from trustgen.training.profile import apply_profile, profile_dict
+from trustgen.training.profile import apply_profile
 from trustgen.training.records import Run, RunError, open_run, updates_digest
 from trustgen.training.tensors import from_bytes, layout, relative_l2
 
@@ -107,7 +106,7 @@ def replay(
 ) -> ReplayReport:
     run = open_run(root)
     spec = run.spec
-    prof = profile_dict(apply_profile(spec, threads))
+    prof = apply_profile(spec, threads).to_dict()
     same = _same_profile(spec, threads)
     objective = load_objective(spec)
     c0 = time.process_time()  # from here: the replay's own work (loading is the same for a trainer)
@@ -386,6 +385,3 @@ def _check_inner(
         if not res2.accept:
             return res2, inner
     return res, inner
-
-
-__all__ = ["ReplayReport", "RunError", "TrustgenError", "check_step", "replay"]

@@ -39,7 +39,7 @@ from trustgen.training.job import (
     start_state,
 )
 from trustgen.training.objectives import Objective, load_objective
-from trustgen.training.profile import apply_profile, profile_dict
+from trustgen.training.profile import apply_profile
 from trustgen.training.records import BlobDir, RunError, append_line, updates_digest
 from trustgen.training.spec import MAX_TRAINERS, JobSpec, sign_job
 from trustgen.training.tensors import TensorError, Tensors, from_bytes, layout
@@ -387,7 +387,7 @@ def run_job(
         "name": spec.section("job")["name"],
         "algorithm": spec.algorithm["name"],
         "trainers": [k.hex() for k in spec.trainers],
-        "profile": profile_dict(prof),
+        "profile": prof.to_dict(),
         "base_heldout_loss": co.evals[0]["heldout_loss"],
         "final_heldout_loss": best_loss,
         "final_step": best_step,
