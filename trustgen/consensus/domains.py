@@ -66,6 +66,11 @@ TRAIN_CHECKPOINT = b"trustgen/train/checkpoint/v1\0"
 TRAIN_CHALLENGE = b"trustgen/train/challenge/v1\0"
 # Updates digest = sha256(TRAIN_UPDATES ‖ canonical encoding of the list of update ids).
 TRAIN_UPDATES = b"trustgen/train/updates/v1\0"
+# Network rounds: the verifier ranking target of round r = sha256(TRAIN_ROUND ‖ job id ‖ u64 r), and
+# whether an update's challenged step is re-executed: sha256(TRAIN_CHECK_COIN ‖ job ‖ u64 r ‖ trainer
+# ‖ updates digest)[:8] / 2^64 < check probability.
+TRAIN_ROUND = b"trustgen/train/round/v1\0"
+TRAIN_CHECK_COIN = b"trustgen/train/check-coin/v1\0"
 
 # Every tag by name, for the protocol document, its test vectors and the uniqueness check.
 ALL: dict[str, bytes] = {
@@ -91,4 +96,6 @@ ALL: dict[str, bytes] = {
     "TRAIN_CHECKPOINT": TRAIN_CHECKPOINT,
     "TRAIN_CHALLENGE": TRAIN_CHALLENGE,
     "TRAIN_UPDATES": TRAIN_UPDATES,
+    "TRAIN_ROUND": TRAIN_ROUND,
+    "TRAIN_CHECK_COIN": TRAIN_CHECK_COIN,
 }

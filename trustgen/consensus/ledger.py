@@ -38,6 +38,26 @@ ENTRY_SCHEMAS: dict[str, dict[str, str]] = {
     "TaskFinalized": {"certificate": "bytes"},
     "Evidence": {"kind": "str", "subject": "bytes32", "proof": "dict"},
     "Commitment": {"size": "int", "root": "bytes32"},
+    # Training on the network (docs/training-network.md), all in the coordinating gateway's feed.
+    "TrainingJobAccepted": {
+        "job": "bytes",
+        "beacon": "bytes32",
+        "beacon_size": "int",
+        "candidates": "list",
+        "k": "int",
+    },
+    "TrainingUpdate": {"update": "bytes", "blob": "str"},
+    "UpdateCheck": {"check": "bytes"},
+    "CheckpointProposed": {"checkpoint": "bytes", "round": "int", "state": "str", "accepted": "list"},
+    "CheckpointFinalized": {
+        "checkpoint": "bytes",
+        "round": "int",
+        "state": "str",
+        "beacon": "bytes32",
+        "verifiers": "list",
+        "skipped": "list",
+        "votes": "list",
+    },
 }
 
 _SCHEMA_SQL = """

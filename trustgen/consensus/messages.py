@@ -92,6 +92,19 @@ SCHEMAS: dict[str, dict[str, str]] = {
         "updates": B32,
         "heldout_loss": "float",
     },
+    # Training on the network (docs/training-network.md): a verifier's verdict on every update
+    # of one round (verdicts: [update id, accept, code, inner step re-executed, distance,
+    # reason] in trainer order), and its vote on a proposed checkpoint it re-derived.
+    "UpdateCheck": {"verifier": B32, "job": B32, "round": "int", "beacon": B32, "verdicts": "list"},
+    "CheckpointVote": {
+        "verifier": B32,
+        "job": B32,
+        "round": "int",
+        "digest": B32,
+        "state": "str",
+        "accept": "bool",
+        "reason": "str",
+    },
 }
 SIGNER_FIELD = {
     "Task": "client",
@@ -105,6 +118,8 @@ SIGNER_FIELD = {
     "SpsaUpdate": "trainer",
     "DeltaUpdate": "trainer",
     "TrainingCheckpoint": "publisher",
+    "UpdateCheck": "verifier",
+    "CheckpointVote": "verifier",
 }
 _PY = {"str": str, "int": int, "float": float, "bool": bool, "bytes": bytes, "dict": dict, "list": list}
 

@@ -215,3 +215,9 @@ class NodeInfo(_message.Message):
     ledger_size: int
     version: str
     def __init__(self, node_id: _Optional[str] = ..., roles: _Optional[_Iterable[str]] = ..., network: _Optional[str] = ..., events_port: _Optional[int] = ..., metrics_port: _Optional[int] = ..., ledger_size: _Optional[int] = ..., version: _Optional[str] = ...) -> None: ...
+
+class TrainingReply(_message.Message):
+    __slots__ = ("body",)
+    BODY_FIELD_NUMBER: _ClassVar[int]
+    body: bytes
+    def __init__(self, body: _Optional[bytes] = ...) -> None: ...

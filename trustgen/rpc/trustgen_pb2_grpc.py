@@ -628,3 +628,296 @@ class Node:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class TrainingStub:
+    """Missing associated documentation comment in .proto file."""
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Submit = channel.unary_unary(
+                '/trustgen.v1.Training/Submit',
+                request_serializer=trustgen_dot_rpc_dot_trustgen__pb2.SignedRequest.SerializeToString,
+                response_deserializer=trustgen_dot_rpc_dot_trustgen__pb2.TrainingReply.FromString,
+                _registered_method=True)
+        self.Status = channel.unary_unary(
+                '/trustgen.v1.Training/Status',
+                request_serializer=trustgen_dot_rpc_dot_trustgen__pb2.SignedRequest.SerializeToString,
+                response_deserializer=trustgen_dot_rpc_dot_trustgen__pb2.TrainingReply.FromString,
+                _registered_method=True)
+        self.Work = channel.unary_unary(
+                '/trustgen.v1.Training/Work',
+                request_serializer=trustgen_dot_rpc_dot_trustgen__pb2.SignedRequest.SerializeToString,
+                response_deserializer=trustgen_dot_rpc_dot_trustgen__pb2.TrainingReply.FromString,
+                _registered_method=True)
+        self.States = channel.unary_unary(
+                '/trustgen.v1.Training/States',
+                request_serializer=trustgen_dot_rpc_dot_trustgen__pb2.SignedRequest.SerializeToString,
+                response_deserializer=trustgen_dot_rpc_dot_trustgen__pb2.TrainingReply.FromString,
+                _registered_method=True)
+        self.Check = channel.unary_unary(
+                '/trustgen.v1.Training/Check',
+                request_serializer=trustgen_dot_rpc_dot_trustgen__pb2.SignedRequest.SerializeToString,
+                response_deserializer=trustgen_dot_rpc_dot_trustgen__pb2.TrainingReply.FromString,
+                _registered_method=True)
+        self.Attest = channel.unary_unary(
+                '/trustgen.v1.Training/Attest',
+                request_serializer=trustgen_dot_rpc_dot_trustgen__pb2.SignedRequest.SerializeToString,
+                response_deserializer=trustgen_dot_rpc_dot_trustgen__pb2.TrainingReply.FromString,
+                _registered_method=True)
+
+
+class TrainingServicer:
+    """Missing associated documentation comment in .proto file."""
+
+    def Submit(self, request, context):
+        """gateway: {job: TrainingJob wire (no trainers), verifiers}
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Status(self, request, context):
+        """gateway: {job_id}
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Work(self, request, context):
+        """trainer: one round's update
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def States(self, request, context):
+        """trainer: the states around a challenged inner step
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Check(self, request, context):
+        """verifier: a round's updates, one signed UpdateCheck
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Attest(self, request, context):
+        """verifier: re-derive a proposed checkpoint, one CheckpointVote
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_TrainingServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Submit': grpc.unary_unary_rpc_method_handler(
+                    servicer.Submit,
+                    request_deserializer=trustgen_dot_rpc_dot_trustgen__pb2.SignedRequest.FromString,
+                    response_serializer=trustgen_dot_rpc_dot_trustgen__pb2.TrainingReply.SerializeToString,
+            ),
+            'Status': grpc.unary_unary_rpc_method_handler(
+                    servicer.Status,
+                    request_deserializer=trustgen_dot_rpc_dot_trustgen__pb2.SignedRequest.FromString,
+                    response_serializer=trustgen_dot_rpc_dot_trustgen__pb2.TrainingReply.SerializeToString,
+            ),
+            'Work': grpc.unary_unary_rpc_method_handler(
+                    servicer.Work,
+                    request_deserializer=trustgen_dot_rpc_dot_trustgen__pb2.SignedRequest.FromString,
+                    response_serializer=trustgen_dot_rpc_dot_trustgen__pb2.TrainingReply.SerializeToString,
+            ),
+            'States': grpc.unary_unary_rpc_method_handler(
+                    servicer.States,
+                    request_deserializer=trustgen_dot_rpc_dot_trustgen__pb2.SignedRequest.FromString,
+                    response_serializer=trustgen_dot_rpc_dot_trustgen__pb2.TrainingReply.SerializeToString,
+            ),
+            'Check': grpc.unary_unary_rpc_method_handler(
+                    servicer.Check,
+                    request_deserializer=trustgen_dot_rpc_dot_trustgen__pb2.SignedRequest.FromString,
+                    response_serializer=trustgen_dot_rpc_dot_trustgen__pb2.TrainingReply.SerializeToString,
+            ),
+            'Attest': grpc.unary_unary_rpc_method_handler(
+                    servicer.Attest,
+                    request_deserializer=trustgen_dot_rpc_dot_trustgen__pb2.SignedRequest.FromString,
+                    response_serializer=trustgen_dot_rpc_dot_trustgen__pb2.TrainingReply.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'trustgen.v1.Training', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('trustgen.v1.Training', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Training:
+    """Missing associated documentation comment in .proto file."""
+
+    @staticmethod
+    def Submit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/trustgen.v1.Training/Submit',
+            trustgen_dot_rpc_dot_trustgen__pb2.SignedRequest.SerializeToString,
+            trustgen_dot_rpc_dot_trustgen__pb2.TrainingReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Status(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/trustgen.v1.Training/Status',
+            trustgen_dot_rpc_dot_trustgen__pb2.SignedRequest.SerializeToString,
+            trustgen_dot_rpc_dot_trustgen__pb2.TrainingReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Work(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/trustgen.v1.Training/Work',
+            trustgen_dot_rpc_dot_trustgen__pb2.SignedRequest.SerializeToString,
+            trustgen_dot_rpc_dot_trustgen__pb2.TrainingReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def States(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/trustgen.v1.Training/States',
+            trustgen_dot_rpc_dot_trustgen__pb2.SignedRequest.SerializeToString,
+            trustgen_dot_rpc_dot_trustgen__pb2.TrainingReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Check(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/trustgen.v1.Training/Check',
+            trustgen_dot_rpc_dot_trustgen__pb2.SignedRequest.SerializeToString,
+            trustgen_dot_rpc_dot_trustgen__pb2.TrainingReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Attest(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/trustgen.v1.Training/Attest',
+            trustgen_dot_rpc_dot_trustgen__pb2.SignedRequest.SerializeToString,
+            trustgen_dot_rpc_dot_trustgen__pb2.TrainingReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
