@@ -92,7 +92,7 @@ class LocalNodes:
         self.nodes[name] = node
         self._tasks[name] = asyncio.get_running_loop().create_task(node.run(handle_signals=False))
         await asyncio.wait_for(node.serving.wait(), 120)
-        if "worker" in roles or "verifier" in roles:
+        if {"worker", "verifier", "trainer"} & set(roles):
             await until(lambda: (ready_info(d) or {}).get("joined"), 60, f"{name} to join its gateway")
         return node
 

@@ -214,3 +214,98 @@ def show_cmd(
             t.add_row(str(s), f"{v:.4f}{mark}", d[:16] + "…")
         out_console.print(t)
         out_console.print(f"plot: {png}")
+
+
+# -- on the network (docs/training-network.md) -----------------------------------------------------
+
+
+def _print_job(st: dict[str, Any]) -> None:
+    t = Table(title=f"job {st['job_id'][:16]}… {st['name']}: {st['state']} {st.get('detail', '')}")
+    for col in ("round", "delivered", "accepted", "rejected", "held-out loss", "checkpoint", "s"):
+        t.add_column(col)
+    for r in st["rounds_done"]:
+        t.add_row(
+            str(r["round"] + 1),
+            str(len(r["delivered"])),
+            str(len(r["accepted"])),
+            ", ".join(x[:12] for x in r["rejected"]) or "-",
+            f"{r['heldout_loss']:.4f}",
+            r["digest"][:16] + "…",
+            f"{r.get('wall_s', 0):.1f}",
+        )
+    out_console.print(t)
+    if st.get("best"):
+        b = st["best"]
+        out_console.print(
+            f"base held-out loss {st['base_heldout_loss']:.4f}; best {b['heldout_loss']:.4f} after round "
+            f"{b['round']} (checkpoint {b['digest'][:16]}…)"
+        )
+    for k, why in st.get("excluded", {}).items():
+        out_console.print(f"[red]excluded trainer {k[:12]}…: {why}[/]")
+
+
+@train_app.command("submit")
+def submit_cmd(
+    job: str | None = typer.Argument(None, help="Job TOML file (without [trainers]), or a shipped job's name."),
+    gateway: str = typer.Option(..., "--gateway", help="HOST:PORT"),
+    default: bool = typer.Option(False, "--default", help="Submit the shipped default job."),
+    trainers: int = typer.Option(4, "--trainers", help="At most this many of the network's trainers."),
+    verifiers: int = typer.Option(3, "--verifiers", help="Verifiers assigned to each round."),
+    wait: bool = typer.Option(False, "--wait", help="Follow the job until it is final."),
+    timeout: float = typer.Option(1800.0, "--timeout"),
+    insecure: bool = typer.Option(False, "--insecure", help="Plaintext gRPC (loopback, tests)."),
+    tls_ca: str = typer.Option("", "--tls-ca", help="CA certificate for TLS."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Submit a training job to a gateway; the network's trainers run it and its verifiers vote."""
+    import asyncio
+
+    from trustgen.consensus.identity import Identity
+    from trustgen.node.training_client import submit_job
+
+    if not insecure and not tls_ca:
+        raise UsageError("give --tls-ca, or --insecure for plaintext gRPC")
+    spec = _load_spec(job, default)
+    last = [-1]
+
+    def progress(st: dict[str, Any]) -> None:
+        if not as_json and len(st["rounds_done"]) != last[0]:
+            last[0] = len(st["rounds_done"])
+            out_console.print(f"[dim]round {last[0]}/{st['rounds_total']}[/]")
+
+    st = asyncio.run(
+        submit_job(gateway, spec, Identity.generate(), insecure, tls_ca, trainers, verifiers, wait, timeout, progress)
+    )
+    _emit(st, as_json)
+    if not as_json:
+        _print_job(st)
+    if wait and st["state"] != "final":
+        raise typer.Exit(1)
+
+
+@train_app.command("status")
+def status_cmd(
+    job_id: str = typer.Argument(..., help="The job id (hex) `train submit` printed."),
+    gateway: str = typer.Option(..., "--gateway", help="HOST:PORT"),
+    network: str = typer.Option("trustgen-local"),
+    insecure: bool = typer.Option(False, "--insecure", help="Plaintext gRPC (loopback, tests)."),
+    tls_ca: str = typer.Option("", "--tls-ca", help="CA certificate for TLS."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """A network training job's progress: rounds, held-out loss, checkpoints, excluded trainers."""
+    import asyncio
+
+    from trustgen.node.training_client import job_status
+
+    try:
+        jid = bytes.fromhex(job_id)
+    except ValueError:
+        raise UsageError("the job id is 64 hex digits") from None
+    if len(jid) != 32:
+        raise UsageError("the job id is 64 hex digits")
+    if not insecure and not tls_ca:
+        raise UsageError("give --tls-ca, or --insecure for plaintext gRPC")
+    st = asyncio.run(job_status(gateway, jid, network, insecure, tls_ca))
+    _emit(st, as_json)
+    if not as_json:
+        _print_job(st)

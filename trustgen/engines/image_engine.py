@@ -17,6 +17,7 @@ import torch
 from diffusers import DiffusionPipeline
 
 from trustgen.engines.determinism import ExecutionProfile, configure, resolve_dtype
+from trustgen.engines.loading import MODEL_LOAD
 from trustgen.engines.outputs import ImageOutput
 from trustgen.engines.params import ImageParams
 from trustgen.engines.pixel_pipeline import PixelTextToImagePipeline, to_uint8
@@ -41,7 +42,8 @@ def _load_pipeline(model: ModelRef, dtype: torch.dtype) -> Any:
         PixelTextToImagePipeline if index.get("_class_name") == PixelTextToImagePipeline.__name__ else DiffusionPipeline
     )
     try:
-        return cls.from_pretrained(model.path, torch_dtype=dtype, use_safetensors=True, local_files_only=True)
+        with MODEL_LOAD:
+            return cls.from_pretrained(model.path, torch_dtype=dtype, use_safetensors=True, local_files_only=True)
     except (OSError, ValueError) as e:
         raise ModelError(f"cannot load image model {model.name!r}: {e}") from None
 

@@ -17,6 +17,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from trustgen.engines.determinism import ExecutionProfile, configure, resolve_dtype
+from trustgen.engines.loading import MODEL_LOAD
 from trustgen.engines.outputs import TextOutput
 from trustgen.engines.params import TextParams
 from trustgen.engines.registry import ModelRef
@@ -42,10 +43,11 @@ class TextEngine:
         self.profile: ExecutionProfile = configure(device, deterministic, threads, dtype)
         self.ref = model
         self.device = torch.device(self.profile.device)
-        self.tokenizer = AutoTokenizer.from_pretrained(model.path, local_files_only=True)
-        loaded = AutoModelForCausalLM.from_pretrained(
-            model.path, dtype=resolve_dtype(dtype), use_safetensors=True, local_files_only=True
-        )
+        with MODEL_LOAD:
+            self.tokenizer = AutoTokenizer.from_pretrained(model.path, local_files_only=True)
+            loaded = AutoModelForCausalLM.from_pretrained(
+                model.path, dtype=resolve_dtype(dtype), use_safetensors=True, local_files_only=True
+            )
         # Called through the class: transformers wraps `to` with functools.wraps, which type
         # checkers take for an unbound function. It is the same call as `loaded.to(device)`.
         self.model: PreTrainedModel = type(loaded).to(loaded, self.device).eval()

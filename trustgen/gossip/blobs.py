@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import pathlib
 import re
+import threading
 from dataclasses import dataclass
 
 from trustgen.consensus import merkle
@@ -54,7 +55,8 @@ class BlobStore:
         digest = blob_digest(data)
         path = self.root / digest
         if not path.exists():
-            tmp = self.root / f".{digest}.{os.getpid()}.tmp"
+            # Unique per writer: two threads of one process may store the same blob at once.
+            tmp = self.root / f".{digest}.{os.getpid()}.{threading.get_ident()}.tmp"
             tmp.write_bytes(data)
             os.replace(tmp, path)  # atomic: a reader never sees half a blob
         return digest

@@ -20,6 +20,7 @@ STUBS = {
     "Blobs": rpc.BlobsStub,
     "Node": rpc.NodeStub,
     "Gossip": rpc.GossipStub,
+    "Training": rpc.TrainingStub,
 }
 
 

@@ -10,8 +10,9 @@ from typing import Any
 from trustgen.consensus.ledger import DEFAULT_NETWORK
 from trustgen.errors import UsageError
 from trustgen.node.adversary import check_mode
+from trustgen.training.adversary import MODES as TRAIN_MODES
 
-ROLES = ("gateway", "worker", "verifier")
+ROLES = ("gateway", "worker", "verifier", "trainer")
 
 
 @dataclass
@@ -40,14 +41,20 @@ class NodeConfig:
     gossip_interval_s: float = 1.0  # 0: no background rounds (tests and benchmarks drive them)
     gossip_fanout: int = 2
     learn_peers: bool = True  # add peers from NodeJoined entries, not only bootstrap
+    train_adversary: str = ""  # a trainer's cheating mode (trustgen.training.adversary), for tests and demos
+    training_round_timeout_s: float = 600.0  # gateway: a round closes with the trainers that delivered by then
 
     def __post_init__(self) -> None:
         self.data_dir = pathlib.Path(self.data_dir)
         bad = [r for r in self.roles if r not in ROLES]
         if bad:  # no roles at all is a plain replica: it keeps the ledger and gossips
             raise UsageError(f"roles must be some of {', '.join(ROLES)}; got {self.roles}")
-        if ("worker" in self.roles or "verifier" in self.roles) and not self.gateway and "gateway" not in self.roles:
-            raise UsageError('a worker or verifier needs `gateway = "HOST:PORT"`')
+        if set(self.roles) & {"worker", "verifier", "trainer"} and not self.gateway and "gateway" not in self.roles:
+            raise UsageError('a worker, verifier or trainer needs `gateway = "HOST:PORT"`')
+        if self.train_adversary and self.train_adversary not in TRAIN_MODES:
+            raise UsageError(f"unknown train_adversary {self.train_adversary!r} (modes: {', '.join(TRAIN_MODES)})")
+        if self.training_round_timeout_s <= 0:
+            raise UsageError("training_round_timeout_s must be > 0")
         if not self.insecure and not (self.tls_cert and self.tls_key):
             raise UsageError("set tls_cert and tls_key, or `insecure = true` for plaintext gRPC")
         check_mode(self.adversary)

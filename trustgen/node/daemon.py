@@ -40,6 +40,7 @@ from trustgen.node.servicers import (
     GatewayServicer,
     GossipServicer,
     NodeServicer,
+    TrainingServicer,
     VerifierServicer,
     WorkerServicer,
 )
@@ -49,6 +50,9 @@ from trustgen.rpc import trustgen_pb2_grpc as rpc
 if TYPE_CHECKING:  # the roles are imported when loaded: a pure gateway never imports torch
     from trustgen.node.engine_pool import Engines
     from trustgen.node.gateway import GatewayRole
+    from trustgen.node.training_jobs import TrainingCoordinator
+    from trustgen.node.training_trainer import TrainerRole
+    from trustgen.node.training_verifier import TrainingVerifier
     from trustgen.node.verifier_role import VerifierRole
     from trustgen.node.worker import WorkerRole
 
@@ -85,6 +89,9 @@ class Node:
         self.worker: WorkerRole | None = None
         self.verifier: VerifierRole | None = None
         self.engines: Engines | None = None
+        self.coordinator: TrainingCoordinator | None = None
+        self.trainer: TrainerRole | None = None
+        self.train_verifier: TrainingVerifier | None = None
         self.address = ""
         self._stop = asyncio.Event()
         self.serving = asyncio.Event()
@@ -138,6 +145,16 @@ class Node:
                     "history index: %d accepted outputs from the ledger",
                     verifier.rebuild_history(self.ledger, self.blobs),
                 )
+        # Training roles import torch only when a job arrives (training_replica / training_jobs
+        # load objectives lazily), but their modules need it: load them for those roles only.
+        if "trainer" in cfg.roles:
+            from trustgen.node.training_trainer import TrainerRole
+
+            self.trainer = TrainerRole(self.identity, cfg.network, self.peers, self.blobs, cfg.train_adversary)
+        if "verifier" in cfg.roles:
+            from trustgen.node.training_verifier import TrainingVerifier
+
+            self.train_verifier = TrainingVerifier(self.identity, cfg.network, self.peers, self.blobs)
         if "gateway" in cfg.roles:
             from trustgen.node.gateway import GatewayRole
 
@@ -152,6 +169,20 @@ class Node:
                 cfg.verifier_timeout_s,
                 self.events,
                 self.metrics,
+            )
+            from trustgen.node.training_jobs import TrainingCoordinator
+
+            self.coordinator = TrainingCoordinator(
+                self.identity,
+                cfg.network,
+                self.ledger,
+                self.peers,
+                self.blobs,
+                self.gateway.members,
+                lambda: self.address,
+                cfg.training_round_timeout_s,
+                cfg.verifier_timeout_s,
+                self.events,
             )
 
     async def run(self, handle_signals: bool = True) -> None:
@@ -172,6 +203,9 @@ class Node:
         if self.verifier:
             rpc.add_VerifierServicer_to_server(VerifierServicer(self.verifier, self.guard, self.metrics), server)
             services.append("trustgen.v1.Verifier")
+        training = TrainingServicer(self.coordinator, self.trainer, self.train_verifier, self.guard, self.metrics)
+        rpc.add_TrainingServicer_to_server(training, server)
+        services.append("trustgen.v1.Training")
         health = health_aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health, server)
         reflection.enable_server_reflection(services + [reflection.SERVICE_NAME, "grpc.health.v1.Health"], server)
@@ -192,7 +226,7 @@ class Node:
             resumed = self.gateway.recover()
             log.info("gateway resumed %d pending tasks", resumed)
         await health.set("", health_pb2.HealthCheckResponse.SERVING)
-        self._write_ready(joined=not (self.worker or self.verifier))
+        self._write_ready(joined=not (self.worker or self.verifier or self.trainer))
         log.info("node %s serving %s at %s", self.identity.node_id[:12], ",".join(cfg.roles), self.address)
         self.events.publish("node", state="serving", node=self.identity.node_id, address=self.address)
 
@@ -200,7 +234,11 @@ class Node:
         if handle_signals:  # only possible on the main thread; in-process callers use stop()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self._stop.set)
-        joiner = loop.create_task(self._join_gateway()) if (self.worker or self.verifier) and cfg.gateway else None
+        joiner = (
+            loop.create_task(self._join_gateway())
+            if (self.worker or self.verifier or self.trainer) and cfg.gateway
+            else None
+        )
         gossiper = (
             loop.create_task(self.gossip.run(cfg.gossip_interval_s, self._stop)) if cfg.gossip_interval_s > 0 else None
         )
@@ -219,6 +257,8 @@ class Node:
         self.gossip.close()
         if self.gateway:
             await self.gateway.close()
+        if self.coordinator:
+            await self.coordinator.close()
         await server.stop(grace=3)
         await self.peers.close()
         if self.engines:
@@ -289,7 +329,7 @@ class Node:
                     self.cfg.gateway, "Gateway", "Join", {"entries": entries}, timeout=opts.DEADLINE_JOIN
                 )
                 gw = bytes.fromhex(info.node_id)
-                for role in (self.worker, self.verifier):
+                for role in (self.worker, self.verifier, self.trainer, self.train_verifier):
                     if role is not None:
                         role.gateways = {gw}
                 log.info("joined gateway %s", self.cfg.gateway)

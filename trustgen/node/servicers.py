@@ -20,6 +20,7 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 
+from trustgen.consensus.encoding import encode
 from trustgen.errors import TrustgenError
 from trustgen.gossip.blobs import CHUNK
 from trustgen.net.auth import RequestGuard, RpcError
@@ -297,6 +298,49 @@ class GossipServicer(_Base, rpc.GossipServicer):
         async with contextlib.aclosing(self.gossip.serve(request_iterator, self.guard)) as frames:
             async for frame in frames:
                 yield frame
+
+
+class TrainingServicer(_Base, rpc.TrainingServicer):
+    """Network training: the gateway's Submit/Status, a trainer's Work/States, a verifier's
+    Check/Attest; a node without the role answers UNIMPLEMENTED."""
+
+    def __init__(self, coordinator: Any, trainer: Any, verifier: Any, guard: RequestGuard, metrics: Any = None) -> None:
+        super().__init__(guard, metrics)
+        self.coordinator, self.trainer, self.verifier = coordinator, trainer, verifier
+
+    @staticmethod
+    def _role(role: Any, what: str) -> Any:
+        if role is None:
+            raise RpcError(grpc.StatusCode.UNIMPLEMENTED, f"this node is not a {what}")
+        return role
+
+    @guarded("Training", "Submit")
+    async def Submit(self, msg, context):
+        return training_reply(await self._role(self.coordinator, "gateway").submit(msg))
+
+    @guarded("Training", "Status")
+    async def Status(self, msg, context):
+        return training_reply(self._role(self.coordinator, "gateway").get(msg.body["args"].get("job_id")).to_dict())
+
+    @guarded("Training", "Work")
+    async def Work(self, msg, context):
+        return training_reply(await self._role(self.trainer, "trainer").work(msg))
+
+    @guarded("Training", "States")
+    async def States(self, msg, context):
+        return training_reply(await self._role(self.trainer, "trainer").states(msg))
+
+    @guarded("Training", "Check")
+    async def Check(self, msg, context):
+        return training_reply(await self._role(self.verifier, "verifier").check(msg))
+
+    @guarded("Training", "Attest")
+    async def Attest(self, msg, context):
+        return training_reply(await self._role(self.verifier, "verifier").attest(msg))
+
+
+def training_reply(body: dict[str, Any]) -> pb.TrainingReply:
+    return pb.TrainingReply(body=encode(body))
 
 
 class NodeServicer(rpc.NodeServicer):

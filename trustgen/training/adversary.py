@@ -7,8 +7,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from trustgen.training.tensors import Tensors
+if TYPE_CHECKING:  # node configs read the mode names without importing torch
+    from trustgen.training.tensors import Tensors
 
 
 @dataclass(frozen=True)

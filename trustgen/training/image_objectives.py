@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from trustgen.engines.loading import MODEL_LOAD
 from trustgen.engines.registry import ModelRef
 from trustgen.errors import ModelError, UsageError
 from trustgen.training.corpus import image_files
@@ -126,9 +127,10 @@ class _Denoising(ABC):
         diffusers_logging.disable_progress_bar()
         try:
             # low_cpu_mem_usage=False: the default asks for `accelerate` and warns in every trainer's log.
-            pipe = PixelTextToImagePipeline.from_pretrained(
-                self.ref.path, use_safetensors=True, local_files_only=True, low_cpu_mem_usage=False
-            )
+            with MODEL_LOAD:
+                pipe = PixelTextToImagePipeline.from_pretrained(
+                    self.ref.path, use_safetensors=True, local_files_only=True, low_cpu_mem_usage=False
+                )
         except (OSError, ValueError) as e:
             raise ModelError(f"cannot load image model {self.ref.name!r}: {e}") from None
         finally:

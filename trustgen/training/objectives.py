@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 import torch
 
+from trustgen.engines.loading import MODEL_LOAD
 from trustgen.engines.registry import ModelRef, embedded_models, model_files, resolve
 from trustgen.errors import ModelError, UsageError
 from trustgen.training.corpus import dataset_digest, dataset_path, read_text_dataset
@@ -74,14 +75,15 @@ class CausalLM:
         if self.ref.kind != "text":
             raise ModelError(f"objective causal-lm needs a text model; {self.ref.name!r} is an image model")
         dtype = DTYPES[spec.section("profile")["dtype"]]
-        tok = AutoTokenizer.from_pretrained(self.ref.path, local_files_only=True)
-        if spec.section("model")["init"] == "fresh":
-            config = AutoConfig.from_pretrained(self.ref.path, local_files_only=True)
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(spec.section("job")["seed"])
-                model = AutoModelForCausalLM.from_config(config)
-        else:
-            model = AutoModelForCausalLM.from_pretrained(self.ref.path, use_safetensors=True, local_files_only=True)
+        with MODEL_LOAD:
+            tok = AutoTokenizer.from_pretrained(self.ref.path, local_files_only=True)
+            if spec.section("model")["init"] == "fresh":
+                config = AutoConfig.from_pretrained(self.ref.path, local_files_only=True)
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(spec.section("job")["seed"])
+                    model = AutoModelForCausalLM.from_config(config)
+            else:
+                model = AutoModelForCausalLM.from_pretrained(self.ref.path, use_safetensors=True, local_files_only=True)
         self.model = model.to(dtype).eval()
         for p in self.model.parameters():
             p.requires_grad_(False)

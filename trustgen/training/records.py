@@ -96,7 +96,12 @@ class BlobDir:
 
 def updates_digest(updates: list[Signed]) -> bytes:
     """Digest of a list of signed updates (their ids, in order): what a checkpoint commits to."""
-    return hashlib.sha256(UPDATES_DOMAIN + encode([u.id for u in updates])).digest()
+    return ids_digest([u.id for u in updates])
+
+
+def ids_digest(ids: list[bytes]) -> bytes:
+    """updates_digest from the update ids alone (what ledger entries hold)."""
+    return hashlib.sha256(UPDATES_DOMAIN + encode(list(ids))).digest()
 
 
 @dataclass

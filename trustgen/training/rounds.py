@@ -12,12 +12,14 @@ Transport lives in trustgen.node; nothing here does I/O.
 from __future__ import annotations
 
 import hashlib
+import math
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from trustgen.consensus.assignment import effective_verifiers, rank
 from trustgen.consensus.domains import TRAIN_CHECK_COIN, TRAIN_ROUND
-from trustgen.consensus.messages import Signed
+from trustgen.consensus.messages import MessageError, Signed, open_wire
 from trustgen.consensus.tally import ACCEPT, REJECT, tally
 from trustgen.training import diloco
 from trustgen.training.checks import CheckResult, check_delta, check_inner_step
@@ -104,7 +106,9 @@ class Verdict:
     reason: str
 
     def to_list(self) -> list:
-        return [self.update, self.accept, self.code, self.inner, self.distance, self.reason[:MAX_REASON]]
+        # A check that failed before measuring has no distance: -1 (the encoding has no infinity).
+        d = self.distance if math.isfinite(self.distance) else -1.0
+        return [self.update, self.accept, self.code, self.inner, d, self.reason[:MAX_REASON]]
 
     @classmethod
     def from_list(cls, v: object) -> Verdict:
@@ -213,6 +217,9 @@ def apply_round(state: DilocoState, accepted: list[Signed], deltas: Mapping[byte
 
 __all__ = [
     "ACCEPT",
+    "ProofError",
+    "check_finalized",
+    "effective_round_verifiers",
     "REJECT",
     "Verdict",
     "apply_round",
@@ -228,3 +235,54 @@ __all__ = [
     "static_verdict",
     "verdicts_of",
 ]
+
+
+# -- the proof a finalised checkpoint carries ---------------------------------------------------------
+
+
+class ProofError(ValueError):
+    """A CheckpointFinalized that does not prove what it claims; `code` names why."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def effective_round_verifiers(
+    job_id: bytes, rnd: int, beacon: bytes, candidates: list[bytes], skipped: list[bytes], k: int
+) -> list[bytes]:
+    return effective_verifiers(rank(beacon, round_target(job_id, rnd), candidates), skipped, k)
+
+
+def check_finalized(spec: JobSpec, gateway: bytes, candidates: list[bytes], k: int, body: dict) -> Signed:
+    """Check a CheckpointFinalized body against the job (its author `gateway`, verifier candidates
+    and k): the checkpoint is the gateway's for this job and round, the verifiers are the round's
+    effective ones, and a strict majority of them signed an accepting vote for exactly this
+    digest and state blob. Returns the checkpoint; raises ProofError."""
+    network, rnd = spec.network, body["round"]
+    try:
+        cp = open_wire(body["checkpoint"], "TrainingCheckpoint", network)
+    except MessageError as e:
+        raise ProofError("bad_checkpoint", f"round {rnd}: checkpoint: {e}") from None
+    c = cp.body
+    if c["publisher"] != gateway or c["job"] != spec.id or c["step"] != rnd + 1:
+        raise ProofError("bad_checkpoint", f"round {rnd}: the checkpoint is not the gateway's for this job and round")
+    want = effective_round_verifiers(spec.id, rnd, body["beacon"], candidates, list(body["skipped"]), k)
+    if list(body["verifiers"]) != want:
+        raise ProofError("wrong_verifiers", f"round {rnd}: the voters are not the round's assigned verifiers")
+    yes: set[bytes] = set()
+    for w in body["votes"]:
+        try:
+            v = open_wire(w, "CheckpointVote", network)
+        except (MessageError, TypeError) as e:
+            raise ProofError("bad_vote", f"round {rnd}: vote: {e}") from None
+        b = v.body
+        if v.signer not in want:
+            raise ProofError("foreign_vote", f"round {rnd}: a vote from a key not assigned to the round")
+        if b["job"] != spec.id or b["round"] != rnd:
+            raise ProofError("bad_vote", f"round {rnd}: a vote for another job or round")
+        if b["accept"] and b["digest"] == c["digest"] and b["state"] == body["state"]:
+            yes.add(v.signer)
+    if len(yes) * 2 <= k:
+        raise ProofError("no_majority", f"round {rnd}: {len(yes)} of {k} verifiers accepted this checkpoint")
+    return cp

@@ -1,0 +1,101 @@
+"""Training on the network: real gateway, trainer and verifier nodes (gRPC servers on ephemeral
+loopback ports) run a local-SGD job; checkpoints are finalised by verifier majority, a cheating
+trainer is rejected with evidence, and the job replays from the gateway's ledger alone."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from tests.helpers import LocalNodes
+from trustgen.consensus.identity import Identity
+from trustgen.consensus.messages import open_wire
+from trustgen.node.training_client import TrainingClientError, job_status, submit_job
+from trustgen.training import rounds
+from trustgen.training import spec as specs
+from trustgen.training.job import checkpoint_digest
+
+NET = "trustgen-local"
+
+
+def small(**algo: object) -> specs.JobSpec:
+    raw = specs.as_table(specs.load("diloco").data)
+    raw.pop("trainers")
+    raw["data"]["eval_windows"] = 8
+    raw["algorithm"].update({"rounds": 2, "inner_steps": 2, "batch": 2, "check_probability": 1.0, **algo})
+    return specs.from_dict(raw)
+
+
+async def _cluster(tmp_path, trainers: int, verifiers: int, **trainer_settings) -> tuple[LocalNodes, str]:
+    nodes = LocalNodes(tmp_path)
+    gw = await nodes.start("gateway", ["gateway"], training_round_timeout_s=120.0)
+    for i in range(verifiers):
+        await nodes.start(f"verifier-{i + 1}", ["verifier"], gateway=gw.address)
+    for i in range(trainers):
+        extra = trainer_settings.get(f"trainer-{i + 1}", {})
+        await nodes.start(f"trainer-{i + 1}", ["trainer"], gateway=gw.address, **extra)
+    return nodes, gw.address
+
+
+def _entries(node, kind: str) -> list:
+    return [e for e in node.ledger.iter_entries(entry_type=kind) if e.feed == node.identity.public_key]
+
+
+@pytest.mark.slow
+def test_a_job_runs_on_the_network_and_a_cheating_trainer_is_rejected(tmp_path) -> None:
+    async def main() -> None:
+        nodes, gw_addr = await _cluster(tmp_path, 3, 3, **{"trainer-2": {"train_adversary": "scaled"}})
+        try:
+            gw = nodes.nodes["gateway"]
+            st = await submit_job(gw_addr, small(), Identity.generate(), True, trainers=3, verifiers=3, wait=True)
+            assert st["state"] == "final", st
+            assert len(st["rounds_done"]) == 2
+            cheat = nodes.nodes["trainer-2"].identity.public_key.hex()
+            # check_probability 1.0: the scaled delta fails the delta check in round 0 and the
+            # trainer is excluded from then on.
+            assert st["rounds_done"][0]["rejected"] == [cheat]
+            assert cheat in st["excluded"] and "failed_check" in st["excluded"][cheat]
+            assert len(st["rounds_done"][1]["delivered"]) == 2
+            ev = [e for e in _entries(gw, "Evidence") if e.body["kind"] == "rejected_update"]
+            assert [e.body["subject"].hex() for e in ev] == [cheat]
+            # Every round finalised with a strict majority of the assigned verifiers' votes,
+            # checkable from the TrainingJobAccepted entry alone.
+            acc = _entries(gw, "TrainingJobAccepted")[0]
+            job = open_wire(acc.body["job"], "TrainingJob", NET)
+            spec = specs.open_job(job.wire(), NET)[1]
+            fins = _entries(gw, "CheckpointFinalized")
+            assert [f.body["round"] for f in fins] == [0, 1]
+            for f in fins:
+                cp = rounds.check_finalized(spec, gw.identity.public_key, acc.body["candidates"], acc.body["k"], f.body)
+                assert cp.body["digest"].hex() == st["rounds_done"][f.body["round"]]["digest"]
+            # The finalised state blob decodes to the finalised digest.
+            last = fins[-1]
+            state = rounds.decode_state(spec, gw.coordinator.jobs[spec.id].state, gw.blobs.get(last.body["state"]), 2)
+            assert checkpoint_digest(state.params).hex() == st["rounds_done"][1]["digest"]
+            again = await job_status(gw_addr, spec.id, NET, True)
+            assert again["state"] == "final" and again["best"]["digest"] in {r["digest"] for r in st["rounds_done"]}
+        finally:
+            await nodes.close()
+
+    asyncio.run(main())
+
+
+def test_submit_refuses_what_the_network_cannot_run(tmp_path) -> None:
+    async def main() -> None:
+        nodes = LocalNodes(tmp_path)
+        gw = await nodes.start("gateway", ["gateway"])
+        try:
+            with pytest.raises(TrainingClientError, match="FAILED_PRECONDITION.*no trainer"):
+                await submit_job(gw.address, small(), Identity.generate(), True)
+            spsa = specs.load("spsa")
+            raw = specs.as_table(spsa.data)
+            raw.pop("trainers")
+            with pytest.raises(TrainingClientError, match="INVALID_ARGUMENT.*only local-SGD"):
+                await submit_job(gw.address, specs.from_dict(raw), Identity.generate(), True)
+            with pytest.raises(TrainingClientError, match="NOT_FOUND"):
+                await job_status(gw.address, b"\x01" * 32, NET, True)
+        finally:
+            await nodes.close()
+
+    asyncio.run(main())

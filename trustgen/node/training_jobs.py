@@ -1,0 +1,429 @@
+"""Gateway side of network training: accept a job, drive its rounds, finalise checkpoints.
+
+The flow and what each ledger entry means are in docs/training-network.md. Everything is written
+to the gateway's feed before it is acted on; the gateway is trusted for liveness only, since
+every finalised checkpoint carries the signed votes of a strict majority of the round's assigned
+verifiers, each of which re-derived it. A round closes when every trainer answered or at its
+deadline, with the trainers that delivered; a trainer that is killed, times out or whose blob
+never arrives is absent from that round and asked again the next.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+
+from trustgen.consensus.assignment import effective_verifiers, rank
+from trustgen.consensus.identity import Identity
+from trustgen.consensus.ledger import Ledger
+from trustgen.consensus.messages import MessageError, Signed, open_wire, sign
+from trustgen.consensus.tally import ACCEPT, REJECT
+from trustgen.gossip.blobfetch import BlobFetchError, fetch_blob
+from trustgen.gossip.blobs import BlobStore
+from trustgen.net.auth import RpcError
+from trustgen.net.peers import Peers
+from trustgen.node.training_replica import bad, open_reply
+from trustgen.training import rounds
+from trustgen.training.job import DilocoState, by_trainer, checkpoint_digest, start_state
+from trustgen.training.objectives import Objective, load_objective
+from trustgen.training.profile import apply_profile
+from trustgen.training.records import ids_digest
+from trustgen.training.spec import MAX_TRAINERS, JobSpec, open_job, sign_job
+
+log = logging.getLogger("trustgen.node")
+MAX_VERIFIERS = 15
+
+
+@dataclass
+class JobRun:
+    job: Signed
+    spec: JobSpec
+    accepted: tuple[bytes, bytes]  # the TrainingJobAccepted entry (payload, signature)
+    candidates: list[bytes]
+    k: int
+    objective: Objective
+    state: DilocoState
+    status: str = "running"  # running | final | failed
+    detail: str = ""
+    base_loss: float = 0.0
+    rounds: list[dict[str, Any]] = field(default_factory=list)
+    excluded: dict[bytes, str] = field(default_factory=dict)
+    history: list[bytes] = field(default_factory=list)  # ids of every accepted update, in order
+    finalized: tuple[bytes, bytes] | None = None
+    best: dict[str, Any] = field(default_factory=dict)
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def touch(self) -> None:
+        self.changed.set()
+        self.changed = asyncio.Event()
+
+    def to_dict(self) -> dict[str, Any]:
+        a = self.spec.algorithm
+        return {
+            "job_id": self.spec.id.hex(),
+            "name": self.spec.section("job")["name"],
+            "state": self.status,
+            "detail": self.detail,
+            "round": self.state.step,
+            "rounds_total": a["rounds"],
+            "trainers": [t.hex() for t in self.spec.trainers],
+            "excluded": {t.hex(): why for t, why in self.excluded.items()},
+            "base_heldout_loss": self.base_loss,
+            "rounds_done": self.rounds,
+            "best": self.best,
+        }
+
+
+class TrainingCoordinator:
+    def __init__(
+        self,
+        identity: Identity,
+        network: str,
+        ledger: Ledger,
+        peers: Peers,
+        blobs: BlobStore,
+        members: dict[bytes, dict[str, Any]],
+        address: Callable[[], str],
+        round_timeout_s: float = 600.0,
+        verifier_timeout_s: float = 600.0,
+        events: Any = None,
+    ) -> None:
+        self.identity, self.network, self.ledger = identity, network, ledger
+        self.peers, self.blobs, self.members, self.address = peers, blobs, members, address
+        self.round_timeout_s, self.verifier_timeout_s = round_timeout_s, verifier_timeout_s
+        self.events = events
+        self.jobs: dict[bytes, JobRun] = {}
+        self.by_submission: dict[bytes, bytes] = {}
+        self._runners: set[asyncio.Task] = set()
+
+    def _with_role(self, role: str) -> list[bytes]:
+        return sorted(k for k, m in self.members.items() if role in m["roles"])
+
+    # -- submit and status ---------------------------------------------------------------------------
+
+    async def submit(self, req: Signed) -> dict[str, Any]:
+        args = req.body["args"]
+        try:
+            sub, spec = open_job(args.get("job", b""), self.network)
+        except MessageError as e:
+            raise bad(f"job refused: {e}") from None
+        if sub.id in self.by_submission:  # idempotent: a retried submit gets the same job
+            return self.jobs[self.by_submission[sub.id]].to_dict()
+        if spec.trainers:
+            raise bad("the network chooses the trainers: submit a job without [trainers]")
+        if spec.algorithm["name"] != "diloco":
+            raise bad("only local-SGD (diloco) jobs run on the network; run SPSA jobs with `train run`")
+        want, k = args.get("trainers", 4), args.get("verifiers", 3)
+        if not (isinstance(want, int) and 1 <= want <= MAX_TRAINERS and isinstance(k, int) and 1 <= k <= MAX_VERIFIERS):
+            raise bad(f"trainers must be in 1..{MAX_TRAINERS} and verifiers in 1..{MAX_VERIFIERS}")
+        trainers = self._with_role("trainer")[:want]
+        if not trainers:
+            raise RpcError(grpc.StatusCode.FAILED_PRECONDITION, "no trainer has joined this gateway")
+        candidates = [v for v in self._with_role("verifier") if v not in trainers]
+        if len(candidates) < k:
+            raise RpcError(
+                grpc.StatusCode.FAILED_PRECONDITION, f"the job asks for {k} verifiers; {len(candidates)} have joined"
+            )
+        spec = spec.with_trainers(trainers)
+        job = sign_job(self.identity, spec)
+        apply_profile(spec)
+        objective = await asyncio.to_thread(load_objective, spec)
+        state = start_state(spec, objective)
+        assert isinstance(state, DilocoState)
+        base_loss = await asyncio.to_thread(objective.eval_loss, state.params)
+        commitment = self.ledger.commit()  # the job's beacon
+        entry = self.ledger.append(
+            "TrainingJobAccepted",
+            {
+                "job": job.wire(),
+                "beacon": commitment.body["root"],
+                "beacon_size": commitment.body["size"],
+                "candidates": candidates,
+                "k": k,
+            },
+        )
+        run = JobRun(job, spec, (entry.payload, entry.sig), candidates, k, objective, state, base_loss=base_loss)
+        self.jobs[spec.id] = run
+        self.by_submission[sub.id] = spec.id
+        self._publish("training", job=spec.id.hex(), state="accepted", trainers=len(trainers))
+        t = asyncio.get_running_loop().create_task(self._drive(run))
+        self._runners.add(t)
+        t.add_done_callback(self._runners.discard)
+        return run.to_dict()
+
+    def get(self, job_id: Any) -> JobRun:
+        run = self.jobs.get(job_id) if isinstance(job_id, bytes) else None
+        if run is None:
+            raise RpcError(grpc.StatusCode.NOT_FOUND, "unknown training job")
+        return run
+
+    # -- driving the rounds ------------------------------------------------------------------------------
+
+    async def _drive(self, run: JobRun) -> None:
+        try:
+            for r in range(run.spec.algorithm["rounds"]):
+                t0 = time.monotonic()
+                info = await self._round(run, r)
+                info["wall_s"] = round(time.monotonic() - t0, 3)
+                run.rounds.append(info)
+                run.touch()
+                self._publish("training_round", job=run.spec.id.hex(), **info)
+            run.status = "final"
+        except _RoundFailed as e:
+            run.status, run.detail = "failed", str(e)
+            log.warning("training job %s failed: %s", run.spec.id.hex()[:12], e)
+        except Exception:  # a bug must not take the node down
+            log.exception("training job %s failed", run.spec.id.hex()[:12])
+            run.status, run.detail = "failed", "internal error"
+        run.touch()
+        self._publish("training", job=run.spec.id.hex(), state=run.status)
+
+    def _common(self, run: JobRun) -> dict[str, Any]:
+        return {
+            "job": run.job.wire(),
+            "accepted": list(run.accepted),
+            "finalized": list(run.finalized) if run.finalized else [],
+            "sources": [self.address()],
+        }
+
+    async def _work(self, run: JobRun, trainer: bytes, r: int) -> tuple[Signed, str, str] | None:
+        """One trainer's checked update and its delta blob, fetched here; None when it delivered nothing usable."""
+        address = self.members[trainer]["address"]
+        tag = trainer.hex()[:12]
+        try:
+            reply = await self.peers.call(
+                address, "Training", "Work", {**self._common(run), "round": r}, timeout=self.round_timeout_s
+            )
+            body = open_reply(reply.body)
+            u = open_wire(body.get("update", b""), "DeltaUpdate", self.network)
+            digest = body.get("blob")
+            if (
+                u.signer != trainer
+                or u.body["job"] != run.spec.id
+                or u.body["round"] != r
+                or not isinstance(digest, str)
+            ):
+                log.warning("trainer %s answered with an update for something else", tag)
+                return None
+            data, _ = await fetch_blob(self.peers, digest, [address], self.blobs)
+        except grpc.aio.AioRpcError as e:
+            log.warning("trainer %s: round %d: %s %s", tag, r, e.code().name, e.details())
+            return None
+        except (ValueError, MessageError, BlobFetchError) as e:
+            log.warning("trainer %s: round %d: %s", tag, r, e)
+            return None
+        if hashlib.sha256(data).digest() != u.body["delta"]:
+            log.warning("trainer %s: round %d: the blob is not the delta its update names", tag, r)
+            return None
+        return u, digest, address
+
+    async def _collect_updates(self, run: JobRun, r: int) -> list[tuple[Signed, str, str]]:
+        trainers = [t for t in run.spec.trainers if t not in run.excluded and t in self.members]
+        tasks = [asyncio.ensure_future(self._work(run, t, r)) for t in trainers]
+        if not tasks:
+            return []
+        done, pending = await asyncio.wait(tasks, timeout=self.round_timeout_s)
+        for t in pending:  # the deadline: the round goes on with those that delivered
+            t.cancel()
+        got = [t.result() for t in done if t.result() is not None]
+        return sorted([g for g in got if g is not None], key=lambda g: g[0].signer)
+
+    async def _ask(self, verifier: bytes, method: str, args: dict[str, Any]) -> dict[str, Any] | None:
+        member = self.members.get(verifier)
+        if member is None:
+            return None
+        try:
+            reply = await self.peers.call(member["address"], "Training", method, args, timeout=self.verifier_timeout_s)
+            return open_reply(reply.body)
+        except (grpc.aio.AioRpcError, ValueError) as e:
+            log.warning("verifier %s: %s: %s", verifier.hex()[:12], method, e)
+            return None
+
+    async def _checks(
+        self, run: JobRun, r: int, beacon: bytes, ups: list[tuple[Signed, str, str]]
+    ) -> tuple[list[bytes], list[bytes], list[Signed]]:
+        """UpdateChecks from the round's assigned verifiers; a verifier that fails is skipped and
+        the next standby in rank order asked. Returns (verifiers, skipped, checks)."""
+        ranking = rank(beacon, rounds.round_target(run.spec.id, r), run.candidates)
+        ids = {u.id for u, _, _ in ups}
+        args = {**self._common(run), "round": r, "beacon": beacon, "updates": [[u.wire(), d, a] for u, d, a in ups]}
+        checks: dict[bytes, Signed] = {}
+        skipped: list[bytes] = []
+        while True:
+            chosen = effective_verifiers(ranking, skipped, run.k)
+            if len(chosen) < run.k:
+                raise _RoundFailed(f"round {r}: too few verifiers answered ({len(checks)} of {run.k})")
+            todo = [v for v in chosen if v not in checks]
+            if not todo:
+                return chosen, skipped, [checks[v] for v in chosen]
+            answers = await asyncio.gather(*(self._ask(v, "Check", args) for v in todo))
+            for v, a in zip(todo, answers):
+                c = _open_check(a, v, run.spec.id, r, beacon, ids, self.network)
+                if c is None:
+                    skipped.append(v)
+                else:
+                    checks[v] = c
+                    self.ledger.append("UpdateCheck", {"check": c.wire()})
+
+    async def _round(self, run: JobRun, r: int) -> dict[str, Any]:
+        spec = run.spec
+        ups = await self._collect_updates(run, r)
+        for u, d, _ in ups:
+            self.ledger.append("TrainingUpdate", {"update": u.wire(), "blob": d})
+        beacon = self.ledger.commit().body["root"]  # after the updates: no trainer can know it
+        verifiers, skipped, checks = await self._checks(run, r, beacon, ups)
+        decisions = rounds.round_decisions([u for u, _, _ in ups], checks, verifiers, run.k)
+        for u, _, _ in ups:
+            if decisions[u.id] == REJECT:
+                why = _reasons(checks, u.id)
+                run.excluded[u.signer] = why
+                self.ledger.append(
+                    "Evidence",
+                    {
+                        "kind": "rejected_update",
+                        "subject": u.signer,
+                        "proof": {"update": u.wire(), "checks": [c.wire() for c in checks]},
+                    },
+                )
+                self._publish("training", job=spec.id.hex(), state="rejected", trainer=u.signer.hex(), reason=why)
+        accepted = by_trainer([u for u, _, _ in ups if decisions[u.id] == ACCEPT])
+        deltas = {}
+        for u, d, _ in ups:
+            if decisions[u.id] == ACCEPT:
+                data = self.blobs.get(d)
+                if data is None:
+                    raise _RoundFailed(f"round {r}: the delta blob of an accepted update is gone")
+                deltas[u.id] = run.state.decode(u, data)
+
+        def derive() -> tuple[DilocoState, float, bytes]:
+            nxt = rounds.apply_round(run.state, accepted, deltas)
+            return nxt, run.objective.eval_loss(nxt.params), rounds.encode_state(nxt)
+
+        nxt, loss, state_bytes = await asyncio.to_thread(derive)
+        state_digest = self.blobs.put(state_bytes)
+        history = run.history + [u.id for u in accepted]
+        cp = sign(
+            self.identity,
+            "TrainingCheckpoint",
+            self.network,
+            {
+                "publisher": self.identity.public_key,
+                "job": spec.id,
+                "step": r + 1,
+                "digest": checkpoint_digest(nxt.params),
+                "updates": ids_digest(history),
+                "heldout_loss": loss,
+            },
+        )
+        prop = self.ledger.append(
+            "CheckpointProposed",
+            {"checkpoint": cp.wire(), "round": r, "state": state_digest, "accepted": [u.id for u in accepted]},
+        )
+        args = {
+            **self._common(run),
+            "round": r,
+            "proposal": [prop.payload, prop.sig],
+            "checks": [c.wire() for c in checks],
+            "beacon": beacon,
+            "verifiers": verifiers,
+            "skipped": skipped,
+            "history": run.history,
+            "updates": [[u.wire(), d, a] for u, d, a in ups],
+        }
+        answers = await asyncio.gather(*(self._ask(v, "Attest", args) for v in verifiers))
+        votes = [_open_vote(a, v, spec.id, r, self.network) for v, a in zip(verifiers, answers)]
+        counted = [v for v in votes if v is not None]
+        yes = [
+            v
+            for v in counted
+            if v.body["accept"] and v.body["digest"] == cp.body["digest"] and v.body["state"] == state_digest
+        ]
+        if len(yes) * 2 <= run.k:
+            reasons = "; ".join(sorted({v.body["reason"] for v in counted if not v.body["accept"]})) or "no answer"
+            raise _RoundFailed(f"round {r}: {len(yes)} of {run.k} verifiers confirmed the checkpoint ({reasons})")
+        fin = self.ledger.append(
+            "CheckpointFinalized",
+            {
+                "checkpoint": cp.wire(),
+                "round": r,
+                "state": state_digest,
+                "beacon": beacon,
+                "verifiers": verifiers,
+                "skipped": skipped,
+                "votes": [v.wire() for v in counted],
+            },
+        )
+        run.finalized, run.history, run.state = (fin.payload, fin.sig), history, nxt
+        digest = cp.body["digest"].hex()
+        if not run.best or loss < run.best["heldout_loss"]:
+            run.best = {"round": r + 1, "heldout_loss": loss, "digest": digest, "state": state_digest}
+        return {
+            "round": r,
+            "delivered": [u.signer.hex() for u, _, _ in ups],
+            "accepted": [u.signer.hex() for u in accepted],
+            "rejected": [u.signer.hex() for u, _, _ in ups if decisions[u.id] == REJECT],
+            "verifiers": [v.hex() for v in verifiers],
+            "heldout_loss": loss,
+            "digest": digest,
+            "state": state_digest,
+        }
+
+    def _publish(self, topic: str, **fields: Any) -> None:
+        if self.events is not None:
+            self.events.publish(topic, **fields)
+
+    async def close(self) -> None:
+        for t in list(self._runners):
+            t.cancel()
+        await asyncio.gather(*self._runners, return_exceptions=True)
+
+
+class _RoundFailed(Exception):
+    pass
+
+
+def _open_check(
+    body: dict[str, Any] | None, verifier: bytes, job: bytes, r: int, beacon: bytes, ids: set[bytes], network: str
+) -> Signed | None:
+    if body is None:
+        return None
+    try:
+        c = open_wire(body.get("check", b""), "UpdateCheck", network)
+        verdicts = rounds.verdicts_of(c)
+    except (MessageError, ValueError) as e:
+        log.warning("verifier %s sent a bad check: %s", verifier.hex()[:12], e)
+        return None
+    b = c.body
+    if c.signer != verifier or b["job"] != job or b["round"] != r or b["beacon"] != beacon or set(verdicts) != ids:
+        log.warning("verifier %s sent a check for something else", verifier.hex()[:12])
+        return None
+    return c
+
+
+def _open_vote(body: dict[str, Any] | None, verifier: bytes, job: bytes, r: int, network: str) -> Signed | None:
+    if body is None:
+        return None
+    try:
+        v = open_wire(body.get("vote", b""), "CheckpointVote", network)
+    except MessageError as e:
+        log.warning("verifier %s sent a bad vote: %s", verifier.hex()[:12], e)
+        return None
+    if v.signer != verifier or v.body["job"] != job or v.body["round"] != r:
+        return None
+    return v
+
+
+def _reasons(checks: list[Signed], uid: bytes) -> str:
+    out = []
+    for c in checks:
+        v = rounds.verdicts_of(c).get(uid)
+        if v is not None and not v.accept:
+            out.append(f"{v.code}: {v.reason}" if v.reason else v.code)
+    return "; ".join(sorted(set(out)))[:500]
