@@ -152,3 +152,44 @@ class EventLog:
         await asyncio.gather(self._reader, return_exceptions=True)
         self._sock.close(0)
         self._ctx.term()
+
+
+def small_network_job(**algo: Any) -> Any:
+    """The shipped local-SGD job cut down for tests: 2 rounds of 2 inner steps of batch 2, every
+    challenged step re-executed, 8 evaluation windows."""
+    from trustgen.training import spec as specs
+
+    raw = specs.as_table(specs.load("diloco").data)
+    raw.pop("trainers")
+    raw["data"]["eval_windows"] = 8
+    raw["algorithm"].update({"rounds": 2, "inner_steps": 2, "batch": 2, "check_probability": 1.0, **algo})
+    return specs.from_dict(raw)
+
+
+class EventTap:
+    """A blocking subscriber to one node's live event feed (for tests driving separate processes)."""
+
+    def __init__(self, port: int) -> None:
+        import zmq
+
+        self._ctx = zmq.Context()
+        self._sock = self._ctx.socket(zmq.SUB)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock.setsockopt(zmq.SUBSCRIBE, b"")
+        self._sock.connect(f"tcp://127.0.0.1:{port}")
+
+    def wait(self, topic: str, timeout: float = 60.0, **match: Any) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"timed out after {timeout} s waiting for event {topic} {match}")
+            if self._sock.poll(int(left * 1000)):
+                t, body = self._sock.recv_multipart()
+                b = json.loads(body)
+                if t.decode() == topic and all(b.get(k) == v for k, v in match.items()):
+                    return b
+
+    def close(self) -> None:
+        self._sock.close(0)
+        self._ctx.term()

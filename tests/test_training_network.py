@@ -8,7 +8,7 @@ import asyncio
 
 import pytest
 
-from tests.helpers import LocalNodes
+from tests.helpers import LocalNodes, small_network_job
 from trustgen.consensus.identity import Identity
 from trustgen.consensus.messages import open_wire
 from trustgen.node.training_client import TrainingClientError, job_status, submit_job
@@ -17,14 +17,6 @@ from trustgen.training import spec as specs
 from trustgen.training.job import checkpoint_digest
 
 NET = "trustgen-local"
-
-
-def small(**algo: object) -> specs.JobSpec:
-    raw = specs.as_table(specs.load("diloco").data)
-    raw.pop("trainers")
-    raw["data"]["eval_windows"] = 8
-    raw["algorithm"].update({"rounds": 2, "inner_steps": 2, "batch": 2, "check_probability": 1.0, **algo})
-    return specs.from_dict(raw)
 
 
 async def _cluster(tmp_path, trainers: int, verifiers: int, **trainer_settings) -> tuple[LocalNodes, str]:
@@ -48,7 +40,9 @@ def test_a_job_runs_on_the_network_and_a_cheating_trainer_is_rejected(tmp_path) 
         nodes, gw_addr = await _cluster(tmp_path, 3, 3, **{"trainer-2": {"train_adversary": "scaled"}})
         try:
             gw = nodes.nodes["gateway"]
-            st = await submit_job(gw_addr, small(), Identity.generate(), True, trainers=3, verifiers=3, wait=True)
+            st = await submit_job(
+                gw_addr, small_network_job(), Identity.generate(), True, trainers=3, verifiers=3, wait=True
+            )
             assert st["state"] == "final", st
             assert len(st["rounds_done"]) == 2
             cheat = nodes.nodes["trainer-2"].identity.public_key.hex()
@@ -87,7 +81,7 @@ def test_submit_refuses_what_the_network_cannot_run(tmp_path) -> None:
         gw = await nodes.start("gateway", ["gateway"])
         try:
             with pytest.raises(TrainingClientError, match="FAILED_PRECONDITION.*no trainer"):
-                await submit_job(gw.address, small(), Identity.generate(), True)
+                await submit_job(gw.address, small_network_job(), Identity.generate(), True)
             spsa = specs.load("spsa")
             raw = specs.as_table(spsa.data)
             raw.pop("trainers")

@@ -29,6 +29,15 @@ def node_run(
     run_node(load_config(config), log_level)
 
 
+# What `--node-setting NAME=KEY:VALUE` may set, and how its value is read.
+_SETTINGS: dict[str, Any] = {
+    "adversary": str,
+    "delay_s": float,
+    "train_adversary": str,
+    "training_round_timeout_s": float,
+}
+
+
 def _node_settings(specs: list[str]) -> dict[str, dict[str, Any]]:
     settings: dict[str, dict[str, Any]] = {}
     for spec in specs:
@@ -36,9 +45,12 @@ def _node_settings(specs: list[str]) -> dict[str, dict[str, Any]]:
         if not name or not rest:
             raise TrustgenError(f"--node-setting wants NAME=KEY:VALUE, got {spec!r}")
         key, _, value = rest.partition(":")
-        if key not in ("adversary", "delay_s"):
-            raise TrustgenError(f"unknown node setting {key!r} (adversary, delay_s)")
-        settings.setdefault(name, {})[key] = float(value) if key == "delay_s" else value
+        if key not in _SETTINGS:
+            raise TrustgenError(f"unknown node setting {key!r} ({', '.join(_SETTINGS)})")
+        try:
+            settings.setdefault(name, {})[key] = _SETTINGS[key](value)
+        except ValueError:
+            raise TrustgenError(f"--node-setting {spec!r}: {key} wants a number") from None
     return settings
 
 
@@ -47,15 +59,18 @@ def cluster_up(
     dir: pathlib.Path = typer.Option(..., "--dir"),
     workers: int = typer.Option(3, "--workers"),
     verifiers: int = typer.Option(3, "--verifiers"),
-    node_setting: list[str] = typer.Option([], "--node-setting", help="NAME=adversary:MODE or NAME=delay_s:SECONDS"),
+    trainers: int = typer.Option(0, "--trainers", help="Trainer nodes (network training jobs)."),
+    node_setting: list[str] = typer.Option(
+        [], "--node-setting", help="NAME=KEY:VALUE; KEY: adversary, delay_s, train_adversary, training_round_timeout_s"
+    ),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Start a gateway, workers and verifiers as separate processes on loopback."""
+    """Start a gateway, workers, verifiers and trainers as separate processes on loopback."""
     from trustgen.node import cluster
 
-    if not (1 <= workers <= 32 and 1 <= verifiers <= 32):
-        raise TrustgenError("workers and verifiers must be in [1, 32]")
-    ready = cluster.up(dir, workers, verifiers, _node_settings(node_setting))
+    if not (1 <= workers <= 32 and 1 <= verifiers <= 32 and 0 <= trainers <= 32):
+        raise TrustgenError("workers and verifiers must be in [1, 32], trainers in [0, 32]")
+    ready = cluster.up(dir, workers, verifiers, _node_settings(node_setting), trainers)
     if as_json:
         emit({"dir": str(dir), "nodes": ready}, True)
     else:

@@ -101,7 +101,11 @@ def pin_port(node_dir: pathlib.Path, address: str) -> None:
 
 
 def up(
-    root: pathlib.Path, workers: int = 3, verifiers: int = 3, node_settings: dict[str, dict[str, Any]] | None = None
+    root: pathlib.Path,
+    workers: int = 3,
+    verifiers: int = 3,
+    node_settings: dict[str, dict[str, Any]] | None = None,
+    trainers: int = 0,
 ) -> dict[str, Any]:
     """Create (or reuse) and start a cluster; returns {name: ready info}."""
     root = pathlib.Path(root)
@@ -115,7 +119,11 @@ def up(
     proc = start(gw_dir)
     gw = wait_ready(gw_dir, proc)
     pin_port(gw_dir, gw["address"])
-    names = [f"worker-{i + 1}" for i in range(workers)] + [f"verifier-{i + 1}" for i in range(verifiers)]
+    names = (
+        [f"worker-{i + 1}" for i in range(workers)]
+        + [f"verifier-{i + 1}" for i in range(verifiers)]
+        + [f"trainer-{i + 1}" for i in range(trainers)]
+    )
     procs = {}
     for name in names:
         d = root / name

@@ -150,7 +150,9 @@ class Node:
         if "trainer" in cfg.roles:
             from trustgen.node.training_trainer import TrainerRole
 
-            self.trainer = TrainerRole(self.identity, cfg.network, self.peers, self.blobs, cfg.train_adversary)
+            self.trainer = TrainerRole(
+                self.identity, cfg.network, self.peers, self.blobs, cfg.train_adversary, self.events
+            )
         if "verifier" in cfg.roles:
             from trustgen.node.training_verifier import TrainingVerifier
 
@@ -225,6 +227,9 @@ class Node:
         if self.gateway:
             resumed = self.gateway.recover()
             log.info("gateway resumed %d pending tasks", resumed)
+        recovering = None
+        if self.coordinator:  # loads models: in the background, so the node serves at once
+            recovering = asyncio.get_running_loop().create_task(self._recover_training(self.coordinator))
         await health.set("", health_pb2.HealthCheckResponse.SERVING)
         self._write_ready(joined=not (self.worker or self.verifier or self.trainer))
         log.info("node %s serving %s at %s", self.identity.node_id[:12], ",".join(cfg.roles), self.address)
@@ -251,7 +256,7 @@ class Node:
         await self._stop.wait()
         log.info("stopping")
         await health.enter_graceful_shutdown()
-        for t in (joiner, gossiper, follower):
+        for t in (joiner, gossiper, follower, recovering):
             if t:
                 t.cancel()
         self.gossip.close()
@@ -267,6 +272,10 @@ class Node:
         self.metrics.close()
         self.ledger.close()
         (cfg.data_dir / READY_FILE).unlink(missing_ok=True)
+
+    async def _recover_training(self, coordinator: TrainingCoordinator) -> None:
+        jobs = await coordinator.recover()
+        log.info("gateway resumed %d training jobs", jobs)
 
     async def _follow_outputs(self, verifier: VerifierRole, interval_s: float) -> None:
         """Keep the verifier's replay index current as certificates arrive by gossip, fetching

@@ -153,10 +153,94 @@ class TrainingCoordinator:
         self.jobs[spec.id] = run
         self.by_submission[sub.id] = spec.id
         self._publish("training", job=spec.id.hex(), state="accepted", trainers=len(trainers))
+        self._start(run)
+        return run.to_dict()
+
+    def _start(self, run: JobRun) -> None:
         t = asyncio.get_running_loop().create_task(self._drive(run))
         self._runners.add(t)
         t.add_done_callback(self._runners.discard)
-        return run.to_dict()
+
+    async def recover(self) -> int:
+        """Rebuild every job from this gateway's own feed and resume the unfinished ones: the
+        state after the last finalised round comes from its state blob (checked against the
+        finalised digest), a round cut short by the restart is run again, reusing the updates
+        it had already recorded. Returns the number of jobs resumed."""
+        me = self.identity.public_key
+        own = [e for e in self.ledger.iter_entries() if e.feed == me and e.type in _RECOVERED]
+        resumed = 0
+        for acc in (e for e in own if e.type == "TrainingJobAccepted"):
+            try:
+                run = await self._rebuild(acc, own)
+            except Exception:  # one job that cannot be rebuilt must not stop the others
+                log.exception("training job in entry %d cannot be resumed", acc.seq)
+                continue
+            self.jobs[run.spec.id] = run
+            if run.state.step < run.spec.algorithm["rounds"]:
+                self._start(run)
+                resumed += 1
+            else:
+                run.status = "final"
+        return resumed
+
+    async def _rebuild(self, acc: Any, own: list[Any]) -> JobRun:
+        job, spec = open_job(acc.body["job"], self.network)
+        apply_profile(spec)
+        objective = await asyncio.to_thread(load_objective, spec)
+        state = start_state(spec, objective)
+        assert isinstance(state, DilocoState)
+        base_loss = await asyncio.to_thread(objective.eval_loss, state.params)
+        run = JobRun(
+            job,
+            spec,
+            (acc.payload, acc.sig),
+            list(acc.body["candidates"]),
+            acc.body["k"],
+            objective,
+            state,
+            base_loss=base_loss,
+        )
+        mine = [e for e in own if _job_of(e, self.network) == spec.id]
+        proposals = {e.body["checkpoint"]: e for e in mine if e.type == "CheckpointProposed"}
+        signers: dict[bytes, tuple[bytes, int]] = {}  # update id -> (trainer, round)
+        for e in mine:
+            if e.type == "TrainingUpdate":
+                u = open_wire(e.body["update"], "DeltaUpdate", self.network)
+                signers[u.id] = (u.signer, u.body["round"])
+            if e.type == "Evidence":
+                run.excluded[e.body["subject"]] = "rejected by the verifiers (recorded evidence)"
+            if e.type != "CheckpointFinalized":
+                continue
+            r = e.body["round"]
+            prop = proposals[e.body["checkpoint"]]
+            cp = open_wire(e.body["checkpoint"], "TrainingCheckpoint", self.network)
+            run.history += list(prop.body["accepted"])
+            run.finalized = (e.payload, e.sig)
+            loss, digest = cp.body["heldout_loss"], cp.body["digest"].hex()
+            acc_keys = [signers[i][0].hex() for i in prop.body["accepted"] if i in signers]
+            delivered = [k.hex() for k, rr in signers.values() if rr == r]
+            run.rounds.append(
+                {
+                    "round": r,
+                    "delivered": sorted(set(delivered)),
+                    "accepted": acc_keys,
+                    "rejected": sorted(set(delivered) - set(acc_keys)),
+                    "verifiers": [v.hex() for v in e.body["verifiers"]],
+                    "heldout_loss": loss,
+                    "digest": digest,
+                    "state": e.body["state"],
+                    "wall_s": 0.0,
+                }
+            )
+            if not run.best or loss < run.best["heldout_loss"]:
+                run.best = {"round": r + 1, "heldout_loss": loss, "digest": digest, "state": e.body["state"]}
+            data = self.blobs.get(e.body["state"])
+            if data is None:
+                raise _RoundFailed(f"the state blob of round {r} is missing from this gateway's store")
+            run.state = rounds.decode_state(spec, run.state, data, r + 1)
+            if checkpoint_digest(run.state.params) != cp.body["digest"]:
+                raise _RoundFailed(f"the state blob of round {r} does not have the finalised digest")
+        return run
 
     def get(self, job_id: Any) -> JobRun:
         run = self.jobs.get(job_id) if isinstance(job_id, bytes) else None
@@ -168,7 +252,7 @@ class TrainingCoordinator:
 
     async def _drive(self, run: JobRun) -> None:
         try:
-            for r in range(run.spec.algorithm["rounds"]):
+            for r in range(run.state.step, run.spec.algorithm["rounds"]):
                 t0 = time.monotonic()
                 info = await self._round(run, r)
                 info["wall_s"] = round(time.monotonic() - t0, 3)
@@ -258,8 +342,10 @@ class TrainingCoordinator:
         skipped: list[bytes] = []
         while True:
             chosen = effective_verifiers(ranking, skipped, run.k)
-            if len(chosen) < run.k:
+            if len(chosen) < run.k and len(chosen) * 2 <= run.k:
                 raise _RoundFailed(f"round {r}: too few verifiers answered ({len(checks)} of {run.k})")
+            # Candidates exhausted but a strict majority of k can still decide: go on with them
+            # (the proof names the skipped ones, so an auditor recomputes the same list).
             todo = [v for v in chosen if v not in checks]
             if not todo:
                 return chosen, skipped, [checks[v] for v in chosen]
@@ -274,9 +360,11 @@ class TrainingCoordinator:
 
     async def _round(self, run: JobRun, r: int) -> dict[str, Any]:
         spec = run.spec
-        ups = await self._collect_updates(run, r)
-        for u, d, _ in ups:
-            self.ledger.append("TrainingUpdate", {"update": u.wire(), "blob": d})
+        ups = self._recorded(run, r)  # a round cut short by a restart keeps what it recorded
+        if not ups:
+            ups = await self._collect_updates(run, r)
+            for u, d, _ in ups:
+                self.ledger.append("TrainingUpdate", {"update": u.wire(), "blob": d})
         beacon = self.ledger.commit().body["root"]  # after the updates: no trainer can know it
         verifiers, skipped, checks = await self._checks(run, r, beacon, ups)
         decisions = rounds.round_decisions([u for u, _, _ in ups], checks, verifiers, run.k)
@@ -375,6 +463,18 @@ class TrainingCoordinator:
             "state": state_digest,
         }
 
+    def _recorded(self, run: JobRun, r: int) -> list[tuple[Signed, str, str]]:
+        """The updates this gateway already recorded for round r (after a restart), in trainer order."""
+        out = []
+        for e in self.ledger.iter_entries(entry_type="TrainingUpdate"):
+            if e.feed != self.identity.public_key:
+                continue
+            u = open_wire(e.body["update"], "DeltaUpdate", self.network)
+            if u.body["job"] == run.spec.id and u.body["round"] == r and self.blobs.has(e.body["blob"]):
+                member = self.members.get(u.signer)
+                out.append((u, e.body["blob"], member["address"] if member else ""))
+        return sorted(out, key=lambda g: g[0].signer)
+
     def _publish(self, topic: str, **fields: Any) -> None:
         if self.events is not None:
             self.events.publish(topic, **fields)
@@ -387,6 +487,22 @@ class TrainingCoordinator:
 
 class _RoundFailed(Exception):
     pass
+
+
+_RECOVERED = ("TrainingJobAccepted", "TrainingUpdate", "CheckpointProposed", "CheckpointFinalized", "Evidence")
+
+
+def _job_of(e: Any, network: str) -> bytes | None:
+    """The job an own-feed training entry belongs to (None for other entries)."""
+    if e.type == "Evidence":
+        if e.body["kind"] != "rejected_update":
+            return None
+        return open_wire(e.body["proof"]["update"], "DeltaUpdate", network).body["job"]
+    if e.type == "TrainingUpdate":
+        return open_wire(e.body["update"], "DeltaUpdate", network).body["job"]
+    if e.type in ("CheckpointProposed", "CheckpointFinalized"):
+        return open_wire(e.body["checkpoint"], "TrainingCheckpoint", network).body["job"]
+    return None
 
 
 def _open_check(

@@ -32,8 +32,10 @@ log = logging.getLogger("trustgen.node")
 
 
 class TrainerRole:
-    def __init__(self, identity: Identity, network: str, peers: Peers, blobs: BlobStore, mode: str = "") -> None:
-        self.identity, self.network, self.blobs = identity, network, blobs
+    def __init__(
+        self, identity: Identity, network: str, peers: Peers, blobs: BlobStore, mode: str = "", events: Any = None
+    ) -> None:
+        self.identity, self.network, self.blobs, self.events = identity, network, blobs, events
         self.replicas = Replicas(network, peers, blobs)
         self.mode = mode
         self.gateways: set[bytes] = set()  # keys allowed to assign work (learnt at join)
@@ -66,7 +68,9 @@ class TrainerRole:
             if cheat is not None and cheat.stale_base:
                 base = self._first_base.setdefault(spec.id, base)
             hp = spec.algorithm
+            self._publish("training_work", job=spec.id.hex(), round=rnd, state="started")
             work = await asyncio.to_thread(diloco.run_round, v.objective, base, spec.id, rnd, me, hp, True)
+            self._publish("training_work", job=spec.id.hex(), round=rnd, state="done")
             delta = diloco.delta_of(work.final, base)
             if cheat is not None and cheat.delta is not None:
                 delta = cheat.delta(delta)
@@ -82,6 +86,10 @@ class TrainerRole:
             self.kept[spec.id] = (rnd, base, work)
             update = sign(self.identity, "DeltaUpdate", self.network, body)
             return {"update": update.wire(), "blob": self.blobs.put(blob)}
+
+    def _publish(self, topic: str, **fields: Any) -> None:
+        if self.events is not None:
+            self.events.publish(topic, **fields)
 
     async def states(self, req: Signed) -> dict[str, Any]:
         """The states around challenged step h of a kept round, as blob digests (any verifier
