@@ -11,10 +11,10 @@ import pytest
 from tests.helpers import LocalNodes, small_network_job
 from trustgen.consensus.identity import Identity
 from trustgen.consensus.messages import open_wire
+from trustgen.node import training_compute
 from trustgen.node.training_client import TrainingClientError, job_status, submit_job
 from trustgen.training import rounds
 from trustgen.training import spec as specs
-from trustgen.training.job import checkpoint_digest
 
 NET = "trustgen-local"
 
@@ -65,8 +65,9 @@ def test_a_job_runs_on_the_network_and_a_cheating_trainer_is_rejected(tmp_path) 
                 assert cp.body["digest"].hex() == st["rounds_done"][f.body["round"]]["digest"]
             # The finalised state blob decodes to the finalised digest.
             last = fins[-1]
-            state = rounds.decode_state(spec, gw.coordinator.jobs[spec.id].state, gw.blobs.get(last.body["state"]), 2)
-            assert checkpoint_digest(state.params).hex() == st["rounds_done"][1]["digest"]
+            blob = gw.blobs.get(last.body["state"])
+            assert blob == gw.coordinator.jobs[spec.id].state
+            assert training_compute.restore(job.wire(), NET, blob, 2).hex() == st["rounds_done"][1]["digest"]
             again = await job_status(gw_addr, spec.id, NET, True)
             assert again["state"] == "final" and again["best"]["digest"] in {r["digest"] for r in st["rounds_done"]}
         finally:

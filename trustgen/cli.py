@@ -44,7 +44,7 @@ def demo(
     verifiers: int = typer.Option(3, "--verifiers"),
     keep: pathlib.Path | None = typer.Option(None, "--dir", help="Keep the cluster's files here."),
 ) -> None:
-    """The main job: a local network verifies a text and an image task, then audits itself."""
+    """The main job: a local network verifies a text and an image task, trains a checkpoint, then audits itself."""
     from trustgen.node.demo import run_demo
 
     ok = run_demo(out, as_json, workers, verifiers, keep)

@@ -237,7 +237,7 @@ def _print_job(st: dict[str, Any]) -> None:
     if st.get("best"):
         b = st["best"]
         out_console.print(
-            f"base held-out loss {st['base_heldout_loss']:.4f}; best {b['heldout_loss']:.4f} after round "
+            f"base held-out loss {st['base_heldout_loss'] or float('nan'):.4f}; best {b['heldout_loss']:.4f} after round "
             f"{b['round']} (checkpoint {b['digest'][:16]}…)"
         )
     for k, why in st.get("excluded", {}).items():

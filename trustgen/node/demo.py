@@ -1,7 +1,8 @@
 """`trustgen demo`: the main job. Brings a local network up as separate processes, submits a
-text and an image task, shows outputs, votes and decisions, audits every node's ledger, and
-brings the network down. Succeeds only when both tasks were accepted by majority and every
-ledger audits clean."""
+text and an image task and a short training job, shows outputs, votes, decisions and the
+finalised checkpoints, audits every node's ledger, and brings the network down. Succeeds only
+when both tasks were accepted by majority, every training round was finalised, and every ledger
+audits clean."""
 
 from __future__ import annotations
 
@@ -22,12 +23,23 @@ from trustgen.engines.params import ImageParams, TextParams
 from trustgen.node import cluster
 from trustgen.node.client import make_task, save_output, submit
 from trustgen.node.report import print_audit, print_task
+from trustgen.node.training_client import submit_job
 
 NETWORK = "trustgen-local"
 TEXT = TextParams(
     prompt="Verifiable generative AI", max_new_tokens=48, decoding="sample", seed=7, temperature=0.8, top_p=0.95
 )
 IMAGE = ImageParams(prompt="a large red circle on a blue background", seed=3, steps=20)
+TRAIN_ROUNDS, TRAIN_INNER_STEPS = 3, 8  # the default job, cut short so the demo stays quick
+
+
+def demo_job() -> Any:
+    from trustgen.training import spec as specs
+
+    raw = specs.as_table(specs.load(specs.DEFAULT_JOB).data)
+    raw.pop("trainers")
+    raw["algorithm"].update({"rounds": TRAIN_ROUNDS, "inner_steps": TRAIN_INNER_STEPS})
+    return specs.from_dict(raw)
 
 
 async def _run_tasks(gateway: str, out_dir: pathlib.Path) -> list[dict[str, Any]]:
@@ -36,10 +48,27 @@ async def _run_tasks(gateway: str, out_dir: pathlib.Path) -> list[dict[str, Any]
         make_task(me, NETWORK, "text", "tiny-text", TEXT.to_dict()),
         make_task(me, NETWORK, "image", "tiny-image", IMAGE.to_dict()),
     ]
-    results = await asyncio.gather(*(submit(gateway, t, me, NETWORK, insecure=True, timeout_s=120) for t in tasks))
+    runs = [submit(gateway, t, me, NETWORK, insecure=True, timeout_s=120) for t in tasks]
+    job = submit_job(gateway, demo_job(), me, True, trainers=2, verifiers=3, wait=True, timeout_s=300)
+    *results, training = await asyncio.gather(*runs, job)
     save_output(results[1], out_dir / "demo-image.png")
     results[0].pop("output_png", None)
-    return list(results)
+    return [*results, training]
+
+
+def _print_training(console: Console, st: dict[str, Any]) -> None:
+    console.print(f"[bold]training job[/] {st['job_id'][:16]}… {st['name']}: [bold]{st['state']}[/] {st['detail']}")
+    for r in st["rounds_done"]:
+        console.print(
+            f"  round {r['round'] + 1}: {len(r['accepted'])}/{len(r['delivered'])} updates accepted by "
+            f"{len(r['verifiers'])} verifiers, held-out loss {r['heldout_loss']:.4f}, checkpoint {r['digest'][:16]}…"
+        )
+    if st.get("best"):
+        b = st["best"]
+        console.print(
+            f"  held-out loss {st['base_heldout_loss'] or float('nan'):.4f} -> {b['heldout_loss']:.4f}; "
+            f"final checkpoint {b['digest']} (round {b['round']})"
+        )
 
 
 def run_demo(
@@ -50,15 +79,16 @@ def run_demo(
     t0 = time.monotonic()
     report: dict[str, Any] = {"dir": str(root)}
     try:
-        say(f"[bold]starting[/] a gateway, {workers} workers and {verifiers} verifiers in {root}")
-        ready = cluster.up(root, workers, verifiers)
+        say(f"[bold]starting[/] a gateway, {workers} workers, {verifiers} verifiers and 2 trainers in {root}")
+        ready = cluster.up(root, workers, verifiers, trainers=2)
         report["startup_s"] = round(time.monotonic() - t0, 2)
         say(f"network up in {report['startup_s']}s")
-        results = asyncio.run(_run_tasks(ready["gateway"]["address"], root))
-        report["tasks"] = results
-        for res in results:
-            if not as_json:
+        *results, training = asyncio.run(_run_tasks(ready["gateway"]["address"], root))
+        report["tasks"], report["training"] = results, training
+        if not as_json:
+            for res in results:
                 print_task(console, res)
+            _print_training(console, training)
         replicated = cluster.wait_replicated(root)
         report["replicated_s"] = None if replicated is None else round(replicated, 2)
         say(
@@ -74,6 +104,7 @@ def run_demo(
         print_audit(console, audits)
     ok = (
         all(r.get("decision") == "accept" for r in report["tasks"])
+        and report["training"]["state"] == "final"
         and all(a.ok for a in audits)
         and report.get("replicated_s") is not None
     )

@@ -29,13 +29,13 @@ from trustgen.gossip.blobfetch import BlobFetchError, fetch_blob
 from trustgen.gossip.blobs import BlobStore
 from trustgen.net.auth import RpcError
 from trustgen.net.peers import Peers
+from trustgen.node import training_compute as compute
 from trustgen.node.training_replica import bad, open_reply
 from trustgen.training import rounds
-from trustgen.training.job import DilocoState, by_trainer, checkpoint_digest, start_state
-from trustgen.training.objectives import Objective, load_objective
-from trustgen.training.profile import apply_profile
+from trustgen.training.job import by_trainer
 from trustgen.training.records import ids_digest
 from trustgen.training.spec import MAX_TRAINERS, JobSpec, open_job, sign_job
+from trustgen.training.tensors import TensorError
 
 log = logging.getLogger("trustgen.node")
 MAX_VERIFIERS = 15
@@ -48,11 +48,11 @@ class JobRun:
     accepted: tuple[bytes, bytes]  # the TrainingJobAccepted entry (payload, signature)
     candidates: list[bytes]
     k: int
-    objective: Objective
-    state: DilocoState
+    state: bytes | None = None  # the checkpoint state blob at round `done` (computed in a child process)
+    done: int = 0  # rounds finalised
     status: str = "running"  # running | final | failed
     detail: str = ""
-    base_loss: float = 0.0
+    base_loss: float | None = None
     rounds: list[dict[str, Any]] = field(default_factory=list)
     excluded: dict[bytes, str] = field(default_factory=dict)
     history: list[bytes] = field(default_factory=list)  # ids of every accepted update, in order
@@ -71,7 +71,7 @@ class JobRun:
             "name": self.spec.section("job")["name"],
             "state": self.status,
             "detail": self.detail,
-            "round": self.state.step,
+            "round": self.done,
             "rounds_total": a["rounds"],
             "trainers": [t.hex() for t in self.spec.trainers],
             "excluded": {t.hex(): why for t, why in self.excluded.items()},
@@ -102,6 +102,7 @@ class TrainingCoordinator:
         self.jobs: dict[bytes, JobRun] = {}
         self.by_submission: dict[bytes, bytes] = {}
         self._runners: set[asyncio.Task] = set()
+        self.compute = compute.Compute()
 
     def _with_role(self, role: str) -> list[bytes]:
         return sorted(k for k, m in self.members.items() if role in m["roles"])
@@ -133,11 +134,6 @@ class TrainingCoordinator:
             )
         spec = spec.with_trainers(trainers)
         job = sign_job(self.identity, spec)
-        apply_profile(spec)
-        objective = await asyncio.to_thread(load_objective, spec)
-        state = start_state(spec, objective)
-        assert isinstance(state, DilocoState)
-        base_loss = await asyncio.to_thread(objective.eval_loss, state.params)
         commitment = self.ledger.commit()  # the job's beacon
         entry = self.ledger.append(
             "TrainingJobAccepted",
@@ -149,7 +145,7 @@ class TrainingCoordinator:
                 "k": k,
             },
         )
-        run = JobRun(job, spec, (entry.payload, entry.sig), candidates, k, objective, state, base_loss=base_loss)
+        run = JobRun(job, spec, (entry.payload, entry.sig), candidates, k)  # the model loads in the runner
         self.jobs[spec.id] = run
         self.by_submission[sub.id] = spec.id
         self._publish("training", job=spec.id.hex(), state="accepted", trainers=len(trainers))
@@ -176,7 +172,7 @@ class TrainingCoordinator:
                 log.exception("training job in entry %d cannot be resumed", acc.seq)
                 continue
             self.jobs[run.spec.id] = run
-            if run.state.step < run.spec.algorithm["rounds"]:
+            if run.done < run.spec.algorithm["rounds"]:
                 self._start(run)
                 resumed += 1
             else:
@@ -185,21 +181,8 @@ class TrainingCoordinator:
 
     async def _rebuild(self, acc: Any, own: list[Any]) -> JobRun:
         job, spec = open_job(acc.body["job"], self.network)
-        apply_profile(spec)
-        objective = await asyncio.to_thread(load_objective, spec)
-        state = start_state(spec, objective)
-        assert isinstance(state, DilocoState)
-        base_loss = await asyncio.to_thread(objective.eval_loss, state.params)
-        run = JobRun(
-            job,
-            spec,
-            (acc.payload, acc.sig),
-            list(acc.body["candidates"]),
-            acc.body["k"],
-            objective,
-            state,
-            base_loss=base_loss,
-        )
+        run = JobRun(job, spec, (acc.payload, acc.sig), list(acc.body["candidates"]), acc.body["k"])
+        await self._load(run)
         mine = [e for e in own if _job_of(e, self.network) == spec.id]
         proposals = {e.body["checkpoint"]: e for e in mine if e.type == "CheckpointProposed"}
         signers: dict[bytes, tuple[bytes, int]] = {}  # update id -> (trainer, round)
@@ -237,8 +220,12 @@ class TrainingCoordinator:
             data = self.blobs.get(e.body["state"])
             if data is None:
                 raise _RoundFailed(f"the state blob of round {r} is missing from this gateway's store")
-            run.state = rounds.decode_state(spec, run.state, data, r + 1)
-            if checkpoint_digest(run.state.params) != cp.body["digest"]:
+            try:
+                digest_of = await self.compute.run(compute.restore, job.wire(), self.network, data, r + 1)
+            except TensorError as e:
+                raise _RoundFailed(f"the state blob of round {r} is malformed: {e}") from None
+            run.state, run.done = data, r + 1
+            if digest_of != cp.body["digest"]:
                 raise _RoundFailed(f"the state blob of round {r} does not have the finalised digest")
         return run
 
@@ -250,9 +237,15 @@ class TrainingCoordinator:
 
     # -- driving the rounds ------------------------------------------------------------------------------
 
+    async def _load(self, run: JobRun) -> None:
+        if run.base_loss is None:
+            state, run.base_loss = await self.compute.run(compute.start, run.job.wire(), self.network)
+            run.state = run.state or state
+
     async def _drive(self, run: JobRun) -> None:
         try:
-            for r in range(run.state.step, run.spec.algorithm["rounds"]):
+            await self._load(run)
+            for r in range(run.done, run.spec.algorithm["rounds"]):
                 t0 = time.monotonic()
                 info = await self._round(run, r)
                 info["wall_s"] = round(time.monotonic() - t0, 3)
@@ -359,7 +352,8 @@ class TrainingCoordinator:
                     self.ledger.append("UpdateCheck", {"check": c.wire()})
 
     async def _round(self, run: JobRun, r: int) -> dict[str, Any]:
-        spec = run.spec
+        spec, state = run.spec, run.state
+        assert state is not None
         ups = self._recorded(run, r)  # a round cut short by a restart keeps what it recorded
         if not ups:
             ups = await self._collect_updates(run, r)
@@ -382,20 +376,18 @@ class TrainingCoordinator:
                 )
                 self._publish("training", job=spec.id.hex(), state="rejected", trainer=u.signer.hex(), reason=why)
         accepted = by_trainer([u for u, _, _ in ups if decisions[u.id] == ACCEPT])
-        deltas = {}
-        for u, d, _ in ups:
-            if decisions[u.id] == ACCEPT:
-                data = self.blobs.get(d)
-                if data is None:
-                    raise _RoundFailed(f"round {r}: the delta blob of an accepted update is gone")
-                deltas[u.id] = run.state.decode(u, data)
-
-        def derive() -> tuple[DilocoState, float, bytes]:
-            nxt = rounds.apply_round(run.state, accepted, deltas)
-            return nxt, run.objective.eval_loss(nxt.params), rounds.encode_state(nxt)
-
-        nxt, loss, state_bytes = await asyncio.to_thread(derive)
-        state_digest = self.blobs.put(state_bytes)
+        pairs = []
+        blob_of = {u.id: d for u, d, _ in ups}
+        for u in accepted:
+            data = self.blobs.get(blob_of[u.id])
+            if data is None:
+                raise _RoundFailed(f"round {r}: the delta blob of an accepted update is gone")
+            pairs.append((u.wire(), data))
+        try:
+            nxt, loss, digest_b = await self.compute.run(compute.derive, run.job.wire(), self.network, state, r, pairs)
+        except TensorError as e:  # verifiers accepted a delta this gateway cannot decode: stop, loudly
+            raise _RoundFailed(f"round {r}: an accepted delta does not decode here: {e}") from None
+        state_digest = self.blobs.put(nxt)
         history = run.history + [u.id for u in accepted]
         cp = sign(
             self.identity,
@@ -405,7 +397,7 @@ class TrainingCoordinator:
                 "publisher": self.identity.public_key,
                 "job": spec.id,
                 "step": r + 1,
-                "digest": checkpoint_digest(nxt.params),
+                "digest": digest_b,
                 "updates": ids_digest(history),
                 "heldout_loss": loss,
             },
@@ -448,7 +440,7 @@ class TrainingCoordinator:
                 "votes": [v.wire() for v in counted],
             },
         )
-        run.finalized, run.history, run.state = (fin.payload, fin.sig), history, nxt
+        run.finalized, run.history, run.state, run.done = (fin.payload, fin.sig), history, nxt, r + 1
         digest = cp.body["digest"].hex()
         if not run.best or loss < run.best["heldout_loss"]:
             run.best = {"round": r + 1, "heldout_loss": loss, "digest": digest, "state": state_digest}
@@ -483,6 +475,7 @@ class TrainingCoordinator:
         for t in list(self._runners):
             t.cancel()
         await asyncio.gather(*self._runners, return_exceptions=True)
+        self.compute.close()
 
 
 class _RoundFailed(Exception):
