@@ -8,11 +8,12 @@ import asyncio
 
 import pytest
 
-from tests.helpers import LocalNodes, small_network_job
+from tests.helpers import LocalNodes, run_cli, small_network_job, until
 from trustgen.consensus.identity import Identity
-from trustgen.consensus.messages import open_wire
+from trustgen.consensus.messages import open_wire, sign
 from trustgen.node import training_compute
 from trustgen.node.training_client import TrainingClientError, job_status, submit_job
+from trustgen.node.training_fetch import fetch_checkpoint
 from trustgen.training import rounds
 from trustgen.training import spec as specs
 
@@ -28,6 +29,10 @@ async def _cluster(tmp_path, trainers: int, verifiers: int, **trainer_settings) 
         extra = trainer_settings.get(f"trainer-{i + 1}", {})
         await nodes.start(f"trainer-{i + 1}", ["trainer"], gateway=gw.address, **extra)
     return nodes, gw.address
+
+
+def _all(node, kind: str) -> list:
+    return list(node.ledger.iter_entries(entry_type=kind))
 
 
 def _entries(node, kind: str) -> list:
@@ -70,6 +75,33 @@ def test_a_job_runs_on_the_network_and_a_cheating_trainer_is_rejected(tmp_path) 
             assert training_compute.restore(job.wire(), NET, blob, 2).hex() == st["rounds_done"][1]["digest"]
             again = await job_status(gw_addr, spec.id, NET, True)
             assert again["state"] == "final" and again["best"]["digest"] in {r["digest"] for r in st["rounds_done"]}
+            # A proof with fewer votes than a majority, or a vote from a key not assigned, is refused.
+            body = dict(fins[0].body)
+            with pytest.raises(rounds.ProofError) as e:
+                rounds.check_finalized(
+                    spec, gw.identity.public_key, acc.body["candidates"], 3, {**body, "votes": body["votes"][:1]}
+                )
+            assert e.value.code == "no_majority"
+            outsider = Identity.generate()
+            forged = {**open_wire(body["votes"][0], "CheckpointVote", NET).body, "verifier": outsider.public_key}
+            stranger = sign(outsider, "CheckpointVote", NET, forged)
+            with pytest.raises(rounds.ProofError):
+                rounds.check_finalized(
+                    spec,
+                    gw.identity.public_key,
+                    acc.body["candidates"],
+                    3,
+                    {**body, "votes": [stranger.wire(), *body["votes"][1:]]},
+                )
+            # A joiner: a plain replica learns the ledger by gossip, then fetches the latest
+            # checkpoint from peers, proven by the votes, as a model directory that generates.
+            joiner = await nodes.start("joiner", [], bootstrap=[gw_addr], gossip_interval_s=0.2)
+            await until(lambda: len(_all(joiner, "CheckpointFinalized")) == 2, 60, "the joiner to sync")
+            out = tmp_path / "fetched"
+            got = await fetch_checkpoint(nodes.data_dir("joiner"), NET, spec.id, out, [], True)
+            assert got["digest"] == st["rounds_done"][1]["digest"] and got["rounds_proven"] == 2
+            r = run_cli("generate", "text", "Return the", "--model", str(out), "--max-new-tokens", "4", "--json")
+            assert r.returncode == 0, r.stderr
         finally:
             await nodes.close()
 

@@ -309,3 +309,38 @@ def status_cmd(
     _emit(st, as_json)
     if not as_json:
         _print_job(st)
+
+
+@train_app.command("fetch")
+def fetch_cmd(
+    node_dir: pathlib.Path = typer.Argument(..., help="A node's directory (its ledger proves the checkpoint)."),
+    job_id: str = typer.Option(..., "--job", help="The job id (hex)."),
+    out: pathlib.Path = typer.Option(..., "--out", help="Where to write the checkpoint as a model directory."),
+    source: list[str] = typer.Option([], "--from", help="HOST:PORT of a peer to fetch from (first)."),
+    network: str = typer.Option("trustgen-local"),
+    insecure: bool = typer.Option(False, "--insecure", help="Plaintext gRPC (loopback, tests)."),
+    tls_ca: str = typer.Option("", "--tls-ca", help="CA certificate for TLS."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Fetch a network job's latest finalised checkpoint, proven by the ledger's verifier votes."""
+    import asyncio
+
+    from trustgen.node.training_fetch import fetch_checkpoint
+
+    try:
+        jid = bytes.fromhex(job_id)
+    except ValueError:
+        raise UsageError("the job id is 64 hex digits") from None
+    if len(jid) != 32:
+        raise UsageError("the job id is 64 hex digits")
+    if not insecure and not tls_ca:
+        raise UsageError("give --tls-ca, or --insecure for plaintext gRPC")
+    if out.exists() and any(out.iterdir()):
+        raise UsageError(f"--out {out} is not empty")
+    res = asyncio.run(fetch_checkpoint(node_dir, network, jid, out, source, insecure, tls_ca))
+    _emit(res, as_json)
+    if not as_json:
+        out_console.print(
+            f"checkpoint {res['digest'][:16]}… (round {res['round']}, held-out loss {res['heldout_loss']:.4f}) "
+            f"proven by {res['rounds_proven']} finalised rounds, written to {res['out']} in {res['total_s']:.1f}s"
+        )

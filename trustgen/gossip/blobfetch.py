@@ -66,6 +66,7 @@ async def fetch_blob(
         try:
             async for chunk in peers.stub(address, "Blobs").Fetch(req, timeout=opts.DEADLINE_FETCH):
                 i = len(chunks)
+                peers.bytes_received += chunk.ByteSize()
                 if chunk.index != i or not manifest.chunk_ok(i, chunk.data):
                     log.warning("peer %s served a bad chunk %d of %s", address, chunk.index, digest[:12])
                     bad = True

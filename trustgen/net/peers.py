@@ -36,6 +36,9 @@ class Peers:
         self.insecure, self.ca_file = insecure, ca_file
         self.metrics = metrics
         self._channels: dict[str, grpc.aio.Channel] = {}
+        # Protobuf bytes of every answer received (unary replies and blob chunks): what a node
+        # downloads from its peers, for the transfer benchmarks.
+        self.bytes_received = 0
 
     def stub(self, address: str, service: str) -> Any:
         ch = self._channels.get(address)
@@ -47,7 +50,9 @@ class Peers:
         req = make_request(self.identity, self.network, full_method(service, method), args)
         t0 = time.perf_counter()
         try:
-            return await getattr(self.stub(address, service), method)(req, timeout=timeout)
+            reply = await getattr(self.stub(address, service), method)(req, timeout=timeout)
+            self.bytes_received += reply.ByteSize()
+            return reply
         finally:
             if self.metrics is not None:
                 self.metrics.rpc_latency.labels(method).observe(time.perf_counter() - t0)

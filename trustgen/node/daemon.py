@@ -83,6 +83,7 @@ class Node:
             events=self.events,
         )
         self.metrics.gossip_bytes.set_function(lambda: self.gossip.bytes_sent)
+        self.metrics.rpc_bytes_in.set_function(lambda: self.peers.bytes_received)
         for state in ("alive", "suspect", "dead", "banned"):
             self.metrics.peers.labels(state).set_function(partial(self._peers_in, state))
         self.gateway: GatewayRole | None = None

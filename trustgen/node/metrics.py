@@ -26,6 +26,9 @@ class Metrics:
         )
         self.blobs_fetched = Counter("trustgen_blobs_fetched_total", "Blobs fetched from peers by digest", registry=r)
         self.gossip_bytes = Gauge("trustgen_gossip_bytes_sent", "Gossip frame bytes written since start", registry=r)
+        self.rpc_bytes_in = Gauge(
+            "trustgen_rpc_bytes_received", "Protobuf bytes of RPC replies and blob chunks received", registry=r
+        )
         self.peers = Gauge("trustgen_peers", "Known peers by state", ["state"], registry=r)
         self.port = -1
 
