@@ -42,22 +42,36 @@ def _entries(node, kind: str) -> list:
 @pytest.mark.slow
 def test_a_job_runs_on_the_network_and_a_cheating_trainer_is_rejected(tmp_path) -> None:
     async def main() -> None:
-        nodes, gw_addr = await _cluster(tmp_path, 3, 3, **{"trainer-2": {"train_adversary": "scaled"}})
+        cheats = {
+            "trainer-2": "scaled",
+            "trainer-3": "sign-flip",
+            "trainer-4": "stale-base",
+            "trainer-5": "withhold-blob",
+        }
+        settings = {name: {"train_adversary": mode} for name, mode in cheats.items()}
+        nodes, gw_addr = await _cluster(tmp_path, 5, 3, **settings)
         try:
             gw = nodes.nodes["gateway"]
             st = await submit_job(
-                gw_addr, small_network_job(), Identity.generate(), True, trainers=3, verifiers=3, wait=True
+                gw_addr, small_network_job(), Identity.generate(), True, trainers=5, verifiers=3, wait=True
             )
             assert st["state"] == "final", st
             assert len(st["rounds_done"]) == 2
-            cheat = nodes.nodes["trainer-2"].identity.public_key.hex()
-            # check_probability 1.0: the scaled delta fails the delta check in round 0 and the
-            # trainer is excluded from then on.
-            assert st["rounds_done"][0]["rejected"] == [cheat]
-            assert cheat in st["excluded"] and "failed_check" in st["excluded"][cheat]
-            assert len(st["rounds_done"][1]["delivered"]) == 2
+            key = {n: nodes.nodes[n].identity.public_key.hex() for n in ("trainer-1", *cheats)}
+            r0, r1 = st["rounds_done"]
+            # check_probability 1.0: a scaled or flipped delta fails the delta check in round 0; a
+            # stale base is only stale from round 1 on; a withheld blob never arrives, so that
+            # trainer is absent from every round without being blamed.
+            assert set(r0["rejected"]) == {key["trainer-2"], key["trainer-3"]}
+            assert set(r0["accepted"]) == {key["trainer-1"], key["trainer-4"]}
+            assert r1["rejected"] == [key["trainer-4"]] and r1["accepted"] == [key["trainer-1"]]
+            assert key["trainer-5"] not in r0["delivered"] + r1["delivered"]
+            assert key["trainer-5"] not in st["excluded"]
+            for n in ("trainer-2", "trainer-3"):
+                assert "failed_check" in st["excluded"][key[n]]
+            assert "stale_base" in st["excluded"][key["trainer-4"]]
             ev = [e for e in _entries(gw, "Evidence") if e.body["kind"] == "rejected_update"]
-            assert [e.body["subject"].hex() for e in ev] == [cheat]
+            assert sorted(e.body["subject"].hex() for e in ev) == sorted(key[n] for n in cheats if n != "trainer-5")
             # Every round finalised with a strict majority of the assigned verifiers' votes,
             # checkable from the TrainingJobAccepted entry alone.
             acc = _entries(gw, "TrainingJobAccepted")[0]

@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from trustgen.errors import UsageError
+from trustgen.training.adversary import MODES as TRAIN_MODES
 
 train_app = typer.Typer(no_args_is_help=True, help="Verifiable training jobs: run, replay, check-step, show.")
 out_console = Console()
@@ -63,7 +64,7 @@ def run_cmd(
     default: bool = typer.Option(False, "--default", help="Run the shipped default job."),
     trainers: int = typer.Option(4, "--trainers", help="Trainer processes (keys generated into the run)."),
     adversary: str = typer.Option(
-        "", "--adversary", help="Make one trainer cheat: wrong-scalar, scaled, sign-flip, stale-base."
+        "", "--adversary", help=f"Make one trainer cheat: {', '.join(TRAIN_MODES)}."
     ),
     adversary_trainer: int = typer.Option(0, "--adversary-trainer", help="Which trainer cheats."),
     keep_states: bool = typer.Option(False, "--keep-states", help="Keep every inner state (local SGD) for check-step."),
@@ -274,7 +275,18 @@ def submit_cmd(
             out_console.print(f"[dim]round {last[0]}/{st['rounds_total']}[/]")
 
     st = asyncio.run(
-        submit_job(gateway, spec, Identity.generate(), insecure, tls_ca, trainers, verifiers, wait, timeout, progress)
+        submit_job(
+            gateway,
+            spec,
+            Identity.generate(),
+            insecure,
+            ca_file=tls_ca,
+            trainers=trainers,
+            verifiers=verifiers,
+            wait=wait,
+            timeout_s=timeout,
+            on_status=progress,
+        )
     )
     _emit(st, as_json)
     if not as_json:

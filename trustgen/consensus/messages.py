@@ -94,7 +94,7 @@ SCHEMAS: dict[str, dict[str, str]] = {
     },
     # Training on the network (docs/training-network.md): a verifier's verdict on every update
     # of one round (verdicts: [update id, accept, code, inner step re-executed, distance,
-    # reason] in trainer order), and its vote on a proposed checkpoint it re-derived.
+    # reason], sorted by update id), and its vote on a proposed checkpoint it re-derived.
     "UpdateCheck": {"verifier": B32, "job": B32, "round": "int", "beacon": B32, "verdicts": "list"},
     "CheckpointVote": {
         "verifier": B32,

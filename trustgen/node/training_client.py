@@ -38,6 +38,7 @@ async def submit_job(
     spec: JobSpec,
     identity: Identity,
     insecure: bool,
+    *,
     ca_file: str = "",
     trainers: int = 4,
     verifiers: int = 3,

@@ -20,7 +20,7 @@ import grpc
 
 from trustgen.consensus.identity import Identity
 from trustgen.consensus.messages import Signed, sign
-from trustgen.gossip.blobs import BlobStore
+from trustgen.gossip.blobs import BlobStore, blob_digest
 from trustgen.net.auth import RpcError
 from trustgen.net.peers import Peers
 from trustgen.node.training_replica import Replicas, bad
@@ -85,7 +85,8 @@ class TrainerRole:
             }
             self.kept[spec.id] = (rnd, base, work)
             update = sign(self.identity, "DeltaUpdate", self.network, body)
-            return {"update": update.wire(), "blob": self.blobs.put(blob)}
+            withhold = cheat is not None and cheat.withhold
+            return {"update": update.wire(), "blob": blob_digest(blob) if withhold else self.blobs.put(blob)}
 
     def _publish(self, topic: str, **fields: Any) -> None:
         if self.events is not None:

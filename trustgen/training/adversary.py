@@ -21,6 +21,7 @@ class Mode:
     diffs: Callable[[list[float]], list[float]] | None = None  # SPSA: forged per-sample values
     delta: Callable[[Tensors], Tensors] | None = None  # local SGD: the delta sent instead
     stale_base: bool = False  # local SGD: keep training from the first round's checkpoint
+    withhold: bool = False  # local SGD: sign the update but never hand over its delta blob
 
 
 def _flip_byte(q: int) -> int:
@@ -39,6 +40,7 @@ MODES: dict[str, Mode] = {
     "scaled": Mode("diloco", "sends -10x its delta", delta=lambda d: {n: v * -10.0 for n, v in d.items()}),
     "sign-flip": Mode("diloco", "sends its delta with the sign flipped", delta=lambda d: {n: -v for n, v in d.items()}),
     "stale-base": Mode("diloco", "trains every round from the first round's checkpoint", stale_base=True),
+    "withhold-blob": Mode("diloco", "signs its update but never serves the delta blob", withhold=True),
 }
 
 

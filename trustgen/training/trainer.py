@@ -7,6 +7,7 @@ and its replica applies the same pure functions as the coordinator and any repla
 
 from __future__ import annotations
 
+import hashlib
 import pathlib
 import time
 from multiprocessing.connection import Connection
@@ -93,7 +94,9 @@ def _diloco(
         delta = diloco.delta_of(work.final, base)
         if mode is not None and mode.delta is not None:
             delta = mode.delta(delta)
-        blob_id = blobs.put(diloco.encode_delta(delta, hp["delta_format"]))
+        encoded = diloco.encode_delta(delta, hp["delta_format"])
+        withhold = mode is not None and mode.withhold
+        blob_id = hashlib.sha256(encoded).digest() if withhold else blobs.put(encoded)
         body = {
             "trainer": me.public_key,
             "job": spec.id,
