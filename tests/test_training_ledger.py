@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import pathlib
 import subprocess
@@ -124,10 +125,10 @@ def _verdict(w: World, r: int, u: Signed, blob: bytes, kept: dict[int, bytes], h
 
 
 def _wire_verdict(v: Verdict) -> list:
-    """A verdict as an UpdateCheck carries it. A rejection's distance is infinite, which the
-    canonical encoding refuses; rounds.Verdict.to_list does not map it yet (reported to the lead),
-    so here it travels as the largest finite float."""
-    return Verdict(v.update, v.accept, v.code, v.inner, min(v.distance, sys.float_info.max), v.reason).to_list()
+    """A verdict as an UpdateCheck carries it: a check that failed before measuring has no
+    distance, sent as -1 (the canonical encoding has no infinity)."""
+    d = v.distance if math.isfinite(v.distance) else -1.0
+    return Verdict(v.update, v.accept, v.code, v.inner, d, v.reason).to_list()
 
 
 def write_ledger(w: World, node: pathlib.Path, tamper: str = "") -> None:
@@ -158,25 +159,32 @@ def write_ledger(w: World, node: pathlib.Path, tamper: str = "") -> None:
                 continue
             led.append("TrainingUpdate", {"update": u.wire(), "blob": put(blob)})
             recorded.append((u, blob, kept))
-        beacon = led.commit().body["root"]
-        ranking = rank(beacon, round_target(w.spec.id, r), cands)
-        skipped = [ranking[0]] if r == 1 else []
-        eff = effective_verifiers(ranking, skipped, K)
         ups = by_trainer([u for u, _, _ in recorded])
         ch = challenges(w.spec, r, ups)
         by_id = {u.id: (u, b, kept) for u, b, kept in recorded}
         verdicts = [_wire_verdict(_verdict(w, r, u, by_id[u.id][1], by_id[u.id][2], ch[u.id])) for u in ups]
-        checks = []
-        for v in eff:
-            who = next(x for x in VERIFIERS if x.public_key == v)
-            body = {"verifier": v, "job": w.spec.id, "round": r, "beacon": beacon, "verdicts": verdicts}
-            checks.append(sign(who, "UpdateCheck", net, body))
-            led.append("UpdateCheck", {"check": checks[-1].wire()})
-        dec = round_decisions(ups, checks, eff, K)
-        for u in ups:
-            if dec[u.id] == "reject":
-                proof = {"update": u.wire(), "checks": [c.wire() for c in checks]}
-                led.append("Evidence", {"kind": "rejected_update", "subject": u.signer, "proof": proof})
+
+        def attempt(skip_first: bool) -> tuple[bytes, list[bytes], list[bytes], list[Signed], dict[bytes, str]]:
+            beacon = led.commit().body["root"]
+            ranking = rank(beacon, round_target(w.spec.id, r), cands)
+            skipped = [ranking[0]] if skip_first else []
+            eff = effective_verifiers(ranking, skipped, K)
+            checks = []
+            for v in eff:
+                who = next(x for x in VERIFIERS if x.public_key == v)
+                body = {"verifier": v, "job": w.spec.id, "round": r, "beacon": beacon, "verdicts": verdicts}
+                checks.append(sign(who, "UpdateCheck", net, body))
+                led.append("UpdateCheck", {"check": checks[-1].wire()})
+            dec = round_decisions(ups, checks, eff, K)
+            for u in ups:
+                if (dec[u.id] == "reject" and tamper != "no_evidence") or (tamper == "false_evidence" and r == 0):
+                    proof = {"update": u.wire(), "checks": [c.wire() for c in checks]}
+                    led.append("Evidence", {"kind": "rejected_update", "subject": u.signer, "proof": proof})
+            return beacon, skipped, eff, checks, dec
+
+        if tamper == "restart" and r == 1:
+            attempt(False)  # cut short by a gateway restart after its checks; the round runs again
+        beacon, skipped, eff, checks, dec = attempt(r == 1)
         ok = [u for u in ups if dec[u.id] == "accept"]
         deltas = {u.id: state.decode(u, by_id[u.id][1]) for u in ok}
         nxt = apply_round(state, ok, deltas)
@@ -270,6 +278,33 @@ def test_the_clean_ledger_audits_clean_with_a_rejected_trainer_recorded(world: W
     assert [e.body["kind"] for e in entries if e.type == "Evidence"] == ["rejected_update"]
 
 
+def test_a_round_run_again_after_a_restart_audits_clean(world: World, tmp_path: pathlib.Path) -> None:
+    write_ledger(world, tmp_path / "node", "restart")
+    network, entries = read_ledger(tmp_path / "node" / "ledger.db")
+    assert sum(e.type == "UpdateCheck" for e in entries) == 9  # 3 + 3 of the attempt cut short + 3
+    assert _codes(tmp_path / "node") == []
+    assert export_run(tmp_path / "node", world.spec.id, tmp_path / "run") == {"rounds": 2, "updates": 3}
+
+
+def test_hostile_entries_are_named_not_raised(world: World, clean: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    import shutil
+
+    node = pathlib.Path(shutil.copytree(clean, tmp_path / "node"))
+    led = Ledger(node / "ledger.db", world.spec.network, GATEWAY)
+    _, entries = read_ledger(node / "ledger.db")
+    final = next(e for e in entries if e.type == "CheckpointFinalized")
+    v = VERIFIERS[0]
+    body = {"verifier": v.public_key, "job": world.spec.id, "round": 0, "beacon": bytes(32), "verdicts": [[1, 2]]}
+    led.append("UpdateCheck", {"check": sign(v, "UpdateCheck", world.spec.network, body).wire()})
+    led.append("CheckpointFinalized", {**final.body, "skipped": [[1]], "votes": [7]})
+    led.append("TrainingUpdate", {"update": b"\x00junk", "blob": "x"})
+    body = {**final.body, "round": 2**62}
+    led.append("CheckpointFinalized", body)
+    led.close()
+    codes = _codes(node)
+    assert {"bad_updatecheck", "bad_checkpoint", "bad_deltaupdate", "bad_round"} <= set(codes), codes
+
+
 @pytest.mark.parametrize(
     "tamper, code",
     [
@@ -279,6 +314,8 @@ def test_the_clean_ledger_audits_clean_with_a_rejected_trainer_recorded(world: W
         ("drop_update", "verdicts_mismatch"),
         ("accepted_set", "bad_accepted_set"),
         ("updates_digest", "bad_updates_digest"),
+        ("no_evidence", "missing_evidence"),
+        ("false_evidence", "bad_evidence"),
     ],
 )
 def test_each_tampering_is_reported_with_its_code(world: World, tmp_path: pathlib.Path, tamper: str, code: str) -> None:

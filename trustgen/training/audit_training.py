@@ -136,21 +136,22 @@ class _JobAudit:
         hp = j.spec.algorithm
         coin = challenges(j.spec, r, ups)
         by_verifier: set[bytes] = set()
+        cands = set(j.candidates)
         for e, c in rec.checks:
             at = _at(e, j, r)
+            if c.body["beacon"] != beacon:
+                # an attempt before a restart: its checks do not count, but must be a candidate's
+                # under a beacon the gateway committed to before
+                if c.signer not in cands or self.roots.get((e.feed, c.body["beacon"]), e.seq) >= e.seq:
+                    self.bad(at, "foreign_check", "an UpdateCheck of an earlier attempt by no candidate or beacon")
+                continue
             if c.signer not in eff:
                 self.bad(at, "foreign_check", f"an UpdateCheck by {c.signer.hex()[:16]}, not an effective verifier")
                 continue
             if c.signer in by_verifier:
                 self.bad(at, "duplicate_check", "a second UpdateCheck by one verifier for one round")
             by_verifier.add(c.signer)
-            if c.body["beacon"] != beacon:
-                self.bad(at, "wrong_beacon", "the check names another beacon than the round's")
-            try:
-                verdicts = [Verdict.from_list(v) for v in c.body["verdicts"]]
-            except ValueError as err:
-                self.bad(at, "bad_updatecheck", str(err))
-                continue
+            verdicts = [Verdict.from_list(v) for v in c.body["verdicts"]]  # collect() kept parseable ones
             if [v.update for v in verdicts] != ids:
                 self.bad(at, "verdicts_mismatch", "the verdicts do not cover exactly the round's recorded updates")
                 continue
@@ -169,9 +170,12 @@ class _JobAudit:
         return dec
 
     def check_proposed(self, r: int, rec: RoundRecord, ok: list[Signed]) -> None:
+        """The proposal that was finalised lists exactly the accepted updates (a proposal of an
+        attempt that failed before a restart is superseded, not finalised)."""
         want = [u.id for u in ok]
-        for e, _ in rec.proposed:
-            if list(e.body["accepted"]) != want:
+        final = rec.finalized[0][1].payload
+        for e, p in rec.proposed:
+            if p.payload == final and list(e.body["accepted"]) != want:
                 self.bad(_at(e, self.j, r), "bad_accepted_set", "the accepted updates differ from the checks' majority")
 
     # -- the finalised checkpoint ---------------------------------------------------------------
@@ -259,7 +263,7 @@ class _JobAudit:
             if dec.get(u.id) != "reject":
                 self.bad(at, "bad_evidence", "rejected_update: the round's checks did not reject this update")
                 continue
-            if not self._proof_rejects(p, u, r):
+            if not self._proof_rejects(e, p, u, r):
                 self.bad(at, "bad_evidence", "rejected_update: the proof's checks are not a rejecting majority")
                 continue
             accused.add(u.id)
@@ -271,24 +275,30 @@ class _JobAudit:
                     f"update of {ups[uid].signer.hex()[:16]} was rejected but no evidence records it",
                 )
 
-    def _proof_rejects(self, proof: dict, u: Signed, r: int) -> bool:
-        eff = self.j.effective(r) or []
+    def _proof_rejects(self, e: Entry, proof: dict, u: Signed, r: int) -> bool:
+        """The proof's checks, by distinct candidates under one beacon the gateway committed to
+        before, reject the update by more than k/2 (the attempt that rejected it may be one a
+        restart superseded, so its effective set is not the finalised one)."""
         checks = proof.get("checks")
         if not isinstance(checks, list):
             return False
-        votes: dict[bytes, bool] = {}
+        rejects: set[bytes] = set()
+        beacons: set[bytes] = set()
+        cands = set(self.j.candidates)
         for raw in checks:
             try:
-                c = open_wire(raw, "UpdateCheck", self.network)
-                verdicts = [Verdict.from_list(v) for v in c.body["verdicts"]]
+                c = open_wire(raw, "UpdateCheck", self.network) if isinstance(raw, bytes) else None
+                verdicts = [Verdict.from_list(v) for v in c.body["verdicts"]] if c is not None else []
             except (MessageError, ValueError, TypeError):
                 return False
-            if c.body["job"] != self.j.id or c.body["round"] != r or c.signer not in eff:
+            if c is None or c.body["job"] != self.j.id or c.body["round"] != r or c.signer not in cands:
                 return False
-            for v in verdicts:
-                if v.update == u.id:
-                    votes[c.signer] = v.accept
-        return tally(votes, eff, self.j.k).decision == "reject"
+            beacons.add(c.body["beacon"])
+            if any(v.update == u.id and not v.accept for v in verdicts):
+                rejects.add(c.signer)
+        if len(beacons) != 1 or self.roots.get((e.feed, beacons.pop()), e.seq) >= e.seq:
+            return False
+        return len(rejects) * 2 > self.j.k
 
 
 def audit_training(entries: list[Entry], network: str) -> TrainingAudit:

@@ -20,7 +20,7 @@ from trustgen.consensus.ledger import Entry, parse_entry
 from trustgen.consensus.messages import MessageError, Signed, open_wire
 from trustgen.errors import TrustgenError
 from trustgen.training.job import by_trainer
-from trustgen.training.rounds import round_decisions, round_target
+from trustgen.training.rounds import round_decisions, round_target, verdicts_of
 from trustgen.training.spec import JobSpec, open_job
 
 TRAINING_ENTRIES = (
@@ -120,13 +120,23 @@ class LedgerJob:
         e = rec.finalized[0][0]
         return effective_verifiers(self.ranking(e.body["beacon"], r), e.body["skipped"], self.k)
 
+    def final_checks(self, r: int) -> list[tuple[Entry, Signed]]:
+        """The checks of the round's finalised attempt: those naming its beacon (a round run again
+        after a gateway restart has a new beacon; the checks of the attempt before do not count)."""
+        rec = self.rounds.get(r)
+        if rec is None or not rec.finalized:
+            return []
+        beacon = rec.finalized[0][0].body["beacon"]
+        return [(e, c) for e, c in rec.checks if c.body["beacon"] == beacon]
+
     def decisions(self, r: int) -> dict[bytes, str] | None:
-        """Per update id of a finalised round: accept, reject or pending, from its recorded checks."""
+        """Per update id of a finalised round: accept, reject or pending, from the checks of its
+        finalised attempt."""
         eff = self.effective(r)
         if eff is None:
             return None
         rec = self.rounds[r]
-        return round_decisions(rec.update_msgs(), [c for _, c in rec.checks], eff, self.k)
+        return round_decisions(rec.update_msgs(), [c for _, c in self.final_checks(r)], eff, self.k)
 
     def accepted_updates(self, r: int) -> list[Signed]:
         """The updates a finalised round accepted (a strict majority of its verifiers), trainer order."""
@@ -201,11 +211,18 @@ def collect(entries: list[Entry], network: str) -> tuple[dict[tuple[bytes, bytes
                 j.round(u.body["round"]).updates.append((e, u, b["blob"]))
         elif e.type == "UpdateCheck":
             c = open_msg(e, b["check"], "UpdateCheck")
-            if c is not None and (j := job_of(e, c.body["job"], c.body["round"])) is not None:
+            if c is not None and not _verdicts_parse(c):
+                problems.append(
+                    (where(e), "bad_updatecheck", "a verdict is not [update id, accept, code, inner, distance, reason]")
+                )
+            elif c is not None and (j := job_of(e, c.body["job"], c.body["round"])) is not None:
                 j.round(c.body["round"]).checks.append((e, c))
         elif e.type in ("CheckpointProposed", "CheckpointFinalized"):
             cp = open_msg(e, b["checkpoint"], "TrainingCheckpoint")
-            if cp is not None and (j := job_of(e, cp.body["job"], b["round"])) is not None:
+            keys = [b["accepted"]] if e.type == "CheckpointProposed" else [b["verifiers"], b["skipped"]]
+            if not all(_keys(x) for x in keys):
+                problems.append((where(e), "bad_checkpoint", "a key list holds something else than 32-byte values"))
+            elif cp is not None and (j := job_of(e, cp.body["job"], b["round"])) is not None:
                 rec = j.round(b["round"])
                 (rec.proposed if e.type == "CheckpointProposed" else rec.finalized).append((e, cp))
         elif e.type == "Evidence" and b["kind"] == "rejected_update":
@@ -218,6 +235,18 @@ def collect(entries: list[Entry], network: str) -> tuple[dict[tuple[bytes, bytes
                     (where(e), "bad_evidence", "rejected_update: the proof names no update of a job of this feed")
                 )
     return jobs, problems
+
+
+def _keys(v: list) -> bool:
+    return all(isinstance(x, bytes) and len(x) == 32 for x in v)
+
+
+def _verdicts_parse(c: Signed) -> bool:
+    try:
+        verdicts_of(c)
+    except ValueError:
+        return False
+    return True
 
 
 def _proof_update(proof: dict, network: str) -> Signed | None:
