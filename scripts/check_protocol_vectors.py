@@ -1476,8 +1476,11 @@ def check_network_round(
         body = from_tagged(by_name[name]["body"])
         same((body["job"], body["round"], body["beacon"]), (job, a["round"], unhex(a["beacon"])), f"{what}: round")
         expect(body["verifier"] in eff, f"{what}: not an effective verifier")
-        same([v[0] for v in body["verdicts"]], ids, f"{what}: verdicts do not cover the round's updates in order")
-        for v, m in zip(body["verdicts"], ups):
+        by_id = {v[0]: v for v in body["verdicts"]}
+        same(sorted(by_id), sorted(ids), f"{what}: verdicts do not cover the round's updates, each once")
+        expect(len(by_id) == len(body["verdicts"]), f"{what}: two verdicts on one update")
+        for m in ups:
+            v = by_id[msg_id(unhex(m["payload"]))]
             trainer = keys[m["signer"]]
             head = D["TRAIN_CHALLENGE"] + job + a["round"].to_bytes(8, "big") + trainer + rid
             challenged = 1 + u64_of(head) % inner_steps

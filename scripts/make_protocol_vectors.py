@@ -1417,6 +1417,7 @@ def network_round_vectors(spec: Any, in_order: list[Signed], rid: bytes) -> tupl
                 "" if n == 2 else "the re-executed step is 0.75 of a step from the committed state",
             ).to_list(),
         ]
+        verdicts.sort(key=lambda x: x[0])  # as the reference verifier orders them: by update id
         body = {"verifier": v, "job": job_id, "round": 0, "beacon": beacon, "verdicts": verdicts}
         c = sign(KEYS[name], "UpdateCheck", NETWORK, body)
         checks.append(c)
