@@ -387,6 +387,23 @@ def test_a_corrupted_blob_in_the_node_store_is_named(world: World, clean: pathli
     assert r.stderr.count("\n") == 1
 
 
+def test_a_node_without_some_deltas_replays_through_the_finalised_state(
+    world: World, clean: pathlib.Path, tmp_path: pathlib.Path
+) -> None:
+    import shutil
+
+    node = pathlib.Path(shutil.copytree(clean, tmp_path / "node"))
+    (node / "blobs" / blob_address(world.works[(0, 0)][1])).unlink()  # a node that never held it
+    rep = replay_node(node, world.spec.id)
+    # round 0 taken from its state blob (checked against the finalised digest and loss), round 1
+    # recomputed from it
+    assert rep.ok and rep.from_state == [0] and rep.checkpoints == 2, rep.first_bad
+    assert rep.final_digest == world.states[2].digest.hex()
+    (node / "blobs" / blob_address(encode_state(world.states[1]))).unlink()
+    with pytest.raises(RunError, match="both missing"):
+        replay_node(node, world.spec.id)
+
+
 def test_the_blob_address_is_the_gossip_store_s() -> None:
     from trustgen.gossip.blobs import CHUNK, blob_digest
     from trustgen.training.ledger_job import BLOB_CHUNK

@@ -24,6 +24,7 @@ import tempfile
 
 from trustgen.consensus import merkle
 from trustgen.errors import UsageError
+from trustgen.training.ledger_replay import BlobReader, replay_rounds
 from trustgen.training.ledger_view import LedgerJob, collect, job_in, read_ledger
 from trustgen.training.records import BlobDir, RunError, append_line, read_bounded
 from trustgen.training.replay import ReplayReport, replay
@@ -43,17 +44,41 @@ def blob_address(data: bytes) -> str:
     return merkle.root([merkle.leaf_hash(c) for c in chunks]).hex()
 
 
-def read_node_blob(data_dir: pathlib.Path, address: str, sha256: bytes, what: str) -> bytes:
+def read_node_blob(data_dir: pathlib.Path, address: str, sha256: bytes | None, what: str) -> bytes:
     """A blob of the node's store, checked against its address and the sha256 a signed message
-    names; RunError names the blob otherwise."""
+    names (when it names one); RunError names the blob otherwise."""
     root = pathlib.Path(data_dir) / "blobs"
     if not _ADDRESS.match(address):
         raise RunError(f"{what}: blob address {address[:70]!r} is not 64 hex digits")
     name = f"blob {address[:16]}… ({what})"
     data = read_bounded(root / address, BlobDir.MAX_BYTES, name, root)
-    if blob_address(data) != address or hashlib.sha256(data).digest() != sha256:
+    if blob_address(data) != address or (sha256 is not None and hashlib.sha256(data).digest() != sha256):
         raise RunError(f"{name} in {root} is corrupted (its bytes do not match its address and signed digest)")
     return data
+
+
+def _present(data_dir: pathlib.Path, address: str) -> bool:
+    return not _ADDRESS.match(address) or (pathlib.Path(data_dir) / "blobs" / address).exists()
+
+
+def _accepted_deltas(j: LedgerJob) -> list[str]:
+    """The blob addresses of every update the finalised rounds accepted."""
+    out = []
+    for r in j.finalized_rounds():
+        ok = {u.id for u in j.accepted_updates(r)}
+        out += [blob for _, u, blob in j.rounds[r].updates if u.id in ok]
+    return out
+
+
+def node_blob_reader(data_dir: pathlib.Path) -> BlobReader:
+    """read_node_blob, with None for a blob the store does not hold (a corrupted one still raises)."""
+
+    def read(address: str, sha256: bytes | None, what: str) -> bytes | None:
+        if not _present(data_dir, address):
+            return None
+        return read_node_blob(data_dir, address, sha256, what)
+
+    return read
 
 
 def load_job(data_dir: pathlib.Path, job_id: bytes) -> LedgerJob:
@@ -94,7 +119,12 @@ def export_run(data_dir: pathlib.Path, job_id: bytes, out: pathlib.Path) -> dict
 def replay_node(
     data_dir: pathlib.Path, job_id: bytes, threads: int | None = None, losses: bool = True, mode: str = "full"
 ) -> ReplayReport:
-    """Export the job from a node's directory to a temporary run directory and replay it."""
+    """Export the job from a node's directory to a temporary run directory and replay it; when
+    the node lacks some accepted delta, replay round by round from the ledger instead, taking a
+    round's state from its finalised state blob where its deltas are missing (ledger_replay.py)."""
+    j = load_job(data_dir, job_id)
+    if not all(_present(data_dir, a) for a in _accepted_deltas(j)):
+        return replay_rounds(j, node_blob_reader(data_dir), threads, losses)
     tmp = pathlib.Path(tempfile.mkdtemp(prefix="trustgen-replay-"))
     try:
         export_run(data_dir, job_id, tmp / "run")

@@ -52,6 +52,9 @@ class ReplayReport:
     same_profile: bool = True
     profile: dict[str, Any] = field(default_factory=dict)
     cpu_s: float = 0.0
+    # Rounds of a network job whose state was taken from the finalised state blob, not
+    # recomputed (the node held no copy of some delta): ledger_replay.py
+    from_state: list[int] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -65,6 +68,7 @@ class ReplayReport:
             "same_profile": self.same_profile,
             "profile": self.profile,
             "cpu_s": self.cpu_s,
+            "from_state": self.from_state,
         }
 
 
