@@ -158,6 +158,10 @@ def replay_cmd(
             out_console.print(f"[red]mismatch[/red]: {rep.first_bad}")
         if not rep.same_profile:
             out_console.print("replayed under another execution profile: compared within tolerance")
+        if rep.from_state:
+            out_console.print(
+                f"rounds {rep.from_state} taken from their finalised state blobs (deltas not on this node)"
+            )
     raise typer.Exit(0 if rep.ok else 1)
 
 
