@@ -50,6 +50,8 @@ DOMAINS = {
     "TRAIN_CHECKPOINT": b"trustgen/train/checkpoint/v1\x00",
     "TRAIN_CHALLENGE": b"trustgen/train/challenge/v1\x00",
     "TRAIN_UPDATES": b"trustgen/train/updates/v1\x00",
+    "TRAIN_ROUND": b"trustgen/train/round/v1\x00",
+    "TRAIN_CHECK_COIN": b"trustgen/train/check-coin/v1\x00",
 }
 D = DOMAINS
 U64 = (1 << 64) - 1
@@ -244,6 +246,8 @@ SCHEMAS: dict[str, dict[str, str]] = {
     "SpsaUpdate": dict(trainer=B32, job=B32, step="int", q="int", diffs="list"),
     "DeltaUpdate": dict(trainer=B32, job=B32, round="int", base=B32, delta=B32, states="list"),
     "TrainingCheckpoint": dict(publisher=B32, job=B32, step="int", digest=B32, updates=B32, heldout_loss="float"),
+    "UpdateCheck": dict(verifier=B32, job=B32, round="int", beacon=B32, verdicts="list"),
+    "CheckpointVote": dict(verifier=B32, job=B32, round="int", digest=B32, state="str", accept="bool", reason="str"),
 }
 SIGNER = {
     "Task": "client",
@@ -257,6 +261,8 @@ SIGNER = {
     "SpsaUpdate": "trainer",
     "DeltaUpdate": "trainer",
     "TrainingCheckpoint": "publisher",
+    "UpdateCheck": "verifier",
+    "CheckpointVote": "verifier",
 }
 ENTRY_BODIES: dict[str, dict[str, str]] = {
     "NodeJoined": dict(address="str", roles="list"),
@@ -266,6 +272,13 @@ ENTRY_BODIES: dict[str, dict[str, str]] = {
     "TaskFinalized": dict(certificate="bytes"),
     "Evidence": dict(kind="str", subject=B32, proof="map"),
     "Commitment": dict(size="int", root=B32),
+    "TrainingJobAccepted": dict(job="bytes", beacon=B32, beacon_size="int", candidates="list", k="int"),
+    "TrainingUpdate": dict(update="bytes", blob="str"),
+    "UpdateCheck": dict(check="bytes"),
+    "CheckpointProposed": dict(checkpoint="bytes", round="int", state="str", accepted="list"),
+    "CheckpointFinalized": dict(
+        checkpoint="bytes", round="int", state="str", beacon=B32, verifiers="list", skipped="list", votes="list"
+    ),
 }
 _TYPES: dict[str, Callable[[Any], bool]] = {
     B32: lambda v: isinstance(v, bytes) and len(v) == 32,
@@ -429,6 +442,28 @@ def check_body_parts(msg_type: str, body: dict[str, Any], network: str, what: st
         expect(all(_TYPES[B32](d) for d in body["states"]), f"{what}: states are not 32-byte digests")
     elif msg_type == "TrainingCheckpoint":
         expect(body["step"] >= 0, f"{what}: step")
+    elif msg_type == "UpdateCheck":
+        expect(body["round"] >= 0, f"{what}: round")
+        for v in body["verdicts"]:
+            expect(verdict_ok(v), f"{what}: a verdict is not [update id, accept, code, inner step, distance, reason]")
+    elif msg_type == "CheckpointVote":
+        expect(body["round"] >= 0 and len(body["reason"]) <= MAX_REASON, f"{what}: round or reason")
+        expect(len(body["state"]) == 64 and all(c in "0123456789abcdef" for c in body["state"]), f"{what}: state")
+
+
+MAX_REASON = 300
+
+
+def verdict_ok(v: Any) -> bool:
+    """A verdict (docs/protocol.md §15.7): [update id (32 bytes), accept, code, inner step, distance, reason]."""
+    types = (B32, "bool", "str", "int", "float", "str")
+    return (
+        isinstance(v, list)
+        and len(v) == 6
+        and all(_TYPES[t](x) for t, x in zip(types, v))
+        and v[3] >= 0
+        and len(v[5]) <= MAX_REASON
+    )
 
 
 def check_request_args(method: str, args: dict[str, Any], network: str, what: str) -> None:
@@ -1400,6 +1435,64 @@ def check_round(r: dict[str, Any], by_name: dict[str, dict[str, Any]], keys: dic
         same(1 + u64_of(head) % r["inner_steps"], c["inner"], f"training challenge of {c['trainer']}")
 
 
+def round_target(job: bytes, rnd: int) -> bytes:
+    return hashlib.sha256(D["TRAIN_ROUND"] + job + rnd.to_bytes(8, "big")).digest()
+
+
+def coin_draw(job: bytes, rnd: int, trainer: bytes, updates: bytes) -> int:
+    return u64_of(D["TRAIN_CHECK_COIN"] + job + rnd.to_bytes(8, "big") + trainer + updates)
+
+
+def check_network_round(
+    n: dict[str, Any], r: dict[str, Any], by_name: dict[str, dict[str, Any]], keys: dict[str, bytes], specs: dict
+) -> None:
+    """§15.7: round targets, the round's verifier assignment, check coins, the verdicts of the
+    assigned verifiers over the round's updates and the strict-majority decisions."""
+    for v in n["round_targets"]:
+        same(round_target(unhex(v["job"]), v["round"]).hex(), v["target"], f"training round target {v['round']}")
+    a = n["assignment"]
+    job = unhex(a["job"])
+    cands = [keys[c] for c in a["candidates"]]
+    expect(cands == sorted(cands), "training network round: candidates are not sorted")
+    ranked = ranking(unhex(a["beacon"]), round_target(job, a["round"]), cands, b"")
+    same([keys[c] for c in a["ranking"]], ranked, "training network round: ranking")
+    eff = effective(ranked, [keys[c] for c in a["skipped"]], a["k"])
+    same([keys[c] for c in a["effective"]], eff, "training network round: effective verifiers")
+    for c in n["check_coins"]:
+        what = f"training check coin of {c['trainer']} at probability {c['probability']}"
+        draw = coin_draw(unhex(c["job"]), c["round"], keys[c["trainer"]], unhex(c["updates_digest"]))
+        same(draw, c["draw"], f"{what}: draw")
+        same(draw / 2.0**64 < c["probability"], c["checked"], f"{what}: checked")
+    ups = [by_name[name] for name in n["updates"]]
+    same(n["updates"], r["updates_in_order"], "training network round: updates in trainer key order")
+    ids = [msg_id(unhex(m["payload"])) for m in ups]
+    rid = updates_digest(ids)
+    spec = specs[job]
+    inner_steps = spec["algorithm"]["inner_steps"]
+    p = spec["algorithm"]["check_probability"]
+    per: dict[bytes, dict[bytes, bool]] = {i: {} for i in ids}
+    for name in n["checks"]:
+        what = f"training network round: {name}"
+        body = from_tagged(by_name[name]["body"])
+        same((body["job"], body["round"], body["beacon"]), (job, a["round"], unhex(a["beacon"])), f"{what}: round")
+        expect(body["verifier"] in eff, f"{what}: not an effective verifier")
+        by_id = {v[0]: v for v in body["verdicts"]}
+        same(sorted(by_id), sorted(ids), f"{what}: verdicts do not cover the round's updates, each once")
+        expect(len(by_id) == len(body["verdicts"]), f"{what}: two verdicts on one update")
+        for m in ups:
+            v = by_id[msg_id(unhex(m["payload"]))]
+            trainer = keys[m["signer"]]
+            head = D["TRAIN_CHALLENGE"] + job + a["round"].to_bytes(8, "big") + trainer + rid
+            challenged = 1 + u64_of(head) % inner_steps
+            checked = coin_draw(job, a["round"], trainer, rid) / 2.0**64 < p
+            # accepted: re-executed exactly when the coin says so; rejected: at most the challenge
+            want = {challenged if checked else 0} if v[1] else {0, challenged}
+            expect(v[3] in want, f"{what}: inner step {v[3]} for {m['signer']}")
+            per[v[0]][body["verifier"]] = v[1]
+    decisions = [decide(per[i], eff, a["k"])[0] for i in ids]
+    same(decisions, n["decisions"], "training network round: decisions")
+
+
 def updates_digest(ids: list[bytes]) -> bytes:
     return hashlib.sha256(D["TRAIN_UPDATES"] + enc(ids)).digest()
 
@@ -1416,11 +1509,11 @@ def check_training(t: dict[str, Any], messages: list[dict[str, Any]], keys: dict
         expect(typed_equal(from_tagged(by_name[j["message"]]["body"])["spec"], spec), f"{what}: signed spec")
         specs[job_id(spec)] = spec
     for m in messages:  # every training message names a job of the vectors, and its trainers sign updates
-        if m["type"] in ("SpsaUpdate", "DeltaUpdate", "TrainingCheckpoint"):
+        if m["type"] in ("SpsaUpdate", "DeltaUpdate", "TrainingCheckpoint", "UpdateCheck", "CheckpointVote"):
             body = from_tagged(m["body"])
             spec = specs.get(body["job"])
             expect(spec is not None, f"message {m['name']!r}: unknown job")
-            if m["type"] != "TrainingCheckpoint":
+            if m["type"] in ("SpsaUpdate", "DeltaUpdate"):
                 expect(keys[m["signer"]] in spec["trainers"], f"message {m['name']!r}: not a trainer of the job")
             if m["type"] == "SpsaUpdate":
                 check_arithmetic(body, spec, f"message {m['name']!r}")
@@ -1456,6 +1549,7 @@ def check_training(t: dict[str, Any], messages: list[dict[str, Any]], keys: dict
         same(tensor_set_digest(prefix, v["tensors"]).hex(), v["digest"], what)
         tensor_digests[v["name"]] = unhex(v["digest"])
     check_round(t["round"], by_name, keys)
+    check_network_round(t["network_round"], t["round"], by_name, keys, specs)
     for v in t["updates_digests"]:
         same(updates_digest([unhex(i) for i in v["ids"]]).hex(), v["digest"], f"training updates digest {v['name']!r}")
     for c in t["checkpoints"]:

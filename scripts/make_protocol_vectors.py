@@ -61,6 +61,13 @@ from trustgen.training import data as tdata  # noqa: E402
 from trustgen.training.checks import check_arithmetic  # noqa: E402
 from trustgen.training.job import SpsaState, UpdateError, by_trainer, checkpoint_digest  # noqa: E402
 from trustgen.training.records import updates_digest  # noqa: E402
+from trustgen.training.rounds import (  # noqa: E402
+    Verdict,
+    challenges,
+    check_coin,
+    round_decisions,
+    round_target,
+)
 from trustgen.training.spec import from_dict, open_job, sign_job  # noqa: E402
 from trustgen.training.tensors import TensorError, tensor_digest, to_bytes  # noqa: E402
 from trustgen.verifier.compare import distance  # noqa: E402
@@ -1331,6 +1338,8 @@ def training_vectors(model: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
                 ],
             }
         )
+    net_round, net_msgs = network_round_vectors(specs["diloco job"], in_order, round_id)
+    msgs.extend(net_msgs)
     updates_out = [
         {"name": "no updates", "ids": [], "digest": updates_digest([]).hex()},
         {
@@ -1350,6 +1359,7 @@ def training_vectors(model: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
             "scalar": scalars,
             "tensor_digests": digests,
             "round": round_vec,
+            "network_round": net_round,
             "updates_digests": updates_out,
             "checkpoints": checkpoints,
             "trimmed_k": trimmed_k_vectors(),
@@ -1360,6 +1370,92 @@ def training_vectors(model: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         },
         msgs,
     )
+
+
+def network_round_vectors(spec: Any, in_order: list[Signed], rid: bytes) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Round 0 of the diloco job on the network (docs/protocol.md §15.7): round targets, the
+    verifier ranking with the round's beacon, check coins, one verifier's UpdateCheck and its
+    CheckpointVote, and the strict-majority decisions of three checks."""
+    job_id, hp = spec.id, spec.algorithm
+    beacon = hashlib.sha256(b"vectors: the beacon of round 0").digest()
+    candidates = sorted(KEYS[f"verifier{i}"].public_key for i in range(5))
+    targets = [{"job": job_id.hex(), "round": r, "target": round_target(job_id, r).hex()} for r in (0, 1, 2**40)]
+    ranking = rank(beacon, round_target(job_id, 0), candidates)
+    skipped = [ranking[1]]
+    eff = effective_verifiers(ranking, skipped, 3)
+    coins = []
+    for p in (0.5, 0.0, 1.0, 0.25):
+        for u in in_order:
+            h = hashlib.sha256(domains.TRAIN_CHECK_COIN + job_id + struct.pack(">Q", 0) + u.signer + rid).digest()
+            draw = int.from_bytes(h[:8], "big")
+            coins.append(
+                {
+                    "job": job_id.hex(),
+                    "round": 0,
+                    "trainer": NAME_OF[u.signer],
+                    "updates_digest": rid.hex(),
+                    "probability": p,
+                    "draw": draw,
+                    "checked": check_coin(job_id, 0, u.signer, rid, p),
+                }
+            )
+    assert hp["check_probability"] == 0.5
+    inner = challenges(spec, 0, in_order)
+    # Three verifiers' verdicts on the two updates: all accept the first; the second is rejected
+    # by two of three (a strict majority of k = 3), so the round accepts only the first.
+    msgs, checks = [], []
+    for n, v in enumerate(eff):
+        name = NAME_OF[v]
+        verdicts = [
+            Verdict(in_order[0].id, True, "", inner[in_order[0].id], 0.0001220703125, "").to_list(),
+            Verdict(
+                in_order[1].id,
+                n == 2,
+                "" if n == 2 else "failed_check",
+                inner[in_order[1].id],
+                0.0001220703125 if n == 2 else 0.75,
+                "" if n == 2 else "the re-executed step is 0.75 of a step from the committed state",
+            ).to_list(),
+        ]
+        verdicts.sort(key=lambda x: x[0])  # as the reference verifier orders them: by update id
+        body = {"verifier": v, "job": job_id, "round": 0, "beacon": beacon, "verdicts": verdicts}
+        c = sign(KEYS[name], "UpdateCheck", NETWORK, body)
+        checks.append(c)
+        msgs.append(message_vector(f"update check {name}", c))
+    decisions = round_decisions(in_order, checks, eff, 3)
+    vote_body = {
+        "verifier": eff[0],
+        "job": job_id,
+        "round": 0,
+        "digest": hashlib.sha256(b"vectors: a checkpoint digest").digest(),
+        "state": hashlib.sha256(b"vectors: a state blob address").hexdigest(),
+        "accept": True,
+        "reason": "",
+    }
+    msgs.append(
+        message_vector(
+            f"checkpoint vote {NAME_OF[eff[0]]}", sign(KEYS[NAME_OF[eff[0]]], "CheckpointVote", NETWORK, vote_body)
+        )
+    )
+    vec = {
+        "round_targets": targets,
+        "assignment": {
+            "job": job_id.hex(),
+            "round": 0,
+            "beacon": beacon.hex(),
+            "candidates": [NAME_OF[c] for c in candidates],
+            "ranking": [NAME_OF[c] for c in ranking],
+            "skipped": [NAME_OF[c] for c in skipped],
+            "k": 3,
+            "effective": [NAME_OF[c] for c in eff],
+        },
+        "check_coins": coins,
+        "updates": [f"delta update {NAME_OF[u.signer]}" for u in in_order],
+        "checks": [f"update check {NAME_OF[v]}" for v in eff],
+        "decisions": [decisions[u.id] for u in in_order],
+    }
+    assert vec["decisions"] == ["accept", "reject"], vec["decisions"]
+    return vec, msgs
 
 
 # -- payloads a receiver must refuse ------------------------------------------------------------------

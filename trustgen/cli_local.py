@@ -149,8 +149,10 @@ def audit(
     violations, 2 on unusable input."""
     from trustgen.consensus.audit import audit_paths
     from trustgen.node.report import print_audit
+    from trustgen.training.audit_training import add_training_violations
 
     reports = audit_paths(paths)
+    add_training_violations(reports)
     ok = all(r.ok for r in reports)
     if as_json:
         emit({"ok": ok, "ledgers": [r.to_dict() for r in reports]}, True)

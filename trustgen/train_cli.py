@@ -130,18 +130,27 @@ def run_cmd(
 
 @train_app.command("replay")
 def replay_cmd(
-    run_dir: pathlib.Path = typer.Argument(..., help="Run directory."),
+    run_dir: pathlib.Path = typer.Argument(..., help="Run directory, or a node's data directory (with --job)."),
+    job: str = typer.Option("", "--job", help="With a node directory: the job id to replay from its ledger."),
     threads: int = typer.Option(0, "--threads", help="Replay with this many threads (0: the job's)."),
     no_losses: bool = typer.Option(False, "--no-losses", help="Compare digests only, not held-out losses."),
     mode: str = typer.Option("full", "--mode", help="Local SGD: full (re-execute every inner step) or deltas."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Recompute every checkpoint from the signed job and updates. Exit 0 match, 1 mismatch, 2 bad input."""
+    from trustgen.training.ledger_job import is_node_dir, parse_job_id, replay_node
     from trustgen.training.replay import replay
 
     if mode not in ("full", "deltas"):
         raise UsageError("--mode must be full or deltas")
-    rep = replay(run_dir, threads or None, not no_losses, mode)
+    if is_node_dir(run_dir):
+        if not job:
+            raise UsageError(f"{run_dir} is a node directory: name the job to replay with --job JOB_ID")
+        rep = replay_node(run_dir, parse_job_id(job), threads or None, not no_losses, mode)
+    elif job:
+        raise UsageError(f"--job needs a node directory (one holding ledger.db); {run_dir} is not one")
+    else:
+        rep = replay(run_dir, threads or None, not no_losses, mode)
     _emit(rep.to_dict(), as_json)
     if not as_json:
         if rep.ok:
@@ -150,6 +159,10 @@ def replay_cmd(
             out_console.print(f"[red]mismatch[/red]: {rep.first_bad}")
         if not rep.same_profile:
             out_console.print("replayed under another execution profile: compared within tolerance")
+        if rep.from_state:
+            out_console.print(
+                f"rounds {rep.from_state} taken from their finalised state blobs (deltas not on this node)"
+            )
     raise typer.Exit(0 if rep.ok else 1)
 
 

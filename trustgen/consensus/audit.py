@@ -52,6 +52,9 @@ class AuditReport:
     entries: int = 0
     tasks_checked: int = 0
     commitments_checked: int = 0
+    # Filled in by the training audit (trustgen/training/audit_training.py), which the CLI runs.
+    training_jobs: int = 0
+    training_rounds: int = 0
     equivocations: list[dict[str, Any]] = field(default_factory=list)
     violations: list[Violation] = field(default_factory=list)
     # Feeds this replica holds fewer entries of than another audited replica (not a violation).

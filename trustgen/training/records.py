@@ -38,6 +38,36 @@ class RunError(TrustgenError):
     """A run directory that cannot be used: missing, malformed or inconsistent files."""
 
 
+def read_bounded(path: pathlib.Path, max_bytes: int, name: str, where: pathlib.Path) -> bytes:
+    """A file's bytes, read only when it is a regular file (or a link to one) of at most
+    `max_bytes`, its size checked before reading: a directory someone hands over is input like any
+    other, and a FIFO, device or huge file in it must not hang or exhaust the reader."""
+    try:
+        st = path.stat()  # lstat would stop at a link; this sees what a link points to
+        if not stat.S_ISREG(st.st_mode):
+            raise RunError(f"{name} in {where} is not a regular file")
+        if st.st_size > max_bytes:
+            raise RunError(f"{name} is {st.st_size} bytes, more than the {max_bytes} a blob may have")
+        # Non-blocking: a file swapped for a FIFO after the stat still cannot hang the open.
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise RunError(f"{name} in {where} is not a regular file")
+            f = os.fdopen(fd, "rb")
+        except BaseException:
+            os.close(fd)
+            raise
+        with f:
+            data = f.read(max_bytes + 1)
+    except FileNotFoundError:
+        raise RunError(f"{name} is missing from {where}") from None
+    except OSError as e:
+        raise RunError(f"{name} in {where} cannot be read ({e.strerror})") from None
+    if len(data) > max_bytes:
+        raise RunError(f"{name} grew past {max_bytes} bytes while it was read")
+    return data
+
+
 class BlobDir:
     """Content-addressed files: a blob's name is the sha256 of its bytes, checked on read."""
 
@@ -62,30 +92,7 @@ class BlobDir:
         input like any other, and a FIFO, device or huge file in blobs/ must not hang or exhaust
         the reader."""
         name = f"blob {digest.hex()[:16]}…"
-        path = self.root / digest.hex()
-        try:
-            st = path.stat()  # lstat would stop at a link; this sees what a link points to
-            if not stat.S_ISREG(st.st_mode):
-                raise RunError(f"{name} in {self.root} is not a regular file")
-            if st.st_size > max_bytes:
-                raise RunError(f"{name} is {st.st_size} bytes, more than the {max_bytes} a blob may have")
-            # Non-blocking: a file swapped for a FIFO after the stat still cannot hang the open.
-            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
-            try:
-                if not stat.S_ISREG(os.fstat(fd).st_mode):
-                    raise RunError(f"{name} in {self.root} is not a regular file")
-                f = os.fdopen(fd, "rb")
-            except BaseException:
-                os.close(fd)
-                raise
-            with f:
-                data = f.read(max_bytes + 1)
-        except FileNotFoundError:
-            raise RunError(f"{name} is missing from {self.root}") from None
-        except OSError as e:
-            raise RunError(f"{name} in {self.root} cannot be read ({e.strerror})") from None
-        if len(data) > max_bytes:
-            raise RunError(f"{name} grew past {max_bytes} bytes while it was read")
+        data = read_bounded(self.root / digest.hex(), max_bytes, name, self.root)
         if hashlib.sha256(data).digest() != digest:
             raise RunError(f"blob {digest.hex()[:16]}… is corrupted (its bytes do not match its name)")
         return data
