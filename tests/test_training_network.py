@@ -116,6 +116,12 @@ def test_a_job_runs_on_the_network_and_a_cheating_trainer_is_rejected(tmp_path) 
             assert got["digest"] == st["rounds_done"][1]["digest"] and got["rounds_proven"] == 2
             r = run_cli("generate", "text", "Return the", "--model", str(out), "--max-new-tokens", "4", "--json")
             assert r.returncode == 0, r.stderr
+            # The gateway's directory alone: the audit (training entries included) is clean and
+            # replay recomputes every finalised checkpoint.
+            r = run_cli("audit", str(nodes.data_dir("gateway")), "--json")
+            assert r.returncode == 0, r.stdout + r.stderr
+            r = run_cli("train", "replay", str(nodes.data_dir("gateway")), "--job", spec.id.hex(), "--json")
+            assert r.returncode == 0, r.stdout + r.stderr
         finally:
             await nodes.close()
 

@@ -63,9 +63,7 @@ def run_cmd(
     out: pathlib.Path = typer.Option(..., "--out", help="New run directory."),
     default: bool = typer.Option(False, "--default", help="Run the shipped default job."),
     trainers: int = typer.Option(4, "--trainers", help="Trainer processes (keys generated into the run)."),
-    adversary: str = typer.Option(
-        "", "--adversary", help=f"Make one trainer cheat: {', '.join(TRAIN_MODES)}."
-    ),
+    adversary: str = typer.Option("", "--adversary", help=f"Make one trainer cheat: {', '.join(TRAIN_MODES)}."),
     adversary_trainer: int = typer.Option(0, "--adversary-trainer", help="Which trainer cheats."),
     keep_states: bool = typer.Option(False, "--keep-states", help="Keep every inner state (local SGD) for check-step."),
     as_json: bool = typer.Option(False, "--json"),

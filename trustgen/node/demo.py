@@ -24,6 +24,7 @@ from trustgen.node import cluster
 from trustgen.node.client import make_task, save_output, submit
 from trustgen.node.report import print_audit, print_task
 from trustgen.node.training_client import submit_job
+from trustgen.training.audit_training import add_training_violations
 
 NETWORK = "trustgen-local"
 TEXT = TextParams(
@@ -99,6 +100,7 @@ def run_demo(
     finally:
         cluster.down(root)
     audits = audit_paths(cluster.node_dirs(root))  # every ledger, and every replica cross-checked
+    add_training_violations(audits)  # every training entry: assignments, majorities, evidence
     report["audit"] = [r.to_dict() for r in audits]
     if not as_json:
         print_audit(console, audits)
