@@ -87,6 +87,7 @@ class LocalNodes:
         if not (d / "node.key").exists():
             Identity.generate().save(d)
         settings.setdefault("gossip_interval_s", 0)
+        settings.setdefault("open_network", not settings.get("genesis"))  # admission has its own tests
         cfg = NodeConfig(name=name, data_dir=d, roles=roles, insecure=True, metrics_port=-1, **settings)
         node = Node(cfg)
         self.nodes[name] = node

@@ -38,6 +38,11 @@ ENTRY_SCHEMAS: dict[str, dict[str, str]] = {
     "TaskFinalized": {"certificate": "bytes"},
     "Evidence": {"kind": "str", "subject": "bytes32", "proof": "dict"},
     "Commitment": {"size": "int", "root": "bytes32"},
+    # Admission (consensus/admission.py): the genesis a node runs under (once, in its own feed),
+    # and authority-signed admissions and revocations, carried by any feed.
+    "Genesis": {"genesis": "bytes"},
+    "Admitted": {"admission": "bytes"},
+    "Revoked": {"revocation": "bytes"},
 }
 
 _SCHEMA_SQL = """

@@ -12,7 +12,9 @@ import asyncio
 import json
 import logging
 import os
+import pathlib
 import signal
+from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +24,7 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 import trustgen
+from trustgen.consensus.admission import AdmissionError, AdmissionState, Genesis, open_admission, open_revocation
 from trustgen.consensus.identity import Identity
 from trustgen.consensus.ledger import Ledger
 from trustgen.gossip.blobfetch import BlobFetchError, fetch_blob, sources_for
@@ -61,6 +64,7 @@ class Node:
         self.cfg = cfg
         passphrase = os.environ.get("TRUSTGEN_PASSPHRASE")
         self.identity = Identity.load(cfg.data_dir, passphrase.encode() if passphrase else None)
+        self.genesis = Genesis.load(cfg.genesis, cfg.network) if cfg.genesis else None
         self.ledger = Ledger(cfg.ledger_path, cfg.network, self.identity)
         self.blobs = BlobStore(cfg.data_dir / "blobs")
         self.metrics = Metrics()
@@ -152,7 +156,29 @@ class Node:
                 cfg.verifier_timeout_s,
                 self.events,
                 self.metrics,
+                AdmissionState(self.genesis),
             )
+
+    def _record_admission(self) -> None:
+        """Put the genesis (once) and this node's admissions in its own feed, so a gateway it joins
+        and every auditor of its feed sees under what, and by whom, it was admitted."""
+        if self.genesis is None:
+            return
+        me = self.identity.public_key
+        own = {(e.type, next(iter(e.body.values()))) for e in self.ledger.iter_entries() if e.feed == me}
+        if not any(t == "Genesis" for t, _ in own):
+            self.ledger.append("Genesis", {"genesis": self.genesis.wire()})
+        files: list[tuple[str, str, Callable[[Genesis, bytes], Any]]]
+        files = [("Admitted", p, open_admission) for p in self.cfg.admissions]
+        files += [("Revoked", p, open_revocation) for p in self.cfg.revocations]
+        for entry_type, path, check in files:
+            try:
+                data = pathlib.Path(path).read_bytes()
+            except OSError as e:
+                raise AdmissionError(f"cannot read {path}: {e.strerror}") from None
+            check(self.genesis, data)  # refuse a bad file at start, not at the gateway
+            if (entry_type, data) not in own:
+                self.ledger.append(entry_type, {"admission" if entry_type == "Admitted" else "revocation": data})
 
     async def run(self, handle_signals: bool = True) -> None:
         cfg = self.cfg
@@ -186,6 +212,7 @@ class Node:
         for e in self.ledger.iter_entries(entry_type="NodeJoined"):
             if e.feed == me:
                 latest = e
+        self._record_admission()
         if latest is None or latest.body["address"] != self.address or list(latest.body["roles"]) != cfg.roles:
             self.ledger.append("NodeJoined", {"address": self.address, "roles": cfg.roles})
         if self.gateway:
