@@ -82,6 +82,10 @@ class Node:
             learn_peers=cfg.learn_peers,
             events=self.events,
         )
+        if self.genesis is not None:
+            self.gossip.replica.admits = self._admitted_feeds
+        self._admission = AdmissionState(self.genesis)
+        self._admission_cursor = 0
         self.metrics.gossip_bytes.set_function(lambda: self.gossip.bytes_sent)
         for state in ("alive", "suspect", "dead", "banned"):
             self.metrics.peers.labels(state).set_function(partial(self._peers_in, state))
@@ -158,6 +162,16 @@ class Node:
                 self.metrics,
                 AdmissionState(self.genesis),
             )
+
+    def _admitted_feeds(self) -> Callable[[bytes], bool]:
+        """The feeds gossip keeps: those of keys ever admitted, as of the admissions stored so far
+        (read since the last call only)."""
+        cursor = self.ledger.next_index()
+        for t in ("Admitted", "Revoked"):
+            for e in self.ledger.iter_entries(since=self._admission_cursor, entry_type=t):
+                self._admission.add(e)
+        self._admission_cursor = cursor
+        return self._admission.member
 
     def _record_admission(self) -> None:
         """Put the genesis (once) and this node's admissions in its own feed, so a gateway it joins

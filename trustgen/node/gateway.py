@@ -114,10 +114,18 @@ class GatewayRole:
             raise RpcError(grpc.StatusCode.FAILED_PRECONDITION, f"cannot reach {address}: {e.code().name}") from None
         if info.node_id != sender.hex():
             raise RpcError(grpc.StatusCode.PERMISSION_DENIED, f"{address} is another node")
+        me = self.identity.public_key
+        carried = {e.body["admission"] for e in self.ledger.iter_entries(entry_type="Admitted") if e.feed == me}
         try:
             with self.ledger.batch():  # all or nothing
                 for item, _ in parsed:
                     self.ledger.ingest(item[0], item[1])
+                # Re-carried in the gateway's own (admitted) feed, so nodes that keep only admitted
+                # feeds learn the admission and then take the joiner's feed from gossip.
+                for _, x in parsed:
+                    if x.type == "Admitted" and x.body["admission"] not in carried:
+                        carried.add(x.body["admission"])
+                        self.ledger.append("Admitted", {"admission": x.body["admission"]})
         except IngestError as e:
             raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, f"entry refused ({e.code}): {e}") from None
         self._refresh_reputation()  # the admissions it carried count from now on
