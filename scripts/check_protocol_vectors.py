@@ -244,6 +244,9 @@ SCHEMAS: dict[str, dict[str, str]] = {
     "SpsaUpdate": dict(trainer=B32, job=B32, step="int", q="int", diffs="list"),
     "DeltaUpdate": dict(trainer=B32, job=B32, round="int", base=B32, delta=B32, states="list"),
     "TrainingCheckpoint": dict(publisher=B32, job=B32, step="int", digest=B32, updates=B32, heldout_loss="float"),
+    "Genesis": dict(founder=B32, authorities="list", members="list", probation="int", time="int"),
+    "Admission": dict(authority=B32, members="list", time="int"),
+    "Revocation": dict(authority=B32, keys="list", time="int"),
 }
 SIGNER = {
     "Task": "client",
@@ -257,6 +260,9 @@ SIGNER = {
     "SpsaUpdate": "trainer",
     "DeltaUpdate": "trainer",
     "TrainingCheckpoint": "publisher",
+    "Genesis": "founder",
+    "Admission": "authority",
+    "Revocation": "authority",
 }
 ENTRY_BODIES: dict[str, dict[str, str]] = {
     "NodeJoined": dict(address="str", roles="list"),
@@ -266,6 +272,9 @@ ENTRY_BODIES: dict[str, dict[str, str]] = {
     "TaskFinalized": dict(certificate="bytes"),
     "Evidence": dict(kind="str", subject=B32, proof="map"),
     "Commitment": dict(size="int", root=B32),
+    "Genesis": dict(genesis="bytes"),
+    "Admitted": dict(admission="bytes"),
+    "Revoked": dict(revocation="bytes"),
 }
 _TYPES: dict[str, Callable[[Any], bool]] = {
     B32: lambda v: isinstance(v, bytes) and len(v) == 32,

@@ -177,3 +177,50 @@ def test_audit_checks_admission_of_candidates_and_lists_strangers(tmp_path):
     pinned = genesis(VERIFIERS[:2])
     r = audit_ledger(tmp_path / "4" / "ledger.db", pinned)
     assert "genesis_mismatch" in {v.code for v in r.violations}
+
+
+@pytest.mark.slow
+def test_network_cli_init_admit_revoke(tmp_path):
+    """The authority's commands write verifiable signed files; bad input is one line, exit 2."""
+    import json
+    import stat
+
+    from tests.helpers import run_cli
+    from trustgen.consensus.admission import open_admission, open_revocation
+
+    gen, auth = tmp_path / "genesis.bin", tmp_path / "authority"
+    gw, v = ident(1).node_id, ident(10).node_id
+    res = run_cli(
+        "network", "init", "-o", str(gen), "--authority", str(auth), "--network", NET, "--probation", "3",
+        "--member", f"{gw}:gateway", "--member", f"{v}:verifier,trainer:host-a", "--json",
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert stat.S_IMODE((auth / "node.key").stat().st_mode) == 0o600
+    g = Genesis.load(gen)
+    assert g.probation == 3 and [m.roles for m in g.members] == [("gateway",), ("trainer", "verifier")]
+    assert json.loads(res.stdout)["genesis"] == g.id.hex()
+    later = ident(11).node_id
+    adm, rev = tmp_path / "a.bin", tmp_path / "r.bin"
+    res = run_cli(
+        "network",
+        "admit",
+        "--genesis",
+        str(gen),
+        "--authority",
+        str(auth),
+        "--member",
+        f"{later}:worker",
+        "-o",
+        str(adm),
+    )
+    assert res.returncode == 0, res.stderr
+    assert open_admission(g, adm.read_bytes())[1][0].key == ident(11).public_key
+    res = run_cli("network", "revoke", "--genesis", str(gen), "--authority", str(auth), "--key", later, "-o", str(rev))
+    assert res.returncode == 0 and open_revocation(g, rev.read_bytes())[1] == [ident(11).public_key]
+    other = tmp_path / "other"
+    for args in (
+        ["admit", "--genesis", str(gen), "--authority", str(other), "--member", f"{later}:worker", "-o", str(adm)],
+        ["init", "-o", str(gen), "--authority", str(auth), "--member", f"{later}:root"],
+    ):
+        bad = run_cli("network", *args)
+        assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "Traceback" not in bad.stderr, bad.stderr

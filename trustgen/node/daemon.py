@@ -9,6 +9,7 @@ then joining the gateway. SIGTERM or SIGINT stops it gracefully.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import os
@@ -65,6 +66,8 @@ class Node:
         passphrase = os.environ.get("TRUSTGEN_PASSPHRASE")
         self.identity = Identity.load(cfg.data_dir, passphrase.encode() if passphrase else None)
         self.genesis = Genesis.load(cfg.genesis, cfg.network) if cfg.genesis else None
+        if self.genesis is not None and cfg.tls_cert:
+            check_tls_pin(self.genesis, self.identity.public_key, pathlib.Path(cfg.tls_cert))
         self.ledger = Ledger(cfg.ledger_path, cfg.network, self.identity)
         self.blobs = BlobStore(cfg.data_dir / "blobs")
         self.metrics = Metrics()
@@ -341,6 +344,20 @@ class Node:
                 log.warning("join %s failed: %s %s", self.cfg.gateway, e.code().name, e.details())
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
+
+
+def check_tls_pin(genesis: Genesis, key: bytes, cert: pathlib.Path) -> None:
+    """Refuse to start with a TLS certificate other than the one the genesis pins for this key:
+    peers that check the pin would refuse it anyway, later and less clearly."""
+    pins = {m.cert for m in genesis.members if m.key == key and m.cert}
+    if not pins:
+        return
+    try:
+        digest = hashlib.sha256(cert.read_bytes()).hexdigest()
+    except OSError as e:
+        raise AdmissionError(f"cannot read tls_cert {cert}: {e.strerror}") from None
+    if digest not in pins:
+        raise AdmissionError(f"tls_cert {cert} is not the certificate the genesis pins for this node")
 
 
 def run_node(cfg: NodeConfig, log_level: str = "INFO") -> None:
