@@ -108,6 +108,11 @@ def test_candidates_hold_at_most_one_probationary_and_one_per_group_where_the_po
         assert sum(1 for s in sybils if s in c) == 1 and len(c) == 6
     few = select_candidates(b"b" * 32, b"t" * 32, honest[:1] + sybils, 3, groups, set())
     assert len(few) == 3  # two groups for k = 3: just enough of the rest, in rank order
+    # Reputation weighs: a demoted verifier is left out while the pool allows, and fills a gap
+    # before a second member of one group does.
+    assert honest[0] not in select_candidates(b"b" * 32, b"t" * 32, honest + sybils, 3, groups, set(), {honest[0]})
+    gap = select_candidates(b"b" * 32, b"t" * 32, honest[:2] + sybils, 3, groups, set(), {honest[0]})
+    assert honest[0] in gap and sum(1 for s in sybils if s in gap) == 1
 
 
 def test_reputation_counts_only_admitted_gateways_for_tasks_they_accepted(tmp_path):

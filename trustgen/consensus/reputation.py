@@ -25,6 +25,10 @@ from trustgen.consensus.ledger import Entry, parse_entry
 from trustgen.consensus.messages import MessageError, open_wire
 
 EQUIVOCATION_PENALTY = 10
+# A verifier scoring below this (say no agreement against 2 bad marks) is a candidate only when
+# the pool cannot fill k without it: assignment weighs reputation, without letting a smear
+# campaign empty a small pool.
+DEMOTE_BELOW = 0.3
 RECHECK_PENALTY = 5  # a failed re-check outweighs the agreement that certificate credited
 ROLES_SCORED = ("worker", "verifier", "gateway", "trainer")
 
@@ -156,6 +160,9 @@ def reputation(entries: Iterable[Entry], network: str, admission: AdmissionState
 
 def task_candidates(rep: Reputation, beacon: bytes, task_id: bytes, joined: Iterable[bytes], k: int) -> list[bytes]:
     """The candidate verifiers of a task at the ledger state `rep` was fed: the joined verifiers
-    that are admitted, under the probation and group rules of `select_candidates`."""
+    that are admitted, under the probation, group and reputation rules of `select_candidates`."""
     admitted = sorted(v for v in set(joined) if rep.admission.admitted(v, "verifier"))
-    return select_candidates(beacon, task_id, admitted, k, rep.admission.groups(admitted), rep.probationary(admitted))
+    scores = rep.scores()
+    demoted = {v for v in admitted if scores.get(v, 0.5) < DEMOTE_BELOW}
+    groups, probation = rep.admission.groups(admitted), rep.probationary(admitted)
+    return select_candidates(beacon, task_id, admitted, k, groups, probation, demoted)
