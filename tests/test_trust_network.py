@@ -5,18 +5,20 @@ verifiers that lie), first with the liars left out of the genesis, then admitted
 from __future__ import annotations
 
 import asyncio
+import json
 
 import grpc
 import pytest
+from typer.testing import CliRunner
 
 from tests.helpers import LocalNodes, until
+from trustgen.cli import app
 from trustgen.consensus.admission import AdmissionState, Genesis, Member, make_admission, make_genesis
 from trustgen.consensus.audit import audit_path
 from trustgen.consensus.identity import Identity
 from trustgen.consensus.ledger import Ledger
 from trustgen.consensus.reputation import reputation
 from trustgen.node.client import make_task, submit
-from trustgen.node.recheck import recheck, record
 
 NET = "trustgen-local"
 
@@ -134,12 +136,17 @@ def test_colluding_liars_cannot_finalise_unless_admitted_and_then_recheck_flags_
 
     task_id, out = asyncio.run(main())
     assert out["decision"] == "accept"  # the liars won
-    assert all(r.ok for r in audit_path(tmp_path)), "the audit alone cannot tell"
-    report = recheck([tmp_path], 1.0, seed=0)
-    failed = report.failures
-    assert len(failed) == 1 and failed[0].task == task_id.hex() and not report.ok
-    assert sorted(failed[0].voted_for) == sorted(keys[n].node_id for n in liars)
-    assert record(tmp_path / "gateway", report, [tmp_path], NET) == 3  # the worker and both liars
+    # `trustgen audit --recheck 1.0 --record gateway`, in-process (the command's own code).
+    args = ["audit", str(tmp_path), "--recheck", "1.0", "--seed", "0", "--record", str(tmp_path / "gateway"), "--json"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 1, res.stdout
+    doc = json.loads(res.stdout)
+    assert all(r["ok"] for r in doc["ledgers"]), "the audit alone cannot tell"
+    report = doc["recheck"]
+    failed = [c for c in report["checks"] if c["outcome"] == "fail"]
+    assert [c["task"] for c in failed] == [task_id.hex()]
+    assert sorted(failed[0]["voted_for"]) == sorted(keys[n].node_id for n in liars)
+    assert report["recorded"] == 3  # the worker and both liars
     led = Ledger(tmp_path / "gateway" / "ledger.db", NET)
     entries = list(led.iter_entries())
     led.close()
