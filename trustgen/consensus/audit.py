@@ -23,7 +23,7 @@ from typing import Any
 from trustgen.consensus import merkle
 from trustgen.consensus.admission import AdmissionState, Genesis
 from trustgen.consensus.assignment import effective_verifiers, rank
-from trustgen.consensus.audit_admission import admission_findings, expected_candidates, find_genesis
+from trustgen.consensus.audit_admission import admission_findings, candidate_findings, find_genesis
 from trustgen.consensus.audit_checks import accusation_problem, verify_all
 from trustgen.consensus.audit_replicas import Replica, cross_check
 from trustgen.consensus.ledger import ZERO, Entry, entry_hash, leaf_data, parse_entry
@@ -275,21 +275,14 @@ class _Auditor:
 
     def check_candidates(self, tasks: list[tuple[Entry, Any]]) -> None:
         """Every candidate was admitted as a verifier; the owner's tasks have exactly the candidates
-        it had to choose at the beacon: the admitted verifiers whose first verifier NodeJoined lies
-        within the committed prefix of the log, under the probation and group rules."""
+        it had to choose at the beacon (audit_admission.candidate_findings)."""
         for e, _ in tasks:
             for v in e.body["candidates"]:
                 self.not_admitted(_where(e.feed, e.seq), v, "verifier", "candidate")
-        if self.owner is None:
-            return
-        index_of = {(f, s): i for i, (f, s, _) in enumerate(self.log)}
-        want = expected_candidates(self.entries, index_of, self.owner, self.admission.genesis, self.r.network, tasks)
-        for e, _ in tasks:
-            expected = want.get((e.feed, e.seq))
-            if expected is not None and sorted(e.body["candidates"]) != expected:
-                self.bad(
-                    _where(e.feed, e.seq), "bad_candidates", "candidates differ from the verifiers due at the beacon"
-                )
+        if self.owner is not None:
+            args = (self.entries, self.log, self.owner, self.admission.genesis, self.r.network, tasks)
+            for e, code, detail in candidate_findings(*args):
+                self.bad(_where(e.feed, e.seq), code, detail)
 
     def check_certificate(self, e: Entry, accepted: dict, results: dict, counted: dict) -> None:
         where = _where(e.feed, e.seq)

@@ -50,6 +50,25 @@ def admission_findings(entries: list[Entry], state: AdmissionState) -> Iterator[
             yield e, "bad_admission", problem
 
 
+def candidate_findings(
+    entries: list[Entry],
+    log: list[tuple[bytes, int, bytes]],
+    owner: bytes,
+    genesis: Genesis | None,
+    network: str,
+    tasks: list[tuple[Entry, Any]],
+) -> Iterator[Finding]:
+    """The owner's TaskAccepted entries whose candidates are not the ones its gateway had to
+    choose: the admitted verifiers whose first verifier NodeJoined lies within the committed
+    prefix of the log, under the probation, group and reputation rules."""
+    index_of = {(f, s): i for i, (f, s, _) in enumerate(log)}
+    want = expected_candidates(entries, index_of, owner, genesis, network, tasks)
+    for e, _ in tasks:
+        expected = want.get((e.feed, e.seq))
+        if expected is not None and sorted(e.body["candidates"]) != expected:
+            yield e, "bad_candidates", "candidates differ from the verifiers due at the beacon"
+
+
 def expected_candidates(
     entries: list[Entry],
     index_of: dict[tuple[bytes, int], int],

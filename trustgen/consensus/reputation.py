@@ -162,7 +162,8 @@ def task_candidates(rep: Reputation, beacon: bytes, task_id: bytes, joined: Iter
     """The candidate verifiers of a task at the ledger state `rep` was fed: the joined verifiers
     that are admitted, under the probation, group and reputation rules of `select_candidates`."""
     admitted = sorted(v for v in set(joined) if rep.admission.admitted(v, "verifier"))
-    scores = rep.scores()
+    # In an open network anyone's certificates count, so reputation must not steer assignment.
+    scores = {} if rep.admission.open else rep.scores()
     demoted = {v for v in admitted if scores.get(v, 0.5) < DEMOTE_BELOW}
     groups, probation = rep.admission.groups(admitted), rep.probationary(admitted)
     return select_candidates(beacon, task_id, admitted, k, groups, probation, demoted)
