@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from tests.helpers import LocalNodes, until
 from trustgen.cli import app
-from trustgen.consensus.admission import AdmissionState, Genesis, Member, make_admission, make_genesis
+from trustgen.consensus.admission import AdmissionState, Genesis, Member, make_admission, make_genesis, make_revocation
 from trustgen.consensus.audit import audit_path
 from trustgen.consensus.identity import Identity
 from trustgen.consensus.ledger import Ledger
@@ -76,6 +76,14 @@ def test_join_admits_only_admitted_roles_and_stores_nothing_before(tmp_path):
                 keys["later"].public_key
             }
             assert set(role._admitted_members("verifier")) == {keys["member"].public_key, keys["later"].public_key}
+            # A revocation reaching the gateway in another admitted feed (as gossip brings it)
+            # takes the key out of assignment at once, for good.
+            rev = member.ledger.append(
+                "Revoked", {"revocation": make_revocation(authority, NET, [keys["later"].public_key]).wire()}
+            )
+            assert gw.ledger.ingest(rev.payload, rev.sig) == "stored"
+            role._refresh_reputation()
+            assert set(role._admitted_members("verifier")) == {keys["member"].public_key}
         finally:
             await nodes.close()
 

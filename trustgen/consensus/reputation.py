@@ -1,11 +1,12 @@
 """Reputation derived deterministically from a ledger: the same entries give the same scores
 on any node, whatever order they arrived in.
 
-Only certificates count, and only those of admitted gateways, for tasks the same gateway's feed
+Certificates count only when an admitted gateway signed them, for tasks the same gateway's feed
 accepted (a TaskAccepted before or after: order does not matter). Each such certificate credits
 its worker (accepted) or debits it (rejected), and credits each verifier whose vote agreed with
 the decision and debits those who disagreed. Valid equivocation evidence debits the
-equivocating feed heavily. Marks are kept per certifying gateway and summed over the gateways
+equivocating feed heavily, and a failed re-check recorded by an admitted gateway debits the
+worker and the verifiers that accepted the output. Marks are kept per certifying gateway and summed over the gateways
 admitted when scores are asked for, so a stranger's self-signed certificates never count, and
 a gateway revoked later stops counting. Only admitted keys get a score. The score is the Beta
 posterior mean (good + 1) / (good + bad + 2): 0.5 for a stranger, towards 1 with a clean record.

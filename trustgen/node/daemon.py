@@ -182,7 +182,12 @@ class Node:
         if self.genesis is None:
             return
         me = self.identity.public_key
-        own = {(e.type, next(iter(e.body.values()))) for e in self.ledger.iter_entries() if e.feed == me}
+        own = {
+            (e.type, next(iter(e.body.values())))
+            for t in ("Genesis", "Admitted", "Revoked")
+            for e in self.ledger.iter_entries(entry_type=t)
+            if e.feed == me
+        }
         if not any(t == "Genesis" for t, _ in own):
             self.ledger.append("Genesis", {"genesis": self.genesis.wire()})
         files: list[tuple[str, str, Callable[[Genesis, bytes], Any]]]

@@ -153,9 +153,9 @@ class GatewayRole:
                 except AdmissionError as err:
                     raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, str(err)) from None
                 state.add(e)
-        missing = [r for r in roles if not state.admitted(sender, r)]
-        if not roles:
+        if not roles:  # a roleless stranger could otherwise park its feed here
             raise RpcError(grpc.StatusCode.PERMISSION_DENIED, "a node joins in the roles it was admitted for")
+        missing = [r for r in roles if not state.admitted(sender, r)]
         if missing:
             raise RpcError(
                 grpc.StatusCode.PERMISSION_DENIED, f"{sender.hex()[:16]} is not admitted as {', '.join(missing)}"
@@ -193,8 +193,8 @@ class GatewayRole:
             raise RpcError(code, f"task refused: {e}") from None
         if task.id in self.tasks:
             return self.tasks[task.id]  # idempotent: a retried submit gets the same task
-        # The candidates are the admitted registered verifiers, under the probation and group
-        # rules, as of the beacon: the state is brought up to the log the commitment covers
+        # The candidates are the admitted registered verifiers, under the probation, group and
+        # reputation rules, as of the beacon: the state is brought up to the log the commitment covers
         # (nothing awaits in between, so nothing is stored in between). A task asking for more
         # verifiers than that is refused, not finalised on fewer votes.
         scheduling.check_task(task, len(self._admitted_members("verifier")))
