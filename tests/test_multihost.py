@@ -1,12 +1,11 @@
 """More than one host: a gateway in one Linux network namespace, a worker and a verifier in
 another, joined by a veth pair, each namespace with its own address; TLS everywhere (a private
-CA, certificates pinned in the genesis). A client in the second namespace submits a task to the
+CA, certificates pinned in the genesis, which the gateway checks at each join). A client in the second namespace submits a task to the
 gateway across the link; the nodes' directories are then audited together. Skipped, with the
 reason, where network namespaces cannot be created (no root, no iproute2, no CAP_NET_ADMIN)."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import pathlib
@@ -16,7 +15,7 @@ import sys
 
 import pytest
 
-from trustgen.consensus.admission import Member, make_genesis
+from trustgen.consensus.admission import Member, cert_pin, make_genesis
 from trustgen.consensus.audit import audit_paths
 from trustgen.consensus.identity import Identity
 from trustgen.node.cluster import wait_ready
@@ -87,7 +86,7 @@ def test_nodes_in_separate_namespaces_serve_and_audit_across_hosts(namespaces, t
         keys[name] = Identity.generate()
         keys[name].save(tmp_path / name)
     members = [
-        Member(keys[n].public_key, (n,), ip, hashlib.sha256((tls / f"{n}.pem").read_bytes()).hexdigest())
+        Member(keys[n].public_key, (n,), ip, cert_pin((tls / f"{n}.pem").read_bytes()))
         for n, (_, ip, _) in nodes.items()
     ]
     genesis = tmp_path / "genesis.bin"

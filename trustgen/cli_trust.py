@@ -8,7 +8,6 @@ revocation (`revocations`) carries it in its feed, and gossip brings it to every
 
 from __future__ import annotations
 
-import hashlib
 import pathlib
 import re
 
@@ -51,12 +50,14 @@ def _members(specs: list[str], pins: dict[bytes, str]) -> list:
 
 
 def _pins(specs: list[str]) -> dict[bytes, str]:
-    """KEYHEX=CERT.pem -> the sha256 of the certificate file, the pin the genesis carries."""
+    """KEYHEX=CERT.pem -> the certificate's pin (sha256 of its DER bytes), as the genesis carries it."""
+    from trustgen.consensus.admission import cert_pin
+
     pins = {}
     for spec in specs:
         key, _, path = spec.partition("=")
         try:
-            pins[_key(key)] = hashlib.sha256(pathlib.Path(path).read_bytes()).hexdigest()
+            pins[_key(key)] = cert_pin(pathlib.Path(path).read_bytes())
         except OSError as e:
             raise TrustgenError(f"--tls-pin {key[:16]}: cannot read {path}: {e.strerror}") from None
     return pins

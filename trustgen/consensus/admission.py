@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import pathlib
 import re
+import ssl
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -54,7 +55,7 @@ class Member:
     key: bytes
     roles: tuple[str, ...]
     host: str = ""  # who runs it where, as the authority attests; "" when not stated
-    cert: str = ""  # sha256 hex of the member's TLS certificate (PEM bytes), or ""
+    cert: str = ""  # cert_pin of the member's TLS certificate, or ""
 
     def to_body(self) -> dict[str, Any]:
         return {"key": self.key, "roles": list(self.roles), "host": self.host, "cert": self.cert}
@@ -73,6 +74,21 @@ class Member:
         if not (isinstance(cert, str) and _CERT_PIN.match(cert)):
             raise AdmissionError("member cert must be a sha256 hex digest or empty")
         return cls(key, tuple(sorted(set(roles))), host, cert)
+
+
+def cert_pin(pem: bytes) -> str:
+    """The pin of a TLS certificate: sha256 hex of its DER bytes (what a peer serves, whatever
+    PEM layout the file had)."""
+    try:
+        der = ssl.PEM_cert_to_DER_cert(pem.decode("ascii"))
+    except (ValueError, UnicodeDecodeError):
+        raise AdmissionError("not a PEM certificate") from None
+    return hashlib.sha256(der).hexdigest()
+
+
+def pinned_cert(genesis: Genesis, key: bytes) -> str:
+    """The pin the genesis gives `key`'s TLS certificate, or "" when it pins none."""
+    return next((m.cert for m in genesis.members if m.key == key and m.cert), "")
 
 
 def _members(raw: Any) -> list[Member]:

@@ -9,7 +9,6 @@ then joining the gateway. SIGTERM or SIGINT stops it gracefully.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
 import os
@@ -25,7 +24,15 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 import trustgen
-from trustgen.consensus.admission import AdmissionError, AdmissionState, Genesis, open_admission, open_revocation
+from trustgen.consensus.admission import (
+    AdmissionError,
+    AdmissionState,
+    Genesis,
+    cert_pin,
+    open_admission,
+    open_revocation,
+    pinned_cert,
+)
 from trustgen.consensus.identity import Identity
 from trustgen.consensus.ledger import Ledger
 from trustgen.gossip.blobfetch import BlobFetchError, fetch_blob, sources_for
@@ -353,15 +360,15 @@ class Node:
 
 def check_tls_pin(genesis: Genesis, key: bytes, cert: pathlib.Path) -> None:
     """Refuse to start with a TLS certificate other than the one the genesis pins for this key:
-    peers that check the pin would refuse it anyway, later and less clearly."""
-    pins = {m.cert for m in genesis.members if m.key == key and m.cert}
-    if not pins:
+    the gateway would refuse the join anyway, later and less clearly."""
+    pin = pinned_cert(genesis, key)
+    if not pin:
         return
     try:
-        digest = hashlib.sha256(cert.read_bytes()).hexdigest()
+        served = cert_pin(cert.read_bytes())
     except OSError as e:
         raise AdmissionError(f"cannot read tls_cert {cert}: {e.strerror}") from None
-    if digest not in pins:
+    if served != pin:
         raise AdmissionError(f"tls_cert {cert} is not the certificate the genesis pins for this node")
 
 

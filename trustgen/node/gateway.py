@@ -21,7 +21,7 @@ from typing import Any
 
 import grpc
 
-from trustgen.consensus.admission import AdmissionError, AdmissionState, open_admission
+from trustgen.consensus.admission import AdmissionError, AdmissionState, cert_pin, open_admission, pinned_cert
 from trustgen.consensus.finality import certify
 from trustgen.consensus.identity import Identity
 from trustgen.consensus.ledger import Entry, IngestError, Ledger, parse_entry
@@ -29,6 +29,7 @@ from trustgen.consensus.messages import MessageError, Signed, open_wire
 from trustgen.consensus.reputation import Reputation, task_candidates
 from trustgen.gossip.blobs import BlobStore
 from trustgen.net import grpc_options as opts
+from trustgen.net import transport
 from trustgen.net.auth import RpcError
 from trustgen.net.peers import Peers
 from trustgen.node import scheduling, votes
@@ -114,6 +115,7 @@ class GatewayRole:
             raise RpcError(grpc.StatusCode.FAILED_PRECONDITION, f"cannot reach {address}: {e.code().name}") from None
         if info.node_id != sender.hex():
             raise RpcError(grpc.StatusCode.PERMISSION_DENIED, f"{address} is another node")
+        await self._check_pin(sender, address)
         me = self.identity.public_key
         carried = {e.body["admission"] for e in self.ledger.iter_entries(entry_type="Admitted") if e.feed == me}
         try:
@@ -159,6 +161,22 @@ class GatewayRole:
         if missing:
             raise RpcError(
                 grpc.StatusCode.PERMISSION_DENIED, f"{sender.hex()[:16]} is not admitted as {', '.join(missing)}"
+            )
+
+    async def _check_pin(self, sender: bytes, address: str) -> None:
+        """When the genesis pins the sender's TLS certificate, the one served at its address must
+        be it: the CA alone would trust any certificate it signed for that name."""
+        genesis = self.admission.genesis
+        pin = pinned_cert(genesis, sender) if genesis is not None else ""
+        if not pin:
+            return
+        try:
+            served = cert_pin(await transport.served_certificate(address, opts.DEADLINE_INFO))
+        except (OSError, ValueError, AdmissionError) as e:
+            raise RpcError(grpc.StatusCode.FAILED_PRECONDITION, f"no TLS certificate at {address}: {e}") from None
+        if served != pin:
+            raise RpcError(
+                grpc.StatusCode.PERMISSION_DENIED, f"{address} serves a certificate the genesis does not pin"
             )
 
     def _admitted_members(self, role: str) -> dict[bytes, dict[str, Any]]:
