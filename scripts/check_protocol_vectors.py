@@ -248,6 +248,9 @@ SCHEMAS: dict[str, dict[str, str]] = {
     "TrainingCheckpoint": dict(publisher=B32, job=B32, step="int", digest=B32, updates=B32, heldout_loss="float"),
     "UpdateCheck": dict(verifier=B32, job=B32, round="int", beacon=B32, verdicts="list"),
     "CheckpointVote": dict(verifier=B32, job=B32, round="int", digest=B32, state="str", accept="bool", reason="str"),
+    "Genesis": dict(founder=B32, authorities="list", members="list", probation="int", time="int"),
+    "Admission": dict(authority=B32, members="list", time="int"),
+    "Revocation": dict(authority=B32, keys="list", time="int"),
 }
 SIGNER = {
     "Task": "client",
@@ -263,6 +266,9 @@ SIGNER = {
     "TrainingCheckpoint": "publisher",
     "UpdateCheck": "verifier",
     "CheckpointVote": "verifier",
+    "Genesis": "founder",
+    "Admission": "authority",
+    "Revocation": "authority",
 }
 ENTRY_BODIES: dict[str, dict[str, str]] = {
     "NodeJoined": dict(address="str", roles="list"),
@@ -279,6 +285,9 @@ ENTRY_BODIES: dict[str, dict[str, str]] = {
     "CheckpointFinalized": dict(
         checkpoint="bytes", round="int", state="str", beacon=B32, verifiers="list", skipped="list", votes="list"
     ),
+    "Genesis": dict(genesis="bytes"),
+    "Admitted": dict(admission="bytes"),
+    "Revoked": dict(revocation="bytes"),
 }
 _TYPES: dict[str, Callable[[Any], bool]] = {
     B32: lambda v: isinstance(v, bytes) and len(v) == 32,

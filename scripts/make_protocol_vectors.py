@@ -87,6 +87,7 @@ KEY_SEEDS = {
     "client": 3,
     **{f"verifier{i}": 10 + i for i in range(5)},
     "author": 4,  # a training job's author, who also coordinates it and signs its checkpoints
+    "authority": 5,  # the network's admission authority (genesis founder)
     **{f"trainer{i}": 32 + i for i in range(3)},
 }
 KEYS = {name: Identity.from_seed(bytes([b]) * 32) for name, b in KEY_SEEDS.items()}
@@ -123,6 +124,36 @@ def message_vector(name: str, msg: Signed) -> dict[str, Any]:
         "id": msg.id.hex(),
         "wire": msg.wire().hex(),
     }
+
+
+def admission_vectors() -> list[dict[str, Any]]:
+    """A genesis, an admission of two verifiers in one authority action, and a revocation."""
+    auth = KEYS["authority"]
+
+    def member(name: str, roles: list[str], host: str = "") -> dict[str, Any]:
+        return {"key": KEYS[name].public_key, "roles": roles, "host": host, "cert": ""}
+
+    initial = [member("gateway", ["gateway"]), member("worker", ["worker"])]
+    initial += [member(f"verifier{i}", ["verifier"], f"host{i}") for i in range(3)]
+    genesis = sign(
+        auth,
+        "Genesis",
+        NETWORK,
+        {"founder": auth.public_key, "authorities": [auth.public_key], "members": initial, "probation": 5, "time": T0},
+    )
+    later = [member("verifier3", ["verifier"], "host3"), member("trainer0", ["trainer"])]
+    admission = sign(auth, "Admission", NETWORK, {"authority": auth.public_key, "members": later, "time": T0 + 1})
+    revocation = sign(
+        auth,
+        "Revocation",
+        NETWORK,
+        {"authority": auth.public_key, "keys": [KEYS["verifier3"].public_key], "time": T0 + 2},
+    )
+    return [
+        message_vector("genesis", genesis),
+        message_vector("admission", admission),
+        message_vector("revocation", revocation),
+    ]
 
 
 # -- encoding ------------------------------------------------------------------------------------
@@ -1549,7 +1580,7 @@ def build() -> dict[str, Any]:
             for name, b in KEY_SEEDS.items()
         },
         "encoding": encoding_vectors(),
-        "messages": scen["messages"] + requests + training_msgs,
+        "messages": scen["messages"] + requests + training_msgs + admission_vectors(),
         "refused": refused_vectors(),
         "ledger": scen["ledger"],
         "merkle": merkle_vectors(),

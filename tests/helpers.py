@@ -77,8 +77,9 @@ class LocalNodes:
     def data_dir(self, name: str) -> pathlib.Path:
         return self.root / name
 
-    async def start(self, name: str, roles: list[str], **settings: Any) -> Any:
-        """Start a node and wait until it serves (and, for a worker or verifier, has joined)."""
+    async def start(self, name: str, roles: list[str], wait_joined: bool = True, **settings: Any) -> Any:
+        """Start a node and wait until it serves (and, for a worker or verifier, has joined, unless
+        `wait_joined` is False: a node its gateway will refuse)."""
         from trustgen.consensus.identity import Identity
         from trustgen.node.config import NodeConfig
         from trustgen.node.daemon import Node, ready_info
@@ -87,12 +88,13 @@ class LocalNodes:
         if not (d / "node.key").exists():
             Identity.generate().save(d)
         settings.setdefault("gossip_interval_s", 0)
+        settings.setdefault("open_network", not settings.get("genesis"))  # admission has its own tests
         cfg = NodeConfig(name=name, data_dir=d, roles=roles, insecure=True, metrics_port=-1, **settings)
         node = Node(cfg)
         self.nodes[name] = node
         self._tasks[name] = asyncio.get_running_loop().create_task(node.run(handle_signals=False))
         await asyncio.wait_for(node.serving.wait(), 120)
-        if {"worker", "verifier", "trainer"} & set(roles):
+        if wait_joined and {"worker", "verifier", "trainer"} & set(roles):
             await until(lambda: (ready_info(d) or {}).get("joined"), 60, f"{name} to join its gateway")
         return node
 

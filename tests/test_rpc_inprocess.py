@@ -28,6 +28,7 @@ class InProcessNode:
         d = tmp_path / "gw"
         Identity.generate().save(d)
         settings.setdefault("insecure", True)
+        settings.setdefault("open_network", True)
         self.cfg = NodeConfig(name="gw", data_dir=d, roles=list(roles), metrics_port=-1, **settings)
         self.loop = asyncio.new_event_loop()
         self.node = None

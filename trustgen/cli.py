@@ -14,6 +14,7 @@ import typer
 from trustgen.cli_local import audit, calibrate, generate_app, keys_app, verify
 from trustgen.cli_net import blob_app, cluster_app, events, node_app, submit
 from trustgen.cli_shared import out
+from trustgen.cli_trust import network_app
 from trustgen.errors import TrustgenError
 from trustgen.train_cli import train_app
 
@@ -28,6 +29,7 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(node_app, name="node")
 app.add_typer(cluster_app, name="cluster")
 app.add_typer(blob_app, name="blob")
+app.add_typer(network_app, name="network")
 app.add_typer(train_app, name="train")
 # Top-level commands, in the order `--help` lists them (demo, below, comes last).
 app.command("audit")(audit)

@@ -142,22 +142,65 @@ def audit(
     paths: list[pathlib.Path] = typer.Argument(
         ..., help="Node data directories, a cluster directory or ledger.db files (every ledger.db under each)."
     ),
+    genesis: pathlib.Path | None = typer.Option(None, "--genesis", help="Pin the genesis every ledger must run under."),
+    recheck: float = typer.Option(0.0, "--recheck", help="Re-verify this fraction of finalised results (0..1]."),
+    seed: int | None = typer.Option(None, "--seed", help="Seed of the re-check sample (default: random)."),
+    record: pathlib.Path | None = typer.Option(
+        None, "--record", help="Node directory (stopped) whose feed gets evidence of failed re-checks."
+    ),
+    text_model: str = typer.Option("tiny-text", "--text-model", help="Model a text re-check runs."),
+    image_model: str = typer.Option("tiny-image", "--image-model", help="Model an image re-check runs."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Verify every feed, link, signature, assignment, vote, decision and commitment; with several
-    ledgers, also every replica of every feed against the others. Exit 0 when clean, 1 on
-    violations, 2 on unusable input."""
+    """Verify every feed, link, signature, admission, assignment, vote, decision and commitment;
+    with several ledgers, also every replica of every feed against the others; with --recheck,
+    run the verifier again on a sample of finalised results. Exit 0 when clean, 1 on violations
+    or failed re-checks, 2 on unusable input."""
+    from trustgen.consensus.admission import Genesis
     from trustgen.consensus.audit import audit_paths
     from trustgen.node.report import print_audit
     from trustgen.training.audit_training import add_training_violations
 
-    reports = audit_paths(paths)
+    if not 0.0 <= recheck <= 1.0:
+        raise TrustgenError("--recheck wants a fraction in [0, 1]")
+    if record is not None and not recheck:
+        raise TrustgenError("--record needs --recheck")
+    pinned = Genesis.load(genesis) if genesis is not None else None
+    reports = audit_paths(paths, pinned)
     add_training_violations(reports)
     ok = all(r.ok for r in reports)
+    result: dict = {"ok": ok, "ledgers": [r.to_dict() for r in reports]}
+    if recheck:
+        from trustgen.logs import quiet_libraries
+        from trustgen.node.recheck import recheck as do_recheck
+        from trustgen.node.recheck import record as do_record
+
+        quiet_libraries()
+        rc = do_recheck(paths, recheck, seed, {"text": text_model, "image": image_model}, pinned)
+        result["recheck"] = rc.to_dict()
+        if record is not None and reports:
+            result["recheck"]["recorded"] = do_record(record, rc, paths, reports[0].network)
+        ok = ok and rc.ok
+        result["ok"] = ok
     if as_json:
-        emit({"ok": ok, "ledgers": [r.to_dict() for r in reports]}, True)
+        emit(result, True)
     else:
         print_audit(out, reports)
+        if "recheck" in result:
+            r = result["recheck"]
+            out.print(
+                f"re-checked {r['sampled']} of {r['finalised']} finalised results: {r['failed']} failed",
+                highlight=False,
+            )
+            for c in r["checks"]:
+                if c["outcome"] != "pass":
+                    who = ", ".join(v[:16] for v in c["voted_for"])
+                    out.print(
+                        f"  [{'red' if c['outcome'] == 'fail' else 'yellow'}]{c['outcome']}[/] certificate "
+                        f"{c['certificate'][:16]} (task {c['task'][:16]}, worker {c['worker'][:16]}; voted for by "
+                        f"{who or 'nobody'}): {c['reason']}",
+                        highlight=False,
+                    )
     raise typer.Exit(0 if ok else 1)
 
 

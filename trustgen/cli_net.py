@@ -63,14 +63,21 @@ def cluster_up(
     node_setting: list[str] = typer.Option(
         [], "--node-setting", help="NAME=KEY:VALUE; KEY: adversary, delay_s, train_adversary, training_round_timeout_s"
     ),
+    outsider: list[str] = typer.Option([], "--outsider", help="NAME of a node to leave out of the genesis."),
+    probation: int = typer.Option(5, "--probation", help="Agreements a verifier admitted later needs."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Start a gateway, workers, verifiers and trainers as separate processes on loopback."""
+    """Start a gateway, workers, verifiers and trainers as separate processes on loopback, admitted
+    by a genesis the launcher writes (DIR/genesis.bin; its authority key in DIR/authority)."""
     from trustgen.node import cluster
 
     if not (1 <= workers <= 32 and 1 <= verifiers <= 32 and 0 <= trainers <= 32):
         raise TrustgenError("workers and verifiers must be in [1, 32], trainers in [0, 32]")
-    ready = cluster.up(dir, workers, verifiers, _node_settings(node_setting), trainers)
+    if not 0 <= probation <= 1000:
+        raise TrustgenError("--probation must be in [0, 1000]")
+    ready = cluster.up(
+        dir, workers, verifiers, _node_settings(node_setting), tuple(outsider), probation, trainers=trainers
+    )
     if as_json:
         emit({"dir": str(dir), "nodes": ready}, True)
     else:

@@ -21,7 +21,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from trustgen.consensus import merkle
+from trustgen.consensus.admission import AdmissionState, Genesis
 from trustgen.consensus.assignment import effective_verifiers, rank
+from trustgen.consensus.audit_admission import admission_findings, candidate_findings, find_genesis
 from trustgen.consensus.audit_checks import accusation_problem, verify_all
 from trustgen.consensus.audit_replicas import Replica, cross_check
 from trustgen.consensus.ledger import ZERO, Entry, entry_hash, leaf_data, parse_entry
@@ -48,6 +50,7 @@ class Violation:
 class AuditReport:
     path: str
     network: str = ""
+    genesis: str = ""  # id of the genesis the ledger runs under; "" for an open network
     feeds: int = 0
     entries: int = 0
     tasks_checked: int = 0
@@ -59,6 +62,9 @@ class AuditReport:
     violations: list[Violation] = field(default_factory=list)
     # Feeds this replica holds fewer entries of than another audited replica (not a violation).
     behind: list[dict[str, Any]] = field(default_factory=list)
+    # Feeds (hex) of keys never admitted: their chains are checked, their contents not judged
+    # (a stranger's gossip must not fail an honest node's audit), and nothing of them counts.
+    strangers: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -79,8 +85,11 @@ def _where(feed: bytes, seq: int) -> str:
 
 
 class _Auditor:
-    def __init__(self, db: sqlite3.Connection, report: AuditReport) -> None:
+    def __init__(self, db: sqlite3.Connection, report: AuditReport, genesis: Genesis | None = None) -> None:
         self.db, self.r = db, report
+        self.pinned = genesis
+        self.admission = AdmissionState(genesis)
+        self._judged: list[Entry] = []  # valid entries of admitted feeds
         self.owner: bytes | None = None
         self.entries: list[Entry] = []  # valid entries, log order
         self.log: list[tuple[bytes, int, bytes]] = []  # (feed, seq, hash) by log index, as stored
@@ -95,6 +104,7 @@ class _Auditor:
         self.r.network = meta["network"].decode()
         self.owner = meta.get("owner")
         self.check_entries()
+        self.check_admission()
         self.check_chains()
         self.check_commitments()
         self.check_tasks()
@@ -129,6 +139,25 @@ class _Auditor:
                 continue
             self.entries.append(e)
         self.r.feeds = len({f for f, _, _ in self.log})
+
+    def check_admission(self) -> None:
+        """Which genesis the ledger runs under, and whether its admissions hold."""
+        genesis, found = find_genesis(self.entries, self.r.network, self.pinned)
+        self.r.genesis = genesis.id.hex() if genesis is not None else ""
+        self.admission = AdmissionState.from_entries(self.entries, genesis)
+        found += list(admission_findings(self.entries, self.admission))
+        for e, code, detail in found:
+            self.bad(_where(e.feed, e.seq), code, detail)
+        feeds = {e.feed for e in self.entries}
+        self.r.strangers = sorted(f.hex() for f in feeds if not self.admission.member(f))
+        self._judged = [e for e in self.entries if self.admission.member(e.feed)]
+
+    def not_admitted(self, where: str, key: bytes, role: str, what: str) -> bool:
+        """Report (and say True) when `key` was never admitted for `role`."""
+        if self.admission.ever_admitted(key, role):
+            return False
+        self.bad(where, "not_admitted", f"{what} {_short(key)} was never admitted as {role}")
+        return True
 
     def check_chains(self) -> None:
         by_feed: dict[bytes, list[Entry]] = defaultdict(list)
@@ -204,12 +233,6 @@ class _Auditor:
             if c.type == "Commitment":
                 key = (c.feed, c.body["size"], c.body["root"])
                 self._commitments[key] = min(c.seq, self._commitments.get(key, c.seq))
-        index_of = {(f, s): i for i, (f, s, _) in enumerate(self.log)}
-        self._first_verifier_join: dict[bytes, int] = {}
-        for x in self.entries:
-            if x.type == "NodeJoined" and "verifier" in x.body["roles"]:
-                i = index_of[(x.feed, x.seq)]
-                self._first_verifier_join[x.feed] = min(i, self._first_verifier_join.get(x.feed, i))
 
     def check_tasks(self) -> None:
         """Tasks, results, votes and certificates, each matched within its own feed (the feed of
@@ -218,13 +241,15 @@ class _Auditor:
         accepted: dict[tuple[bytes, bytes], tuple[Entry, Any]] = {}  # (feed, task id)
         results: dict[tuple[bytes, bytes], Any] = {}  # (feed, result id)
         cast: list[tuple[Entry, Any]] = []
-        for e in self.entries:
+        opened: list[tuple[Entry, Any]] = []
+        for e in self._judged:
             where = _where(e.feed, e.seq)
             if e.type == "TaskAccepted":
                 task = self._open(where, e.body["task"], "Task")
                 if task is not None:
                     accepted[(e.feed, task.id)] = (e, task)
                     self.check_beacon(e)
+                    opened.append((e, task))
             elif e.type == "ResultCommitted":
                 res = self._open(where, e.body["result"], "Result")
                 if res is not None:
@@ -233,8 +258,9 @@ class _Auditor:
                 vote = self._open(where, e.body["vote"], "Vote")
                 if vote is not None:
                     cast.append((e, vote))
+        self.check_candidates(opened)
         counted: dict[tuple[bytes, bytes, bytes], list[bytes]] = {}  # (feed, task, result) -> effective verifiers
-        for e in self.entries:
+        for e in self._judged:
             if e.type == "TaskFinalized":
                 self.check_certificate(e, accepted, results, counted)
         for e, vote in cast:
@@ -249,12 +275,17 @@ class _Auditor:
             return
         if self._commitments.get((e.feed, size, beacon), e.seq) >= e.seq:
             self.bad(where, "bad_beacon", "beacon is not an earlier commitment of the gateway")
-        if e.feed == self.owner:
-            # The candidates must be every verifier the gateway knew when it committed: those
-            # whose first verifier NodeJoined lies within the committed prefix of the log.
-            joined = {f for f, i in self._first_verifier_join.items() if i < size}
-            if set(e.body["candidates"]) != joined:
-                self.bad(where, "bad_candidates", "candidates differ from the verifiers known at the beacon")
+
+    def check_candidates(self, tasks: list[tuple[Entry, Any]]) -> None:
+        """Every candidate was admitted as a verifier; the owner's tasks have exactly the candidates
+        it had to choose at the beacon (audit_admission.candidate_findings)."""
+        for e, _ in tasks:
+            for v in e.body["candidates"]:
+                self.not_admitted(_where(e.feed, e.seq), v, "verifier", "candidate")
+        if self.owner is not None:
+            args = (self.entries, self.log, self.owner, self.admission.genesis, self.r.network, tasks)
+            for e, code, detail in candidate_findings(*args):
+                self.bad(_where(e.feed, e.seq), code, detail)
 
     def check_certificate(self, e: Entry, accepted: dict, results: dict, counted: dict) -> None:
         where = _where(e.feed, e.seq)
@@ -266,6 +297,8 @@ class _Auditor:
         if c["gateway"] != e.feed:
             self.bad(where, "bad_certificate", "certificate signed by another node than the feed")
             return
+        self.not_admitted(where, c["gateway"], "gateway", "certifying gateway")
+        self.not_admitted(where, c["worker"], "worker", "certified worker")
         if (e.feed, c["task_id"]) not in accepted:
             self.bad(where, "unknown_task", f"task {_short(c['task_id'])} was never accepted")
             return
@@ -294,6 +327,7 @@ class _Auditor:
             if b["verifier"] not in expected:
                 self.bad(where, "foreign_vote", "a vote is from a verifier not assigned")
                 return
+            self.not_admitted(where, b["verifier"], "verifier", "voter")
             if b["verifier"] in votes:
                 self.bad(where, "duplicate_vote", "two votes by one verifier")
                 return
@@ -327,12 +361,14 @@ class _Auditor:
                 allowed = rank(acc.body["beacon"], b["task_id"], allowed, res.body["worker"])
         if b["verifier"] not in allowed:
             self.bad(where, "foreign_vote", f"vote of {_short(b['verifier'])}, a verifier not assigned to the task")
+        else:
+            self.not_admitted(where, b["verifier"], "verifier", "voter")
 
     def check_evidence(self) -> None:
-        for e in self.entries:
+        for e in self._judged:
             if e.type != "Evidence":
                 continue
-            if e.body["kind"] in ("rejected_result", "minority_vote"):
+            if e.body["kind"] in ("rejected_result", "minority_vote", "failed_recheck"):
                 self.check_accusation(e)
                 continue
             if e.body["kind"] != "equivocation":
@@ -367,12 +403,12 @@ def find_ledgers(path: pathlib.Path) -> list[pathlib.Path]:
     raise AuditInputError(f"no ledger at {path} (expected a {LEDGER_FILE} file or a directory holding one)")
 
 
-def _audit(db_path: pathlib.Path) -> _Auditor:
+def _audit(db_path: pathlib.Path, genesis: Genesis | None = None) -> _Auditor:
     report = AuditReport(path=str(db_path))
     try:
         db = sqlite3.connect(f"file:{pathlib.Path(db_path).resolve()}?mode=ro", uri=True)
         try:
-            auditor = _Auditor(db, report)
+            auditor = _Auditor(db, report, genesis)
             auditor.run()
         finally:
             db.close()
@@ -381,20 +417,21 @@ def _audit(db_path: pathlib.Path) -> _Auditor:
     return auditor
 
 
-def audit_ledger(db_path: pathlib.Path) -> AuditReport:
-    return _audit(db_path).r
+def audit_ledger(db_path: pathlib.Path, genesis: Genesis | None = None) -> AuditReport:
+    return _audit(db_path, genesis).r
 
 
-def audit_paths(paths: list[pathlib.Path]) -> list[AuditReport]:
+def audit_paths(paths: list[pathlib.Path], genesis: Genesis | None = None) -> list[AuditReport]:
     """Audit every ledger under `paths`, each file once; with several, cross-check every replica
-    of every feed between them (what one ledger alone cannot show: the end cut off a feed)."""
+    of every feed between them (what one ledger alone cannot show: the end cut off a feed).
+    `genesis` pins the genesis every ledger must run under (else each ledger's own)."""
     found: dict[pathlib.Path, pathlib.Path] = {}
     for path in paths:
         for p in find_ledgers(path):
             found.setdefault(p.resolve(), p)
     if len(found) == 1:
-        return [audit_ledger(p) for p in found.values()]
-    return _cross_check([_audit(p) for p in found.values()])
+        return [audit_ledger(p, genesis) for p in found.values()]
+    return _cross_check([_audit(p, genesis) for p in found.values()])
 
 
 def _cross_check(auditors: list[_Auditor]) -> list[AuditReport]:

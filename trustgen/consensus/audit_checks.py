@@ -9,20 +9,23 @@ from concurrent.futures import ProcessPoolExecutor
 
 from trustgen.consensus.identity import verify
 from trustgen.consensus.ledger import Entry
-from trustgen.consensus.messages import MessageError, open_wire
+from trustgen.consensus.messages import MessageError, Signed, open_wire
 
 PARALLEL_FROM = 4000  # entries; below this a process pool costs more than it saves
 
 
 def accusation_problem(e: Entry, network: str) -> str | None:
-    """Why a rejected-result or minority-vote accusation does not hold, or None when it does:
-    it must carry a certificate signed by the accuser whose votes convict the subject."""
+    """Why a rejected-result, minority-vote or failed-recheck accusation does not hold, or None
+    when it does: it must carry a certificate (signed by the accuser, except for a re-check, which
+    anyone may run) whose votes name the subject."""
     p = e.body["proof"]
     try:
         cert = open_wire(p["certificate"], "Certificate", network)
     except (MessageError, KeyError, TypeError) as err:
         return f"certificate in the proof is invalid: {err}"
     c = cert.body
+    if e.body["kind"] == "failed_recheck":
+        return _recheck_problem(e, cert, network)
     if c["gateway"] != e.feed:
         return "certificate in the proof is not the accuser's"
     if e.body["kind"] == "rejected_result":
@@ -37,6 +40,23 @@ def accusation_problem(e: Entry, network: str) -> str | None:
         return "vote is not the accused verifier's vote in this certificate"
     if vote.body["accept"] == (c["decision"] == "accept"):
         return "the accused vote agrees with the decision"
+    return None
+
+
+def _recheck_problem(e: Entry, cert: Signed, network: str) -> str | None:
+    """A failed re-check accuses the worker of an accepted certificate, or a verifier whose vote
+    in it accepted; whether the output really fails is the accuser's claim (re-run to confirm)."""
+    c, p = cert.body, e.body["proof"]
+    if c["decision"] != "accept":
+        return "a re-check accuses only an accepted result"
+    if e.body["subject"] == c["worker"] and p.get("vote") == b"":
+        return None
+    try:
+        vote = open_wire(p["vote"], "Vote", network)
+    except (MessageError, KeyError, TypeError) as err:
+        return f"vote in the proof is invalid: {err}"
+    if vote.wire() not in c["votes"] or vote.body["verifier"] != e.body["subject"] or not vote.body["accept"]:
+        return "vote is not the accused verifier's accepting vote in this certificate"
     return None
 
 

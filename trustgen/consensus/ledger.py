@@ -58,6 +58,11 @@ ENTRY_SCHEMAS: dict[str, dict[str, str]] = {
         "skipped": "list",
         "votes": "list",
     },
+    # Admission (consensus/admission.py): the genesis a node runs under (once, in its own feed),
+    # and authority-signed admissions and revocations, carried by any feed.
+    "Genesis": {"genesis": "bytes"},
+    "Admitted": {"admission": "bytes"},
+    "Revoked": {"revocation": "bytes"},
 }
 
 _SCHEMA_SQL = """

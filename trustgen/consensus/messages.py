@@ -105,6 +105,11 @@ SCHEMAS: dict[str, dict[str, str]] = {
         "accept": "bool",
         "reason": "str",
     },
+    # Admission (trustgen/consensus/admission.py): a network's genesis, signed by its founder; an
+    # authority's admission of members (key, roles, host, TLS pin) and revocation of keys.
+    "Genesis": {"founder": B32, "authorities": "list", "members": "list", "probation": "int", "time": "int"},
+    "Admission": {"authority": B32, "members": "list", "time": "int"},
+    "Revocation": {"authority": B32, "keys": "list", "time": "int"},
 }
 SIGNER_FIELD = {
     "Task": "client",
@@ -120,6 +125,9 @@ SIGNER_FIELD = {
     "TrainingCheckpoint": "publisher",
     "UpdateCheck": "verifier",
     "CheckpointVote": "verifier",
+    "Genesis": "founder",
+    "Admission": "authority",
+    "Revocation": "authority",
 }
 _PY = {"str": str, "int": int, "float": float, "bool": bool, "bytes": bytes, "dict": dict, "list": list}
 

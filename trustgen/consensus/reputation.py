@@ -1,10 +1,18 @@
 """Reputation derived deterministically from a ledger: the same entries give the same scores
 on any node, whatever order they arrived in.
 
-Each finalised certificate credits its worker (accepted) or debits it (rejected), and credits
-each verifier whose vote agreed with the decision and debits those who disagreed. Valid
-equivocation evidence debits the equivocating feed heavily. The score is the Beta posterior
-mean (good + 1) / (good + bad + 2): 0.5 for a stranger, towards 1 with a clean record.
+Certificates count only when an admitted gateway signed them, for tasks the same gateway's feed
+accepted (a TaskAccepted before or after: order does not matter). Each such certificate credits
+its worker (accepted) or debits it (rejected), and credits each verifier whose vote agreed with
+the decision and debits those who disagreed. Valid equivocation evidence debits the
+equivocating feed heavily, and a failed re-check recorded by an admitted gateway debits the
+worker and the verifiers that accepted the output. Marks are kept per certifying gateway and summed over the gateways
+admitted when scores are asked for, so a stranger's self-signed certificates never count, and
+a gateway revoked later stops counting. Only admitted keys get a score. The score is the Beta
+posterior mean (good + 1) / (good + bad + 2): 0.5 for a stranger, towards 1 with a clean record.
+
+Probation: a verifier admitted after the genesis is on probation until as many of its votes as
+the genesis says agreed with the majority (consensus/assignment.py assigns at most one per task).
 """
 
 from __future__ import annotations
@@ -12,33 +20,57 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable
 
+from trustgen.consensus.admission import AdmissionState
+from trustgen.consensus.assignment import select_candidates
 from trustgen.consensus.ledger import Entry, parse_entry
 from trustgen.consensus.messages import MessageError, open_wire
 
 EQUIVOCATION_PENALTY = 10
+# A verifier scoring below this (say no agreement against 2 bad marks) is a candidate only when
+# the pool cannot fill k without it: assignment weighs reputation, without letting a smear
+# campaign empty a small pool.
+DEMOTE_BELOW = 0.3
+RECHECK_PENALTY = 5  # a failed re-check outweighs the agreement that certificate credited
+ROLES_SCORED = ("worker", "verifier", "gateway", "trainer")
+
+# (worker, accepted, [(verifier, agreed)]) of one certificate
+_Marks = tuple[bytes, bool, list[tuple[bytes, bool]]]
 
 
 class Reputation:
-    """Accumulates good and bad marks entry by entry. The marks are counts, so the scores do
-    not depend on the order entries arrive in: a node can feed new entries as they come."""
+    """Accumulates marks entry by entry. The marks are counts, so the scores do not depend on the
+    order entries arrive in: a node can feed new entries as they come."""
 
-    def __init__(self, network: str) -> None:
+    def __init__(self, network: str, admission: AdmissionState | None = None) -> None:
         self.network = network
-        self.good: dict[bytes, int] = defaultdict(int)
-        self.bad: dict[bytes, int] = defaultdict(int)
+        self.admission = admission if admission is not None else AdmissionState(None)
+        # gateway -> node -> count
+        self._good: dict[bytes, dict[bytes, int]] = defaultdict(lambda: defaultdict(int))
+        self._bad: dict[bytes, dict[bytes, int]] = defaultdict(lambda: defaultdict(int))
+        self._agree: dict[bytes, dict[bytes, int]] = defaultdict(lambda: defaultdict(int))
+        self._accepted: set[tuple[bytes, bytes]] = set()  # (gateway, task id)
+        self._waiting: dict[tuple[bytes, bytes], list[_Marks]] = defaultdict(list)  # certified, not yet accepted
+        self._certs: set[bytes] = set()
         self._equivocations: set[tuple[bytes, int]] = set()
+        self._penalty: dict[bytes, int] = defaultdict(int)
+        self._rechecked: set[tuple[bytes, bytes]] = set()  # (certificate id, subject)
 
     def add(self, e: Entry) -> None:
-        if e.type == "TaskFinalized":
+        if e.type in ("Admitted", "Revoked"):
+            self.admission.add(e)
+        elif e.type == "TaskAccepted":
             try:
-                cert = open_wire(e.body["certificate"], "Certificate", self.network).body
-                votes = [open_wire(v, "Vote", self.network).body for v in cert["votes"]]
+                task = open_wire(e.body["task"], "Task", self.network)
             except MessageError:
                 return
-            accepted = cert["decision"] == "accept"
-            (self.good if accepted else self.bad)[cert["worker"]] += 1
-            for v in votes:
-                (self.good if v["accept"] == accepted else self.bad)[v["verifier"]] += 1
+            key = (e.feed, task.id)
+            self._accepted.add(key)
+            for marks in self._waiting.pop(key, []):
+                self._apply(e.feed, marks)
+        elif e.type == "TaskFinalized":
+            self._add_certificate(e)
+        elif e.type == "Evidence" and e.body["kind"] == "failed_recheck":
+            self._add_recheck(e)
         elif e.type == "Evidence" and e.body["kind"] == "equivocation":
             p = e.body["proof"]
             try:
@@ -48,14 +80,91 @@ class Reputation:
                 return
             if a.feed == b.feed and a.seq == b.seq and a.hash != b.hash and (a.feed, a.seq) not in self._equivocations:
                 self._equivocations.add((a.feed, a.seq))
-                self.bad[a.feed] += EQUIVOCATION_PENALTY
+                self._penalty[a.feed] += EQUIVOCATION_PENALTY
+
+    def _add_certificate(self, e: Entry) -> None:
+        try:
+            cert = open_wire(e.body["certificate"], "Certificate", self.network)
+            votes = [open_wire(v, "Vote", self.network).body for v in cert.body["votes"]]
+        except MessageError:
+            return
+        c = cert.body
+        if c["gateway"] != e.feed or cert.id in self._certs:
+            return  # a gateway vouches only for its own certificates, each once
+        self._certs.add(cert.id)
+        accepted = c["decision"] == "accept"
+        marks: _Marks = (c["worker"], accepted, [(v["verifier"], v["accept"] == accepted) for v in votes])
+        key = (e.feed, c["task_id"])
+        if key in self._accepted:
+            self._apply(e.feed, marks)
+        else:
+            self._waiting[key].append(marks)
+
+    def _add_recheck(self, e: Entry) -> None:
+        """A failed re-check debits its subject, once per certificate, when a gateway recorded it
+        (and so only while that gateway is admitted)."""
+        try:
+            cert = open_wire(e.body["proof"]["certificate"], "Certificate", self.network)
+        except (MessageError, KeyError, TypeError):
+            return
+        key = (cert.id, e.body["subject"])
+        if cert.body["decision"] == "accept" and key not in self._rechecked:
+            self._rechecked.add(key)
+            self._bad[e.feed][e.body["subject"]] += RECHECK_PENALTY
+
+    def _apply(self, gateway: bytes, marks: _Marks) -> None:
+        worker, accepted, votes = marks
+        (self._good if accepted else self._bad)[gateway][worker] += 1
+        for verifier, agreed in votes:
+            (self._good if agreed else self._bad)[gateway][verifier] += 1
+            if agreed:
+                self._agree[gateway][verifier] += 1
+
+    def _sum(self, table: dict[bytes, dict[bytes, int]]) -> dict[bytes, int]:
+        out: dict[bytes, int] = defaultdict(int)
+        for gw, counts in table.items():
+            if self.admission.admitted(gw, "gateway"):
+                for node, n in counts.items():
+                    out[node] += n
+        return out
+
+    def _scored(self, node: bytes) -> bool:
+        return any(self.admission.admitted(node, r) for r in ROLES_SCORED)
 
     def scores(self) -> dict[bytes, float]:
-        return {n: (self.good[n] + 1) / (self.good[n] + self.bad[n] + 2) for n in set(self.good) | set(self.bad)}
+        good, bad = self._sum(self._good), self._sum(self._bad)
+        for node, n in self._penalty.items():
+            bad[node] += n
+        return {n: (good[n] + 1) / (good[n] + bad[n] + 2) for n in set(good) | set(bad) if self._scored(n)}
+
+    def agreements(self) -> dict[bytes, int]:
+        """Votes each verifier cast with the majority, in certificates that count."""
+        return dict(self._sum(self._agree))
+
+    def probationary(self, verifiers: Iterable[bytes]) -> set[bytes]:
+        """Those of `verifiers` still on probation: admitted after the genesis, with fewer
+        agreements with the majority than the genesis asks for."""
+        genesis = self.admission.genesis
+        if genesis is None:
+            return set()
+        needed = genesis.probation
+        agree = self.agreements()
+        return {v for v in verifiers if not self.admission.initial(v) and agree.get(v, 0) < needed}
 
 
-def reputation(entries: Iterable[Entry], network: str) -> dict[bytes, float]:
-    r = Reputation(network)
+def reputation(entries: Iterable[Entry], network: str, admission: AdmissionState | None = None) -> dict[bytes, float]:
+    r = Reputation(network, admission)
     for e in entries:
         r.add(e)
     return r.scores()
+
+
+def task_candidates(rep: Reputation, beacon: bytes, task_id: bytes, joined: Iterable[bytes], k: int) -> list[bytes]:
+    """The candidate verifiers of a task at the ledger state `rep` was fed: the joined verifiers
+    that are admitted, under the probation, group and reputation rules of `select_candidates`."""
+    admitted = sorted(v for v in set(joined) if rep.admission.admitted(v, "verifier"))
+    # In an open network anyone's certificates count, so reputation must not steer assignment.
+    scores = {} if rep.admission.open else rep.scores()
+    demoted = {v for v in admitted if scores.get(v, 0.5) < DEMOTE_BELOW}
+    groups, probation = rep.admission.groups(admitted), rep.probationary(admitted)
+    return select_candidates(beacon, task_id, admitted, k, groups, probation, demoted)

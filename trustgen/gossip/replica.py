@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from trustgen.consensus.identity import Identity
-from trustgen.consensus.ledger import IngestError, Ledger
+from trustgen.consensus.ledger import IngestError, Ledger, parse_entry
+from trustgen.consensus.messages import MessageError
 from trustgen.gossip.membership import Membership
 from trustgen.gossip.rumours import Rumours
 from trustgen.net.peers import Peers
@@ -27,6 +28,9 @@ class Replica:
         self.events = events
         self.rumours = Rumours()
         self.bytes_sent = 0  # every gossip frame this node wrote, as client or server, hellos included
+        # Under a genesis, which feeds this node keeps: called once per batch, it returns the
+        # predicate for that batch (None: every feed). A stranger's entries are not stored.
+        self.admits: Callable[[], Callable[[bytes], bool]] | None = None
 
     def count(self, n: int) -> None:
         self.bytes_sent += n
@@ -35,14 +39,28 @@ class Replica:
         """Store a batch through Ledger.ingest (signature, hash link, sequence); a sender whose
         batch had invalid entries gets a strike, and an equivocation is announced."""
         counts = {"stored": 0, "duplicate": 0, "equivocation": 0, "refused": 0}
+        admits = self.admits() if self.admits is not None else None
+        strangers = 0
         for item in entries:
+            if admits is not None and not self._admitted(admits, item):
+                strangers += 1  # not the sender's fault: it may know an admission we lack yet
+                continue
             try:
                 counts[self.ledger.ingest(item.payload, item.sig)] += 1
             except IngestError as e:
                 counts["refused"] += 1
                 log.info("refused an entry from %s: %s", sender.hex()[:12] if sender else "?", e.code)
+        if strangers:
+            log.debug("skipped %d entries of feeds not admitted here", strangers)
         if counts["refused"] and sender is not None:
             self.members.misbehaved(sender)
         if counts["equivocation"] and self.events is not None:
             self.events.publish("equivocation", reported_by=self.identity.node_id)
         return counts
+
+    def _admitted(self, admits: Callable[[bytes], bool], item: pb.Entry) -> bool:
+        try:  # the signature is checked by Ledger.ingest; here only the feed matters
+            feed = parse_entry(item.payload, item.sig, self.ledger.network, verify_signature=False).feed
+        except MessageError:
+            return True  # malformed: Ledger.ingest refuses it, and the sender gets its strike
+        return admits(feed)

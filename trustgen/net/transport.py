@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import pathlib
+import ssl
 from collections.abc import Sequence
 
 import grpc
@@ -27,3 +29,11 @@ def add_port(srv: grpc.aio.Server, address: str, insecure: bool, cert: str = "",
         return srv.add_insecure_port(address)
     creds = grpc.ssl_server_credentials([(pathlib.Path(key).read_bytes(), pathlib.Path(cert).read_bytes())])
     return srv.add_secure_port(address, creds)
+
+
+async def served_certificate(address: str, timeout: float) -> bytes:
+    """The PEM certificate a TLS server at `address` presents (not verified: the caller compares
+    it with a pin). Raises OSError when there is no TLS server there."""
+    host, _, port = address.rpartition(":")
+    pem = await asyncio.to_thread(ssl.get_server_certificate, (host.strip("[]"), int(port)), timeout=timeout)
+    return pem.encode("ascii")

@@ -3,7 +3,9 @@
 Layout under DIR: one folder per node (`gateway`, `worker-1`, …, `verifier-1`, …) holding its
 key (0600), `node.toml`, `ledger.db`, `blobs/`, `node.log` and, while it runs, `ready.json`.
 Each node binds port 0; after its first start the launcher pins the port it got in its config,
-so a restarted node comes back at the same address.
+so a restarted node comes back at the same address. The launcher is also the network's admission
+authority (its key in `authority/`): it writes `genesis.bin` admitting every node it creates in
+its role, except the `outsiders` it is told to leave out (to show what admission refuses).
 """
 
 from __future__ import annotations
@@ -16,12 +18,17 @@ import sys
 import time
 from typing import Any
 
+from trustgen.consensus.admission import DEFAULT_PROBATION, Genesis, Member, make_admission, make_genesis
 from trustgen.consensus.identity import Identity
+from trustgen.consensus.ledger import DEFAULT_NETWORK
 from trustgen.errors import TrustgenError
 from trustgen.node.config import dump_config, load_config
 from trustgen.node.daemon import READY_FILE, ready_info
 
 START_TIMEOUT_S = 90.0
+AUTHORITY_DIR = "authority"
+GENESIS_FILE = "genesis.bin"
+ADMISSION_FILE = "admission.bin"
 
 
 class ClusterError(TrustgenError):
@@ -34,11 +41,51 @@ def node_dirs(root: pathlib.Path) -> list[pathlib.Path]:
     return sorted(dirs, key=lambda d: (d.name != "gateway", d.name))
 
 
-def write_node(root: pathlib.Path, name: str, roles: list[str], gateway: str = "", **extra: Any) -> pathlib.Path:
+def node_identity(d: pathlib.Path) -> Identity:
+    """The node's key in `d`, created (0600) when there is none."""
+    if not (pathlib.Path(d) / "node.key").exists():
+        Identity.generate().save(d)
+    return Identity.load(d)
+
+
+def authority(root: pathlib.Path) -> Identity:
+    """The cluster's admission authority (the key `trustgen network admit --authority` takes)."""
+    return node_identity(pathlib.Path(root) / AUTHORITY_DIR)
+
+
+def write_genesis(
+    root: pathlib.Path, roles: dict[str, str], outsiders: tuple[str, ...] = (), probation: int = DEFAULT_PROBATION
+) -> pathlib.Path:
+    """`genesis.bin` admitting each named node in its role (keys created as needed), unless the
+    cluster already has one."""
+    path = pathlib.Path(root) / GENESIS_FILE
+    if not path.exists():
+        members = [
+            Member(node_identity(pathlib.Path(root) / name).public_key, (role,))
+            for name, role in roles.items()
+            if name not in outsiders
+        ]
+        make_genesis(authority(root), DEFAULT_NETWORK, members, probation=probation).save(path)
+    return path
+
+
+def write_node(
+    root: pathlib.Path, name: str, roles: list[str], gateway: str = "", admit: bool = True, **extra: Any
+) -> pathlib.Path:
+    """A node's folder and config. Under a genesis, a node it does not name is admitted by the
+    cluster's authority (an admission file the node presents when it joins) unless `admit` is
+    False."""
     d = pathlib.Path(root) / name
     d.mkdir(parents=True, exist_ok=True)
-    if not (d / "node.key").exists():
-        Identity.generate().save(d)
+    me = node_identity(d).public_key
+    path = pathlib.Path(root) / GENESIS_FILE
+    if path.exists():
+        extra.setdefault("genesis", str(path.resolve()))
+        genesis = Genesis.load(path)
+        if admit and roles and not all(any(m.key == me and r in m.roles for m in genesis.members) for r in roles):
+            admission = make_admission(authority(root), genesis.network, [Member(me, tuple(roles))])
+            (d / ADMISSION_FILE).write_bytes(admission.wire())
+            extra.setdefault("admissions", [str((d / ADMISSION_FILE).resolve())])
     cfg = {
         "name": name,
         "data_dir": str(d.resolve()),
@@ -105,36 +152,40 @@ def up(
     workers: int = 3,
     verifiers: int = 3,
     node_settings: dict[str, dict[str, Any]] | None = None,
+    outsiders: tuple[str, ...] = (),
+    probation: int = DEFAULT_PROBATION,
     trainers: int = 0,
 ) -> dict[str, Any]:
-    """Create (or reuse) and start a cluster; returns {name: ready info}."""
+    """Create (or reuse) and start a cluster; returns {name: ready info}. `outsiders` are started
+    but left out of the genesis: the gateway refuses their joins, so they are not waited for."""
     root = pathlib.Path(root)
     root.mkdir(parents=True, exist_ok=True)
     settings = node_settings or {}
     if any((info := ready_info(d)) and _alive(info["pid"]) for d in node_dirs(root)):
         raise ClusterError(f"a cluster is already running in {root}")
-    gw_dir = root / "gateway"
-    if not (gw_dir / "node.toml").exists():
-        write_node(root, "gateway", ["gateway"], **settings.get("gateway", {}))
-    proc = start(gw_dir)
-    gw = wait_ready(gw_dir, proc)
-    pin_port(gw_dir, gw["address"])
     names = (
         [f"worker-{i + 1}" for i in range(workers)]
         + [f"verifier-{i + 1}" for i in range(verifiers)]
         + [f"trainer-{i + 1}" for i in range(trainers)]
     )
+    write_genesis(root, {"gateway": "gateway", **{n: n.split("-")[0] for n in names}}, outsiders, probation)
+    gw_dir = root / "gateway"
+    if not (gw_dir / "node.toml").exists():
+        write_node(root, "gateway", ["gateway"], admit="gateway" not in outsiders, **settings.get("gateway", {}))
+    proc = start(gw_dir)
+    gw = wait_ready(gw_dir, proc)
+    pin_port(gw_dir, gw["address"])
     procs = {}
     for name in names:
         d = root / name
         if not (d / "node.toml").exists():
             role = name.split("-")[0]
-            write_node(root, name, [role], gateway=gw["address"], **settings.get(name, {}))
+            write_node(root, name, [role], gateway=gw["address"], admit=name not in outsiders, **settings.get(name, {}))
         procs[name] = start(d)
     ready = {"gateway": gw}
     try:
         for name in names:
-            ready[name] = wait_ready(root / name, procs[name])
+            ready[name] = wait_ready(root / name, procs[name], joined=name not in outsiders)
             pin_port(root / name, ready[name]["address"])
     except ClusterError:
         down(root)

@@ -43,6 +43,10 @@ class NodeConfig:
     learn_peers: bool = True  # add peers from NodeJoined entries, not only bootstrap
     train_adversary: str = ""  # a trainer's cheating mode (trustgen.training.adversary), for tests and demos
     training_round_timeout_s: float = 600.0  # gateway: a round closes with the trainers that delivered by then
+    genesis: str = ""  # the network's signed genesis file (consensus/admission.py)
+    admissions: list[str] = field(default_factory=list)  # admission files naming this node
+    revocations: list[str] = field(default_factory=list)  # revocation files this node spreads
+    open_network: bool = False  # a gateway without a genesis admits anyone: tests and development only
 
     def __post_init__(self) -> None:
         self.data_dir = pathlib.Path(self.data_dir)
@@ -57,6 +61,10 @@ class NodeConfig:
             raise UsageError("training_round_timeout_s must be > 0")
         if not self.insecure and not (self.tls_cert and self.tls_key):
             raise UsageError("set tls_cert and tls_key, or `insecure = true` for plaintext gRPC")
+        if "gateway" in self.roles and not self.genesis and not self.open_network:
+            raise UsageError('a gateway needs `genesis = "FILE"` (trustgen network init), or `open_network = true`')
+        if (self.admissions or self.revocations) and not self.genesis:
+            raise UsageError("admissions and revocations need the network's genesis: set `genesis`")
         check_mode(self.adversary)
         if self.gossip_interval_s < 0 or not 1 <= self.gossip_fanout <= 16:
             raise UsageError("gossip_interval_s must be >= 0 and gossip_fanout in [1, 16]")

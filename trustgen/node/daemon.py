@@ -12,7 +12,9 @@ import asyncio
 import json
 import logging
 import os
+import pathlib
 import signal
+from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +24,15 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 import trustgen
+from trustgen.consensus.admission import (
+    AdmissionError,
+    AdmissionState,
+    Genesis,
+    cert_pin,
+    open_admission,
+    open_revocation,
+    pinned_cert,
+)
 from trustgen.consensus.identity import Identity
 from trustgen.consensus.ledger import Ledger
 from trustgen.gossip.blobfetch import BlobFetchError, fetch_blob, sources_for
@@ -65,6 +76,9 @@ class Node:
         self.cfg = cfg
         passphrase = os.environ.get("TRUSTGEN_PASSPHRASE")
         self.identity = Identity.load(cfg.data_dir, passphrase.encode() if passphrase else None)
+        self.genesis = Genesis.load(cfg.genesis, cfg.network) if cfg.genesis else None
+        if self.genesis is not None and cfg.tls_cert:
+            check_tls_pin(self.genesis, self.identity.public_key, pathlib.Path(cfg.tls_cert))
         self.ledger = Ledger(cfg.ledger_path, cfg.network, self.identity)
         self.blobs = BlobStore(cfg.data_dir / "blobs")
         self.metrics = Metrics()
@@ -82,6 +96,10 @@ class Node:
             learn_peers=cfg.learn_peers,
             events=self.events,
         )
+        if self.genesis is not None:
+            self.gossip.replica.admits = self._admitted_feeds
+        self._admission = AdmissionState(self.genesis)
+        self._admission_cursor = 0
         self.metrics.gossip_bytes.set_function(lambda: self.gossip.bytes_sent)
         self.metrics.rpc_bytes_in.set_function(lambda: self.peers.bytes_received)
         for state in ("alive", "suspect", "dead", "banned"):
@@ -172,6 +190,7 @@ class Node:
                 cfg.verifier_timeout_s,
                 self.events,
                 self.metrics,
+                AdmissionState(self.genesis),
             )
             from trustgen.node.training_jobs import TrainingCoordinator
 
@@ -186,7 +205,44 @@ class Node:
                 cfg.training_round_timeout_s,
                 cfg.verifier_timeout_s,
                 self.events,
+                lambda key, role, gw=self.gateway: gw.admission.admitted(key, role),
             )
+
+    def _admitted_feeds(self) -> Callable[[bytes], bool]:
+        """The feeds gossip keeps: those of keys ever admitted, as of the admissions stored so far
+        (read since the last call only)."""
+        cursor = self.ledger.next_index()
+        for t in ("Admitted", "Revoked"):
+            for e in self.ledger.iter_entries(since=self._admission_cursor, entry_type=t):
+                self._admission.add(e)
+        self._admission_cursor = cursor
+        return self._admission.member
+
+    def _record_admission(self) -> None:
+        """Put the genesis (once) and this node's admissions in its own feed, so a gateway it joins
+        and every auditor of its feed sees under what, and by whom, it was admitted."""
+        if self.genesis is None:
+            return
+        me = self.identity.public_key
+        own = {
+            (e.type, next(iter(e.body.values())))
+            for t in ("Genesis", "Admitted", "Revoked")
+            for e in self.ledger.iter_entries(entry_type=t)
+            if e.feed == me
+        }
+        if not any(t == "Genesis" for t, _ in own):
+            self.ledger.append("Genesis", {"genesis": self.genesis.wire()})
+        files: list[tuple[str, str, Callable[[Genesis, bytes], Any]]]
+        files = [("Admitted", p, open_admission) for p in self.cfg.admissions]
+        files += [("Revoked", p, open_revocation) for p in self.cfg.revocations]
+        for entry_type, path, check in files:
+            try:
+                data = pathlib.Path(path).read_bytes()
+            except OSError as e:
+                raise AdmissionError(f"cannot read {path}: {e.strerror}") from None
+            check(self.genesis, data)  # refuse a bad file at start, not at the gateway
+            if (entry_type, data) not in own:
+                self.ledger.append(entry_type, {"admission" if entry_type == "Admitted" else "revocation": data})
 
     async def run(self, handle_signals: bool = True) -> None:
         cfg = self.cfg
@@ -223,6 +279,7 @@ class Node:
         for e in self.ledger.iter_entries(entry_type="NodeJoined"):
             if e.feed == me:
                 latest = e
+        self._record_admission()
         if latest is None or latest.body["address"] != self.address or list(latest.body["roles"]) != cfg.roles:
             self.ledger.append("NodeJoined", {"address": self.address, "roles": cfg.roles})
         if self.gateway:
@@ -350,6 +407,20 @@ class Node:
                 log.warning("join %s failed: %s %s", self.cfg.gateway, e.code().name, e.details())
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
+
+
+def check_tls_pin(genesis: Genesis, key: bytes, cert: pathlib.Path) -> None:
+    """Refuse to start with a TLS certificate other than the one the genesis pins for this key:
+    the gateway would refuse the join anyway, later and less clearly."""
+    pin = pinned_cert(genesis, key)
+    if not pin:
+        return
+    try:
+        served = cert_pin(cert.read_bytes())
+    except OSError as e:
+        raise AdmissionError(f"cannot read tls_cert {cert}: {e.strerror}") from None
+    if served != pin:
+        raise AdmissionError(f"tls_cert {cert} is not the certificate the genesis pins for this node")
 
 
 def run_node(cfg: NodeConfig, log_level: str = "INFO") -> None:

@@ -12,6 +12,7 @@ trustgen.node.votes; this module wires them to the RPCs (Submit, Status, Watch, 
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import time
 from collections import defaultdict
@@ -20,13 +21,15 @@ from typing import Any
 
 import grpc
 
+from trustgen.consensus.admission import AdmissionError, AdmissionState, cert_pin, open_admission, pinned_cert
 from trustgen.consensus.finality import certify
 from trustgen.consensus.identity import Identity
-from trustgen.consensus.ledger import IngestError, Ledger, parse_entry
+from trustgen.consensus.ledger import Entry, IngestError, Ledger, parse_entry
 from trustgen.consensus.messages import MessageError, Signed, open_wire
-from trustgen.consensus.reputation import Reputation
+from trustgen.consensus.reputation import Reputation, task_candidates
 from trustgen.gossip.blobs import BlobStore
 from trustgen.net import grpc_options as opts
+from trustgen.net import transport
 from trustgen.net.auth import RpcError
 from trustgen.net.peers import Peers
 from trustgen.node import scheduling, votes
@@ -49,6 +52,7 @@ class GatewayRole:
         verifier_timeout_s: float = 60.0,
         events: Any = None,
         metrics: Any = None,
+        admission: AdmissionState | None = None,
     ) -> None:
         self.identity, self.network, self.ledger = identity, network, ledger
         self.peers, self.blobs = peers, blobs
@@ -60,7 +64,9 @@ class GatewayRole:
         self.inflight: dict[bytes, int] = defaultdict(int)
         self.suspects: dict[bytes, float] = {}
         self.reputation: dict[bytes, float] = {}
-        self._rep = Reputation(network)
+        # Admission state and reputation are fed the same entries, in log order (one cursor).
+        self._rep = Reputation(network, admission)
+        self.admission = self._rep.admission
         self._rep_cursor = 0
         self._joined = asyncio.Event()
         self._runners: set[asyncio.Task] = set()
@@ -79,12 +85,14 @@ class GatewayRole:
         self.reputation = self._rep.scores()
 
     async def join(self, req: Signed) -> int:
-        """A node sends its own feed's entries, ending with a NodeJoined naming its address."""
+        """A node sends its own feed's entries, ending with a NodeJoined naming its address. All
+        of them are checked (form, signer, admission for every role named, address) before any
+        is stored; then they are stored in one transaction."""
         sender = req.body["sender"]
         entries = req.body["args"].get("entries")
         if not isinstance(entries, list) or not entries or len(entries) > 1000:
             raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, "join needs 1..1000 of the node's own entries")
-        joined = None
+        parsed: list[tuple[list[bytes], Entry]] = []
         for item in entries:
             if not (isinstance(item, list) and len(item) == 2 and all(isinstance(x, bytes) for x in item)):
                 raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, "entries are [payload, signature] pairs")
@@ -92,16 +100,13 @@ class GatewayRole:
                 entry = parse_entry(item[0], item[1], self.network)
             except MessageError as e:
                 raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, f"entry refused: {e}") from None
-            if entry.feed != sender:  # checked before anything is stored
+            if entry.feed != sender:
                 raise RpcError(grpc.StatusCode.PERMISSION_DENIED, "a node may only join with its own feed")
-            try:
-                self.ledger.ingest(item[0], item[1])
-            except IngestError as e:
-                raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, f"entry refused ({e.code}): {e}") from None
-            if entry.type == "NodeJoined":
-                joined = entry
+            parsed.append((item, entry))
+        joined = next((e for _, e in reversed(parsed) if e.type == "NodeJoined"), None)
         if joined is None:
             raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, "no NodeJoined entry in the join")
+        self._check_admission(sender, [e for _, e in parsed], list(joined.body["roles"]))
         address = joined.body["address"]
         # The address must really be the sender's: otherwise a node could point work at others.
         try:
@@ -110,12 +115,72 @@ class GatewayRole:
             raise RpcError(grpc.StatusCode.FAILED_PRECONDITION, f"cannot reach {address}: {e.code().name}") from None
         if info.node_id != sender.hex():
             raise RpcError(grpc.StatusCode.PERMISSION_DENIED, f"{address} is another node")
+        await self._check_pin(sender, address)
+        me = self.identity.public_key
+        carried = {e.body["admission"] for e in self.ledger.iter_entries(entry_type="Admitted") if e.feed == me}
+        try:
+            with self.ledger.batch():  # all or nothing
+                for item, _ in parsed:
+                    self.ledger.ingest(item[0], item[1])
+                # Re-carried in the gateway's own (admitted) feed, so nodes that keep only admitted
+                # feeds learn the admission and then take the joiner's feed from gossip.
+                for _, x in parsed:
+                    if x.type == "Admitted" and x.body["admission"] not in carried:
+                        carried.add(x.body["admission"])
+                        self.ledger.append("Admitted", {"admission": x.body["admission"]})
+        except IngestError as e:
+            raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, f"entry refused ({e.code}): {e}") from None
+        self._refresh_reputation()  # the admissions it carried count from now on
         self.members[sender] = {"address": address, "roles": list(joined.body["roles"])}
         self.suspects.pop(sender, None)
         self._joined.set()
         self._joined = asyncio.Event()
         self._publish("joined", node=sender.hex(), address=address, roles=joined.body["roles"])
         return self.ledger.size()
+
+    def _check_admission(self, sender: bytes, entries: list[Entry], roles: list[str]) -> None:
+        """PERMISSION_DENIED unless `sender` is admitted for every role it names, by the genesis,
+        an admission this gateway holds, or one the joining feed carries (checked here, before
+        anything is stored); INVALID_ARGUMENT for a carried admission that does not hold."""
+        genesis = self.admission.genesis
+        if genesis is None:
+            return
+        state = copy.deepcopy(self.admission)
+        for e in entries:
+            if e.type == "Genesis" and e.body["genesis"] != genesis.wire():
+                raise RpcError(grpc.StatusCode.PERMISSION_DENIED, "the node runs under another genesis")
+            if e.type == "Admitted":
+                try:
+                    open_admission(genesis, e.body["admission"])
+                except AdmissionError as err:
+                    raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, str(err)) from None
+                state.add(e)
+        if not roles:  # a roleless stranger could otherwise park its feed here
+            raise RpcError(grpc.StatusCode.PERMISSION_DENIED, "a node joins in the roles it was admitted for")
+        missing = [r for r in roles if not state.admitted(sender, r)]
+        if missing:
+            raise RpcError(
+                grpc.StatusCode.PERMISSION_DENIED, f"{sender.hex()[:16]} is not admitted as {', '.join(missing)}"
+            )
+
+    async def _check_pin(self, sender: bytes, address: str) -> None:
+        """When the genesis pins the sender's TLS certificate, the one served at its address must
+        be it: the CA alone would trust any certificate it signed for that name."""
+        genesis = self.admission.genesis
+        pin = pinned_cert(genesis, sender) if genesis is not None else ""
+        if not pin:
+            return
+        try:
+            served = cert_pin(await transport.served_certificate(address, opts.DEADLINE_INFO))
+        except (OSError, ValueError, AdmissionError) as e:
+            raise RpcError(grpc.StatusCode.FAILED_PRECONDITION, f"no TLS certificate at {address}: {e}") from None
+        if served != pin:
+            raise RpcError(
+                grpc.StatusCode.PERMISSION_DENIED, f"{address} serves a certificate the genesis does not pin"
+            )
+
+    def _admitted_members(self, role: str) -> dict[bytes, dict[str, Any]]:
+        return {k: m for k, m in self.members.items() if role in m["roles"] and self.admission.admitted(k, role)}
 
     # -- tasks -----------------------------------------------------------------------------------
 
@@ -146,11 +211,21 @@ class GatewayRole:
             raise RpcError(code, f"task refused: {e}") from None
         if task.id in self.tasks:
             return self.tasks[task.id]  # idempotent: a retried submit gets the same task
-        # The candidates are every registered verifier; a task asking for more is refused, not
-        # finalised on fewer votes.
-        candidates = sorted(k for k, m in self.members.items() if "verifier" in m["roles"])
-        scheduling.check_task(task, len(candidates))
+        # The candidates are the admitted registered verifiers, under the probation, group and
+        # reputation rules, as of the beacon: the state is brought up to the log the commitment covers
+        # (nothing awaits in between, so nothing is stored in between). A task asking for more
+        # verifiers than that is refused, not finalised on fewer votes.
+        scheduling.check_task(task, len(self._admitted_members("verifier")))
+        self._refresh_reputation()
         commitment = self.ledger.commit()  # the beacon: a fresh commitment
+        candidates = task_candidates(
+            self._rep,
+            commitment.body["root"],
+            task.id,
+            [k for k, m in self.members.items() if "verifier" in m["roles"]],
+            task.body["verifiers"],
+        )
+        scheduling.check_task(task, len(candidates))
         self.ledger.append(
             "TaskAccepted",
             {
@@ -207,7 +282,8 @@ class GatewayRole:
             if scheduling.expired(task):
                 st.update("failed", "expired")
                 return
-            worker = scheduling.pick_worker(st, self.members, self.suspects, self.reputation, self.inflight)
+            workers = self._admitted_members("worker")
+            worker = scheduling.pick_worker(st, workers, self.suspects, self.reputation, self.inflight)
             if worker is None and refused:
                 # Every worker that could take it said it is invalid: fail now, with the reason.
                 st.update("failed", f"task refused by workers: {refused}")
@@ -270,8 +346,8 @@ class GatewayRole:
 
         async def ask(verifier: bytes) -> Signed | None:
             member = self.members.get(verifier)
-            if member is None:
-                return None
+            if member is None or not self.admission.admitted(verifier, "verifier"):
+                return None  # revoked since the task was accepted: skipped, a standby votes
             return await votes.ask_verifier(
                 self.peers, self.network, member["address"], verifier, task, result, blob, self.verifier_timeout_s
             )

@@ -107,6 +107,23 @@ if TASK_KINDS.keys() != ENGINE_KINDS.keys():
     raise RuntimeError("every engine kind needs its node-level part here")
 
 
+def check_result(
+    engine: Any, task: dict[str, Any], result: dict[str, Any], blob: bytes
+) -> tuple[VoteValue, Fingerprint]:
+    """Check a Result body against the Task body it claims to answer, with `engine` serving the
+    task's model: what a verifier votes on, and what `trustgen audit --recheck` runs again."""
+    kind = task_kind(task["kind"])
+    params = kind.engine.parse_params(task["params"])
+    claimed = {
+        "task": params.to_dict(),
+        "model": task["model"],
+        "model_digest": result["model_digest"],
+        "output_digest": result["output_digest"],
+        "profile": result["profile"],
+    }
+    return kind.check(engine, claimed, result, blob)
+
+
 def task_kind(name: str) -> TaskKind:
     kind = TASK_KINDS.get(name)
     if kind is None:

@@ -37,6 +37,12 @@ def print_audit(console: Console, reports: list[AuditReport]) -> None:
             console.print(
                 f"[yellow]equivocation[/] {r.path}: feed {e['feed'][:16]} seq {e['seq']} ({seen})", highlight=False
             )
+        if r.strangers:
+            console.print(
+                f"[yellow]strangers[/] {r.path}: {len(r.strangers)} feeds of keys never admitted "
+                f"(kept as chains, not judged, counted nowhere): {', '.join(f[:16] for f in r.strangers[:4])}",
+                highlight=False,
+            )
         for b in r.behind:
             console.print(
                 f"[yellow]behind[/] {r.path}: feed {b['feed'][:16]} ends at seq {b['seq']}; "

@@ -94,18 +94,20 @@ class TrainingCoordinator:
         round_timeout_s: float = 600.0,
         verifier_timeout_s: float = 600.0,
         events: Any = None,
+        admitted: Callable[[bytes, str], bool] = lambda key, role: True,
     ) -> None:
         self.identity, self.network, self.ledger = identity, network, ledger
         self.peers, self.blobs, self.members, self.address = peers, blobs, members, address
         self.round_timeout_s, self.verifier_timeout_s = round_timeout_s, verifier_timeout_s
         self.events = events
+        self.admitted = admitted  # the network's admission rule (consensus/admission.py), now
         self.jobs: dict[bytes, JobRun] = {}
         self.by_submission: dict[bytes, bytes] = {}
         self._runners: set[asyncio.Task] = set()
         self.compute = compute.Compute()
 
     def _with_role(self, role: str) -> list[bytes]:
-        return sorted(k for k, m in self.members.items() if role in m["roles"])
+        return sorted(k for k, m in self.members.items() if role in m["roles"] and self.admitted(k, role))
 
     # -- submit and status ---------------------------------------------------------------------------
 
@@ -302,7 +304,11 @@ class TrainingCoordinator:
         return u, digest, address
 
     async def _collect_updates(self, run: JobRun, r: int) -> list[tuple[Signed, str, str]]:
-        trainers = [t for t in run.spec.trainers if t not in run.excluded and t in self.members]
+        trainers = [
+            t
+            for t in run.spec.trainers
+            if t not in run.excluded and t in self.members and self.admitted(t, "trainer")  # revoked: not asked
+        ]
         tasks = [asyncio.ensure_future(self._work(run, t, r)) for t in trainers]
         if not tasks:
             return []
@@ -314,7 +320,7 @@ class TrainingCoordinator:
 
     async def _ask(self, verifier: bytes, method: str, args: dict[str, Any]) -> dict[str, Any] | None:
         member = self.members.get(verifier)
-        if member is None:
+        if member is None or not self.admitted(verifier, "verifier"):  # revoked since: skipped
             return None
         try:
             reply = await self.peers.call(member["address"], "Training", method, args, timeout=self.verifier_timeout_s)

@@ -21,7 +21,7 @@ from trustgen.gossip.blobs import BlobStore
 from trustgen.net.auth import RpcError
 from trustgen.node.adversary import verifier_cheat
 from trustgen.node.engine_pool import Engines
-from trustgen.node.kinds import TASK_KINDS, TaskKind, task_kind
+from trustgen.node.kinds import TASK_KINDS, TaskKind, check_result
 from trustgen.verifier.history import HistoryIndex
 from trustgen.verifier.vote import VoteValue, reject
 
@@ -103,17 +103,7 @@ class VerifierRole:
 
     def _check(self, task: Signed, result: Signed, blob: bytes) -> tuple[VoteValue, dict]:
         engine = self.engines.for_task(task.body["kind"], task.body["model"])
-        kind = task_kind(task.body["kind"])
-        params = kind.engine.parse_params(task.body["params"])
-        r = result.body
-        claimed = {
-            "task": params.to_dict(),
-            "model": task.body["model"],
-            "model_digest": r["model_digest"],
-            "output_digest": r["output_digest"],
-            "profile": r["profile"],
-        }
-        return kind.check(engine, claimed, r, blob)
+        return check_result(engine, task.body, result.body, blob)
 
     def _check_and_record(self, task: Signed, result: Signed, png: bytes) -> VoteValue:
         try:
