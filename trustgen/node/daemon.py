@@ -205,7 +205,7 @@ class Node:
                 cfg.training_round_timeout_s,
                 cfg.verifier_timeout_s,
                 self.events,
-                lambda key, role, gw=self.gateway: gw.admission.admitted(key, role),
+                self._admitted,
             )
 
     def _admitted_feeds(self) -> Callable[[bytes], bool]:
@@ -330,6 +330,10 @@ class Node:
         self.metrics.close()
         self.ledger.close()
         (cfg.data_dir / READY_FILE).unlink(missing_ok=True)
+
+    def _admitted(self, key: bytes, role: str) -> bool:
+        """The gateway's admission rule as it stands now (revocations arrive by gossip)."""
+        return self.gateway is not None and self.gateway.admission.admitted(key, role)
 
     async def _recover_training(self, coordinator: TrainingCoordinator) -> None:
         jobs = await coordinator.recover()
