@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pathlib
+import sys
+from typing import Any
 
 import typer
 
@@ -142,21 +144,57 @@ def audit(
     paths: list[pathlib.Path] = typer.Argument(
         ..., help="Node data directories, a cluster directory or ledger.db files (every ledger.db under each)."
     ),
+    full: bool = typer.Option(False, "--full", help="Re-verify everything from scratch; read or write no audit state."),
+    follow: bool = typer.Option(False, "--follow", help="Keep auditing as entries arrive (Ctrl-C stops)."),
+    poll: float = typer.Option(0.5, "--poll", min=0.05, max=60.0, help="Seconds between checks for --follow."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Verify every feed, link, signature, assignment, vote, decision and commitment; with several
-    ledgers, also every replica of every feed against the others. Exit 0 when clean, 1 on
-    violations, 2 on unusable input."""
+    ledgers, also every replica of every feed against the others. By default only what is new
+    since the last audit is verified (state in audit-state.sqlite beside each ledger; a changed
+    old row means a full audit). Exit 0 when clean, 1 on violations, 2 on unusable input."""
     from trustgen.consensus.audit import audit_paths
-    from trustgen.node.report import print_audit
+    from trustgen.consensus.audit_incremental import audit_paths_incremental
+    from trustgen.node.report import print_audit, print_follow
 
-    reports = audit_paths(paths)
+    if full and follow:
+        raise TrustgenError("--follow audits incrementally; it cannot be combined with --full")
+    if follow:
+        import signal
+        import threading
+
+        from trustgen.consensus.audit_follow import follow as follow_ledgers
+
+        stop = threading.Event()
+        # Ctrl-C ends the loop between audits, never half-way through writing the audit state.
+        signal.signal(signal.SIGINT, lambda *_: stop.set())
+
+        def report(outcomes: list) -> None:
+            if as_json:
+                emit({"ok": all(o.report.ok for o in outcomes), "ledgers": [_audit_dict(o) for o in outcomes]}, True)
+                sys.stdout.flush()
+            else:
+                print_follow(out, outcomes)
+
+        follow_ledgers(paths, report, stop, poll)
+        raise typer.Exit(0)
+    if full:
+        reports = audit_paths(paths)
+        ledgers = [{**r.to_dict(), "audit_mode": "full"} for r in reports]
+    else:
+        outcomes = audit_paths_incremental(paths)
+        reports = [o.report for o in outcomes]
+        ledgers = [_audit_dict(o) for o in outcomes]
     ok = all(r.ok for r in reports)
     if as_json:
-        emit({"ok": ok, "ledgers": [r.to_dict() for r in reports]}, True)
+        emit({"ok": ok, "ledgers": ledgers}, True)
     else:
         print_audit(out, reports)
     raise typer.Exit(0 if ok else 1)
+
+
+def _audit_dict(o: Any) -> dict[str, Any]:
+    return {**o.report.to_dict(), "audit_mode": o.mode, "new_entries": o.new_entries}
 
 
 def verify(

@@ -1,0 +1,173 @@
+"""The incremental audit's persisted state: a separate SQLite file beside the ledger, written only
+by the auditor, holding what the audit derived from the log prefix it verified clean (per-feed
+heads, the Merkle peaks, commitments, acceptances, results, certificates' assignments, votes,
+findings and counters).
+
+An attacker with the ledger file can rewrite old rows, so the state also keeps a digest of the
+verified prefix, chained by audit run (sha256 has no resumable state in Python): the next audit
+re-hashes the prefix's rows, a cheap read, and falls back to a full audit when it differs. The
+state file itself is trusted as the auditor's own; keep it where the audited node cannot write
+(`--state`) when that matters.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import pathlib
+import sqlite3
+import struct
+from collections.abc import Iterable
+from typing import Any
+
+from trustgen.consensus import merkle
+
+STATE_VERSION = 1
+STATE_FILE = "audit-state.sqlite"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS segments(end_index INTEGER PRIMARY KEY, digest BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS heads(feed BLOB PRIMARY KEY, seq INTEGER NOT NULL, hash BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS peaks(pos INTEGER PRIMARY KEY, height INTEGER NOT NULL, hash BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS commitments(
+    feed BLOB NOT NULL, seq INTEGER NOT NULL, size INTEGER NOT NULL, root BLOB NOT NULL, PRIMARY KEY (feed, seq));
+CREATE INDEX IF NOT EXISTS commitments_by_root ON commitments(feed, size, root, seq);
+CREATE TABLE IF NOT EXISTS joins(feed BLOB PRIMARY KEY, log_index INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS accepted(
+    feed BLOB NOT NULL, task_id BLOB NOT NULL, beacon BLOB NOT NULL, candidates BLOB NOT NULL, k INTEGER NOT NULL,
+    PRIMARY KEY (feed, task_id));
+CREATE TABLE IF NOT EXISTS results(
+    feed BLOB NOT NULL, result_id BLOB NOT NULL, task_id BLOB NOT NULL, worker BLOB NOT NULL,
+    PRIMARY KEY (feed, result_id));
+CREATE TABLE IF NOT EXISTS counted(
+    feed BLOB NOT NULL, task_id BLOB NOT NULL, result_id BLOB NOT NULL, verifiers BLOB NOT NULL,
+    PRIMARY KEY (feed, task_id, result_id));
+CREATE TABLE IF NOT EXISTS votes(
+    feed BLOB NOT NULL, task_id BLOB NOT NULL, result_id BLOB NOT NULL, verifier BLOB NOT NULL, seq INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS votes_by_result ON votes(feed, task_id, result_id);
+CREATE TABLE IF NOT EXISTS findings(pos INTEGER PRIMARY KEY, feed TEXT NOT NULL, seq INTEGER NOT NULL,
+    reported_by TEXT NOT NULL);
+"""
+
+ROW_QUERY = "SELECT feed, seq, hash, type, payload, sig, log_index FROM entries"
+
+
+def state_path_for(ledger: pathlib.Path) -> pathlib.Path:
+    """`audit-state.sqlite` beside a `ledger.db`; `<name>.audit-state.sqlite` beside any other file
+    (so two ledger files in one directory keep separate states)."""
+    ledger = pathlib.Path(ledger)
+    name = STATE_FILE if ledger.name == "ledger.db" else f"{ledger.name}.{STATE_FILE}"
+    return ledger.parent / name
+
+
+def row_bytes(row: tuple) -> bytes:
+    """One stored entry row, every column, length-prefixed: any edit changes it."""
+    feed, seq, h, typ, payload, sig, idx = row
+    parts = [bytes(feed), struct.pack(">q", seq), bytes(h), str(typ).encode(), bytes(payload), bytes(sig)]
+    return struct.pack(">q", idx) + b"".join(struct.pack(">I", len(p)) + p for p in parts)
+
+
+def chain_digest(prev: bytes, rows: Iterable[tuple]) -> bytes:
+    h = hashlib.sha256(b"trustgen/audit-prefix/v1" + prev)
+    for row in rows:
+        h.update(row_bytes(row))
+    return h.digest()
+
+
+def prefix_matches(db: sqlite3.Connection, segments: list[tuple[int, bytes]]) -> bool:
+    """Whether the log's rows below the last segment's end still hash to the recorded chain.
+    Rows are read in log-index order, so deleted, inserted or reordered rows change it too."""
+    digest = b""
+    cur = db.execute(ROW_QUERY + " WHERE log_index < ? ORDER BY log_index", (segments[-1][0] if segments else 0,))
+    rows = iter(cur)
+    for end, expected in segments:
+        seg: list[tuple] = []
+        for row in rows:
+            seg.append(row)
+            if row[6] == end - 1:
+                break
+        digest = chain_digest(digest, seg)
+        if digest != expected:
+            return False
+    return next(rows, None) is None
+
+
+class AuditState:
+    """A connection to the state file; `load` answers None when it is missing or unusable."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    @classmethod
+    def create(cls, path: pathlib.Path) -> AuditState:
+        path = pathlib.Path(path)
+        path.unlink(missing_ok=True)
+        db = sqlite3.connect(path, isolation_level=None)
+        db.executescript(_SCHEMA)
+        return cls(db)
+
+    @classmethod
+    def load(cls, path: pathlib.Path, network: str, owner: bytes | None) -> AuditState | None:
+        path = pathlib.Path(path)
+        if not path.is_file():
+            return None
+        try:
+            db = sqlite3.connect(path, isolation_level=None)
+            meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
+        except sqlite3.DatabaseError:
+            return None
+        state = cls(db)
+        if (
+            meta.get("version") != STATE_VERSION
+            or meta.get("network") != network
+            or meta.get("owner", b"") != (owner or b"")
+        ):
+            db.close()
+            return None
+        return state
+
+    def close(self) -> None:
+        self.db.close()
+
+    def meta(self, key: str, default: Any = None) -> Any:
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return default if row is None else row[0]
+
+    def set_meta(self, **values: object) -> None:
+        self.db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", list(values.items()))
+
+    @property
+    def size(self) -> int:
+        return int(self.meta("size", 0))
+
+    def segments(self) -> list[tuple[int, bytes]]:
+        return self.db.execute("SELECT end_index, digest FROM segments ORDER BY end_index").fetchall()
+
+    def peaks(self) -> merkle.CompactRange:
+        r = merkle.CompactRange()
+        r.peaks = [(h, x) for h, x in self.db.execute("SELECT height, hash FROM peaks ORDER BY pos")]
+        r.size = self.size
+        return r
+
+    def save_peaks(self, r: merkle.CompactRange) -> None:
+        self.db.execute("DELETE FROM peaks")
+        self.db.executemany("INSERT INTO peaks VALUES (?, ?, ?)", [(i, h, x) for i, (h, x) in enumerate(r.peaks)])
+
+
+def read_state_summary(ledger: pathlib.Path) -> dict[str, object] | None:
+    """What the explorer shows of the last audit: how far it verified and its counters (read-only;
+    None when no audit state exists)."""
+    path = state_path_for(ledger)
+    if not path.is_file():
+        return None
+    try:
+        db = sqlite3.connect(f"file:{path.resolve()}?mode=ro", uri=True)
+        try:
+            meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
+            findings = db.execute("SELECT COUNT(*) FROM findings").fetchone()[0]
+        finally:
+            db.close()
+    except sqlite3.DatabaseError:
+        return None
+    keys = ("size", "tasks_checked", "commitments_checked", "audited_at_ms")
+    return {**{k: meta.get(k, 0) for k in keys}, "equivocations": findings}
