@@ -197,6 +197,40 @@ def _audit_dict(o: Any) -> dict[str, Any]:
     return {**o.report.to_dict(), "audit_mode": o.mode, "new_entries": o.new_entries}
 
 
+def explorer(
+    ledger_dir: pathlib.Path = typer.Argument(..., help="A node's data directory or its ledger.db."),
+    port: int = typer.Option(8470, "--port", min=0, max=65535, help="0 picks a free port."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Loopback by default; anything else serves the network."),
+) -> None:
+    """Serve read-only web pages over a ledger: overview, tasks with outputs, votes and certificates,
+    nodes, training jobs, raw signed entries, search."""
+    import ipaddress
+    import socket
+
+    import uvicorn
+
+    from trustgen.explorer.app import create_app
+
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    if not loopback:
+        err.print(f"[yellow]warning[/]: serving on {host}, not loopback: anyone who can reach it can read the ledger")
+    app = create_app(ledger_dir)
+    # Bound here, so `--port 0` can say which port it got before serving.
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        raise TrustgenError(f"cannot listen on {host}:{port}: {e.strerror}") from None
+    url = f"http://{host if ':' not in host else f'[{host}]'}:{sock.getsockname()[1]}/"
+    out.print(f"explorer of {app.state.index.path} on {url} (Ctrl-C stops)", highlight=False, soft_wrap=True)
+    sys.stdout.flush()
+    uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
+
+
 def verify(
     result: pathlib.Path = typer.Argument(..., help="A result written by `trustgen generate --json`."),
     method: str = typer.Option("prefill", help="Text: prefill | regenerate. Images always re-generate."),

@@ -343,18 +343,28 @@ def _incremental(db: sqlite3.Connection, db_path: pathlib.Path, state_path: path
         st.db.execute("COMMIT")
     except _Unclean:
         st.db.execute("ROLLBACK")
-        st.close()
-        tmp.unlink(missing_ok=True)
-        return _full(db_path, len(rows), replica)
+        out = _full(db_path, len(rows), replica)
+        # The verdict is kept even so (with the verified prefix, if any, left as it was), so a
+        # reader of the state such as the explorer shows that the ledger failed its last audit.
+        _last_verdict(st, out.report)
+        _finish(st, fresh, tmp, state_path)
+        return out
+    _last_verdict(st, _report(db_path, network, st))
     out = Outcome(_report(db_path, network, st), REBUILT if fresh else INCREMENTAL, len(rows))
     if replica:
         out.replica = _replica(db_path, owner, db, st)
+    _finish(st, fresh, tmp, state_path)
+    return out
+
+
+def _last_verdict(st: AuditState, r: AuditReport) -> None:
+    st.set_meta(last_ok=int(r.ok), last_violations=len(r.violations), audited_at_ms=int(time.time() * 1000))
+
+
+def _finish(st: AuditState, fresh: bool, tmp: pathlib.Path, state_path: pathlib.Path) -> None:
     st.close()
     if fresh:
-        os.replace(tmp, state_path)
-        for suffix in ("-wal", "-shm"):
-            pathlib.Path(f"{tmp}{suffix}").unlink(missing_ok=True)
-    return out
+        os.replace(tmp, state_path)  # a reader sees the old state or the new one, never half of one
 
 
 def audit_paths_incremental(paths: list[pathlib.Path]) -> list[Outcome]:

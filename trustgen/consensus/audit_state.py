@@ -169,5 +169,5 @@ def read_state_summary(ledger: pathlib.Path) -> dict[str, object] | None:
             db.close()
     except sqlite3.DatabaseError:
         return None
-    keys = ("size", "tasks_checked", "commitments_checked", "audited_at_ms")
+    keys = ("size", "tasks_checked", "commitments_checked", "audited_at_ms", "last_ok", "last_violations")
     return {**{k: meta.get(k, 0) for k in keys}, "equivocations": findings}
