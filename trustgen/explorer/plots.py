@@ -16,14 +16,23 @@ def _downsample(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
 
 
 def line_plot(
-    points: list[tuple[float, float]], title: str, x_label: str, y_label: str, width: int = 640, height: int = 240
+    points: list[tuple[float, float]],
+    title: str,
+    x_label: str,
+    y_label: str,
+    y_range: tuple[float, float] | None = None,
+    width: int = 640,
+    height: int = 240,
 ) -> str:
-    """An SVG line plot of (x, y) points with its axis ranges labelled; a note when empty."""
+    """An SVG line plot of (x, y) points with its axis ranges labelled (`y_range` fixes the y axis,
+    widened to fit the points); a note when empty."""
     if not points:
         return f'<p class="muted">{escape(title)}: nothing to plot yet.</p>'
     pts = _downsample(sorted(points))
     xs, ys = [p[0] for p in pts], [p[1] for p in pts]
     x0, x1, y0, y1 = min(xs), max(xs), min(ys), max(ys)
+    if y_range is not None:
+        y0, y1 = min(y0, y_range[0]), max(y1, y_range[1])
     if x1 == x0:
         x1 = x0 + 1
     if y1 == y0:

@@ -253,7 +253,8 @@ def node(ix: LedgerIndex, key: bytes, page: int) -> dict[str, Any] | None:
     if joined is None and not in_feed[0] and not marks:  # type: ignore[index]
         return None
     good = bad = 0
-    series = []
+    start = joined[2] if joined else (marks[0][0] if marks else 0)
+    series = [(float(start), 0.5)]  # a stranger's score, from its admission on
     for idx, g, b in marks:
         good, bad = good + g, bad + b
         series.append((float(idx), (good + 1) / (good + bad + 2)))
@@ -286,10 +287,10 @@ def node(ix: LedgerIndex, key: bytes, page: int) -> dict[str, Any] | None:
         "joined": {"log_index": joined[2], "hash": _hash_at(ix, joined[2])} if joined else None,
         "feed_entries": in_feed[0],  # type: ignore[index]
         "head": in_feed[1],  # type: ignore[index]
-        "reputation": series[-1][1] if series else 0.5,
+        "reputation": series[-1][1],
         "good": good,
         "bad": bad,
-        "plot": line_plot(series, "reputation after each certificate or evidence", "log position", "score"),
+        "plot": line_plot(series, "reputation after each certificate or evidence", "log position", "score", (0.0, 1.0)),
         "evidence": evidence,
         "votes": votes,
         "results": results,
