@@ -159,6 +159,10 @@ def test_a_duplicate_row_in_a_store_without_keys(tmp_path):
         scen.gateway.public_key,
     )
     assert same(path) == FULL
+    tamper(path, "UPDATE entries SET log_index = NULL WHERE log_index = (SELECT MAX(log_index) FROM entries)")
+    assert same(path) == FULL  # a row in no log position: outside both the prefix and the new rows
+    tamper(path, "UPDATE entries SET log_index = 'x' WHERE log_index IS NULL")
+    assert same(path) == FULL
 
 
 def test_replicas_are_cross_checked_the_same_both_ways(tmp_path):

@@ -334,9 +334,14 @@ def _incremental(db: sqlite3.Connection, db_path: pathlib.Path, state_path: path
     assert st is not None
     start = st.size
     rows = db.execute(ROW_QUERY + " WHERE log_index >= ? ORDER BY log_index", (start,)).fetchall()
+    # Every stored row is in the verified prefix or among the new ones (a row with a NULL or
+    # negative log index is in neither: the full audit reports it).
+    counted = db.execute("SELECT COUNT(*) FROM entries").fetchone()[0] == start + len(rows)
     segments = st.segments()
     st.db.execute("BEGIN IMMEDIATE")
     try:
+        if not counted:
+            raise _Unclean("rows outside the log")
         p = _Pass(st, network, owner, start)
         p.run(rows)
         p.save(rows, segments[-1][1] if segments else b"")
