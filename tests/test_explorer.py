@@ -39,6 +39,13 @@ def node_dir(tmp_path: pathlib.Path):
     return d, scen
 
 
+@pytest.fixture(scope="module")
+def shared_client(tmp_path_factory):
+    d = tmp_path_factory.mktemp("explorer") / "gateway"
+    build(d / "ledger.db", n_tasks=1).ledger.close()
+    return TestClient(create_app(d))
+
+
 def test_pages_show_what_the_ledger_holds(node_dir):
     d, scen = node_dir
     audit_incremental(d / "ledger.db")
@@ -105,9 +112,8 @@ def test_the_explorer_follows_new_entries_and_never_writes(node_dir):
         ("/training/" + "cd" * 32, 404),
     ],
 )
-def test_hostile_requests_get_a_clear_answer(node_dir, url, status):
-    d, _ = node_dir
-    r = TestClient(create_app(d)).get(url)
+def test_hostile_requests_get_a_clear_answer(shared_client, url, status):
+    r = shared_client.get(url)
     assert r.status_code == status, r.text[:300]
     assert "Traceback" not in r.text
 

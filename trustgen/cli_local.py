@@ -190,6 +190,9 @@ def audit(
         emit({"ok": ok, "ledgers": ledgers}, True)
     else:
         print_audit(out, reports)
+        for d in ledgers:
+            if "new_entries" in d:  # how much this run verified, and how
+                out.print(f"{d['path']}: {d['new_entries']} entries verified ({d['audit_mode']})", highlight=False)
     raise typer.Exit(0 if ok else 1)
 
 
