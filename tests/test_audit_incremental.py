@@ -269,3 +269,25 @@ def test_audit_follow_keeps_up_with_an_appending_process(tmp_path):
     finally:
         if follower.poll() is None:
             follower.kill()
+
+
+def test_chunked_prefix_digests_in_parallel(tmp_path, monkeypatch):
+    """Small chunks and a low parallel threshold: many chunks, a partial last one re-hashed on
+    append, hashed by a process pool; an edit in a middle chunk is still caught."""
+    from trustgen.consensus import audit_state
+
+    monkeypatch.setattr(audit_state, "CHUNK_ROWS", 4)
+    monkeypatch.setattr(audit_state, "PARALLEL_FROM", 8)
+    path = tmp_path / "ledger.db"
+    scen = build(path, n_tasks=2)
+    assert same(path) == REBUILT
+    run_task(scen, b"more")
+    scen.ledger.close()
+    assert same(path) == INCREMENTAL
+    db = sqlite3.connect(state_path_for(path))
+    chunks = db.execute("SELECT lo, hi FROM chunks ORDER BY lo").fetchall()
+    db.close()
+    size = audit_ledger(path).entries
+    assert chunks == [(lo, min(lo + 4, size)) for lo in range(0, size, 4)]
+    tamper(path, "UPDATE entries SET sig = zeroblob(64) WHERE log_index = 9")
+    assert same(path) == FULL

@@ -26,7 +26,7 @@ from trustgen.consensus.assignment import effective_verifiers, rank
 from trustgen.consensus.audit import AuditInputError, AuditReport, _audit, _merge, find_ledgers
 from trustgen.consensus.audit_checks import accusation_problem, verify_all
 from trustgen.consensus.audit_replicas import Replica
-from trustgen.consensus.audit_state import ROW_QUERY, AuditState, chain_digest, prefix_matches, state_path_for
+from trustgen.consensus.audit_state import ROW_QUERY, AuditState, prefix_matches, state_path_for, update_chunks
 from trustgen.consensus.encoding import decode, encode
 from trustgen.consensus.ledger import ZERO, Entry, entry_hash, leaf_data, parse_entry
 from trustgen.consensus.messages import MessageError, Signed, open_wire
@@ -250,14 +250,14 @@ class _Pass:
                 self.db.execute("INSERT INTO findings VALUES (?, ?, ?, ?)", (pos, a.feed.hex(), a.seq, e.feed.hex()))
                 pos += 1
 
-    def save(self, rows: list[tuple], prev_digest: bytes) -> None:
+    def save(self, rows: list[tuple], ledger: sqlite3.Connection) -> None:
         self.db.executemany(
             "INSERT OR REPLACE INTO heads VALUES (?, ?, ?)", [(f, s, h) for f, (s, h) in self.heads.items()]
         )
         self.db.executemany("INSERT OR IGNORE INTO joins VALUES (?, ?)", list(self.joins.items()))
         end = self.start + len(rows)
         if rows:
-            self.db.execute("INSERT INTO segments VALUES (?, ?)", (end, chain_digest(prev_digest, rows)))
+            update_chunks(self.db, ledger, self.start, end)
         self.st.save_peaks(self.range)
         last = None if self.last_good is None else encode(list(self.last_good))
         self.st.set_meta(size=end, audited_at_ms=int(time.time() * 1000), **self.counters)
@@ -321,7 +321,7 @@ def _incremental(db: sqlite3.Connection, db_path: pathlib.Path, state_path: path
         raise AuditInputError("ledger has no network id")
     network, owner = meta["network"].decode(), meta.get("owner")
     st = AuditState.load(state_path, network, owner)
-    fresh = st is None or not prefix_matches(db, st.segments())
+    fresh = st is None or not prefix_matches(db, db_path, st.chunks())
     tmp = state_path.with_name(f".{state_path.name}.{os.getpid()}.tmp")
     if fresh:
         if st is not None:
@@ -337,14 +337,13 @@ def _incremental(db: sqlite3.Connection, db_path: pathlib.Path, state_path: path
     # Every stored row is in the verified prefix or among the new ones (a row with a NULL or
     # negative log index is in neither: the full audit reports it).
     counted = db.execute("SELECT COUNT(*) FROM entries").fetchone()[0] == start + len(rows)
-    segments = st.segments()
     st.db.execute("BEGIN IMMEDIATE")
     try:
         if not counted:
             raise _Unclean("rows outside the log")
         p = _Pass(st, network, owner, start)
         p.run(rows)
-        p.save(rows, segments[-1][1] if segments else b"")
+        p.save(rows, db)
         st.db.execute("COMMIT")
     except _Unclean:
         st.db.execute("ROLLBACK")
