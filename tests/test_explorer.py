@@ -144,5 +144,3 @@ def test_explorer_cli_refuses_bad_input(tmp_path):
 
     res = run_cli("explorer", str(tmp_path / "nothing"))
     assert res.returncode == 2 and res.stderr.startswith("error:") and "Traceback" not in res.stderr
-    res = run_cli("explorer", str(tmp_path), "--port", "70000")
-    assert res.returncode == 2
