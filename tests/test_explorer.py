@@ -51,7 +51,7 @@ def test_pages_show_what_the_ledger_holds(node_dir):
     audit_incremental(d / "ledger.db")
     client = TestClient(create_app(d))
     home = text(client.get("/").text)
-    assert "clean" in home and "tasks 3" in home and "accepted 3" in home and "Latest commitments" in home
+    assert "clean" in home and "tasks 3" in home and "results accepted 3" in home and "Latest commitments" in home
     task = scen.tasks[0].id.hex()
     page = client.get(f"/task/{task}")
     assert page.status_code == 200

@@ -116,7 +116,8 @@ def test_explorer_pages_in_a_browser(tmp_path):
             page.goto(url)
             assert "clean" in page.inner_text("#audit")
             counters = page.inner_text("#counters")
-            assert re.search(r"tasks\s+2", counters) and re.search(r"rejected\s+1", counters), counters
+            assert re.search(r"tasks\s+2", counters) and re.search(r"results rejected\s+1", counters), counters
+            assert page.locator("#latest-tasks tr").count() == 3  # a header and one row per task
             page.screenshot(path=str(shots / "overview.png"), full_page=True)
 
             # The image task: its image, three votes and the certificate.

@@ -31,6 +31,7 @@ CREATE INDEX entries_by_feed ON entries_meta(feed, seq);
 CREATE INDEX entries_by_type ON entries_meta(type, log_index);
 CREATE TABLE tasks(task_id BLOB, feed BLOB, log_index INTEGER, kind TEXT, client BLOB, k INTEGER);
 CREATE INDEX tasks_by_id ON tasks(task_id);
+CREATE INDEX tasks_by_position ON tasks(log_index);
 CREATE TABLE results(result_id BLOB, task_id BLOB, feed BLOB, log_index INTEGER, worker BLOB, output_digest TEXT);
 CREATE INDEX results_by_task ON results(task_id);
 CREATE INDEX results_by_id ON results(result_id);

@@ -87,8 +87,8 @@ def overview(ix: LedgerIndex) -> dict[str, Any]:
         "feeds": ix.one("SELECT COUNT(DISTINCT feed) FROM entries_meta")[0],  # type: ignore[index]
         "nodes": ix.one("SELECT COUNT(*) FROM nodes")[0],  # type: ignore[index]
         "tasks": ix.one("SELECT COUNT(*) FROM tasks")[0],  # type: ignore[index]
-        "accepted": decisions.get("accept", 0),
-        "rejected": decisions.get("reject", 0),
+        "results accepted": decisions.get("accept", 0),
+        "results rejected": decisions.get("reject", 0),
         "evidence": ix.one("SELECT COUNT(*) FROM evidence")[0],  # type: ignore[index]
         "training jobs": ix.one("SELECT COUNT(DISTINCT job) FROM training")[0],  # type: ignore[index]
     }
@@ -116,15 +116,26 @@ def _entry(ix: LedgerIndex, raw: Any) -> Any:
 
 
 def task_rows(ix: LedgerIndex, offset: int, limit: int) -> list[dict[str, Any]]:
+    """One row per task: its latest certificate's decision and worker, and how many results were
+    certified (a rejected result is followed by another worker's)."""
     rows = ix.query(
-        "SELECT t.task_id, t.kind, t.log_index, c.decision, c.worker FROM "
-        "(SELECT * FROM tasks ORDER BY log_index DESC LIMIT ? OFFSET ?) t "
-        "LEFT JOIN certs c ON c.task_id = t.task_id AND c.feed = t.feed ORDER BY t.log_index DESC",
+        "SELECT t.task_id, t.kind, t.log_index, "
+        "(SELECT decision FROM certs c WHERE c.task_id = t.task_id AND c.feed = t.feed ORDER BY log_index DESC LIMIT 1), "
+        "(SELECT worker FROM certs c WHERE c.task_id = t.task_id AND c.feed = t.feed ORDER BY log_index DESC LIMIT 1), "
+        "(SELECT COUNT(*) FROM certs c WHERE c.task_id = t.task_id AND c.feed = t.feed) "
+        "FROM tasks t ORDER BY t.log_index DESC LIMIT ? OFFSET ?",
         (limit, offset),
     )
     return [
-        {"id": tid.hex(), "kind": kind, "log_index": idx, "decision": d or "pending", "worker": w.hex() if w else ""}
-        for tid, kind, idx, d, w in rows
+        {
+            "id": tid.hex(),
+            "kind": kind,
+            "log_index": idx,
+            "decision": d or "pending",
+            "worker": w.hex() if w else "",
+            "attempts": n,
+        }
+        for tid, kind, idx, d, w, n in rows
     ]
 
 
