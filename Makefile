@@ -9,9 +9,11 @@ export OMP_WAIT_POLICY ?= PASSIVE
 .PHONY: install demo test test-fast lint bench protos
 
 # torch first, pinned to the CPU build; the project's range accepts it and installs nothing more.
+# The distribution's Chromium drives the explorer's browser tests (never `playwright install`).
 install:
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q -e '.[test]'
+	command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium chromium-driver)
 
 demo: install
 	$(PY) -m trustgen.cli demo

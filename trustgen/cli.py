@@ -11,7 +11,7 @@ import sys
 
 import typer
 
-from trustgen.cli_local import audit, calibrate, generate_app, keys_app, verify
+from trustgen.cli_local import audit, calibrate, explorer, generate_app, keys_app, verify
 from trustgen.cli_net import blob_app, cluster_app, events, node_app, submit
 from trustgen.cli_shared import out
 from trustgen.cli_trust import network_app
@@ -35,6 +35,7 @@ app.add_typer(train_app, name="train")
 app.command("audit")(audit)
 app.command("verify")(verify)
 app.command("calibrate")(calibrate)
+app.command("explorer")(explorer)
 app.command("submit")(submit)
 app.command("events")(events)
 

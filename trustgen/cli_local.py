@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pathlib
+import sys
+from typing import Any
 
 import typer
 
@@ -150,26 +152,59 @@ def audit(
     ),
     text_model: str = typer.Option("tiny-text", "--text-model", help="Model a text re-check runs."),
     image_model: str = typer.Option("tiny-image", "--image-model", help="Model an image re-check runs."),
+    full: bool = typer.Option(False, "--full", help="Re-verify everything from scratch; read or write no audit state."),
+    follow: bool = typer.Option(False, "--follow", help="Keep auditing as entries arrive (Ctrl-C stops)."),
+    poll: float = typer.Option(0.5, "--poll", min=0.05, max=60.0, help="Seconds between checks for --follow."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Verify every feed, link, signature, admission, assignment, vote, decision and commitment;
-    with several ledgers, also every replica of every feed against the others; with --recheck,
-    run the verifier again on a sample of finalised results. Exit 0 when clean, 1 on violations
-    or failed re-checks, 2 on unusable input."""
+    """Verify every feed, link, signature, admission, assignment, vote, decision, commitment and
+    training entry; with several ledgers, also every replica of every feed against the others;
+    with --recheck, run the verifier again on a sample of finalised results. By default only what
+    is new since the last audit is verified (state in audit-state.sqlite beside each ledger; a
+    changed old row, or a ledger under a genesis, means a full audit). Exit 0 when clean, 1 on
+    violations or failed re-checks, 2 on unusable input."""
     from trustgen.consensus.admission import Genesis
     from trustgen.consensus.audit import audit_paths
-    from trustgen.node.report import print_audit
+    from trustgen.consensus.audit_incremental import audit_paths_incremental
+    from trustgen.node.report import print_audit, print_follow
     from trustgen.training.audit_training import add_training_violations
 
     if not 0.0 <= recheck <= 1.0:
         raise TrustgenError("--recheck wants a fraction in [0, 1]")
     if record is not None and not recheck:
         raise TrustgenError("--record needs --recheck")
+    if full and follow:
+        raise TrustgenError("--follow audits incrementally; it cannot be combined with --full")
     pinned = Genesis.load(genesis) if genesis is not None else None
-    reports = audit_paths(paths, pinned)
-    add_training_violations(reports)
+    if follow:
+        import signal
+        import threading
+
+        from trustgen.consensus.audit_follow import follow as follow_ledgers
+
+        stop = threading.Event()
+        # Ctrl-C ends the loop between audits, never half-way through writing the audit state.
+        signal.signal(signal.SIGINT, lambda *_: stop.set())
+
+        def report(outcomes: list) -> None:
+            if as_json:
+                emit({"ok": all(o.report.ok for o in outcomes), "ledgers": [_audit_dict(o) for o in outcomes]}, True)
+                sys.stdout.flush()
+            else:
+                print_follow(out, outcomes)
+
+        follow_ledgers(paths, report, stop, poll)
+        raise typer.Exit(0)
+    outcomes = None if full or pinned is not None else audit_paths_incremental(paths)
+    reports = audit_paths(paths, pinned) if outcomes is None else [o.report for o in outcomes]
+    add_training_violations(reports)  # every training entry: assignments, majorities, evidence
+    ledgers = (
+        [{**r.to_dict(), "audit_mode": "full"} for r in reports]
+        if outcomes is None
+        else [_audit_dict(o) for o in outcomes]
+    )
     ok = all(r.ok for r in reports)
-    result: dict = {"ok": ok, "ledgers": [r.to_dict() for r in reports]}
+    result: dict = {"ok": ok, "ledgers": ledgers}
     if recheck:
         from trustgen.logs import quiet_libraries
         from trustgen.node.recheck import recheck as do_recheck
@@ -201,7 +236,48 @@ def audit(
                         f"{who or 'nobody'}): {c['reason']}",
                         highlight=False,
                     )
+        for d in ledgers:
+            if "new_entries" in d:  # how much this run verified, and how
+                out.print(f"{d['path']}: {d['new_entries']} entries verified ({d['audit_mode']})", highlight=False)
     raise typer.Exit(0 if ok else 1)
+
+
+def _audit_dict(o: Any) -> dict[str, Any]:
+    return {**o.report.to_dict(), "audit_mode": o.mode, "new_entries": o.new_entries}
+
+
+def explorer(
+    ledger_dir: pathlib.Path = typer.Argument(..., help="A node's data directory or its ledger.db."),
+    port: int = typer.Option(8470, "--port", min=0, max=65535, help="0 picks a free port."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Loopback by default; anything else serves the network."),
+) -> None:
+    """Serve read-only web pages over a ledger: overview, tasks with outputs, votes and certificates,
+    nodes, training jobs, raw signed entries, search."""
+    import ipaddress
+    import socket
+
+    import uvicorn
+
+    from trustgen.explorer.app import create_app
+
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    if not loopback:
+        err.print(f"[yellow]warning[/]: serving on {host}, not loopback: anyone who can reach it can read the ledger")
+    app = create_app(ledger_dir)
+    # Bound here, so `--port 0` can say which port it got before serving.
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        raise TrustgenError(f"cannot listen on {host}:{port}: {e.strerror}") from None
+    url = f"http://{host if ':' not in host else f'[{host}]'}:{sock.getsockname()[1]}/"
+    out.print(f"explorer of {app.state.index.path} on {url} (Ctrl-C stops)", highlight=False, soft_wrap=True)
+    sys.stdout.flush()
+    uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
 
 
 def verify(

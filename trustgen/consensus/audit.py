@@ -436,7 +436,11 @@ def audit_paths(paths: list[pathlib.Path], genesis: Genesis | None = None) -> li
 
 def _cross_check(auditors: list[_Auditor]) -> list[AuditReport]:
     reports = [a.r for a in auditors]
-    replicas = [Replica.of(a.r.path, a.owner, a.entries, a.log) for a in auditors]
+    return _merge(reports, [Replica.of(a.r.path, a.owner, a.entries, a.log) for a in auditors])
+
+
+def _merge(reports: list[AuditReport], replicas: list[Replica]) -> list[AuditReport]:
+    """Cross-check the replicas and add the findings to the reports (same order)."""
     cross = cross_check(replicas)
     for i, where, code, detail in cross.violations:
         reports[i].violations.append(Violation(where, code, detail))

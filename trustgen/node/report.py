@@ -53,6 +53,18 @@ def print_audit(console: Console, reports: list[AuditReport]) -> None:
     console.print("[green]audit clean[/]" if clean else "[red]audit found violations[/]")
 
 
+def print_follow(console: Console, outcomes: list) -> None:
+    """One line per ledger per round of `trustgen audit --follow`."""
+    for o in outcomes:
+        r = o.report
+        verdict = "[green]clean[/]" if r.ok else f"[red]{len(r.violations)} violations[/]"
+        console.print(
+            f"{r.path}: {r.entries} entries (+{o.new_entries}, {o.mode}), {r.tasks_checked} tasks, "
+            f"{len(r.equivocations)} equivocations: {verdict}",
+            highlight=False,
+        )
+
+
 def votes_table(title: str, res: dict) -> Table:
     t = Table(title=title)
     for col in ("verifier", "vote", "method", "distance", "margin", "reason"):
