@@ -11,7 +11,8 @@ kinds of op touch it:
   gemv path and differs from the same row in a >= 2-row call by ~1e-6, and the 3072->768
   projection changes again from ~512 rows; in a fixed-shape call a row's result depends neither on
   its place in the chunk nor on the other rows (docs/decisions.md, "Batched generation");
-- attention: per sequence, over that sequence's own cache, so its shapes are the sequence's own.
+- attention: per sequence, over that sequence's own cache, so its shapes are the sequence's own
+  (sequences decoding one token over equally long caches share one call; see `_attention`).
 The logits are therefore bit-identical to a batch of one, by construction, and the tests check it.
 
 Models this module cannot run (another architecture, or GPT-2 options it does not implement)
@@ -104,25 +105,42 @@ class PackedGPT2:
     ) -> torch.Tensor:
         attn = block.attn
         qkv = chunked_matmul(h, attn.c_attn.weight, attn.c_attn.bias)
-        outs = []
-        for s, part in zip(seqs, torch.split(qkv, sizes)):
+        outs: list[torch.Tensor] = [qkv] * len(seqs)  # placeholders, each replaced below
+        decoding: dict[int, list[tuple[int, torch.Tensor]]] = {}  # one-token steps by cache length
+        for i, (s, part) in enumerate(zip(seqs, torch.split(qkv, sizes))):
             n = part.shape[0]
-            # Fresh contiguous tensors: the same memory layout whatever the sequence's place in the batch.
-            q, k, v = (
-                t.reshape(n, self.heads, self.head_dim).transpose(0, 1).contiguous()
-                for t in part.split(attn.split_size, dim=1)
-            )
+            # One fresh contiguous [3, heads, n, head_dim] tensor: the same memory layout whatever
+            # the sequence's place in the batch.
+            q, k, v = part.view(n, 3, self.heads, self.head_dim).permute(1, 2, 0, 3).contiguous()
             if len(s.cache) > layer:
                 pk, pv = s.cache[layer]
                 k, v = torch.cat([pk, k], dim=1), torch.cat([pv, v], dim=1)
                 s.cache[layer] = (k, v)
             else:
                 s.cache.append((k, v))
-            if n > 1 and k.shape[1] != n:
+            if n == 1:
+                decoding.setdefault(k.shape[1], []).append((i, q))
+                continue
+            if k.shape[1] != n:
                 raise ValueError("several new tokens on a non-empty cache are not supported")
-            o = F.scaled_dot_product_attention(q[None], k[None], v[None], is_causal=n > 1, scale=self.scale)
-            outs.append(o[0].transpose(0, 1).reshape(n, self.heads * self.head_dim))
+            outs[i] = self._attend(q[None], k[None], v[None], causal=True)[0]
+        # Sequences decoding one token over caches of one length share a call: torch's CPU flash
+        # kernel splits work by (sequence, head, query block) with block sizes set by the lengths
+        # alone, so each sequence's result is the one a call of its own gives (tests check it).
+        for group in decoding.values():
+            idx = [i for i, _ in group]
+            ks = torch.stack([seqs[i].cache[layer][0] for i in idx])
+            vs = torch.stack([seqs[i].cache[layer][1] for i in idx])
+            o = self._attend(torch.stack([q for _, q in group]), ks, vs, causal=False)
+            for j, i in enumerate(idx):
+                outs[i] = o[j]
         return chunked_matmul(torch.cat(outs), attn.c_proj.weight, attn.c_proj.bias)
+
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool) -> torch.Tensor:
+        """[b, heads, n, head_dim] attention -> [b, n, heads * head_dim] rows."""
+        o = F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=self.scale)
+        b, _, n, _ = o.shape
+        return o.transpose(1, 2).reshape(b, n, self.heads * self.head_dim)
 
 
 def packed_runner(model: nn.Module) -> PackedGPT2 | None:
