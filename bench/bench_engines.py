@@ -1,10 +1,18 @@
-"""Engine throughput on the embedded models, and the price of determinism.
+"""Engine throughput on the embedded models, the price of determinism, and batching.
 
-Prints tokens/s (greedy, sampled, beam) and images/s, each in deterministic and relaxed mode,
+Default: tokens/s (greedy, sampled, beam) and images/s, each in deterministic and relaxed mode,
 measured interleaved in this one run; the figure to watch is the ratio deterministic / relaxed
 time (target <= 1.10). Absolute numbers drift between runs on these machines; ratios don't.
 
+--batching: throughput of 16 concurrent greedy tasks (continuous batching, packed pass) against
+the serial engine (transformers' forward, one task at a time) and against the packed pass with a
+batch of one, on tiny-text and on a GPT-2-shaped 124M model built locally from a seeded config
+(targets >= 4x and >= 2.5x the serial engine), measured interleaved in one run at 2 threads; then
+token differences between batched and alone over mixed tasks (>= 1,000 on tiny-text; target 0).
+--quick shortens every part to suite size.
+
     python bench/bench_engines.py [--rounds 5] [--json]
+    python bench/bench_engines.py --batching [--quick] [--json] [--gpt2-dir DIR]
 """
 
 from __future__ import annotations
@@ -12,7 +20,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pathlib
+import random
 import statistics
+import sys
+import tempfile
 import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -20,6 +32,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from trustgen.engines.determinism import configure  # noqa: E402
 from trustgen.engines.generate import load_engine  # noqa: E402
 from trustgen.engines.params import ImageParams, TextParams  # noqa: E402
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from local_gpt2 import build_gpt2  # noqa: E402
 
 TEXT = {
     "greedy": TextParams(prompt="Verifiable training", max_new_tokens=128),
@@ -35,11 +50,117 @@ def timed(fn) -> float:
     return time.perf_counter() - t0
 
 
+WORDS = "verifiable training of the gossip protocol byzantine consensus we propose locality sensitive hashing".split()
+
+
+def mixed_tasks(n: int, seed: int, max_tokens: int) -> list[TextParams]:
+    """Greedy, sampled and beam tasks of mixed prompts, lengths and sampling options."""
+    rng = random.Random(seed)
+    return [
+        TextParams(
+            prompt=" ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 24))),
+            max_new_tokens=rng.randint(1, max_tokens),
+            decoding=("greedy", "sample", "beam")[i % 3],
+            num_beams=rng.randint(2, 4),
+            seed=rng.randrange(2**31),
+            temperature=rng.choice([0.7, 1.0, 1.5]),
+            top_k=rng.choice([0, 20, 50]),
+            top_p=rng.choice([1.0, 0.9]),
+        )
+        for i in range(n)
+    ]
+
+
+def throughput(engine, new_tokens: int, rounds: int, concurrent: int = 16) -> dict:
+    """Tokens/s: serial engine (one task), packed batch of one, and `concurrent` tasks batched."""
+    p = TextParams(prompt="Verifiable training", max_new_tokens=new_tokens)
+    batch = [p] * concurrent
+    ways = {
+        "serial": lambda: [engine.generate_unpacked(p)],
+        "packed_alone": lambda: [engine.generate(p)],
+        "batched": lambda: engine.generate_batch(batch, concurrent),
+    }
+    for run in ways.values():  # warm-up
+        run()
+    times: dict[str, list[float]] = {k: [] for k in ways}
+    tokens: dict[str, int] = {}
+    for _ in range(rounds):  # interleaved so the machine's load hits every way alike
+        for name, run in ways.items():
+            t0 = time.perf_counter()
+            outs = run()
+            times[name].append(time.perf_counter() - t0)
+            tokens[name] = sum(len(o.token_ids) for o in outs)
+    rate = {k: tokens[k] / statistics.median(v) for k, v in times.items()}
+    return {
+        "tokens_per_s": {k: round(v, 1) for k, v in rate.items()},
+        "batched_over_serial": round(rate["batched"] / rate["serial"], 2),
+        "batched_over_packed_alone": round(rate["batched"] / rate["packed_alone"], 2),
+    }
+
+
+def invariance(engine, tasks: list[TextParams], concurrent: int = 16) -> dict:
+    """Token (and beam score) differences between batched and alone, task by task."""
+    t0 = time.perf_counter()
+    together = engine.generate_batch(tasks, concurrent)
+    t_batch = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    alone = [engine.generate(p) for p in tasks]
+    t_alone = time.perf_counter() - t0
+    tasks_differing = sum(a.token_ids != b.token_ids or a.score != b.score for a, b in zip(alone, together))
+    positions = sum(
+        sum(x != y for x, y in zip(a.token_ids, b.token_ids)) + abs(len(a.token_ids) - len(b.token_ids))
+        for a, b in zip(alone, together)
+    )
+    return {
+        "tasks": len(tasks),
+        "tokens": sum(len(o.token_ids) for o in alone),
+        "tasks_differing": tasks_differing,
+        "token_differences": positions,
+        "alone_over_batched_time": round(t_alone / t_batch, 2),
+    }
+
+
+def batching(args: argparse.Namespace) -> None:
+    quick = args.quick
+    gpt2_dir = args.gpt2_dir or pathlib.Path(tempfile.gettempdir()) / "trustgen-bench-gpt2-124m"
+    report: dict = {"threads": 2, "quick": quick}
+    tiny = load_engine("tiny-text", "text", threads=2)
+    report["tiny_text_16"] = throughput(tiny, 32 if quick else 128, 1 if quick else args.rounds)
+    big = load_engine(str(build_gpt2(gpt2_dir)), "text", threads=2)
+    report["gpt2_124m_16"] = throughput(big, 16 if quick else 128, 1 if quick else 2)
+    report["invariance_tiny_text"] = invariance(tiny, mixed_tasks(96 if quick else 1200, 1, 32))
+    report["invariance_gpt2_124m"] = invariance(big, mixed_tasks(8 if quick else 48, 2, 8 if quick else 16))
+    report["profile_batching"] = tiny.profile.flags["batching"]
+    if args.json:
+        print(json.dumps(report))
+        return
+    for name, target in (("tiny_text_16", 4.0), ("gpt2_124m_16", 2.5)):
+        r = report[name]
+        rates = ", ".join(f"{k} {v:.1f} tok/s" for k, v in r["tokens_per_s"].items())
+        print(
+            f"{name}: {rates}; batched/serial {r['batched_over_serial']:.2f}x (target >= {target}x), "
+            f"batched/packed-alone {r['batched_over_packed_alone']:.2f}x"
+        )
+    for name in ("invariance_tiny_text", "invariance_gpt2_124m"):
+        r = report[name]
+        print(
+            f"{name}: {r['tasks']} mixed tasks, {r['tokens']} tokens: {r['tasks_differing']} tasks and "
+            f"{r['token_differences']} tokens differ from alone (target 0); alone/batched time "
+            f"{r['alone_over_batched_time']:.2f}x"
+        )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--batching", action="store_true", help="batched generation: throughput and invariance")
+    ap.add_argument("--quick", action="store_true", help="with --batching: suite-sized")
+    ap.add_argument("--gpt2-dir", type=pathlib.Path, help="where the local 124M model is built (reused)")
     args = ap.parse_args()
+    if args.batching:
+        batching(args)
+        return
 
     text = load_engine("tiny-text", "text")
     image = load_engine("tiny-image", "image")

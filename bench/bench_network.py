@@ -8,6 +8,11 @@
 3. Throughput: verified tasks per second with 1, 4 and 16 concurrent clients.
 
     python bench/bench_network.py [--tasks 12] [--max-new-tokens 256] [--json]
+
+--batching: only the 16-client throughput, side by side in one run: workers with worker_batch 1
+(batching off) and worker_batch 16 (tasks arriving together share one engine batch).
+
+    python bench/bench_network.py --batching [--per-client 4] [--json]
 """
 
 from __future__ import annotations
@@ -51,6 +56,30 @@ async def clients(gw: str, n_clients: int, per_client: int, verifiers: int, toke
     return n_clients * per_client / (time.perf_counter() - t0)
 
 
+def batching(args: argparse.Namespace) -> None:
+    """Verified tasks/s at 16 clients with worker batching off, then on; clusters started alike."""
+    res = {}
+    for batch in (1, 16):
+        root = tempfile.mkdtemp(prefix="tg-bench-net-batch-")
+        settings = {f"worker-{i + 1}": {"worker_batch": batch} for i in range(args.workers)}
+        ready = cluster.up(root, workers=args.workers, verifiers=args.verifiers, node_settings=settings)
+        gw = ready["gateway"]["address"]
+        try:
+            asyncio.run(one(gw, TextParams(prompt="We", max_new_tokens=64), args.verifiers))  # warm-up
+            res[f"worker_batch_{batch}"] = round(asyncio.run(clients(gw, 16, args.per_client, args.verifiers, 64)), 3)
+        finally:
+            cluster.down(root)
+    res["ratio"] = round(res["worker_batch_16"] / res["worker_batch_1"], 2)
+    if args.json:
+        print(json.dumps(res))
+        return
+    print(
+        f"16 clients x {args.per_client} 64-token tasks, {args.workers} workers, {args.verifiers} verifiers: "
+        f"{res['worker_batch_1']:.2f} verified tasks/s batching off, {res['worker_batch_16']:.2f} on "
+        f"({res['ratio']:.2f}x; target >= 3x)"
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--tasks", type=int, default=12)
@@ -58,7 +87,12 @@ def main() -> None:
     ap.add_argument("--verifiers", type=int, default=3)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--batching", action="store_true", help="16-client throughput, worker batching off vs on")
+    ap.add_argument("--per-client", type=int, default=4, help="with --batching: tasks per client")
     args = ap.parse_args()
+    if args.batching:
+        batching(args)
+        return
     params = TextParams(prompt="We", max_new_tokens=args.max_new_tokens)
 
     engine = load_engine("tiny-text", "text", threads=1)  # the nodes run one thread each

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import pathlib
 import sys
 from typing import Any
@@ -9,7 +10,7 @@ from typing import Any
 import typer
 
 from trustgen.cli_shared import emit, err, out, task_params
-from trustgen.errors import TrustgenError
+from trustgen.errors import TrustgenError, UsageError
 
 generate_app = typer.Typer(no_args_is_help=True, help="One local generation, no network.")
 keys_app = typer.Typer(no_args_is_help=True, help="Ed25519 node identities.")
@@ -17,7 +18,11 @@ keys_app = typer.Typer(no_args_is_help=True, help="Ed25519 node identities.")
 
 @generate_app.command("text")
 def generate_text(
-    prompt: str = typer.Argument(..., help="The prompt."),
+    prompt: str | None = typer.Argument(None, help="The prompt (or --prompts FILE)."),
+    prompts: pathlib.Path | None = typer.Option(None, "--prompts", help="A file of prompts, one a line."),
+    batch_size: int | None = typer.Option(
+        None, "--batch-size", help="With --prompts: tasks decoding at once (default: all, at most 256)."
+    ),
     model: str = typer.Option("tiny-text", help="Embedded name, directory[@sha256:HEX] or hub id."),
     max_new_tokens: int = typer.Option(64, "--max-new-tokens"),
     decoding: str = typer.Option("greedy", help="greedy | beam | sample"),
@@ -29,14 +34,17 @@ def generate_text(
     device: str = typer.Option("cpu", help="cpu | cuda | auto"),
     dtype: str = typer.Option("float32", help="float32 | bfloat16 | float16"),
     threads: int | None = typer.Option(None, help="CPU threads (recorded in the profile)."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object (a list with --prompts)."),
 ) -> None:
-    """Generate text locally with controlled determinism."""
-    from trustgen.engines.generate import run_text
+    """Generate text locally with controlled determinism: one prompt, or a file of them batched
+    (each output identical to generating it alone)."""
+    from trustgen.engines.generate import read_prompts, run_text, run_text_batch
 
-    params = task_params(
-        "text",
-        prompt=prompt,
+    if (prompt is None) == (prompts is None):
+        raise UsageError("give a prompt or --prompts FILE (not both)")
+    if batch_size is not None and prompts is None:
+        raise UsageError("--batch-size goes with --prompts FILE")
+    options = dict(
         max_new_tokens=max_new_tokens,
         decoding=decoding,
         num_beams=num_beams,
@@ -45,15 +53,33 @@ def generate_text(
         top_k=top_k,
         top_p=top_p,
     )
-    result = run_text(model, params, device=device, dtype=dtype, threads=threads)
+    engine_opts = dict(device=device, dtype=dtype, threads=threads)
+    if prompts is None:
+        result = run_text(model, task_params("text", prompt=prompt, **options), **engine_opts)
+        if as_json:
+            emit(result, True)
+        else:
+            out.print(result["text"], markup=False, highlight=False)
+            err.print(
+                f"[dim]{len(result['token_ids'])} tokens, {result['finish_reason']}; "
+                f"output {result['output_digest'][:23]}…, model {result['model_digest'][:23]}…[/]"
+            )
+        return
+    lines = read_prompts(prompts)
+    labels = [f"{prompts}:{n}" for n, _ in lines]
+    batch = []
+    for label, (_, text) in zip(labels, lines):
+        try:
+            batch.append(task_params("text", prompt=text, **options))
+        except UsageError as e:
+            raise UsageError(f"{label}: {e}") from None
+    results = run_text_batch(model, batch, batch_size, labels, **engine_opts)
     if as_json:
-        emit(result, True)
-    else:
-        out.print(result["text"], markup=False, highlight=False)
-        err.print(
-            f"[dim]{len(result['token_ids'])} tokens, {result['finish_reason']}; "
-            f"output {result['output_digest'][:23]}…, model {result['model_digest'][:23]}…[/]"
-        )
+        sys.stdout.write(json.dumps(results, sort_keys=True) + "\n")
+        return
+    for r in results:  # one line per prompt: newlines inside a text are shown escaped
+        out.print(r["text"].replace("\\", "\\\\").replace("\n", "\\n"), markup=False, highlight=False, soft_wrap=True)
+    err.print(f"[dim]{len(results)} prompts, {sum(len(r['token_ids']) for r in results)} tokens[/]")
 
 
 @generate_app.command("image")

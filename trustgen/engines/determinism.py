@@ -36,13 +36,23 @@ class ExecutionProfile:
         return asdict(self)
 
     def same_numerics(self, other: ExecutionProfile) -> bool:
-        """True when bit-identical outputs are expected between the two profiles."""
-        return (self.device_name, self.dtype, self.threads, self.deterministic, self.versions) == (
+        """True when bit-identical outputs are expected between the two profiles (the text
+        engine's batching mode is part of its numerics: packed and serial differ by ~1e-6)."""
+        mine = (
+            self.device_name,
+            self.dtype,
+            self.threads,
+            self.deterministic,
+            self.versions,
+            self.flags.get("batching"),
+        )
+        return mine == (
             other.device_name,
             other.dtype,
             other.threads,
             other.deterministic,
             other.versions,
+            other.flags.get("batching"),
         )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import pathlib
 from typing import Any
 
+from trustgen.engines.batching import MAX_BATCH
 from trustgen.engines.kinds import engine_kind
 from trustgen.engines.params import ImageParams, TextParams
 from trustgen.engines.registry import resolve
@@ -41,6 +42,55 @@ def run_text(model: str, params: TextParams, **engine_opts: Any) -> dict[str, An
     result = engine.generate(params).to_dict()
     result.update(model=model, task=params.to_dict())
     return result
+
+
+MAX_PROMPTS = 10_000
+MAX_PROMPTS_FILE = 16 << 20  # bytes; MAX_PROMPTS prompts of MAX_PROMPT_CHARS fit
+
+
+def read_prompts(path: pathlib.Path) -> list[tuple[int, str]]:
+    """(line number, prompt) from a UTF-8 file, one prompt a line; blank lines are skipped."""
+    try:
+        size = path.stat().st_size
+        if size > MAX_PROMPTS_FILE:
+            raise UsageError(f"{path} is larger than {MAX_PROMPTS_FILE} bytes")
+        text = path.read_bytes().decode("utf-8")
+    except OSError as e:
+        raise UsageError(f"cannot read prompts from {path}: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise UsageError(f"{path} is not UTF-8 (byte {e.start})") from None
+    prompts = [(i, line) for i, line in enumerate(text.splitlines(), 1) if line.strip()]
+    if not prompts:
+        raise UsageError(f"{path} holds no prompts")
+    if len(prompts) > MAX_PROMPTS:
+        raise UsageError(f"{path} holds {len(prompts)} prompts; at most {MAX_PROMPTS} per run")
+    return prompts
+
+
+def run_text_batch(
+    model: str,
+    batch: list[TextParams],
+    batch_size: int | None = None,
+    labels: list[str] | None = None,
+    **engine_opts: Any,
+) -> list[dict[str, Any]]:
+    """Several text tasks, `batch_size` (default: all, at most MAX_BATCH) decoding at once; each
+    result is the one the task gets alone. `labels` name the tasks in errors (default: task N)."""
+    size = min(len(batch), MAX_BATCH) if batch_size is None else batch_size
+    if not 1 <= size <= MAX_BATCH:
+        raise UsageError(f"batch size must be in [1, {MAX_BATCH}], got {size}")
+    engine = load_engine(model, "text", **engine_opts)
+    for label, p in zip(labels or [f"task {i}" for i in range(1, len(batch) + 1)], batch):
+        try:
+            engine.prompt_ids(p)
+        except UsageError as e:
+            raise UsageError(f"{label}: {e}") from None
+    results = []
+    for p, out in zip(batch, engine.generate_batch(batch, size)):
+        result = out.to_dict()
+        result.update(model=model, task=p.to_dict())
+        results.append(result)
+    return results
 
 
 def run_image(model: str, params: ImageParams, output: pathlib.Path | None, **engine_opts: Any) -> dict[str, Any]:

@@ -4,21 +4,28 @@ The decoding loop is ours rather than `model.generate`, so every choice it makes
 verifier can recompute from the logits of a teacher-forced pass: argmax for greedy, the
 (seed, position) Gumbel-max rule for sampling, the summed log-probabilities for beam search.
 
-Each task runs as its own forward passes (batch of one, or of its beams), so its output cannot
-depend on what else a worker is running: batched kernels may pick other reduction orders for
-other batch shapes, and padding changes attention numerics.
+A task's output must not depend on what else a worker is running. GPT-2-shaped models run through
+the packed, batch-invariant forward pass (engines/packed.py), so tasks decode together with
+continuous batching and a batch of one is just the smallest batch. Other architectures run each
+task alone (its own forward passes, batch of one or of its beams): batched kernels may pick other
+reduction orders for other batch shapes, and padding changes attention numerics. The profile's
+`batching` flag says which of the two computed an output.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
+from trustgen.engines.batching import MAX_BATCH, run_continuous
+from trustgen.engines.decoding import beam_select, task_state
 from trustgen.engines.determinism import ExecutionProfile, configure, resolve_dtype
 from trustgen.engines.loading import MODEL_LOAD
 from trustgen.engines.outputs import TextOutput
+from trustgen.engines.packed import MODE, Sequence, packed_runner
 from trustgen.engines.params import TextParams
 from trustgen.engines.registry import ModelRef
 from trustgen.engines.sampling import sample_token
@@ -58,6 +65,10 @@ class TextEngine:
         if not isinstance(positions, int):
             raise ModelError(f"model {model.name!r} declares no integer context length: {positions!r}")
         self.max_positions: int = positions
+        self.packed = packed_runner(self.model) is not None
+        self.profile = replace(
+            self.profile, flags={**self.profile.flags, "batching": MODE if self.packed else "serial"}
+        )
 
     def encode_prompt(self, prompt: str) -> list[int]:
         return list(self.tokenizer.encode(prompt, add_special_tokens=False))
@@ -67,7 +78,8 @@ class TextEngine:
         assert isinstance(text, str)  # a flat id list decodes to one string (a list only for batches)
         return text
 
-    def generate(self, params: TextParams) -> TextOutput:
+    def prompt_ids(self, params: TextParams) -> list[int]:
+        """The task's prompt tokens, refused (UsageError) when empty or too long for the context."""
         prompt_ids = self.encode_prompt(params.prompt)
         if not prompt_ids:
             raise UsageError("prompt encodes to no tokens")
@@ -76,11 +88,11 @@ class TextEngine:
                 f"prompt ({len(prompt_ids)} tokens) + max-new-tokens ({params.max_new_tokens}) "
                 f"exceeds the model's context of {self.max_positions}"
             )
-        with torch.inference_mode():
-            if params.decoding == "beam":
-                tokens, score = self._beam(prompt_ids, params)
-            else:
-                tokens, score = self._incremental(prompt_ids, params), None
+        return prompt_ids
+
+    def _output(
+        self, prompt_ids: list[int], tokens: list[int], score: float | None, profile: ExecutionProfile | None = None
+    ) -> TextOutput:
         finish = "eos" if tokens and tokens[-1] == self.eos_id else "length"
         return TextOutput(
             prompt_ids=prompt_ids,
@@ -88,13 +100,56 @@ class TextEngine:
             text=self.decode(tokens),
             finish_reason=finish,
             model_digest=self.ref.digest,
-            profile=self.profile,
+            profile=profile or self.profile,
             score=score,
         )
 
-    def generate_batch(self, batch: list[TextParams]) -> list[TextOutput]:
-        """Run several tasks; each is computed alone so outputs are batch-invariant."""
-        return [self.generate(p) for p in batch]
+    def generate(self, params: TextParams) -> TextOutput:
+        return self.generate_batch([params])[0]
+
+    def generate_batch(self, batch: list[TextParams], batch_size: int | None = None) -> list[TextOutput]:
+        """Run several tasks, up to `batch_size` (default: all) decoding at once. Every output is
+        the one the task gets alone, whatever else is in the batch."""
+        if batch_size is not None and not 1 <= batch_size <= MAX_BATCH:
+            raise UsageError(f"batch size must be in [1, {MAX_BATCH}], got {batch_size}")
+        prompts = [self.prompt_ids(p) for p in batch]
+        runner = packed_runner(self.model)  # built per call: calibration swaps `model`
+        if runner is None:
+            return [self._serial(ids, p) for ids, p in zip(prompts, batch)]
+        states = [task_state(p, ids, self.eos_id) for p, ids in zip(batch, prompts)]
+        with torch.inference_mode():
+            run_continuous(runner, states, batch_size or min(MAX_BATCH, max(1, len(batch))))
+        return [self._output(ids, s.tokens, s.score) for ids, s in zip(prompts, states)]
+
+    def prefill_logits(self, items: list[tuple[list[int], list[int]]]) -> list[torch.Tensor]:
+        """For each (prompt ids, claimed tokens): the logits predicting each claimed token, from one
+        teacher-forced pass (float32, CPU). All items share one packed pass when the model allows,
+        with each item's logits equal to those of its own pass."""
+        runner = packed_runner(self.model)
+        with torch.inference_mode():
+            if runner is None:
+                return [
+                    self.model(input_ids=torch.tensor([p + t[:-1]], device=self.device))
+                    .logits[0, len(p) - 1 :]
+                    .float()
+                    .cpu()
+                    for p, t in items
+                ]
+            return runner.forward([Sequence(pending=p + t[:-1], want=len(t)) for p, t in items])
+
+    def generate_unpacked(self, params: TextParams) -> TextOutput:
+        """One task through transformers' own forward pass: the path for models the packed pass
+        cannot run, and the serial baseline the benchmarks compare batching with."""
+        return self._serial(self.prompt_ids(params), params)
+
+    def _serial(self, prompt_ids: list[int], params: TextParams) -> TextOutput:
+        with torch.inference_mode():
+            if params.decoding == "beam":
+                tokens, score = self._beam(prompt_ids, params)
+            else:
+                tokens, score = self._incremental(prompt_ids, params), None
+        serial = replace(self.profile, flags={**self.profile.flags, "batching": "serial"})
+        return self._output(prompt_ids, tokens, score, serial)
 
     def _incremental(self, prompt_ids: list[int], p: TextParams) -> list[int]:
         ids = torch.tensor([prompt_ids], device=self.device)
@@ -116,7 +171,6 @@ class TextEngine:
 
     def _beam(self, prompt_ids: list[int], p: TextParams) -> tuple[list[int], float]:
         """Beam search over summed log-probs; ties are broken by lower (beam, token) index."""
-        k = p.num_beams
         res = self.model(input_ids=torch.tensor([prompt_ids], device=self.device), use_cache=True)
         past = res.past_key_values
         logprobs = torch.log_softmax(res.logits[:, -1].float(), dim=-1).cpu()
@@ -124,31 +178,15 @@ class TextEngine:
         scores = torch.zeros(1, dtype=torch.float32)
         finished: list[tuple[float, list[int]]] = []
         for step in range(p.max_new_tokens):
-            cand = (scores[:, None] + logprobs).reshape(-1)
-            order = torch.sort(cand, descending=True, stable=True).indices[: 2 * k]
-            vocab = logprobs.shape[1]
-            keep_beam, keep_tok, keep_score = [], [], []
-            for idx in order.tolist():
-                b, t = divmod(idx, vocab)
-                seq = beams[b] + [t]
-                if t == self.eos_id or step == p.max_new_tokens - 1:
-                    finished.append((float(cand[idx]), seq))
-                else:
-                    keep_beam.append(b)
-                    keep_tok.append(t)
-                    keep_score.append(float(cand[idx]))
-                if len(keep_beam) == k:
-                    break
-            finished.sort(key=lambda f: -f[0])
-            finished = finished[:k]
-            # No running beam can still beat the finished ones: log-probs only go down.
-            if not keep_beam or (len(finished) == k and keep_score[0] <= finished[-1][0]):
+            sel = beam_select(beams, scores, logprobs, finished, step, p, self.eos_id)
+            finished = sel.finished
+            if sel.stop:
                 break
-            beams = [beams[b] + [t] for b, t in zip(keep_beam, keep_tok)]
-            scores = torch.tensor(keep_score, dtype=torch.float32)
-            past.reorder_cache(torch.tensor(keep_beam, device=self.device))
+            beams = [beams[b] + [t] for b, t in zip(sel.keep_beam, sel.keep_tok)]
+            scores = torch.tensor(sel.keep_score, dtype=torch.float32)
+            past.reorder_cache(torch.tensor(sel.keep_beam, device=self.device))
             res = self.model(
-                input_ids=torch.tensor(keep_tok, device=self.device)[:, None], past_key_values=past, use_cache=True
+                input_ids=torch.tensor(sel.keep_tok, device=self.device)[:, None], past_key_values=past, use_cache=True
             )
             past = res.past_key_values
             logprobs = torch.log_softmax(res.logits[:, -1].float(), dim=-1).cpu()

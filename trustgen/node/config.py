@@ -13,6 +13,7 @@ from trustgen.node.adversary import check_mode
 from trustgen.training.adversary import MODES as TRAIN_MODES
 
 ROLES = ("gateway", "worker", "verifier", "trainer")
+MAX_WORKER_BATCH = 64
 
 
 @dataclass
@@ -38,6 +39,7 @@ class NodeConfig:
     verifier_timeout_s: float = 60.0
     adversary: str = ""  # a cheating mode (trustgen.node.adversary), for tests and demonstrations
     delay_s: float = 0.0  # worker: added latency before each execution (fault-injection tests)
+    worker_batch: int = 1  # worker: tasks arriving together run as one engine batch, up to this many
     gossip_interval_s: float = 1.0  # 0: no background rounds (tests and benchmarks drive them)
     gossip_fanout: int = 2
     learn_peers: bool = True  # add peers from NodeJoined entries, not only bootstrap
@@ -66,6 +68,8 @@ class NodeConfig:
         if (self.admissions or self.revocations) and not self.genesis:
             raise UsageError("admissions and revocations need the network's genesis: set `genesis`")
         check_mode(self.adversary)
+        if type(self.worker_batch) is not int or not 1 <= self.worker_batch <= MAX_WORKER_BATCH:
+            raise UsageError(f"worker_batch must be an integer in [1, {MAX_WORKER_BATCH}]")
         if self.gossip_interval_s < 0 or not 1 <= self.gossip_fanout <= 16:
             raise UsageError("gossip_interval_s must be >= 0 and gossip_fanout in [1, 16]")
 

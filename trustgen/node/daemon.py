@@ -153,6 +153,7 @@ class Node:
                     cfg.adversary,
                     cfg.delay_s,
                     self.metrics,
+                    cfg.worker_batch,
                 )
             if "verifier" in cfg.roles:
                 from trustgen.node.verifier_role import VerifierRole

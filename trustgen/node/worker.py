@@ -18,6 +18,7 @@ from trustgen.errors import ModelError, UsageError
 from trustgen.gossip.blobs import BlobStore
 from trustgen.net.auth import RpcError
 from trustgen.node.adversary import worker_cheat
+from trustgen.node.batcher import Batcher
 from trustgen.node.engine_pool import Engines
 from trustgen.node.kinds import TaskKind, task_kind
 
@@ -47,14 +48,17 @@ class WorkerRole:
         adversary: str = "",
         delay_s: float = 0.0,
         metrics: Any = None,
+        batch: int = 1,
     ) -> None:
-        """`adversary`: the node's cheating mode; honest unless it is a worker mode."""
+        """`adversary`: the node's cheating mode; honest unless it is a worker mode. `batch`: up to
+        this many tasks that arrive together run as one engine batch (outputs are unchanged)."""
         self.identity, self.network = identity, network
         self.engines, self.blobs = engines, blobs
         self.cheat = worker_cheat(adversary)
         self.delay_s = delay_s
         self.metrics = metrics
         self.gateways: set[bytes] = set()  # keys allowed to assign work
+        self.batcher = Batcher(engines, batch) if batch > 1 and self.cheat is None else None
 
     def _generate(self, kind: TaskKind, engine: Any, params: Any) -> Any:
         if self.cheat is not None:
@@ -76,7 +80,10 @@ class WorkerRole:
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
         try:
-            out = await self.engines.run(self._generate, kind, engine, params)
+            if self.batcher is not None:
+                out = await self.batcher.generate(engine, params)
+            else:
+                out = await self.engines.run(self._generate, kind, engine, params)
         except UsageError as e:
             raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, str(e)) from None
         blob = kind.engine.blob(out)

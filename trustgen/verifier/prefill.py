@@ -13,9 +13,14 @@ have been chosen:
   beam of the same search; `regenerate` is the exact check for that.
 Termination is checked too: more than max_new_tokens, tokens after end-of-sequence, or a stop
 before max_new_tokens without end-of-sequence are all rejected.
+
+`prefill_check_batch` checks several results with one batched pass; the engine's packed pass is
+batch-invariant, so each verdict (distance and margin included) is the one checking it alone gives.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 
@@ -26,6 +31,7 @@ from trustgen.verifier.fingerprints import text_fingerprint
 from trustgen.verifier.vote import VoteValue, reject
 
 METHOD = "prefill"
+MAX_BATCH_ROWS = 8192  # teacher-forced rows per batched pass; bounds memory however many results wait
 
 
 def _termination(engine: TextEngine, p: TextParams, tokens: list[int]) -> VoteValue | None:
@@ -48,10 +54,7 @@ def _termination(engine: TextEngine, p: TextParams, tokens: list[int]) -> VoteVa
 
 def _logits(engine: TextEngine, p: TextParams, tokens: list[int]) -> torch.Tensor:
     """Logits predicting each claimed token, from one teacher-forced pass."""
-    prompt = engine.encode_prompt(p.prompt)
-    ids = torch.tensor([prompt + tokens[:-1]], device=engine.device)
-    with torch.inference_mode():
-        return engine.model(input_ids=ids).logits[0, len(prompt) - 1 :].float().cpu()
+    return engine.prefill_logits([(engine.encode_prompt(p.prompt), tokens)])[0]
 
 
 def token_gaps(
@@ -69,13 +72,59 @@ def token_gaps(
 
 def prefill_check(engine: TextEngine, p: TextParams, tokens: list[int], tol: float) -> VoteValue:
     """Check claimed `tokens` for task `p` with one forward pass."""
-    fp = text_fingerprint(tokens) if tokens else {}
+    return prefill_check_batch(engine, [(p, tokens)], tol)[0]
+
+
+def _structural(engine: TextEngine, p: TextParams, prompt: list[int], tokens: list[int], fp: dict) -> VoteValue | None:
+    """A rejection that needs no model: bad termination, or more tokens than the context holds."""
     bad = _termination(engine, p, tokens)
     if bad is not None:
         return VoteValue(bad.accept, bad.method, bad.distance, bad.margin, bad.reason, bad.position, fp)
-    if len(engine.encode_prompt(p.prompt)) + len(tokens) > engine.max_positions:
+    if len(prompt) + len(tokens) > engine.max_positions:
         return reject(METHOD, "prompt and output exceed the model's context", fingerprint=fp)
-    logits = _logits(engine, p, tokens)
+    return None
+
+
+def prefill_check_batch(
+    engine: TextEngine, items: Sequence[tuple[TextParams, list[int]]], tol: float | Sequence[float]
+) -> list[VoteValue]:
+    """Check several (task, claimed tokens) pairs, sharing batched passes of at most
+    MAX_BATCH_ROWS rows; `tol` is one tolerance for all or one per item."""
+    tols = [float(tol)] * len(items) if isinstance(tol, (int, float)) else [float(t) for t in tol]
+    if len(tols) != len(items):
+        raise ValueError(f"{len(tols)} tolerances for {len(items)} results")
+    verdicts: list[VoteValue | None] = []
+    todo: list[tuple[int, list[int]]] = []
+    fps = [text_fingerprint(tokens) if tokens else {} for _, tokens in items]
+    for i, (p, tokens) in enumerate(items):
+        prompt = engine.encode_prompt(p.prompt)
+        bad = _structural(engine, p, prompt, tokens, fps[i])
+        verdicts.append(bad)
+        if bad is None:
+            todo.append((i, prompt))
+    for group in _groups(todo, [len(prompt) + len(items[i][1]) for i, prompt in todo]):
+        logits = engine.prefill_logits([(prompt, items[i][1]) for i, prompt in group])
+        for (i, _), lg in zip(group, logits):
+            p, tokens = items[i]
+            verdicts[i] = _judge(engine, p, tokens, lg, tols[i], fps[i])
+    return [v for v in verdicts if v is not None]
+
+
+def _groups(todo: list[tuple[int, list[int]]], rows: list[int]) -> list[list[tuple[int, list[int]]]]:
+    groups: list[list[tuple[int, list[int]]]] = [[]]
+    used = 0
+    for item, n in zip(todo, rows):
+        if groups[-1] and used + n > MAX_BATCH_ROWS:
+            groups.append([])
+            used = 0
+        groups[-1].append(item)
+        used += n
+    return groups if groups[0] else []
+
+
+def _judge(
+    engine: TextEngine, p: TextParams, tokens: list[int], logits: torch.Tensor, tol: float, fp: dict
+) -> VoteValue:
     if p.decoding in ("greedy", "sample"):
         why = "token is not the argmax" if p.decoding == "greedy" else "token is not the seeded sample"
         return _verdict(token_gaps(engine, p, tokens, logits), tol, fp, why)
