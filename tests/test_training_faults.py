@@ -7,6 +7,7 @@ checkpoints, and each node's directory audits clean."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import sqlite3
@@ -103,6 +104,13 @@ def test_trainer_verifier_and_gateway_killed_mid_job(tmp_path) -> None:
         # Replay from the gateway's directory alone recomputes every finalised checkpoint.
         r = run_cli("train", "replay", str(root / "gateway"), "--job", jid, "--json")
         assert r.returncode == 0, r.stdout + r.stderr
+        # An operator restarts one node by name; a name the cluster lacks is one line, exit 2.
+        r = run_cli("cluster", "restart", "trainer-2", "--dir", str(root), "--json")
+        assert r.returncode == 0, r.stderr
+        back = json.loads(r.stdout)
+        assert back["pid"] != ready["trainer-2"]["pid"] and back["address"] == ready["trainer-2"]["address"]
+        r = run_cli("cluster", "restart", "trainer-9", "--dir", str(root))
+        assert r.returncode == 2 and "no node 'trainer-9'" in r.stderr and "Traceback" not in r.stderr
     finally:
         for t in taps.values():
             t.close()

@@ -101,6 +101,22 @@ def cluster_status(
         out.print(f"{n['name']:<12} {','.join(n['roles']):<10} {n['address']:<22} {state} {n['adversary']}")
 
 
+@cluster_app.command("restart")
+def cluster_restart(
+    name: str = typer.Argument(..., help="The node's name (gateway, worker-1, verifier-2, trainer-1, ...)."),
+    dir: pathlib.Path = typer.Option(..., "--dir"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Restart one node of a local cluster on its address; its ledger and keys stay."""
+    from trustgen.node import cluster
+
+    info = cluster.restart(dir, name)
+    if as_json:
+        emit({"name": name, **info}, True)
+    else:
+        out.print(f"{name:<12} {info['address']:<22} pid {info['pid']}", highlight=False)
+
+
 @cluster_app.command("down")
 def cluster_down(dir: pathlib.Path = typer.Option(..., "--dir"), as_json: bool = typer.Option(False, "--json")) -> None:
     """Stop every node of a local cluster (SIGTERM, then SIGKILL after 15 s)."""

@@ -244,6 +244,24 @@ def down(root: pathlib.Path, timeout: float = 15.0) -> int:
     return len(pids)
 
 
+def restart(root: pathlib.Path, name: str, timeout: float = 15.0) -> dict[str, Any]:
+    """Stop one node of the cluster (SIGTERM, then SIGKILL after `timeout`) and start it again on
+    its pinned address; returns its ready info once it serves (and, if it joins a gateway, has)."""
+    d = pathlib.Path(root) / name
+    if not (d / "node.toml").is_file():
+        known = ", ".join(x.name for x in node_dirs(pathlib.Path(root))) or "none"
+        raise ClusterError(f"no node {name!r} in {root} (nodes: {known})")
+    info = ready_info(d)
+    if info and _alive(info["pid"]):
+        os.kill(info["pid"], signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and _alive(info["pid"]):
+            time.sleep(0.05)
+        if _alive(info["pid"]):
+            os.kill(info["pid"], signal.SIGKILL)
+    return wait_ready(d, start(d))
+
+
 def ledger_heads(node_dir: pathlib.Path) -> dict[bytes, int]:
     """A running node's feed heads, read from its ledger file without disturbing it."""
     import sqlite3
