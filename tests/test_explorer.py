@@ -13,9 +13,8 @@ import pytest
 pytest.importorskip("starlette")
 from starlette.testclient import TestClient  # noqa: E402
 
-from tests.consensus_fixtures import NET, build, ident  # noqa: E402
+from tests.consensus_fixtures import NET, build  # noqa: E402
 from tests.test_audit_replicas import run_task  # noqa: E402
-from trustgen.consensus import ledger as ledger_mod  # noqa: E402
 from trustgen.consensus.audit_incremental import audit_incremental  # noqa: E402
 from trustgen.consensus.ledger import Ledger  # noqa: E402
 from trustgen.explorer.app import create_app  # noqa: E402
@@ -116,27 +115,6 @@ def test_hostile_requests_get_a_clear_answer(shared_client, url, status):
     r = shared_client.get(url)
     assert r.status_code == status, r.text[:300]
     assert "Traceback" not in r.text
-
-
-def test_training_pages_render_whatever_training_entries_exist(node_dir, monkeypatch):
-    """The network training entries are defined elsewhere: any entry of those types that names a
-    job is listed, and checkpoint losses are plotted."""
-    d, scen = node_dir
-    monkeypatch.setitem(
-        ledger_mod.ENTRY_SCHEMAS, "CheckpointFinalized", {"job": "bytes32", "step": "int", "heldout_loss": "float"}
-    )
-    monkeypatch.setitem(ledger_mod.ENTRY_SCHEMAS, "TrainingUpdate", {"job": "bytes32", "round": "int"})
-    job = hashlib.sha256(b"job").digest()
-    led = Ledger(d / "ledger.db", NET, ident(1))
-    for step, loss in enumerate([4.0, 3.5, 3.2, 3.1]):
-        led.append("TrainingUpdate", {"job": job, "round": step})
-        led.append("CheckpointFinalized", {"job": job, "step": step, "heldout_loss": loss})
-    led.close()
-    client = TestClient(create_app(d))
-    assert job.hex() in client.get("/training").text
-    page = client.get(f"/training/{job.hex()}")
-    assert page.status_code == 200 and "<svg" in page.text and "held-out loss 3.1000" in page.text
-    assert "CheckpointFinalized 4" in text(page.text)
 
 
 def test_explorer_cli_refuses_bad_input(tmp_path):

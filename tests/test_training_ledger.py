@@ -421,3 +421,21 @@ def test_the_audit_is_pure_over_entries(clean: pathlib.Path) -> None:
     bad = [e for e in entries if e.type != "TrainingUpdate"]
     codes = {v.code for v in audit_training(bad, network).violations}
     assert "verdicts_mismatch" in codes
+
+
+def test_the_explorer_shows_the_job_its_rounds_and_losses(world: World, clean: pathlib.Path) -> None:
+    """The explorer's training pages read the real entries: the job by its id, every entry type
+    of its rounds, and the finalised checkpoints' held-out losses as a plot."""
+    pytest.importorskip("starlette")
+    from starlette.testclient import TestClient
+
+    from trustgen.explorer.app import create_app
+
+    client = TestClient(create_app(clean))
+    jid = world.spec.id.hex()
+    assert jid in client.get("/training").text
+    page = client.get(f"/training/{jid}")
+    assert page.status_code == 200 and "<svg" in page.text
+    for kind in ("TrainingJobAccepted", "TrainingUpdate", "UpdateCheck", "CheckpointProposed", "CheckpointFinalized"):
+        assert kind in page.text
+    assert client.get(f"/search?q={jid}").status_code == 200

@@ -9,13 +9,15 @@ far it has been verified.
 
 from __future__ import annotations
 
+import hashlib
 import pathlib
 import sqlite3
 import threading
 from typing import Any
 
 from trustgen.consensus.audit import find_ledgers
-from trustgen.consensus.encoding import EncodingError, decode
+from trustgen.consensus.domains import TRAINING_JOB
+from trustgen.consensus.encoding import EncodingError, decode, encode
 from trustgen.consensus.ledger import parse_entry
 from trustgen.consensus.messages import MessageError, Signed, parse_payload
 from trustgen.errors import TrustgenError
@@ -69,25 +71,32 @@ def peek(data: bytes, msg_type: str, network: str) -> Signed | None:
         return None
 
 
-def _job_of(body: dict[str, Any]) -> bytes | None:
-    for key in ("job", "job_id"):
-        v = body.get(key)
-        if isinstance(v, bytes):
-            return v
-    return None
+# Where each training entry keeps its job id and held-out loss: (field, message type inside it).
+_TRAINING_WIRES = {
+    "TrainingUpdate": ("update", "DeltaUpdate"),
+    "UpdateCheck": ("check", "UpdateCheck"),
+    "CheckpointProposed": ("checkpoint", "TrainingCheckpoint"),
+    "CheckpointFinalized": ("checkpoint", "TrainingCheckpoint"),
+}
 
 
-def _loss_of(body: dict[str, Any]) -> float | None:
-    """`heldout_loss` of a checkpoint entry, directly or inside a signed checkpoint it carries."""
-    v = body.get("heldout_loss")
-    if isinstance(v, (int, float)) and not isinstance(v, bool):
-        return float(v)
-    for inner in body.values():
-        if isinstance(inner, dict):
-            found = _loss_of(inner)
-            if found is not None:
-                return found
-    return None
+def training_ref(entry_type: str, body: dict[str, Any], network: str) -> tuple[bytes | None, float | None]:
+    """The job a training entry belongs to and the held-out loss it records (None when it records
+    none, or the entry does not parse). A TrainingJobAccepted names its job by the signed spec."""
+    if entry_type == "TrainingJobAccepted":
+        job = peek(body.get("job", b""), "TrainingJob", network)
+        if job is None or not isinstance(job.body.get("spec"), dict):
+            return None, None
+        try:
+            return hashlib.sha256(TRAINING_JOB + encode(job.body["spec"])).digest(), None
+        except (EncodingError, TypeError, ValueError):
+            return None, None
+    field, msg_type = _TRAINING_WIRES[entry_type]
+    inner = peek(body.get(field, b""), msg_type, network)
+    if inner is None or not isinstance(inner.body.get("job"), bytes):
+        return None, None
+    loss = inner.body.get("heldout_loss")
+    return inner.body["job"], float(loss) if isinstance(loss, float) else None
 
 
 class LedgerIndex:
@@ -208,9 +217,9 @@ class LedgerIndex:
             if b["kind"] == "equivocation":
                 self.db.execute("INSERT INTO marks VALUES (?, ?, 0, 10)", (b["subject"], idx))
         elif e.type in TRAINING_TYPES:
-            job = _job_of(b)
+            job, loss = training_ref(e.type, b, net)
             if job is not None:
-                self.db.execute("INSERT INTO training VALUES (?, ?, ?, ?)", (job, e.type, idx, _loss_of(b)))
+                self.db.execute("INSERT INTO training VALUES (?, ?, ?, ?)", (job, e.type, idx, loss))
                 self._id(job, "job", job.hex())
 
     def _vote(self, vb: dict[str, Any], idx: int) -> None:
