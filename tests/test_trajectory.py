@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import pathlib
 import random
 
 import numpy as np
@@ -205,3 +206,52 @@ def test_verify_cli_trajectory(tmp_path):
     traj_file.write_bytes(bytes(data))
     bad = run_cli("verify", str(tmp_path / "r.json"), "--method", "trajectory", "--json")
     assert bad.returncode == 1 and "commitment" in json.loads(bad.stdout)["reason"]
+
+
+def test_calibration_fits_on_one_split_and_judges_the_other():
+    """The report's arithmetic on pairs with known distances: tolerances come from the fit split
+    only, held-out rates are counted from votes, and partial fakes match the formula."""
+    from trustgen.verifier.calibrate_traj import MARGIN, Pair, report
+
+    rng = random.Random(0)
+
+    def pair(kind, split, per_step, faked=0, structural=""):
+        return Pair(kind, split, structural, not structural, per_step, 0.0, rng.randbytes(32), faked)
+
+    pairs = []
+    for i in range(40):
+        split = "fit" if i % 2 == 0 else "heldout"
+        noise = 1e-4 if split == "fit" else 3e-4  # held-out honest errors larger than any fitted
+        pairs += [
+            pair("same_profile", split, [0.0] * 20),
+            pair("weight_noise_1e-4", split, [noise] * 20),
+            pair("bfloat16", split, [0.02] * 20),
+            pair("other_seed", split, [], structural="noise"),
+            pair("quantised_model", split, [0.01] * 20),
+            pair("faked_middle_step", split, [0.0] * 10 + [0.05] + [0.0] * 9, faked=1),
+        ]
+    rep = report(pairs, checks=2, steps=20)
+    assert rep["fitted_tolerance"]["same_dtype"] == pytest.approx((1 + MARGIN) * 1e-4)
+    assert rep["fitted_tolerance"]["cross_dtype"] == pytest.approx((1 + MARGIN) * 0.02)
+    held = rep["heldout"]["trajectory"]
+    assert held["weight_noise_1e-4"]["accept_rate"] == 0.0  # 3e-4 > 2e-4: the margin was too thin
+    assert held["bfloat16"]["accept_rate"] == 1.0 and held["same_profile"]["accept_rate"] == 1.0
+    assert held["quantised_model"]["accept_rate"] == 0.0 and held["other_seed"]["accept_rate"] == 0.0
+    assert rep["heldout"]["trajectory_claiming_bfloat16"]["quantised_model"]["accept_rate"] == 1.0
+    assert rep["heldout_step_false_reject"]["k"] == 20 * 20
+    d = rep["detection"]["faked_middle_step"]
+    assert d["formula"] == pytest.approx(0.1) and d["formula_within_ci"], d
+
+
+@pytest.mark.slow
+def test_calibration_end_to_end(tmp_path):
+    from trustgen.verifier.calibrate_traj import calibrate_trajectory, write_report
+
+    rep = calibrate_trajectory(2, steps=3)
+    exact = rep["heldout"]["trajectory_exact"]
+    assert exact["same_profile"]["accept_rate"] == 1.0
+    full_fakes = ("other_seed", "other_sampler", "other_model", "fewer_steps", "quantised_model", "colour_only_prompt")
+    assert all(exact[k]["accept_rate"] == 0.0 for k in full_fakes)
+    assert all(rep["heldout"]["trajectory"][k]["accept_rate"] == 1.0 for k in ("threads", "bfloat16"))
+    files = write_report(rep, tmp_path)
+    assert all(pathlib.Path(f).stat().st_size > 0 for f in files.values())

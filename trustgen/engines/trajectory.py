@@ -276,8 +276,8 @@ class Replay:
 def replay(engine: Any, p: ImageParams, traj: Trajectory, chosen: set[int]) -> Replay:
     """Re-execute a committed trajectory: the initial latent from the task's seed (exact: drawn on
     the CPU), every scheduler step from the committed tensors (cheap arithmetic), the model at the
-    `chosen` steps only, and the decoder on the final latent. The caller has checked that the
-    trajectory's step count and shapes fit the task (`expected_layout`)."""
+    `chosen` steps only, and the decoder on the final latent. TrajectoryError when the
+    trajectory's step count or latent shape is not the task's."""
     pipe = engine.pipe
     model = sampling_model(pipe)
     engine._set_scheduler(p.scheduler)
@@ -287,9 +287,14 @@ def replay(engine: Any, p: ImageParams, traj: Trajectory, chosen: set[int]) -> R
     dtype = traj.latents[0].dtype
     if model.timesteps_first:
         sched.set_timesteps(p.steps, device=device)
-    noise_exact = torch.equal(model.initial_latents(pipe, p, generator, dtype), traj.latents[0])
+    noise = model.initial_latents(pipe, p, generator, dtype)
     if not model.timesteps_first:
         sched.set_timesteps(p.steps, device=device)
+    if len(sched.timesteps) != traj.steps:
+        raise TrajectoryError(f"trajectory has {traj.steps} steps; the task takes {len(sched.timesteps)}")
+    if noise.shape != traj.latents[0].shape:
+        raise TrajectoryError(f"trajectory latents are {tuple(traj.latents[0].shape)}, the task's {tuple(noise.shape)}")
+    noise_exact = torch.equal(noise, traj.latents[0])
     ctx = model.context(pipe, p) if chosen else None
     extra = step_kwargs(sched, generator)
     checks: list[StepCheck] = []
@@ -312,12 +317,3 @@ def replay(engine: Any, p: ImageParams, traj: Trajectory, chosen: set[int]) -> R
         chain_max = max(chain_max, d)
     pixels = model.decode(pipe, traj.latents[-1].to(device=device, dtype=unet_dtype))
     return Replay(noise_exact, checks, chain_max, chain_exact, first_break, pixels)
-
-
-def expected_layout(engine: Any, p: ImageParams) -> tuple[int, tuple[int, ...]]:
-    """(number of scheduler steps, latent shape) an honest trajectory of task `p` has."""
-    engine._set_scheduler(p.scheduler)
-    engine.pipe.scheduler.set_timesteps(p.steps, device="cpu")
-    steps = len(engine.pipe.scheduler.timesteps)
-    shape = sampling_model(engine.pipe).initial_latents(engine.pipe, p, torch.Generator().manual_seed(0), torch.float32)
-    return steps, tuple(shape.shape)

@@ -35,7 +35,7 @@ import torch
 from trustgen.engines.generate import load_engine
 from trustgen.engines.params import SCHEDULERS, ImageParams
 from trustgen.engines.pixel_pipeline import step_kwargs
-from trustgen.engines.trajectory import Replay, Trajectory, expected_layout, replay, sampling_model
+from trustgen.engines.trajectory import Replay, Trajectory, TrajectoryError, replay, sampling_model
 from trustgen.verifier import policy
 from trustgen.verifier.calibrate import (
     COLORS,
@@ -122,10 +122,10 @@ def sample_faking(engine: Any, p: ImageParams, faked: set[int]) -> tuple[np.ndar
 def _measure(verifier: Any, p: ImageParams, pixels: np.ndarray, traj: Trajectory) -> tuple[str, bool, list[float]]:
     """(structural rejection or "", all exact, per-step relative L2): the cheap replay first (no
     model), the model at every step only for claims that pass it."""
-    steps, shape = expected_layout(verifier, p)
-    if traj.steps != steps or tuple(traj.latents[0].shape) != shape:
+    try:
+        cheap: Replay = replay(verifier, p, traj, set())
+    except TrajectoryError:
         return "layout", False, []
-    cheap: Replay = replay(verifier, p, traj, set())
     same_pixels = cheap.pixels.shape == pixels.shape and bool(np.array_equal(cheap.pixels, pixels))
     exact_ok = cheap.noise_exact and cheap.chain_exact and same_pixels
     if not cheap.noise_exact:
@@ -137,7 +137,7 @@ def _measure(verifier: Any, p: ImageParams, pixels: np.ndarray, traj: Trajectory
         or distance(image_fingerprint(cheap.pixels), image_fingerprint(pixels)) > policy.PHASH_THRESHOLD
     ):
         return "decode", False, []
-    full = replay(verifier, p, traj, set(range(steps)))
+    full = replay(verifier, p, traj, set(range(traj.steps)))
     return "", exact_ok, [s.rel_l2 for s in full.steps]
 
 
@@ -217,6 +217,11 @@ def collect(
         if on_sample is not None:
             on_sample(pairs[start:])
     return pairs
+
+
+def _pooled(flags: list[bool]) -> dict[str, Any]:
+    k, n = sum(flags), len(flags)
+    return {"k": k, "n": n, "rate": k / n if n else None, "ci95": _wilson(k, n)}
 
 
 def _fit(pairs: list[Pair]) -> dict[str, float]:
@@ -318,6 +323,20 @@ def report(pairs: list[Pair], checks: int, steps: int) -> dict[str, Any]:
             for cls in ("same_dtype", "cross_dtype")
         },
         "heldout_honest_step_comparisons": len(held_honest),
+        # Each honest step comparison judged alone against its class's tolerance: the per-step
+        # false-reject rate the vote's rate rests on (a vote checks c of them).
+        "heldout_step_false_reject": _pooled(
+            [d > tol[q.tol_class] for q in held if q.honest and q.kind != "same_profile" for d in q.step_rel_l2]
+        ),
+        "heldout_pooled": {
+            "trajectory_honest_other_profiles_false_reject": _pooled(
+                [not traj_judge(q, os.urandom(32)) for q in held if q.kind in other_profiles]
+            ),
+            "trajectory_exact_full_fakes_false_accept": _pooled(
+                [exact_judge(q, os.urandom(32)) for q in held if not q.honest and not q.faked]
+            ),
+            "phash_honest_false_reject": _pooled([not phash_judge(q, b"") for q in held if q.honest]),
+        },
         "heldout": {
             "trajectory": _rates(held, traj_judge),
             "trajectory_exact": _rates([q for q in held if q.kind not in other_profiles], exact_judge),
