@@ -24,6 +24,7 @@ from trustgen.verifier.trajectory import (
     challenge,
     check_trajectory,
     checks_for,
+    choose_method,
     commitment,
     detection_probability,
 )
@@ -169,6 +170,8 @@ def test_challenge_and_detection_probability():
     drawn = sum(audit_draw(b"beacon", rng.randbytes(32), 0.1) for _ in range(5000))
     lo, hi = _wilson(drawn, 5000, z=4.0)
     assert lo <= 0.1 <= hi and not audit_draw(b"b", b"t", 0.0) and audit_draw(b"b", b"t", 1.0)
+    assert choose_method(False, b"b", b"t") == "regenerate" and choose_method(True, b"b", b"t", 0.0) == "trajectory"
+    assert choose_method(True, b"b", b"t", 1.0) == "regenerate"
     assert math.isclose(sum(detection_probability(20, 20, c) for c in (1, 2)), 2.0)
 
 

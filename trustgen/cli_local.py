@@ -171,7 +171,9 @@ def audit(
 def verify(
     result: pathlib.Path = typer.Argument(..., help="A result written by `trustgen generate --json`."),
     method: str | None = typer.Option(
-        None, help="Text: prefill (default) | regenerate. Images: regenerate (default) | trajectory."
+        None,
+        help="Text: prefill (default) | regenerate. Images: regenerate (default) | trajectory | auto "
+        "(trajectory, a sampled fraction re-generated in full).",
     ),
     checks: int = typer.Option(2, "--checks", help="Trajectory: denoising steps to re-execute."),
     beacon: str | None = typer.Option(

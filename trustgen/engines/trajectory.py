@@ -39,7 +39,9 @@ TRAJECTORY_LEAF = b"trustgen/trajectory-leaf/v1\0"
 LATENT, OUTPUT = 0, 1
 # Storage dtypes a trajectory may hold (what the engine's dtypes produce); anything else is refused.
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-MAX_FILE_BYTES = 512 << 20  # a 200-step 1024x1024 SD trajectory is ~0.3 GiB in float32
+# A 200-step SD trajectory at 1024x1024 (128x128x4 latents) is ~105 MB in float32; pixel-space
+# models that large would not fit and are verified by regeneration instead.
+MAX_FILE_BYTES = 512 << 20
 
 
 class TrajectoryError(ValueError):

@@ -100,6 +100,15 @@ def audit_draw(beacon: bytes, task_id: bytes, fraction: float) -> bool:
     return int.from_bytes(h[:8], "little") < fraction * 2**64
 
 
+def choose_method(has_commitment: bool, beacon: bytes, task_id: bytes, fraction: float = policy.AUDIT_FRACTION) -> str:
+    """The method for one image task: the trajectory check, except for results without a
+    commitment and for the audited fraction (drawn from the beacon, so the worker cannot know
+    which), which are re-generated in full."""
+    if not has_commitment or audit_draw(beacon, task_id, fraction):
+        return "regenerate"
+    return METHOD
+
+
 def same_numerics(claimed: Any, own: Any) -> bool:
     """Whether a claimed profile (untrusted dict) has the verifier's numerics (bit-equal expected)."""
     if not isinstance(claimed, dict):

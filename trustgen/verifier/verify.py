@@ -6,6 +6,7 @@ claimed tokens or pixels, the model is resolved by digest, and only then is the 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pathlib
@@ -19,11 +20,11 @@ from trustgen.errors import TrustgenError, UsageError
 from trustgen.verifier import policy
 from trustgen.verifier.prefill import prefill_check
 from trustgen.verifier.reexec import regenerate_image, regenerate_text
-from trustgen.verifier.trajectory import check_trajectory
+from trustgen.verifier.trajectory import check_trajectory, choose_method
 from trustgen.verifier.vote import VoteValue, reject
 
 TEXT_METHODS = ("prefill", "regenerate")
-IMAGE_METHODS = ("regenerate", "trajectory")
+IMAGE_METHODS = ("regenerate", "trajectory", "auto")
 
 
 def load_result(path: pathlib.Path) -> dict[str, Any]:
@@ -90,6 +91,8 @@ def verify_image(
     chosen by `beacon` (fresh randomness when None: the worker must not know it in advance)."""
     if method not in IMAGE_METHODS:
         raise UsageError(f"unknown image method {method!r}; choose one of {', '.join(IMAGE_METHODS)}")
+    if not 1 <= checks <= MAX_STEPS:
+        raise UsageError(f"checks must be in [1, {MAX_STEPS}], got {checks}")
     p = _params(ImageParams, result["task"])
     if pixels is None:
         path = _local_path(result.get("image_path"), base, "image")
@@ -97,6 +100,10 @@ def verify_image(
             pixels = read_png(path.read_bytes())
         except (OSError, ValueError) as e:
             raise UsageError(f"cannot read the result image {path}: {e}") from None
+    beacon = os.urandom(32) if beacon is None else beacon
+    if method == "auto":  # the network's policy: trajectory, with a sampled fraction audited in full
+        task_id = hashlib.sha256(json.dumps(p.to_dict(), sort_keys=True).encode()).digest()
+        method = choose_method(isinstance(result.get("trajectory"), dict), beacon, task_id)
     label = "trajectory" if method == "trajectory" else "phash"
     if image_digest(pixels) != result["output_digest"]:
         return reject(label, "output digest does not match the image pixels")
@@ -112,9 +119,6 @@ def verify_image(
         traj = Trajectory.load(_local_path(commit.get("path"), base, "trajectory"))
     except TrajectoryError as e:
         return reject(label, str(e))
-    if not 1 <= checks <= MAX_STEPS:
-        raise UsageError(f"checks must be in [1, {MAX_STEPS}], got {checks}")
-    beacon = os.urandom(32) if beacon is None else beacon
     return check_trajectory(
         engine, p, pixels, result["output_digest"], commit, traj, result.get("profile"), beacon, checks
     )
