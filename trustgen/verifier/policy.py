@@ -27,8 +27,10 @@ TRAJ_CHECKS = 2
 # Across execution profiles: the largest relative L2 between a re-executed and a committed model
 # output, by whether the claimed dtype is the verifier's, and between a recomputed and a committed
 # scheduler step (docs/calibration.md: fitted on one split, judged on another).
-TRAJ_OUTPUT_REL_L2_SAME_DTYPE = 1e-3
-TRAJ_OUTPUT_REL_L2_CROSS_DTYPE = 0.06
+# Fitted on 47 tasks, twice the largest honest value: float32 elsewhere 1.5e-3 (held-out max 9.2e-4),
+# bfloat16 0.054 (held-out max 0.059); int8-quantised models start at 9.6e-3.
+TRAJ_OUTPUT_REL_L2_SAME_DTYPE = 3e-3
+TRAJ_OUTPUT_REL_L2_CROSS_DTYPE = 0.11
 TRAJ_CHAIN_REL_L2 = 1e-3
 # Fraction of image tasks verified by full regeneration instead (audits of the cheap path).
 AUDIT_FRACTION = 0.1
