@@ -24,7 +24,7 @@ from trustgen.consensus.encoding import MAGIC, encode
 from trustgen.consensus.identity import Identity
 from trustgen.consensus.ledger import ENTRY_SCHEMAS, entry_hash
 from trustgen.consensus.messages import SCHEMAS, MessageError, Signed, message_id, open_payload, open_wire, sign
-from trustgen.engines import outputs, sampling
+from trustgen.engines import outputs, sampling, trajectory
 from trustgen.engines.registry import model_digest
 from trustgen.errors import UsageError
 from trustgen.gossip import session
@@ -169,6 +169,7 @@ def test_every_domain_tag_in_use_is_the_listed_one(tmp_path: pathlib.Path) -> No
     assert session._PERSON == domains.GOSSIP_SESSION
     assert sampling._NOISE_DOMAIN == domains.GUMBEL_NOISE
     assert outputs.TEXT_DOMAIN == domains.TEXT_OUTPUT and outputs.IMAGE_DOMAIN == domains.IMAGE_OUTPUT
+    assert trajectory.TRAJECTORY_LEAF == domains.TRAJECTORY_LEAF
     assert model_digest(tmp_path) == "sha256:" + hashlib.sha256(domains.MODEL_MANIFEST).hexdigest()
     # Training imports its tags from domains.py under its own names.
     assert spec.JOB_DOMAIN == domains.TRAINING_JOB

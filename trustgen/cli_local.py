@@ -96,10 +96,19 @@ def generate_image(
     device: str = typer.Option("cpu", help="cpu | cuda | auto"),
     dtype: str = typer.Option("float32", help="float32 | bfloat16 | float16"),
     threads: int | None = typer.Option(None, help="CPU threads (recorded in the profile)."),
+    trajectory: bool = typer.Option(
+        False, "--trajectory", help="Record the denoising trajectory (NAME.traj.safetensors) and commit to it."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Generate an image locally with controlled determinism."""
     from trustgen.engines.generate import run_image
+
+    commit = None
+    if trajectory:
+        from trustgen.verifier.trajectory import commitment
+
+        commit = commitment
 
     params = task_params(
         "image",
@@ -111,7 +120,7 @@ def generate_image(
         width=width,
         scheduler=scheduler,
     )
-    result = run_image(model, params, output, device=device, dtype=dtype, threads=threads)
+    result = run_image(model, params, output, commit, device=device, dtype=dtype, threads=threads)
     if as_json:
         emit(result, True)
     else:
@@ -308,13 +317,23 @@ def explorer(
 
 def verify(
     result: pathlib.Path = typer.Argument(..., help="A result written by `trustgen generate --json`."),
-    method: str = typer.Option("prefill", help="Text: prefill | regenerate. Images always re-generate."),
+    method: str | None = typer.Option(
+        None,
+        help="Text: prefill (default) | regenerate. Images: regenerate (default) | trajectory | auto "
+        "(trajectory, a sampled fraction re-generated in full).",
+    ),
+    checks: int = typer.Option(2, "--checks", help="Trajectory: denoising steps to re-execute."),
+    beacon: str | None = typer.Option(
+        None, "--beacon", help="Trajectory: 64 hex digits choosing the steps (default: fresh randomness)."
+    ),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Re-check a result. Exit 0 on accept, 1 on reject, 2 on bad input."""
     from trustgen.verifier.verify import verify_file
 
-    vote = verify_file(result, method)
+    if beacon is not None and not (len(beacon) == 64 and all(c in "0123456789abcdefABCDEF" for c in beacon)):
+        raise TrustgenError("--beacon must be 64 hex digits")
+    vote = verify_file(result, method, bytes.fromhex(beacon) if beacon else None, checks)
     if as_json:
         emit(vote.to_dict(), True)
     else:
@@ -332,6 +351,10 @@ def calibrate(
     samples: int = typer.Option(20, "--samples", help="Tasks to sample."),
     out_dir: pathlib.Path = typer.Option(pathlib.Path("calibration"), "--out"),
     model: str | None = typer.Option(None, help="Model (default: the embedded one)."),
+    trajectory: bool = typer.Option(
+        False, "--trajectory", help="Images: calibrate trajectory checks and pHash with a held-out split."
+    ),
+    steps: int = typer.Option(20, "--steps", help="With --trajectory: denoising steps per task."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Measure honest vs dishonest distances, choose thresholds, report error rates."""
@@ -343,6 +366,9 @@ def calibrate(
     if not 1 <= samples <= 10_000:
         raise TrustgenError("samples must be in [1, 10000]")
     quiet_libraries()
+    if trajectory:
+        _calibrate_trajectory(task.name, samples, steps, model or task.engine.default_model, out_dir, as_json)
+        return
     rep = task.calibrate(samples, model or task.engine.default_model)
     files = write_report(rep, out_dir)
     summary = {k: rep[k] for k in ("kind", "samples", "honest_pairs", "dishonest_pairs", "rates")}
@@ -378,3 +404,31 @@ def calibrate(
         f"{r['majority3_false_accept']:.6%}, false reject {r['majority3_false_reject']:.6%}"
     )
     out.print(f"wrote {files['json']} and {files['png']}")
+
+
+def _calibrate_trajectory(
+    kind: str, samples: int, steps: int, model: str, out_dir: pathlib.Path, as_json: bool
+) -> None:
+    from trustgen.engines.params import MAX_STEPS
+    from trustgen.verifier.calibrate_traj import calibrate_trajectory, write_report
+
+    if kind != "image":
+        raise TrustgenError("--trajectory calibrates image verification; use kind image")
+    if not 2 <= steps <= MAX_STEPS:
+        raise TrustgenError(f"steps must be in [2, {MAX_STEPS}]")
+    rep = calibrate_trajectory(samples, model, steps)
+    files = write_report(rep, out_dir)
+    summary = {k: rep[k] for k in ("samples", "steps", "checks", "fitted_tolerance", "phash_threshold", "detection")}
+    summary["heldout_accept_rates"] = {
+        method: {k: v["accept_rate"] for k, v in rates.items()} for method, rates in rep["heldout"].items()
+    }
+    summary["files"] = files
+    if as_json:
+        emit(summary, True)
+        return
+    for method, rates in summary["heldout_accept_rates"].items():
+        out.print(f"{method}: " + ", ".join(f"{k} {v:.0%}" for k, v in rates.items()), highlight=False)
+    for k, d in rep["detection"].items():
+        if "formula" in d:
+            out.print(f"{k}: detected {d['measured']} (formula {d['formula']}, 95% CI {d['measured_ci95']})")
+    out.print(f"wrote {', '.join(files.values())}")

@@ -43,8 +43,20 @@ GUMBEL_NOISE = b"trustgen/gumbel/v1"
 TEXT_OUTPUT = b"trustgen/text-output/v1\0"
 # Image output digest = sha256(IMAGE_OUTPUT ‖ u32le height, width, channels ‖ HWC uint8 pixels).
 IMAGE_OUTPUT = b"trustgen/image-output/v1\0"
+# Denoising trajectory leaf = sha256(TRAJECTORY_LEAF ‖ u32le role (0 latent, 1 model output) ‖ u32le
+# index ‖ u8 len ‖ dtype name ‖ u8 ndim ‖ u32le dims ‖ raw little-endian bytes); the RFC 6962 root
+# over the leaves is the trajectory commitment of an image result.
+TRAJECTORY_LEAF = b"trustgen/trajectory-leaf/v1\0"
 # Model digest = sha256(MODEL_MANIFEST ‖ one "path\0size\0sha256hex\n" line per file).
 MODEL_MANIFEST = b"trustgen/model-manifest/v1\n"
+
+# -- verification (verifier/) ---------------------------------------------------------------------
+
+# Steps a trajectory check re-executes: sha256(TRAJECTORY_CHALLENGE ‖ beacon ‖ root ‖ output digest
+# ‖ u32le counter) drives a partial Fisher-Yates shuffle of the step indices.
+TRAJECTORY_CHALLENGE = b"trustgen/trajectory-challenge/v1\0"
+# Audit draw: sha256(VERIFY_AUDIT ‖ beacon ‖ task id)[:8] / 2^64 < audit fraction -> full regeneration.
+VERIFY_AUDIT = b"trustgen/verify-audit/v1\0"
 
 # -- training (training/; verifiable training jobs, docs/protocol.md section 15) ---------------------
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+from contextlib import nullcontext
 from typing import Any
 
 import diffusers
@@ -22,6 +23,7 @@ from trustgen.engines.outputs import ImageOutput
 from trustgen.engines.params import ImageParams
 from trustgen.engines.pixel_pipeline import PixelTextToImagePipeline, to_uint8
 from trustgen.engines.registry import ModelRef
+from trustgen.engines.trajectory import recording
 from trustgen.errors import ModelError
 
 log = logging.getLogger("trustgen.node")
@@ -71,10 +73,12 @@ class ImageEngine:
         # A fresh scheduler per task: schedulers keep state (step index, multistep history).
         self.pipe.scheduler = SCHEDULER_CLASSES[name].from_config(self._base_scheduler_config)
 
-    def generate(self, params: ImageParams) -> ImageOutput:
+    def generate(self, params: ImageParams, record: bool = False) -> ImageOutput:
+        """Run one task. With `record`, the output carries its denoising trajectory (every
+        latent and model output), which a trajectory commitment is made from."""
         self._set_scheduler(params.scheduler)
         generator = torch.Generator(device="cpu").manual_seed(params.seed)
-        with torch.inference_mode():
+        with torch.inference_mode(), recording(self.pipe) if record else nullcontext() as traj:
             images = self.pipe(
                 params.prompt,
                 height=params.height,
@@ -84,7 +88,9 @@ class ImageEngine:
                 generator=generator,
                 output_type="np",
             ).images
-        return ImageOutput(pixels=to_uint8(images[0]), model_digest=self.ref.digest, profile=self.profile)
+        return ImageOutput(
+            pixels=to_uint8(images[0]), model_digest=self.ref.digest, profile=self.profile, trajectory=traj
+        )
 
     def generate_batch(self, batch: list[ImageParams]) -> list[ImageOutput]:
         """Run several tasks; each has its own generator and run, so outputs are batch-invariant."""

@@ -85,6 +85,7 @@ class ImageOutput:
     pixels: np.ndarray = field(repr=False)
     model_digest: str
     profile: ExecutionProfile
+    trajectory: Any = field(default=None, repr=False)  # engines.trajectory.Trajectory when recorded
 
     @property
     def output_digest(self) -> str:

@@ -10,6 +10,7 @@ through `DiffusionPipeline` instead; both are called the same way.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 import numpy as np
@@ -64,6 +65,37 @@ class PixelTextToImagePipeline(DiffusionPipeline):
         ids = enc.input_ids.to(self.text_encoder.device)
         return self.text_encoder(ids).last_hidden_state
 
+    def guidance_context(self, prompts: list[str], guidance_scale: float) -> torch.Tensor:
+        """The text conditioning of one sampling run: [uncond, cond] under classifier-free guidance."""
+        cond = self.encode_prompt(prompts)
+        if guidance_scale > 1.0:
+            uncond = self.encode_prompt([""] * len(prompts))
+            return torch.cat([uncond, cond]).to(self.unet.dtype)
+        return cond.to(self.unet.dtype)
+
+    def initial_latents(self, gens: Sequence[torch.Generator | None], height: int, width: int) -> torch.Tensor:
+        # Initial noise is drawn on the CPU from each image's own generator, so it is the same
+        # on every device and independent of what else is in the batch.
+        shape = (self.unet.config["in_channels"], height, width)
+        x = torch.stack([torch.randn(shape, generator=g, dtype=torch.float32) for g in gens])
+        return (x * self.scheduler.init_noise_sigma).to(device=self.unet.device, dtype=self.unet.dtype)
+
+    def guided_output(self, x: torch.Tensor, t: Any, context: torch.Tensor, guidance_scale: float) -> torch.Tensor:
+        """The model output one denoising step feeds its scheduler (one UNet call, CFG batched)."""
+        use_cfg = guidance_scale > 1.0
+        model_in = torch.cat([x, x]) if use_cfg else x
+        model_in = self.scheduler.scale_model_input(model_in, t)
+        eps = self.unet(model_in, t, encoder_hidden_states=context).sample
+        if use_cfg:
+            eps_u, eps_c = eps.chunk(2)
+            eps = eps_u + guidance_scale * (eps_c - eps_u)
+        return eps
+
+    @staticmethod
+    def to_images(x: torch.Tensor) -> np.ndarray:
+        """Final latents to [0, 1] float NHWC images (pixel space: no decoder)."""
+        return ((x.float().clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).cpu().numpy()
+
     @torch.no_grad()
     def __call__(
         self,
@@ -81,44 +113,19 @@ class PixelTextToImagePipeline(DiffusionPipeline):
         gens = generator if isinstance(generator, list) else [generator] * n
         if len(gens) != n:
             raise ValueError("one generator per prompt is required")
-        device = self.unet.device
-        dtype = self.unet.dtype
-
-        cond = self.encode_prompt(prompts)
-        use_cfg = guidance_scale > 1.0
-        if use_cfg:
-            uncond = self.encode_prompt([""] * n)
-            context = torch.cat([uncond, cond]).to(dtype)
-        else:
-            context = cond.to(dtype)
-
-        # Initial noise is drawn on the CPU from each image's own generator, so it is the same
-        # on every device and independent of what else is in the batch.
-        shape = (self.unet.config["in_channels"], height, width)
-        x = torch.stack([torch.randn(shape, generator=g, dtype=torch.float32) for g in gens])
-        x = (x * self.scheduler.init_noise_sigma).to(device=device, dtype=dtype)
-
-        self.scheduler.set_timesteps(num_inference_steps, device=device)
-        step_params = set(inspect.signature(self.scheduler.step).parameters)
-        extra: dict[str, Any] = {}
-        if "generator" in step_params:
+        context = self.guidance_context(prompts, guidance_scale)
+        x = self.initial_latents(gens, height, width)
+        self.scheduler.set_timesteps(num_inference_steps, device=self.unet.device)
+        extra = step_kwargs(self.scheduler, gens[0] if n == 1 else None)
+        if "generator" in extra and n != 1:
             # Stochastic samplers draw fresh noise each step from one generator: only
             # reproducible per image, so they run one image per call.
-            if n != 1:
-                raise ValueError("a stochastic scheduler generates one image per call")
-            extra["generator"] = gens[0]
-        if "eta" in step_params:
-            extra["eta"] = 0.0
+            raise ValueError("a stochastic scheduler generates one image per call")
         for t in self.scheduler.timesteps:
-            model_in = torch.cat([x, x]) if use_cfg else x
-            model_in = self.scheduler.scale_model_input(model_in, t)
-            eps = self.unet(model_in, t, encoder_hidden_states=context).sample
-            if use_cfg:
-                eps_u, eps_c = eps.chunk(2)
-                eps = eps_u + guidance_scale * (eps_c - eps_u)
+            eps = self.guided_output(x, t, context, guidance_scale)
             x = self.scheduler.step(eps, t, x, **extra).prev_sample
 
-        images = ((x.float().clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).cpu().numpy()
+        images = self.to_images(x)
         if output_type == "pil":
             images = self.numpy_to_pil(images)
         elif output_type != "np":
@@ -126,6 +133,18 @@ class PixelTextToImagePipeline(DiffusionPipeline):
         if not return_dict:
             return (images,)
         return ImagePipelineOutput(images=images)
+
+
+def step_kwargs(scheduler: Any, generator: torch.Generator | None) -> dict[str, Any]:
+    """The extra arguments a sampling loop passes to `scheduler.step`: the image's generator for
+    stochastic samplers, and eta = 0 (deterministic DDIM) where the sampler takes one."""
+    params = set(inspect.signature(scheduler.step).parameters)
+    extra: dict[str, Any] = {}
+    if "generator" in params:
+        extra["generator"] = generator
+    if "eta" in params:
+        extra["eta"] = 0.0
+    return extra
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:

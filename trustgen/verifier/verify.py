@@ -6,20 +6,25 @@ claimed tokens or pixels, the model is resolved by digest, and only then is the 
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import pathlib
 from typing import Any
 
 from trustgen.engines.generate import load_engine
 from trustgen.engines.outputs import image_digest, read_png, text_digest
-from trustgen.engines.params import ImageParams, TextParams
+from trustgen.engines.params import MAX_STEPS, ImageParams, TextParams
+from trustgen.engines.trajectory import Trajectory, TrajectoryError
 from trustgen.errors import TrustgenError, UsageError
 from trustgen.verifier import policy
 from trustgen.verifier.prefill import prefill_check
 from trustgen.verifier.reexec import regenerate_image, regenerate_text
+from trustgen.verifier.trajectory import check_trajectory, choose_method
 from trustgen.verifier.vote import VoteValue, reject
 
 TEXT_METHODS = ("prefill", "regenerate")
+IMAGE_METHODS = ("regenerate", "trajectory", "auto")
 
 
 def load_result(path: pathlib.Path) -> dict[str, Any]:
@@ -65,30 +70,70 @@ def verify_text(result: dict[str, Any], method: str = "prefill", engine=None) ->
     return prefill_check(engine, p, tokens, tol)
 
 
-def verify_image(result: dict[str, Any], pixels=None, base: pathlib.Path | None = None, engine=None) -> VoteValue:
+def _local_path(name: Any, base: pathlib.Path | None, what: str) -> pathlib.Path:
+    if not isinstance(name, str) or not name:
+        raise UsageError(f"result names no {what} file")
+    path = pathlib.Path(name)
+    return base / path if not path.is_absolute() and base is not None else path
+
+
+def verify_image(
+    result: dict[str, Any],
+    pixels=None,
+    base: pathlib.Path | None = None,
+    engine=None,
+    method: str = "regenerate",
+    beacon: bytes | None = None,
+    checks: int = policy.TRAJ_CHECKS,
+) -> VoteValue:
+    """Re-check an image result by full regeneration or by its committed trajectory (the result's
+    `trajectory` commitment and the tensor file it names). The trajectory check re-executes steps
+    chosen by `beacon` (fresh randomness when None: the worker must not know it in advance)."""
+    if method not in IMAGE_METHODS:
+        raise UsageError(f"unknown image method {method!r}; choose one of {', '.join(IMAGE_METHODS)}")
+    if not 1 <= checks <= MAX_STEPS:
+        raise UsageError(f"checks must be in [1, {MAX_STEPS}], got {checks}")
     p = _params(ImageParams, result["task"])
     if pixels is None:
-        path = pathlib.Path(result.get("image_path") or "")
-        if not path.is_absolute() and base is not None:
-            path = base / path
+        path = _local_path(result.get("image_path"), base, "image")
         try:
             pixels = read_png(path.read_bytes())
         except (OSError, ValueError) as e:
             raise UsageError(f"cannot read the result image {path}: {e}") from None
+    beacon = os.urandom(32) if beacon is None else beacon
+    if method == "auto":  # the network's policy: trajectory, with a sampled fraction audited in full
+        task_id = hashlib.sha256(json.dumps(p.to_dict(), sort_keys=True).encode()).digest()
+        method = choose_method(isinstance(result.get("trajectory"), dict), beacon, task_id)
+    label = "trajectory" if method == "trajectory" else "phash"
     if image_digest(pixels) != result["output_digest"]:
-        return reject("phash", "output digest does not match the image pixels")
+        return reject(label, "output digest does not match the image pixels")
     engine = engine or load_engine(result["model"], "image")
     if engine.ref.digest != result["model_digest"]:
-        return reject("phash", f"claimed model {result['model_digest']} is not the task's model {engine.ref.digest}")
-    return regenerate_image(engine, p, pixels, policy.PHASH_THRESHOLD)
+        return reject(label, f"claimed model {result['model_digest']} is not the task's model {engine.ref.digest}")
+    if method == "regenerate":
+        return regenerate_image(engine, p, pixels, policy.PHASH_THRESHOLD)
+    commit = result.get("trajectory")
+    if not isinstance(commit, dict):
+        return reject(label, "result carries no trajectory commitment")
+    try:
+        traj = Trajectory.load(_local_path(commit.get("path"), base, "trajectory"))
+    except TrajectoryError as e:
+        return reject(label, str(e))
+    return check_trajectory(
+        engine, p, pixels, result["output_digest"], commit, traj, result.get("profile"), beacon, checks
+    )
 
 
-def verify_file(path: pathlib.Path, method: str = "prefill") -> VoteValue:
+def verify_file(
+    path: pathlib.Path, method: str | None = None, beacon: bytes | None = None, checks: int = policy.TRAJ_CHECKS
+) -> VoteValue:
+    """Verify a result file; `method` None picks each kind's default (prefill, regenerate)."""
     result = load_result(path)
     try:
         if result["kind"] == "text":
-            return verify_text(result, method)
-        return verify_image(result, base=pathlib.Path(path).resolve().parent)
+            return verify_text(result, method or "prefill")
+        base = pathlib.Path(path).resolve().parent
+        return verify_image(result, base=base, method=method or "regenerate", beacon=beacon, checks=checks)
     except TrustgenError:
         raise
     except (ValueError, TypeError, KeyError) as e:

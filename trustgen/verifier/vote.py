@@ -9,12 +9,15 @@ from typing import Any
 @dataclass(frozen=True)
 class VoteValue:
     accept: bool
-    method: str  # "prefill", "regenerate", "phash"
+    method: str  # "prefill", "regenerate", "phash", "trajectory"
     distance: float
     margin: float
     reason: str
     position: int | None = None  # first inconsistent token, for text rejections
     fingerprint: dict[str, Any] = field(default_factory=dict)
+    # How the check went, for reports and `verify --json` (trajectory: steps checked, distances,
+    # beacon); the signed Vote carries method, distance, margin and the reason.
+    detail: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
