@@ -11,8 +11,10 @@ have been chosen:
   one slot an end-of-sequence candidate may take), and its summed log-probability is reported.
   This catches another model, prompt or altered tokens, but not a worker that returns a lower
   beam of the same search; `regenerate` is the exact check for that.
-Termination is checked too: more than max_new_tokens, tokens after end-of-sequence, or a stop
-before max_new_tokens without end-of-sequence are all rejected.
+A chat task's prompt is re-rendered with the model's own chat template, so the template is
+verified like the weights (the model digest covers it). Termination is checked too: more than
+max_new_tokens, tokens after end-of-sequence, or a stop before max_new_tokens without
+end-of-sequence are all rejected.
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ def _termination(engine: TextEngine, p: TextParams, tokens: list[int]) -> VoteVa
 
 def _logits(engine: TextEngine, p: TextParams, tokens: list[int]) -> torch.Tensor:
     """Logits predicting each claimed token, from one teacher-forced pass."""
-    prompt = engine.encode_prompt(p.prompt)
+    prompt = engine.prompt_ids(p)
     ids = torch.tensor([prompt + tokens[:-1]], device=engine.device)
     with torch.inference_mode():
         return engine.model(input_ids=ids).logits[0, len(prompt) - 1 :].float().cpu()
@@ -73,7 +75,7 @@ def prefill_check(engine: TextEngine, p: TextParams, tokens: list[int], tol: flo
     bad = _termination(engine, p, tokens)
     if bad is not None:
         return VoteValue(bad.accept, bad.method, bad.distance, bad.margin, bad.reason, bad.position, fp)
-    if len(engine.encode_prompt(p.prompt)) + len(tokens) > engine.max_positions:
+    if len(engine.prompt_ids(p)) + len(tokens) > engine.max_positions:
         return reject(METHOD, "prompt and output exceed the model's context", fingerprint=fp)
     logits = _logits(engine, p, tokens)
     if p.decoding in ("greedy", "sample"):
