@@ -48,12 +48,14 @@ def _termination(engine: TextEngine, p: TextParams, tokens: list[int]) -> VoteVa
     return None
 
 
-def _logits(engine: TextEngine, p: TextParams, tokens: list[int]) -> torch.Tensor:
-    """Logits predicting each claimed token, from one teacher-forced pass."""
-    prompt = engine.prompt_ids(p)
+def _logits(engine: TextEngine, p: TextParams, tokens: list[int], prompt: list[int] | None = None) -> torch.Tensor:
+    """Logits predicting each claimed token, from one teacher-forced pass. The output projection
+    runs only on the positions that predict a claimed token (`logits_to_keep`): on a real model's
+    vocabulary it is a fifth of the pass, and the prompt's rows were wasted work."""
+    prompt = engine.prompt_ids(p) if prompt is None else prompt
     ids = torch.tensor([prompt + tokens[:-1]], device=engine.device)
     with torch.inference_mode():
-        return engine.model(input_ids=ids).logits[0, len(prompt) - 1 :].float().cpu()
+        return engine.model(input_ids=ids, logits_to_keep=len(tokens)).logits[0].float().cpu()
 
 
 def token_gaps(
@@ -75,9 +77,10 @@ def prefill_check(engine: TextEngine, p: TextParams, tokens: list[int], tol: flo
     bad = _termination(engine, p, tokens)
     if bad is not None:
         return VoteValue(bad.accept, bad.method, bad.distance, bad.margin, bad.reason, bad.position, fp)
-    if len(engine.prompt_ids(p)) + len(tokens) > engine.max_positions:
+    prompt = engine.prompt_ids(p)
+    if len(prompt) + len(tokens) > engine.max_positions:
         return reject(METHOD, "prompt and output exceed the model's context", fingerprint=fp)
-    logits = _logits(engine, p, tokens)
+    logits = _logits(engine, p, tokens, prompt)
     if p.decoding in ("greedy", "sample"):
         why = "token is not the argmax" if p.decoding == "greedy" else "token is not the seeded sample"
         return _verdict(token_gaps(engine, p, tokens, logits), tol, fp, why)
