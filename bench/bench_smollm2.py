@@ -11,7 +11,7 @@
 Every figure is the best of its repetitions (the host is shared; the minimum is the least
 disturbed run), and each ratio divides two figures taken in this run.
 
-    python bench/bench_smollm2.py [--quick] [--json]     (--quick: 64 tokens, one repetition)
+    python bench/bench_smollm2.py [--quick] [--reps N] [--json]     (--quick: 64 tokens)
 """
 
 from __future__ import annotations
@@ -88,10 +88,11 @@ def _parts(engine: Any, p: TextParams, prompt: list[int], tokens: list[int], rep
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--quick", action="store_true", help="64 tokens, one repetition")
+    ap.add_argument("--quick", action="store_true", help="64 tokens instead of 256")
+    ap.add_argument("--reps", type=int, default=1, help="repetitions of each generation (checks run two more)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
-    n, reps = (64, 1) if args.quick else (256, 2)
+    n, reps = (64 if args.quick else 256), max(1, args.reps)
     res: dict[str, float] = {"tokens": n}
     try:
         t0 = time.perf_counter()
@@ -107,18 +108,19 @@ def main() -> None:
         prompt = engine.prompt_ids(p)
         t_gen = best_of(lambda: engine.generate(p), reps)
         t_raw = best_of(lambda: _raw_decode(engine, prompt, tokens), reps)
-        t_pre = best_of(lambda: prefill_check(engine, p, tokens, 1e-3), reps + 1)
+        t_pre = best_of(lambda: prefill_check(engine, p, tokens, 1e-3), reps + 2)
         assert prefill_check(engine, p, tokens, 1e-3).accept
         res[f"generate_{mode}_s"] = t_gen
         res[f"generate_{mode}_tokens_per_s"] = n / t_gen
         res[f"generate_{mode}_model_calls_s"] = t_raw
         res[f"prefill_{mode}_s"] = t_pre
         res[f"prefill_cheaper_{mode}_x"] = t_gen / t_pre
-        for k, v in _parts(engine, p, prompt, tokens, reps + 1).items():
+        for k, v in _parts(engine, p, prompt, tokens, reps + 2).items():
             res[f"prefill_{mode}_{k}"] = v
+        res[f"plain_forward_cheaper_{mode}_x"] = t_gen / res[f"prefill_{mode}_plain_forward_s"]
         if mode == "greedy":
             torch.set_num_threads(1)
-            res["prefill_greedy_1_thread_s"] = best_of(lambda: prefill_check(engine, p, tokens, 1e-3), reps)
+            res["prefill_greedy_1_thread_s"] = best_of(lambda: prefill_check(engine, p, tokens, 1e-3), reps + 1)
             torch.set_num_threads(2)
             res["generate_greedy_bfloat16_s"] = best_of(lambda: bf16.generate(p), 1)
     res["load_average_1min"] = os.getloadavg()[0]
@@ -142,7 +144,7 @@ def main() -> None:
             f"{res[f'prefill_{mode}_lm_head_claimed_positions_s'] * 1e3:.0f} ms (all positions "
             f"{res[f'prefill_{mode}_lm_head_all_positions_s'] * 1e3:.0f} ms), gaps "
             f"{res[f'prefill_{mode}_gaps_s'] * 1e3:.0f} ms; a plain transformers forward "
-            f"{res[f'prefill_{mode}_plain_forward_s'] * 1e3:.0f} ms"
+            f"{res[f'prefill_{mode}_plain_forward_s'] * 1e3:.0f} ms ({res[f'plain_forward_cheaper_{mode}_x']:.1f}x)"
         )
     print(
         f"greedy check at 1 thread: {res['prefill_greedy_1_thread_s'] * 1e3:.0f} ms; greedy generation in "

@@ -28,6 +28,7 @@ from trustgen.verifier.fingerprints import text_fingerprint
 from trustgen.verifier.vote import VoteValue, reject
 
 METHOD = "prefill"
+_SAMPLE_BLOCK_ROWS = 8
 
 
 def _termination(engine: TextEngine, p: TextParams, tokens: list[int]) -> VoteValue | None:
@@ -67,8 +68,14 @@ def token_gaps(
     claimed = torch.tensor(tokens)
     if p.decoding == "greedy":
         return (logits.max(dim=-1).values - logits.gather(1, claimed[:, None])[:, 0]).double()
-    s = sample_scores_rows(logits, p.seed, p.temperature, p.top_k, p.top_p)
-    return (s.max(dim=-1).values - s.gather(1, claimed[:, None])[:, 0]) * p.temperature
+    # In blocks of rows: rows are independent (same bits as all at once), and a block's float64
+    # scores stay small enough for the cache; a real vocabulary makes each row 400 KB.
+    best, mine = [], []
+    for i in range(0, len(tokens), _SAMPLE_BLOCK_ROWS):
+        s = sample_scores_rows(logits[i : i + _SAMPLE_BLOCK_ROWS], p.seed, p.temperature, p.top_k, p.top_p, first=i)
+        best.append(s.max(dim=-1).values)
+        mine.append(s.gather(1, claimed[i : i + _SAMPLE_BLOCK_ROWS, None])[:, 0])
+    return (torch.cat(best) - torch.cat(mine)) * p.temperature
 
 
 def prefill_check(engine: TextEngine, p: TextParams, tokens: list[int], tol: float) -> VoteValue:
