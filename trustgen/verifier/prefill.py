@@ -52,7 +52,7 @@ def _termination(engine: TextEngine, p: TextParams, tokens: list[int]) -> VoteVa
 def _logits(engine: TextEngine, p: TextParams, tokens: list[int], prompt: list[int] | None = None) -> torch.Tensor:
     """Logits predicting each claimed token, from one teacher-forced pass. The output projection
     runs only on the positions that predict a claimed token (`logits_to_keep`): on a real model's
-    vocabulary it is a fifth of the pass, and the prompt's rows were wasted work."""
+    vocabulary it is about a sixth of the pass, and the prompt's rows were wasted work."""
     prompt = engine.prompt_ids(p) if prompt is None else prompt
     ids = torch.tensor([prompt + tokens[:-1]], device=engine.device)
     with torch.inference_mode():
