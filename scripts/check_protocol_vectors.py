@@ -362,6 +362,7 @@ TEXT_PARAMS = dict(
     temperature="float",
     top_k="int",
     top_p="float",
+    chat="bool",
 )
 IMAGE_PARAMS = dict(prompt="str", seed="int", steps="int", guidance="float", height="int", width="int", scheduler="str")
 TEXT_FP = dict(

@@ -10,7 +10,10 @@ from trustgen.errors import ModelError
 
 
 def test_embedded_models_match_their_pinned_digests():
+    # Packaged ones; a model converted from a wheel (`source`) is checked in tests/test_smollm2.py.
     for name, entry in embedded_models().items():
+        if "source" in entry:
+            continue
         ref = resolve(name)
         assert ref.digest == entry["digest"]
         assert ref.kind == entry["kind"]

@@ -410,7 +410,7 @@ def test_verifiers_fetch_accepted_images_they_did_not_check(net, tmp_path):
 
 
 def test_demo_is_the_main_job(tmp_path):
-    res = run_cli("demo", "--json", "--dir", str(tmp_path / "demo"), timeout=240)
+    res = run_cli("demo", "--fast", "--json", "--dir", str(tmp_path / "demo"), timeout=240)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     report = json.loads(res.stdout)
     assert report["ok"] and report["replicated_s"] is not None

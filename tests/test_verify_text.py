@@ -124,3 +124,16 @@ def test_verify_cli(tmp_path):
     assert bad.returncode == 2 and bad.stderr.startswith("error:")
     bad_task = dict(result, task=dict(result["task"], decoding="telepathy"))
     assert run_cli("verify", _write(tmp_path, bad_task)).returncode == 2
+
+
+@pytest.mark.parametrize("top_k,top_p", [(0, 1.0), (20, 0.9)])
+def test_sampled_gaps_in_blocks_equal_all_rows_at_once(top_k, top_p):
+    from trustgen.engines.sampling import sample_scores_rows
+    from trustgen.verifier.prefill import token_gaps
+
+    g = torch.Generator().manual_seed(0)
+    logits, claimed = torch.randn(37, 500, generator=g) * 3, torch.randint(0, 500, (37,), generator=g)
+    p = TextParams(prompt="x", decoding="sample", seed=9, temperature=0.7, top_k=top_k, top_p=top_p, max_new_tokens=37)
+    s = sample_scores_rows(logits, 9, 0.7, top_k, top_p)
+    whole = (s.max(dim=-1).values - s.gather(1, claimed[:, None])[:, 0]) * 0.7
+    assert torch.equal(token_gaps(None, p, claimed.tolist(), logits), whole)  # bit for bit

@@ -46,11 +46,12 @@ def demo(
     workers: int = typer.Option(3, "--workers"),
     verifiers: int = typer.Option(3, "--verifiers"),
     keep: pathlib.Path | None = typer.Option(None, "--dir", help="Keep the cluster's files here."),
+    fast: bool = typer.Option(False, "--fast", help="Text task on the embedded tiny-text model."),
 ) -> None:
     """The main job: a local network verifies a text and an image task, trains a checkpoint, then audits itself."""
     from trustgen.node.demo import run_demo
 
-    ok = run_demo(out, as_json, workers, verifiers, keep)
+    ok = run_demo(out, as_json, workers, verifiers, keep, fast)
     raise typer.Exit(0 if ok else 1)
 
 

