@@ -415,6 +415,9 @@ def test_demo_is_the_main_job(tmp_path):
     report = json.loads(res.stdout)
     assert report["ok"] and report["replicated_s"] is not None
     assert [t["decision"] for t in report["tasks"]] == ["accept", "accept"]
-    assert len(report["audit"]) == 7 and all(a["ok"] for a in report["audit"])
+    assert len(report["audit"]) == 9 and all(a["ok"] for a in report["audit"])  # 7 nodes and 2 trainers
     assert len({a["entries"] for a in report["audit"]}) == 1  # every replica holds the same ledger
+    training = report["training"]  # a short job trained on the network, every round finalised
+    assert training["state"] == "final" and len(training["rounds_done"]) == 3
+    assert all(a["training_rounds"] == 3 for a in report["audit"])
     assert not any(s["running"] for s in cluster.status(tmp_path / "demo"))  # and it cleaned up

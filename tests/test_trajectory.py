@@ -243,7 +243,10 @@ def test_calibration_fits_on_one_split_and_judges_the_other():
     assert rep["heldout"]["trajectory_claiming_bfloat16"]["quantised_model"]["accept_rate"] == 1.0
     assert rep["heldout_step_false_reject"]["k"] == 20 * 20
     d = rep["detection"]["faked_middle_step"]
-    assert d["formula"] == pytest.approx(0.1) and d["formula_within_ci"], d
+    # The beacons are random draws: the 95 % interval misses the formula one run in twenty, so
+    # the test allows five standard errors (a false failure about once in two million runs).
+    f, n = d["formula"], d["draws"]
+    assert f == pytest.approx(0.1) and abs(d["measured"] - f) <= 5 * math.sqrt(f * (1 - f) / n), d
 
 
 @pytest.mark.slow
