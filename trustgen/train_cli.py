@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from trustgen.cli_shared import check_transport
 from trustgen.errors import UsageError
 from trustgen.training.adversary import MODES as TRAIN_MODES
 
@@ -275,8 +276,7 @@ def submit_cmd(
     from trustgen.consensus.identity import Identity
     from trustgen.node.training_client import submit_job
 
-    if not insecure and not tls_ca:
-        raise UsageError("give --tls-ca, or --insecure for plaintext gRPC")
+    check_transport(insecure, tls_ca)
     spec = _load_spec(job, default)
     last = [-1]
 
@@ -319,15 +319,10 @@ def status_cmd(
     import asyncio
 
     from trustgen.node.training_client import job_status
+    from trustgen.training.ledger_job import parse_job_id
 
-    try:
-        jid = bytes.fromhex(job_id)
-    except ValueError:
-        raise UsageError("the job id is 64 hex digits") from None
-    if len(jid) != 32:
-        raise UsageError("the job id is 64 hex digits")
-    if not insecure and not tls_ca:
-        raise UsageError("give --tls-ca, or --insecure for plaintext gRPC")
+    jid = parse_job_id(job_id, "JOB_ID")
+    check_transport(insecure, tls_ca)
     st = asyncio.run(job_status(gateway, jid, network, insecure, tls_ca))
     _emit(st, as_json)
     if not as_json:
@@ -349,15 +344,10 @@ def fetch_cmd(
     import asyncio
 
     from trustgen.node.training_fetch import fetch_checkpoint
+    from trustgen.training.ledger_job import parse_job_id
 
-    try:
-        jid = bytes.fromhex(job_id)
-    except ValueError:
-        raise UsageError("the job id is 64 hex digits") from None
-    if len(jid) != 32:
-        raise UsageError("the job id is 64 hex digits")
-    if not insecure and not tls_ca:
-        raise UsageError("give --tls-ca, or --insecure for plaintext gRPC")
+    jid = parse_job_id(job_id)
+    check_transport(insecure, tls_ca)
     if out.exists() and any(out.iterdir()):
         raise UsageError(f"--out {out} is not empty")
     res = asyncio.run(fetch_checkpoint(node_dir, network, jid, out, source, insecure, tls_ca))

@@ -133,7 +133,7 @@ def replay_node(
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def parse_job_id(text: str) -> bytes:
+def parse_job_id(text: str, what: str = "--job") -> bytes:
     if not re.fullmatch(r"[0-9a-fA-F]{64}", text or ""):
-        raise UsageError(f"--job {text[:80]!r} must be a job id: 64 hex digits")
+        raise UsageError(f"{what} {text[:80]!r} must be a job id: 64 hex digits")
     return bytes.fromhex(text)
