@@ -39,6 +39,18 @@ def digests_in_child(kind: str, tasks: dict) -> dict:
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
+def wait_for(pred: Callable[[], Any], timeout: float = 60.0, what: str = "condition") -> Any:
+    """Poll `pred` from a plain (non-async) test until it returns something true, or fail at the
+    deadline (for tests that drive separate processes)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
 async def until(pred: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
     """Poll `pred` (plain or async) on the running event loop until it returns something true, or
     fail at the deadline."""

@@ -6,13 +6,12 @@ import json
 import os
 import signal
 import sqlite3
-import time
 import urllib.request
 
 import grpc
 import pytest
 
-from tests.helpers import run_cli
+from tests.helpers import run_cli, wait_for
 from trustgen.consensus.audit import audit_path
 from trustgen.consensus.identity import Identity
 from trustgen.consensus.ledger import parse_entry
@@ -61,16 +60,6 @@ def status(gw, task_id):
         return rpc.GatewayStub(ch).Status(
             make_request(me, NET, "/trustgen.v1.Gateway/Status", {"task_id": task_id}), timeout=5
         )
-
-
-def wait_for(pred, timeout=60, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def assert_audits_clean(path) -> list:

@@ -11,11 +11,10 @@ import json
 import os
 import signal
 import sqlite3
-import time
 
 import pytest
 
-from tests.helpers import EventTap, run_cli, small_network_job
+from tests.helpers import EventTap, run_cli, small_network_job, wait_for
 from trustgen.consensus.audit import audit_paths
 from trustgen.consensus.identity import Identity
 from trustgen.consensus.ledger import parse_entry
@@ -25,16 +24,6 @@ from trustgen.training.audit_training import add_training_violations
 
 NET = "trustgen-local"
 pytestmark = pytest.mark.slow
-
-
-def wait_for(pred, timeout=120, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def status(gw: str, job_id: bytes) -> dict | None:
