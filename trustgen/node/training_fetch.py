@@ -16,7 +16,7 @@ from typing import Any
 
 from trustgen.consensus.identity import Identity
 from trustgen.consensus.ledger import Ledger
-from trustgen.consensus.messages import MessageError
+from trustgen.consensus.messages import MessageError, open_wire
 from trustgen.errors import TrustgenError
 from trustgen.gossip.blobfetch import BlobFetchError, fetch_blob
 from trustgen.gossip.blobs import BlobStore
@@ -67,8 +67,6 @@ def latest_proof(ledger: Ledger, job_id: bytes) -> tuple[JobSpec, Any, list[Any]
 
 
 def _other_job(e: Any, network: str, job_id: bytes) -> bool:
-    from trustgen.consensus.messages import open_wire
-
     try:
         return open_wire(e.body["checkpoint"], "TrainingCheckpoint", network).body["job"] != job_id
     except MessageError:

@@ -58,6 +58,8 @@ class JobRun:
     history: list[bytes] = field(default_factory=list)  # ids of every accepted update, in order
     finalized: tuple[bytes, bytes] | None = None
     best: dict[str, Any] = field(default_factory=dict)
+    # Updates recorded for round `done` before a restart cut it short: that round reuses them.
+    recorded: list[tuple[Signed, str]] = field(default_factory=list)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     def touch(self) -> None:
@@ -188,10 +190,12 @@ class TrainingCoordinator:
         mine = [e for e in own if _job_of(e, self.network) == spec.id]
         proposals = {e.body["checkpoint"]: e for e in mine if e.type == "CheckpointProposed"}
         signers: dict[bytes, tuple[bytes, int]] = {}  # update id -> (trainer, round)
+        updates: list[tuple[Signed, str]] = []
         for e in mine:
             if e.type == "TrainingUpdate":
                 u = open_wire(e.body["update"], "DeltaUpdate", self.network)
                 signers[u.id] = (u.signer, u.body["round"])
+                updates.append((u, e.body["blob"]))
             if e.type == "Evidence":
                 run.excluded[e.body["subject"]] = "rejected by the verifiers (recorded evidence)"
             if e.type != "CheckpointFinalized":
@@ -229,6 +233,7 @@ class TrainingCoordinator:
             run.state, run.done = data, r + 1
             if digest_of != cp.body["digest"]:
                 raise _RoundFailed(f"the state blob of round {r} does not have the finalised digest")
+        run.recorded = [(u, d) for u, d in updates if u.body["round"] == run.done and self.blobs.has(d)]
         return run
 
     def get(self, job_id: Any) -> JobRun:
@@ -360,7 +365,7 @@ class TrainingCoordinator:
     async def _round(self, run: JobRun, r: int) -> dict[str, Any]:
         spec, state = run.spec, run.state
         assert state is not None
-        ups = self._recorded(run, r)  # a round cut short by a restart keeps what it recorded
+        ups = self._recorded(run, r)
         if not ups:
             ups = await self._collect_updates(run, r)
             for u, d, _ in ups:
@@ -462,15 +467,9 @@ class TrainingCoordinator:
         }
 
     def _recorded(self, run: JobRun, r: int) -> list[tuple[Signed, str, str]]:
-        """The updates this gateway already recorded for round r (after a restart), in trainer order."""
-        out = []
-        for e in self.ledger.iter_entries(entry_type="TrainingUpdate"):
-            if e.feed != self.identity.public_key:
-                continue
-            u = open_wire(e.body["update"], "DeltaUpdate", self.network)
-            if u.body["job"] == run.spec.id and u.body["round"] == r and self.blobs.has(e.body["blob"]):
-                member = self.members.get(u.signer)
-                out.append((u, e.body["blob"], member["address"] if member else ""))
+        """The updates recorded for round r before a restart cut it short (once), in trainer order."""
+        got, run.recorded = [u for u in run.recorded if u[0].body["round"] == r], []
+        out = [(u, d, self.members[u.signer]["address"] if u.signer in self.members else "") for u, d in got]
         return sorted(out, key=lambda g: g[0].signer)
 
     def _publish(self, topic: str, **fields: Any) -> None:

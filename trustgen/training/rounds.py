@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from trustgen.consensus.assignment import effective_verifiers, rank
 from trustgen.consensus.domains import TRAIN_CHECK_COIN, TRAIN_ROUND
 from trustgen.consensus.messages import MessageError, Signed, open_wire
-from trustgen.consensus.tally import ACCEPT, REJECT, tally
+from trustgen.consensus.tally import tally
 from trustgen.training import diloco
 from trustgen.training.checks import CheckResult, check_delta, check_inner_step
 from trustgen.training.job import DilocoState, UpdateError, by_trainer
@@ -213,28 +213,6 @@ def apply_round(state: DilocoState, accepted: list[Signed], deltas: Mapping[byte
     nxt = copy_state(state)
     nxt.apply([deltas[u.id] for u in by_trainer(accepted)])
     return nxt
-
-
-__all__ = [
-    "ACCEPT",
-    "ProofError",
-    "check_finalized",
-    "effective_round_verifiers",
-    "REJECT",
-    "Verdict",
-    "apply_round",
-    "challenged_verdict",
-    "challenges",
-    "check_coin",
-    "copy_state",
-    "decode_state",
-    "encode_state",
-    "round_decisions",
-    "round_id",
-    "round_target",
-    "static_verdict",
-    "verdicts_of",
-]
 
 
 # -- the proof a finalised checkpoint carries ---------------------------------------------------------
