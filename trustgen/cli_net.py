@@ -35,6 +35,7 @@ _SETTINGS: dict[str, Any] = {
     "delay_s": float,
     "train_adversary": str,
     "training_round_timeout_s": float,
+    "training_retry_s": float,
 }
 
 
@@ -61,7 +62,9 @@ def cluster_up(
     verifiers: int = typer.Option(3, "--verifiers"),
     trainers: int = typer.Option(0, "--trainers", help="Trainer nodes (network training jobs)."),
     node_setting: list[str] = typer.Option(
-        [], "--node-setting", help="NAME=KEY:VALUE; KEY: adversary, delay_s, train_adversary, training_round_timeout_s"
+        [],
+        "--node-setting",
+        help="NAME=KEY:VALUE; KEY: adversary, delay_s, train_adversary, training_round_timeout_s, training_retry_s",
     ),
     outsider: list[str] = typer.Option([], "--outsider", help="NAME of a node to leave out of the genesis."),
     probation: int = typer.Option(5, "--probation", help="Agreements a verifier admitted later needs."),

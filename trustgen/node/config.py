@@ -45,6 +45,9 @@ class NodeConfig:
     learn_peers: bool = True  # add peers from NodeJoined entries, not only bootstrap
     train_adversary: str = ""  # a trainer's cheating mode (trustgen.training.adversary), for tests and demos
     training_round_timeout_s: float = 600.0  # gateway: a round closes with the trainers that delivered by then
+    # gateway: how long a round keeps being retried while too few verifiers answer (a partition,
+    # verifiers down) before the job fails
+    training_retry_s: float = 1800.0
     genesis: str = ""  # the network's signed genesis file (consensus/admission.py)
     admissions: list[str] = field(default_factory=list)  # admission files naming this node
     revocations: list[str] = field(default_factory=list)  # revocation files this node spreads
@@ -61,6 +64,8 @@ class NodeConfig:
             raise UsageError(f"unknown train_adversary {self.train_adversary!r} (modes: {', '.join(TRAIN_MODES)})")
         if self.training_round_timeout_s <= 0:
             raise UsageError("training_round_timeout_s must be > 0")
+        if self.training_retry_s < 0:
+            raise UsageError("training_retry_s must be >= 0")
         if not self.insecure and not (self.tls_cert and self.tls_key):
             raise UsageError("set tls_cert and tls_key, or `insecure = true` for plaintext gRPC")
         if "gateway" in self.roles and not self.genesis and not self.open_network:

@@ -207,6 +207,7 @@ class Node:
                 cfg.verifier_timeout_s,
                 self.events,
                 self._admitted,
+                retry_s=cfg.training_retry_s,
             )
 
     def _admitted_feeds(self) -> Callable[[bytes], bool]:

@@ -39,6 +39,8 @@ from trustgen.training.tensors import TensorError
 
 log = logging.getLogger("trustgen.node")
 MAX_VERIFIERS = 15
+# A round that cannot reach its verifiers is retried with exponential backoff between these bounds.
+RETRY_FIRST_S, RETRY_MAX_S = 0.5, 10.0
 
 
 @dataclass
@@ -60,6 +62,7 @@ class JobRun:
     best: dict[str, Any] = field(default_factory=dict)
     # Updates recorded for round `done` before a restart cut it short: that round reuses them.
     recorded: list[tuple[Signed, str]] = field(default_factory=list)
+    retries: int = 0  # round attempts that found too few verifiers and were run again
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     def touch(self) -> None:
@@ -80,6 +83,7 @@ class JobRun:
             "base_heldout_loss": self.base_loss,
             "rounds_done": self.rounds,
             "best": self.best,
+            "retries": self.retries,
         }
 
 
@@ -97,10 +101,13 @@ class TrainingCoordinator:
         verifier_timeout_s: float = 600.0,
         events: Any = None,
         admitted: Callable[[bytes, str], bool] = lambda key, role: True,
+        *,
+        retry_s: float = 1800.0,
     ) -> None:
         self.identity, self.network, self.ledger = identity, network, ledger
         self.peers, self.blobs, self.members, self.address = peers, blobs, members, address
         self.round_timeout_s, self.verifier_timeout_s = round_timeout_s, verifier_timeout_s
+        self.retry_s = retry_s
         self.events = events
         self.admitted = admitted  # the network's admission rule (consensus/admission.py), now
         self.jobs: dict[bytes, JobRun] = {}
@@ -254,7 +261,7 @@ class TrainingCoordinator:
             await self._load(run)
             for r in range(run.done, run.spec.algorithm["rounds"]):
                 t0 = time.monotonic()
-                info = await self._round(run, r)
+                info = await self._round_retried(run, r)
                 info["wall_s"] = round(time.monotonic() - t0, 3)
                 run.rounds.append(info)
                 run.touch()
@@ -268,6 +275,27 @@ class TrainingCoordinator:
             run.status, run.detail = "failed", "internal error"
         run.touch()
         self._publish("training", job=run.spec.id.hex(), state=run.status)
+
+    async def _round_retried(self, run: JobRun, r: int) -> dict[str, Any]:
+        """Round r, run again under a fresh beacon (reusing its recorded updates) while too few
+        verifiers answer, for up to `retry_s`: a partition or verifiers that are down stall the
+        job rather than end it, and nothing is finalised until a strict majority answers again."""
+        t0, wait = time.monotonic(), RETRY_FIRST_S
+        while True:
+            try:
+                info = await self._round(run, r)
+            except _Unreachable as e:
+                if time.monotonic() - t0 + wait > self.retry_s:
+                    raise _RoundFailed(f"{e} (retried for {time.monotonic() - t0:.0f} s)") from None
+                run.retries += 1
+                run.detail = f"{e}; retrying in {wait:.1f} s"
+                run.touch()
+                self._publish("training_retry", job=run.spec.id.hex(), round=r, reason=str(e), attempt=run.retries)
+                await asyncio.sleep(wait)
+                wait = min(wait * 2, RETRY_MAX_S)
+                continue
+            run.detail, run.recorded = "", []
+            return info
 
     def _common(self, run: JobRun) -> dict[str, Any]:
         return {
@@ -347,7 +375,7 @@ class TrainingCoordinator:
         while True:
             chosen = effective_verifiers(ranking, skipped, run.k)
             if len(chosen) < run.k and len(chosen) * 2 <= run.k:
-                raise _RoundFailed(f"round {r}: too few verifiers answered ({len(checks)} of {run.k})")
+                raise _Unreachable(f"round {r}: too few verifiers answered ({len(checks)} of {run.k})")
             # Candidates exhausted but a strict majority of k can still decide: go on with them
             # (the proof names the skipped ones, so an auditor recomputes the same list).
             todo = [v for v in chosen if v not in checks]
@@ -370,11 +398,12 @@ class TrainingCoordinator:
             ups = await self._collect_updates(run, r)
             for u, d, _ in ups:
                 self.ledger.append("TrainingUpdate", {"update": u.wire(), "blob": d})
+        run.recorded = [(u, d) for u, d, _ in ups]  # a retry of this round reuses them
         beacon = self.ledger.commit().body["root"]  # after the updates: no trainer can know it
         verifiers, skipped, checks = await self._checks(run, r, beacon, ups)
         decisions = rounds.round_decisions([u for u, _, _ in ups], checks, verifiers, run.k)
         for u, _, _ in ups:
-            if decisions[u.id] == REJECT:
+            if decisions[u.id] == REJECT and u.signer not in run.excluded:  # a retried round: once
                 why = _reasons(checks, u.id)
                 run.excluded[u.signer] = why
                 self.ledger.append(
@@ -438,6 +467,8 @@ class TrainingCoordinator:
         ]
         if len(yes) * 2 <= run.k:
             reasons = "; ".join(sorted({v.body["reason"] for v in counted if not v.body["accept"]})) or "no answer"
+            if (len(yes) + len(verifiers) - len(counted)) * 2 > run.k:  # the missing votes could still decide
+                raise _Unreachable(f"round {r}: {len(counted)} of {run.k} verifiers voted on the checkpoint")
             raise _RoundFailed(f"round {r}: {len(yes)} of {run.k} verifiers confirmed the checkpoint ({reasons})")
         fin = self.ledger.append(
             "CheckpointFinalized",
@@ -485,6 +516,10 @@ class TrainingCoordinator:
 
 class _RoundFailed(Exception):
     pass
+
+
+class _Unreachable(_RoundFailed):
+    """Too few verifiers answered to decide: retried, since their answers may come back."""
 
 
 _RECOVERED = ("TrainingJobAccepted", "TrainingUpdate", "CheckpointProposed", "CheckpointFinalized", "Evidence")
