@@ -52,10 +52,9 @@ class Admitted:
 
     def stored(self, below: int | None = None) -> Iterator[tuple[int, Entry]]:
         """The verified prefix's Admitted and Revoked entries (those below log position `below`)."""
-        sql = "SELECT log_index, payload, sig FROM admissions"
         rows = self.st.db.execute(
-            sql + " ORDER BY log_index" if below is None else sql + " WHERE log_index < ? ORDER BY log_index",
-            () if below is None else (below,),
+            "SELECT log_index, payload, sig FROM admissions WHERE log_index < ? ORDER BY log_index",
+            (2**62 if below is None else below,),
         )
         for idx, payload, sig in rows.fetchall():
             yield idx, parse_entry(payload, sig, self.network, verify_signature=False)

@@ -47,9 +47,9 @@ from trustgen.consensus.messages import MessageError, Signed, open_wire
 from trustgen.consensus.tally import PENDING, tally
 
 # How a verdict was reached: the full audit; the fast path extending the state; the fast path
-# building a new state from log position 0 (no state yet, or the verified prefix changed).
+# building a new state from log position 0 (no state yet, the verified prefix changed, or new
+# entries change what was derived from it).
 FULL, INCREMENTAL, REBUILT = "full", "incremental", "rebuilt"
-_Unclean = Unclean
 
 
 @dataclass
@@ -64,7 +64,7 @@ def _open(data: bytes, msg_type: str, network: str) -> Signed:
     try:
         return open_wire(data, msg_type, network)
     except MessageError:
-        raise _Unclean(msg_type) from None
+        raise Unclean(msg_type) from None
 
 
 class _Pass:
@@ -101,13 +101,13 @@ class _Pass:
         out = []
         for i, (feed, seq, h, typ, payload, sig, idx) in enumerate(rows):
             if idx != self.start + i or not sig_ok[i]:
-                raise _Unclean("entry")
+                raise Unclean("entry")
             try:
                 e = parse_entry(payload, sig, self.network, verify_signature=False)
             except MessageError:
-                raise _Unclean("entry") from None
+                raise Unclean("entry") from None
             if (e.feed, e.seq, e.type) != (feed, seq, typ) or entry_hash(payload, sig) != h:
-                raise _Unclean("entry")
+                raise Unclean("entry")
             out.append(e)
         return out
 
@@ -115,7 +115,7 @@ class _Pass:
         for e in entries:
             seq, h = self.heads.get(e.feed, (0, ZERO))
             if e.seq != seq + 1 or e.prev != h:
-                raise _Unclean("chain")
+                raise Unclean("chain")
             self.heads[e.feed] = (e.seq, e.hash)
 
     def check_commitments(self, entries: list[Entry]) -> None:
@@ -134,9 +134,9 @@ class _Pass:
             if (size, root) == self.last_good:
                 continue
             if not self.start <= size <= idx or roots.get(size) != root:
-                raise _Unclean("commitment")  # wrong, or a prefix older than the verified one
+                raise Unclean("commitment")  # wrong, or a prefix older than the verified one
             if self.last_good is not None and size < self.last_good[0]:
-                raise _Unclean("commitment")
+                raise Unclean("commitment")
             self.last_good = (size, root)
 
     def record_joins(self, entries: list[Entry]) -> None:
@@ -182,33 +182,33 @@ class _Pass:
                 (feed, task_id, result_id),
             ).fetchall():
                 if v not in allowed:
-                    raise _Unclean("vote")
+                    raise Unclean("vote")
         for e, vote in votes:
             if vote.body["verifier"] not in self.allowed(e.feed, vote.body["task_id"], vote.body["result_id"]):
-                raise _Unclean("vote")
+                raise Unclean("vote")
             self.admitted(vote.body["verifier"], "verifier")
 
     def admitted(self, key: bytes, role: str) -> None:
         if not self.adm.ever(key, role):
-            raise _Unclean("not admitted")
+            raise Unclean("not admitted")
 
     def accept(self, e: Entry) -> None:
         task = _open(e.body["task"], "Task", self.network)
         if self.lookup("accepted", e.feed, task.id) is not None:
-            raise _Unclean("task accepted twice")  # it would re-judge old certificates
+            raise Unclean("task accepted twice")  # it would re-judge old certificates
         self.db.execute(
             "INSERT INTO accepted VALUES (?, ?, ?, ?, ?)",
             (e.feed, task.id, e.body["beacon"], encode(e.body["candidates"]), task.body["verifiers"]),
         )
         size, beacon = e.body["beacon_size"], e.body["beacon"]
         if size == 0 and beacon != merkle.EMPTY_ROOT:
-            raise _Unclean("beacon")
+            raise Unclean("beacon")
         if size != 0:
             (first,) = self.db.execute(
                 "SELECT MIN(seq) FROM commitments WHERE feed = ? AND size = ? AND root = ?", (e.feed, size, beacon)
             ).fetchone()
             if first is None or first >= e.seq:
-                raise _Unclean("beacon")
+                raise Unclean("beacon")
         for v in e.body["candidates"]:
             self.admitted(v, "verifier")
         if e.feed == self.owner:
@@ -222,7 +222,7 @@ class _Pass:
         """The verifiers whose VoteCast for this result the full audit accepts (check_cast_vote)."""
         acc = self.lookup("accepted", feed, task_id)
         if acc is None:
-            raise _Unclean("vote for an unknown task")
+            raise Unclean("vote for an unknown task")
         row = self.db.execute(
             "SELECT verifiers FROM counted WHERE feed = ? AND task_id = ? AND result_id = ?", (feed, task_id, result_id)
         ).fetchone()
@@ -240,30 +240,30 @@ class _Pass:
         acc = self.lookup("accepted", e.feed, c["task_id"]) if c["gateway"] == e.feed else None
         res = self.lookup("results", e.feed, c["result_id"])
         if acc is None or res is None or res[2] != c["task_id"] or res[3] != c["worker"]:
-            raise _Unclean("certificate")
+            raise Unclean("certificate")
         self.admitted(c["gateway"], "gateway")
         self.admitted(c["worker"], "worker")
         _, _, beacon, candidates, k = acc
         ranking = rank(beacon, c["task_id"], decode(candidates), c["worker"])
         expected = effective_verifiers(ranking, c["skipped"], k)
         if list(c["verifiers"]) != expected or not set(c["skipped"]) <= set(ranking):
-            raise _Unclean("assignment")
+            raise Unclean("assignment")
         key = (e.feed, c["task_id"], c["result_id"])
         try:
             self.db.execute("INSERT INTO counted VALUES (?, ?, ?, ?)", (*key, encode(expected)))
         except sqlite3.IntegrityError:
-            raise _Unclean("certified twice") from None  # the full audit keeps the later one
+            raise Unclean("certified twice") from None  # the full audit keeps the later one
         self.new_counted.append(key)
         votes: dict[bytes, bool] = {}
         for raw in c["votes"]:
             b = _open(raw, "Vote", self.network).body
             if (b["task_id"], b["result_id"]) != key[1:] or b["verifier"] not in expected or b["verifier"] in votes:
-                raise _Unclean("certificate votes")
+                raise Unclean("certificate votes")
             self.admitted(b["verifier"], "verifier")
             votes[b["verifier"]] = b["accept"]
         t = tally(votes, expected, k)
         if t.decision == PENDING or t.decision != c["decision"]:
-            raise _Unclean("decision")
+            raise Unclean("decision")
 
     def check_evidence(self, entries: list[Entry]) -> None:
         pos = self.db.execute("SELECT COUNT(*) FROM findings").fetchone()[0]
@@ -272,16 +272,16 @@ class _Pass:
                 continue
             if e.body["kind"] in ("rejected_result", "minority_vote", "failed_recheck"):
                 if accusation_problem(e, self.network) is not None:
-                    raise _Unclean("accusation")
+                    raise Unclean("accusation")
             elif e.body["kind"] == "equivocation":
                 p = e.body["proof"]
                 try:
                     a = parse_entry(p["a_payload"], p["a_sig"], self.network)
                     b = parse_entry(p["b_payload"], p["b_sig"], self.network)
                 except (MessageError, KeyError, TypeError):
-                    raise _Unclean("evidence") from None
+                    raise Unclean("evidence") from None
                 if a.feed != b.feed or a.seq != b.seq or a.hash == b.hash or a.feed != e.body["subject"]:
-                    raise _Unclean("evidence")
+                    raise Unclean("evidence")
                 self.db.execute("INSERT INTO findings VALUES (?, ?, ?, ?)", (pos, a.feed.hex(), a.seq, e.feed.hex()))
                 pos += 1
 
@@ -397,12 +397,12 @@ def _attempt(
     st.db.execute("BEGIN IMMEDIATE")
     try:
         if not counted:
-            raise _Unclean("rows outside the log")
+            raise Unclean("rows outside the log")
         p = _Pass(st, network, owner, start, db)
         p.run(rows)
         p.save(rows, db)
         st.db.execute("COMMIT")
-    except (Rewind, _Unclean) as why:
+    except (Rewind, Unclean) as why:
         st.db.execute("ROLLBACK")
         if isinstance(why, Rewind) and not fresh:
             st.close()
