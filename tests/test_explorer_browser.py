@@ -25,6 +25,8 @@ from typing import Any
 import pytest
 
 from tests.helpers import run_cli
+from trustgen.consensus.audit import audit_paths
+from trustgen.consensus.audit_incremental import audit_paths_incremental, verdict
 from trustgen.consensus.identity import Identity
 from trustgen.consensus.messages import Signed
 from trustgen.node import cluster
@@ -121,6 +123,11 @@ def test_explorer_pages_in_a_browser(tmp_path):
     audits = [json.loads(run_cli("audit", str(gw_dir), "--json").stdout)["ledgers"][0] for _ in range(2)]
     assert [(a["ok"], a["audit_mode"]) for a in audits] == [(True, "rebuilt"), (True, "incremental")], audits
     assert audits[0]["genesis"] and audits[0]["training_jobs"] == 1
+    # Every node's ledger, replicas cross-checked: the same verdicts both ways, twice.
+    full = {r.path: verdict(r) for r in audit_paths([root])}
+    for _ in range(2):
+        assert {o.report.path: verdict(o.report) for o in audit_paths_incremental([root])} == full
+    assert len(full) == 8 and all(v["ok"] for v in full.values())
     shots = tmp_path / "screenshots"
     shots.mkdir()
     proc, url = start_explorer(gw_dir)
