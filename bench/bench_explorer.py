@@ -1,7 +1,8 @@
 """Incremental audit and explorer pages on a big ledger.
 
 Builds a gateway's ledger of N entries (tasks accepted, results, three votes, certificates and a
-commitment per task, as a running gateway writes them), then measures in one run:
+commitment per task, as a running gateway writes them) under a genesis admitting its nodes, as
+every `cluster up` and demo network runs (`--open` for an open network), then measures in one run:
 
 - the full audit, and the incremental audit after appending 1 % more entries: the ratio of the
   two (target <= 5 %); the signature cache is cleared before each, so every signature is checked;
@@ -10,6 +11,7 @@ commitment per task, as a running gateway writes them), then measures in one run
 
     python bench/bench_explorer.py            # 100,000 entries
     python bench/bench_explorer.py --quick    # 5,000 entries (seconds, for a smoke run)
+    python bench/bench_explorer.py --open     # the same without a genesis
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import tempfile
 import time
 
 from trustgen.consensus import identity
+from trustgen.consensus.admission import Member, make_genesis
 from trustgen.consensus.assignment import effective_verifiers, rank
 from trustgen.consensus.audit import audit_ledger
 from trustgen.consensus.audit_incremental import INCREMENTAL, audit_incremental
@@ -41,12 +44,16 @@ def ident(i: int) -> Identity:
 class Gateway:
     """Writes tasks into a gateway's ledger the way a running gateway does."""
 
-    def __init__(self, path: pathlib.Path) -> None:
+    def __init__(self, path: pathlib.Path, genesis: bool = True) -> None:
         self.gw, self.client, self.worker = ident(1), ident(2), ident(3)
         self.verifiers = {v.public_key: v for v in (ident(10 + i) for i in range(4))}
         self.led = Ledger(path, NET, self.gw)
         self.n = 0
         if self.led.size() == 0:
+            if genesis:
+                members = [Member(self.gw.public_key, ("gateway",)), Member(self.worker.public_key, ("worker",))]
+                members += [Member(v, ("verifier",)) for v in self.verifiers]
+                self.led.append("Genesis", {"genesis": make_genesis(ident(99), NET, members).wire()})
             self.led.append("NodeJoined", {"address": "127.0.0.1:7000", "roles": ["gateway"]})
             for i, v in enumerate([self.worker, *self.verifiers.values()]):
                 roles = ["worker"] if v is self.worker else ["verifier"]
@@ -193,6 +200,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--entries", type=int, default=100_000)
     ap.add_argument("--quick", action="store_true", help="5,000 entries")
+    ap.add_argument("--open", action="store_true", help="an open network: no genesis")
     ap.add_argument("--repeat", type=int, default=15)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
@@ -200,7 +208,7 @@ def main() -> None:
     tmp = pathlib.Path(tempfile.mkdtemp(prefix="tg-bench-explorer-"))
     path = tmp / "gateway" / "ledger.db"
     path.parent.mkdir()
-    gw = Gateway(path)
+    gw = Gateway(path, genesis=not args.open)
     _, build_s = timed(lambda: gw.grow(n - gw.n))
     res = {"build_s": round(build_s, 1), "audit": bench_audit(path, gw, n // 100)}
     gw.led.close()
@@ -209,7 +217,8 @@ def main() -> None:
         print(json.dumps(res))
         return
     a, e = res["audit"], res["explorer"]
-    print(f"ledger of {a['entries']:,} entries built in {res['build_s']} s")
+    under = "an open network" if args.open else "a genesis"
+    print(f"ledger of {a['entries']:,} entries under {under} built in {res['build_s']} s")
     print(
         f"full audit {a['full_audit_s']} s; first incremental (builds the state) {a['first_incremental_s']} s; "
         f"+{a['added']} entries ({a['added'] / a['entries']:.1%}): incremental {a['incremental_s']} s vs full "

@@ -59,6 +59,9 @@ def test_pages_show_what_the_ledger_holds(node_dir):
     liar = scen.verifiers[0].public_key.hex()
     node = text(client.get(f"/node/{liar}").text)
     assert "verifier" in node and "bad marks" in node
+    # The header's ledger size, on a page that lists entries of its own (a feed).
+    feed = text(client.get(f"/feed/{scen.gateway.public_key.hex()}").text)
+    assert re.search(rf"{NET} · \d+ entries", feed), feed[:300]
     # Every page links to raw signed entries, and an entry page shows its payload and signature.
     link = re.search(r'href="/entry/([0-9a-f]{64})"', page.text)
     assert link

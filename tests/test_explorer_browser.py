@@ -1,13 +1,16 @@
 """The explorer in a real browser (the distribution's headless Chromium, driven by Playwright) on
-the ledger of a real cluster run: a gateway, three verifiers, an honest worker and a cheating one
-(adversary `alter`), an image task and a text task the cheat answers first and loses. The test
-checks what the pages show and saves screenshots under its tmp directory; with
+the ledger of a real cluster run (`cluster.up`, separate processes under its genesis): a gateway,
+three verifiers, an honest worker and a cheating one (adversary `alter`), two trainers; an image
+task, a text task the cheat answers first and loses, and a two-round training job. One cluster run
+serves every check. The test checks what the pages show and saves screenshots under its tmp
+directory; with
 TRUSTGEN_UPDATE_DOCS_SCREENSHOT=1 it also refreshes docs/explorer-task.png."""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
 import pathlib
 import queue
@@ -17,13 +20,18 @@ import signal
 import subprocess
 import sys
 import threading
+from typing import Any
 
 import pytest
 
-from tests.helpers import LocalNodes, run_cli
+from tests.helpers import run_cli
+from trustgen.consensus.audit import audit_paths
+from trustgen.consensus.audit_incremental import audit_paths_incremental, verdict
 from trustgen.consensus.identity import Identity
 from trustgen.consensus.messages import Signed
+from trustgen.node import cluster
 from trustgen.node.client import make_task, submit
+from trustgen.node.training_client import submit_job
 
 CHROMIUM = "/usr/bin/chromium"
 NET = "trustgen-local"
@@ -43,26 +51,48 @@ def text_task_for(me: Identity, first: bytes, then: bytes) -> Signed:
             return task
 
 
-async def cluster_run(root: pathlib.Path) -> dict[str, str]:
-    nodes = LocalNodes(root)
+def short_job() -> Any:
+    """The default training job cut to two rounds of two inner steps."""
+    from trustgen.training import spec as specs
+
+    raw = specs.as_table(specs.load(specs.DEFAULT_JOB).data)
+    raw.pop("trainers")
+    raw["algorithm"].update({"rounds": 2, "inner_steps": 2})
+    return specs.from_dict(raw)
+
+
+async def tasks_and_job(gw: str, cheat: bytes, good: bytes) -> dict[str, Any]:
+    """A text task the cheat answers first and loses, then an image task, beside a training job."""
+    me = Identity.generate()
+    job = asyncio.ensure_future(
+        submit_job(gw, short_job(), me, True, trainers=2, verifiers=3, wait=True, timeout_s=300)
+    )
+    text = text_task_for(me, cheat, good)
+    out = await submit(gw, text, me, NET, insecure=True, timeout_s=180)
+    assert out["decision"] == "accept" and out["attempts"] == 2, out
+    image = make_task(me, NET, "image", "tiny-image", {"prompt": "a red circle on a white background", "seed": 5}, 3)
+    out = await submit(gw, image, me, NET, insecure=True, timeout_s=180)
+    assert out["decision"] == "accept", out
+    st = await job
+    assert st["state"] == "final" and len(st["rounds_done"]) == 2, st
+    return {
+        "text": text.id.hex(),
+        "image": image.id.hex(),
+        "cheat": cheat.hex(),
+        "job": st["job_id"],
+        "digests": [r["digest"] for r in st["rounds_done"]],
+    }
+
+
+def cluster_run(root: pathlib.Path) -> dict[str, Any]:
+    """`trustgen cluster up` as separate processes under its genesis: a gateway, three verifiers,
+    an honest worker, a cheating one (adversary `alter`) and two trainers; stopped afterwards."""
+    ready = cluster.up(root, workers=2, verifiers=3, node_settings={"worker-2": {"adversary": "alter"}}, trainers=2)
     try:
-        gw = await nodes.start("gateway", ["gateway"])
-        for i in range(3):
-            await nodes.start(f"verifier-{i}", ["verifier"], gateway=gw.address)
-        good = await nodes.start("good", ["worker"], gateway=gw.address)
-        bad = await nodes.start("cheat", ["worker"], gateway=gw.address, adversary="alter")
-        me = Identity.generate()
-        text = text_task_for(me, bad.identity.public_key, good.identity.public_key)
-        out = await submit(gw.address, text, me, NET, insecure=True, timeout_s=180)
-        assert out["decision"] == "accept" and out["attempts"] == 2, out
-        image = make_task(
-            me, NET, "image", "tiny-image", {"prompt": "a red circle on a white background", "seed": 5}, 3
-        )
-        out = await submit(gw.address, image, me, NET, insecure=True, timeout_s=180)
-        assert out["decision"] == "accept", out
-        return {"text": text.id.hex(), "image": image.id.hex(), "cheat": bad.identity.public_key.hex()}
+        cheat, good = (cluster.node_identity(root / n).public_key for n in ("worker-2", "worker-1"))
+        return asyncio.run(tasks_and_job(ready["gateway"]["address"], cheat, good))
     finally:
-        await nodes.close()
+        cluster.down(root)
 
 
 def start_explorer(node_dir: pathlib.Path) -> tuple[subprocess.Popen, str]:
@@ -87,9 +117,17 @@ def start_explorer(node_dir: pathlib.Path) -> tuple[subprocess.Popen, str]:
 def test_explorer_pages_in_a_browser(tmp_path):
     sync_api = pytest.importorskip("playwright.sync_api")
     root = tmp_path / "net"
-    ids = asyncio.run(cluster_run(root))
+    ids = cluster_run(root)
     gw_dir = root / "gateway"
-    assert run_cli("audit", str(gw_dir)).returncode == 0  # writes the verdict the pages show
+    # Writes the verdict the pages show. The cluster runs under a genesis: audited incrementally.
+    audits = [json.loads(run_cli("audit", str(gw_dir), "--json").stdout)["ledgers"][0] for _ in range(2)]
+    assert [(a["ok"], a["audit_mode"]) for a in audits] == [(True, "rebuilt"), (True, "incremental")], audits
+    assert audits[0]["genesis"] and audits[0]["training_jobs"] == 1
+    # Every node's ledger, replicas cross-checked: the same verdicts both ways, twice.
+    full = {r.path: verdict(r) for r in audit_paths([root])}
+    for _ in range(2):
+        assert {o.report.path: verdict(o.report) for o in audit_paths_incremental([root])} == full
+    assert len(full) == 8 and all(v["ok"] for v in full.values())
     shots = tmp_path / "screenshots"
     shots.mkdir()
     proc, url = start_explorer(gw_dir)
@@ -155,6 +193,24 @@ def test_explorer_pages_in_a_browser(tmp_path):
             assert page.locator("svg.plot").count() == 1
             page.screenshot(path=str(shots / "node-cheat.png"), full_page=True)
 
+            # The training job: its spec, the loss of each round's checkpoint, the updates, the
+            # checks and the finalised checkpoints' digests, each round trained from the last.
+            page.goto(f"{url}training")
+            page.locator("#jobs a", has_text=ids["job"]).click()
+            page.wait_for_url(f"{url}training/{ids['job']}")
+            spec = page.inner_text("#spec")
+            assert "algorithm.rounds\t2" in spec and "model.base\ttiny-text" in spec, spec
+            assert page.locator("svg.plot").count() == 1
+            rounds = page.locator("#rounds tr.round")
+            assert rounds.count() == 2
+            for r, digest in enumerate(ids["digests"]):
+                row = rounds.nth(r)
+                assert row.locator(".update").count() == 2 and row.locator(".update .accept").count() == 2
+                assert row.locator(".check").count() == 3
+                assert digest in row.locator(".digest").inner_text()
+            assert ids["digests"][0][:16] in rounds.nth(1).locator(".base").inner_text()  # lineage
+            page.screenshot(path=str(shots / "training.png"), full_page=True)
+
             # Search from the header box by a prefix of the task id.
             page.fill("header input[name=q]", ids["text"][:12])
             page.press("header input[name=q]", "Enter")
@@ -172,4 +228,5 @@ def test_explorer_pages_in_a_browser(tmp_path):
         "overview.png",
         "task-image.png",
         "task-text.png",
+        "training.png",
     ]

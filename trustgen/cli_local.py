@@ -197,9 +197,10 @@ def audit(
     """Verify every feed, link, signature, admission, assignment, vote, decision, commitment and
     training entry; with several ledgers, also every replica of every feed against the others;
     with --recheck, run the verifier again on a sample of finalised results. By default only what
-    is new since the last audit is verified (state in audit-state.sqlite beside each ledger; a
-    changed old row, or a ledger under a genesis, means a full audit). Exit 0 when clean, 1 on
-    violations or failed re-checks, 2 on unusable input."""
+    is new since the last audit is verified (state in audit-state.sqlite beside each ledger,
+    under a genesis or not; a changed old row means verifying again from the start, --full or
+    --genesis a full audit). Exit 0 when clean, 1 on violations or failed re-checks, 2 on
+    unusable input."""
     from trustgen.consensus.admission import Genesis
     from trustgen.consensus.audit import audit_paths
     from trustgen.consensus.audit_incremental import audit_paths_incremental

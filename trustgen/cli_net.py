@@ -33,6 +33,7 @@ def node_run(
 _SETTINGS: dict[str, Any] = {
     "adversary": str,
     "delay_s": float,
+    "explorer_port": int,
     "train_adversary": str,
     "training_round_timeout_s": float,
     "training_retry_s": float,

@@ -5,11 +5,17 @@ A re-audit checks that the prefix is unchanged (a cheap re-hash of its rows), th
 the new entries the same per-ledger checks as the full audit (audit.py), looking up what they
 refer to in the state, and re-checks the old votes a new certificate or result re-judges.
 
+Under a genesis the same admission rules apply as in the full audit (audit_admitted: strangers'
+feeds listed, not judged; every signer ever admitted in its role; the owner's candidates as due at
+each beacon, from a reputation the state keeps replayed to the owner's latest commitment).
+
 The fast path only ever vouches for a clean extension. Anything it does not vouch for (a
 changed prefix, any would-be violation in the new entries, a pattern it does not handle such as
 a task accepted twice or a commitment to a prefix older than the verified one) hands the ledger
 to the full audit, whose report is then the verdict. So both ways give the same verdict, and
-violations are always described by one implementation.
+violations are always described by one implementation. New entries that change what the prefix
+derived (a genesis after entries audited without one, a stranger admitted, a beacon older than the
+kept reputation) make the pass start again from log position 0 instead.
 """
 
 from __future__ import annotations
@@ -24,24 +30,26 @@ from typing import Any
 from trustgen.consensus import merkle
 from trustgen.consensus.assignment import effective_verifiers, rank
 from trustgen.consensus.audit import AuditInputError, AuditReport, _audit, _merge, find_ledgers
+from trustgen.consensus.audit_admitted import Admitted, Rewind, Unclean
 from trustgen.consensus.audit_checks import accusation_problem, verify_all
 from trustgen.consensus.audit_replicas import Replica
-from trustgen.consensus.audit_state import ROW_QUERY, AuditState, prefix_matches, state_path_for, update_chunks
+from trustgen.consensus.audit_state import (
+    ROW_QUERY,
+    STATE_VERSION,
+    AuditState,
+    prefix_matches,
+    state_path_for,
+    update_chunks,
+)
 from trustgen.consensus.encoding import decode, encode
 from trustgen.consensus.ledger import ZERO, Entry, entry_hash, leaf_data, parse_entry
 from trustgen.consensus.messages import MessageError, Signed, open_wire
 from trustgen.consensus.tally import PENDING, tally
 
 # How a verdict was reached: the full audit; the fast path extending the state; the fast path
-# building a new state from log position 0 (no state yet, or the verified prefix changed).
+# building a new state from log position 0 (no state yet, the verified prefix changed, or new
+# entries change what was derived from it).
 FULL, INCREMENTAL, REBUILT = "full", "incremental", "rebuilt"
-
-
-_ADMISSION_ROWS = "SELECT 1 FROM entries WHERE type IN ('Genesis', 'Admitted', 'Revoked') LIMIT 1"
-
-
-class _Unclean(Exception):
-    """The new entries hold something the fast path does not vouch for."""
 
 
 @dataclass
@@ -56,41 +64,50 @@ def _open(data: bytes, msg_type: str, network: str) -> Signed:
     try:
         return open_wire(data, msg_type, network)
     except MessageError:
-        raise _Unclean(msg_type) from None
+        raise Unclean(msg_type) from None
 
 
 class _Pass:
     """The per-ledger checks over log positions [start, start + len(rows)), against the state."""
 
-    def __init__(self, st: AuditState, network: str, owner: bytes | None, start: int) -> None:
+    def __init__(
+        self, st: AuditState, network: str, owner: bytes | None, start: int, ledger: sqlite3.Connection
+    ) -> None:
         self.st, self.db, self.network, self.owner, self.start = st, st.db, network, owner, start
         self.heads = {f: (s, h) for f, s, h in self.db.execute("SELECT feed, seq, hash FROM heads")}
+        self.adm = Admitted(st, network, owner, ledger)
         self.joins = dict(self.db.execute("SELECT feed, log_index FROM joins").fetchall())
         self.counters = {k: int(st.meta(k, 0)) for k in ("tasks_checked", "commitments_checked")}
         last = st.meta("last_commitment")
         self.last_good: tuple[int, bytes] | None = None if last is None else tuple(decode(last))
         self.new_counted: list[tuple[bytes, bytes, bytes]] = []
         self.new_results: list[tuple[bytes, bytes, bytes]] = []
+        self.owner_tasks: list[tuple[Entry, Signed]] = []
 
     def run(self, rows: list[tuple]) -> None:
         entries = self.check_entries(rows)
+        self.adm.begin(entries, self.start, set(self.heads))
         self.check_chains(entries)
         self.check_commitments(entries)
-        self.check_tasks(entries)
-        self.check_evidence(entries)
+        self.record_joins(entries)
+        judged = [e for e in entries if self.adm.member(e.feed)]
+        self.check_tasks(judged)
+        self.check_evidence(judged)
+        keep = self.last_good[0] if self.last_good is not None else self.start + len(entries)
+        self.adm.check_candidates(self.owner_tasks, self.joins, entries, self.start, keep)
 
     def check_entries(self, rows: list[tuple]) -> list[Entry]:
         sig_ok = verify_all([(r[0], r[4], r[5]) for r in rows])
         out = []
         for i, (feed, seq, h, typ, payload, sig, idx) in enumerate(rows):
             if idx != self.start + i or not sig_ok[i]:
-                raise _Unclean("entry")
+                raise Unclean("entry")
             try:
                 e = parse_entry(payload, sig, self.network, verify_signature=False)
             except MessageError:
-                raise _Unclean("entry") from None
+                raise Unclean("entry") from None
             if (e.feed, e.seq, e.type) != (feed, seq, typ) or entry_hash(payload, sig) != h:
-                raise _Unclean("entry")
+                raise Unclean("entry")
             out.append(e)
         return out
 
@@ -98,7 +115,7 @@ class _Pass:
         for e in entries:
             seq, h = self.heads.get(e.feed, (0, ZERO))
             if e.seq != seq + 1 or e.prev != h:
-                raise _Unclean("chain")
+                raise Unclean("chain")
             self.heads[e.feed] = (e.seq, e.hash)
 
     def check_commitments(self, entries: list[Entry]) -> None:
@@ -117,13 +134,14 @@ class _Pass:
             if (size, root) == self.last_good:
                 continue
             if not self.start <= size <= idx or roots.get(size) != root:
-                raise _Unclean("commitment")  # wrong, or a prefix older than the verified one
+                raise Unclean("commitment")  # wrong, or a prefix older than the verified one
             if self.last_good is not None and size < self.last_good[0]:
-                raise _Unclean("commitment")
+                raise Unclean("commitment")
             self.last_good = (size, root)
 
-    def check_tasks(self, entries: list[Entry]) -> None:
-        votes: list[tuple[Entry, Signed]] = []
+    def record_joins(self, entries: list[Entry]) -> None:
+        """Commitments (beacons) and verifier joins (candidates), of every feed, as the full audit
+        indexes them."""
         for i, e in enumerate(entries):
             if e.type == "Commitment":
                 self.db.execute(
@@ -131,7 +149,12 @@ class _Pass:
                 )
             elif e.type == "NodeJoined" and "verifier" in e.body["roles"]:
                 self.joins.setdefault(e.feed, self.start + i)
-            elif e.type == "TaskAccepted":
+
+    def check_tasks(self, entries: list[Entry]) -> None:
+        """The judged (members') entries: tasks, results, votes and certificates."""
+        votes: list[tuple[Entry, Signed]] = []
+        for e in entries:
+            if e.type == "TaskAccepted":
                 self.accept(e)
             elif e.type == "ResultCommitted":
                 res = _open(e.body["result"], "Result", self.network)
@@ -159,31 +182,37 @@ class _Pass:
                 (feed, task_id, result_id),
             ).fetchall():
                 if v not in allowed:
-                    raise _Unclean("vote")
+                    raise Unclean("vote")
         for e, vote in votes:
             if vote.body["verifier"] not in self.allowed(e.feed, vote.body["task_id"], vote.body["result_id"]):
-                raise _Unclean("vote")
+                raise Unclean("vote")
+            self.admitted(vote.body["verifier"], "verifier")
+
+    def admitted(self, key: bytes, role: str) -> None:
+        if not self.adm.ever(key, role):
+            raise Unclean("not admitted")
 
     def accept(self, e: Entry) -> None:
         task = _open(e.body["task"], "Task", self.network)
         if self.lookup("accepted", e.feed, task.id) is not None:
-            raise _Unclean("task accepted twice")  # it would re-judge old certificates
+            raise Unclean("task accepted twice")  # it would re-judge old certificates
         self.db.execute(
             "INSERT INTO accepted VALUES (?, ?, ?, ?, ?)",
             (e.feed, task.id, e.body["beacon"], encode(e.body["candidates"]), task.body["verifiers"]),
         )
         size, beacon = e.body["beacon_size"], e.body["beacon"]
-        if size == 0:
-            if beacon != merkle.EMPTY_ROOT:
-                raise _Unclean("beacon")
-            return
-        (first,) = self.db.execute(
-            "SELECT MIN(seq) FROM commitments WHERE feed = ? AND size = ? AND root = ?", (e.feed, size, beacon)
-        ).fetchone()
-        if first is None or first >= e.seq:
-            raise _Unclean("beacon")
-        if e.feed == self.owner and set(e.body["candidates"]) != {f for f, i in self.joins.items() if i < size}:
-            raise _Unclean("candidates")
+        if size == 0 and beacon != merkle.EMPTY_ROOT:
+            raise Unclean("beacon")
+        if size != 0:
+            (first,) = self.db.execute(
+                "SELECT MIN(seq) FROM commitments WHERE feed = ? AND size = ? AND root = ?", (e.feed, size, beacon)
+            ).fetchone()
+            if first is None or first >= e.seq:
+                raise Unclean("beacon")
+        for v in e.body["candidates"]:
+            self.admitted(v, "verifier")
+        if e.feed == self.owner:
+            self.owner_tasks.append((e, task))
 
     def lookup(self, table: str, feed: bytes, key: bytes) -> tuple | None:
         column = {"accepted": "task_id", "results": "result_id"}[table]
@@ -193,7 +222,7 @@ class _Pass:
         """The verifiers whose VoteCast for this result the full audit accepts (check_cast_vote)."""
         acc = self.lookup("accepted", feed, task_id)
         if acc is None:
-            raise _Unclean("vote for an unknown task")
+            raise Unclean("vote for an unknown task")
         row = self.db.execute(
             "SELECT verifiers FROM counted WHERE feed = ? AND task_id = ? AND result_id = ?", (feed, task_id, result_id)
         ).fetchone()
@@ -211,45 +240,48 @@ class _Pass:
         acc = self.lookup("accepted", e.feed, c["task_id"]) if c["gateway"] == e.feed else None
         res = self.lookup("results", e.feed, c["result_id"])
         if acc is None or res is None or res[2] != c["task_id"] or res[3] != c["worker"]:
-            raise _Unclean("certificate")
+            raise Unclean("certificate")
+        self.admitted(c["gateway"], "gateway")
+        self.admitted(c["worker"], "worker")
         _, _, beacon, candidates, k = acc
         ranking = rank(beacon, c["task_id"], decode(candidates), c["worker"])
         expected = effective_verifiers(ranking, c["skipped"], k)
         if list(c["verifiers"]) != expected or not set(c["skipped"]) <= set(ranking):
-            raise _Unclean("assignment")
+            raise Unclean("assignment")
         key = (e.feed, c["task_id"], c["result_id"])
         try:
             self.db.execute("INSERT INTO counted VALUES (?, ?, ?, ?)", (*key, encode(expected)))
         except sqlite3.IntegrityError:
-            raise _Unclean("certified twice") from None  # the full audit keeps the later one
+            raise Unclean("certified twice") from None  # the full audit keeps the later one
         self.new_counted.append(key)
         votes: dict[bytes, bool] = {}
         for raw in c["votes"]:
             b = _open(raw, "Vote", self.network).body
             if (b["task_id"], b["result_id"]) != key[1:] or b["verifier"] not in expected or b["verifier"] in votes:
-                raise _Unclean("certificate votes")
+                raise Unclean("certificate votes")
+            self.admitted(b["verifier"], "verifier")
             votes[b["verifier"]] = b["accept"]
         t = tally(votes, expected, k)
         if t.decision == PENDING or t.decision != c["decision"]:
-            raise _Unclean("decision")
+            raise Unclean("decision")
 
     def check_evidence(self, entries: list[Entry]) -> None:
         pos = self.db.execute("SELECT COUNT(*) FROM findings").fetchone()[0]
         for e in entries:
             if e.type != "Evidence":
                 continue
-            if e.body["kind"] in ("rejected_result", "minority_vote"):
+            if e.body["kind"] in ("rejected_result", "minority_vote", "failed_recheck"):
                 if accusation_problem(e, self.network) is not None:
-                    raise _Unclean("accusation")
+                    raise Unclean("accusation")
             elif e.body["kind"] == "equivocation":
                 p = e.body["proof"]
                 try:
                     a = parse_entry(p["a_payload"], p["a_sig"], self.network)
                     b = parse_entry(p["b_payload"], p["b_sig"], self.network)
                 except (MessageError, KeyError, TypeError):
-                    raise _Unclean("evidence") from None
+                    raise Unclean("evidence") from None
                 if a.feed != b.feed or a.seq != b.seq or a.hash == b.hash or a.feed != e.body["subject"]:
-                    raise _Unclean("evidence")
+                    raise Unclean("evidence")
                 self.db.execute("INSERT INTO findings VALUES (?, ?, ?, ?)", (pos, a.feed.hex(), a.seq, e.feed.hex()))
                 pos += 1
 
@@ -266,6 +298,8 @@ class _Pass:
         self.st.set_meta(size=end, audited_at_ms=int(time.time() * 1000), **self.counters)
         if last is not None:
             self.st.set_meta(last_commitment=last)
+        strangers = encode(self.adm.strangers(set(self.heads)))
+        self.st.set_meta(strangers=strangers, **self.adm.save())
 
 
 def _report(path: pathlib.Path, network: str, st: AuditState) -> AuditReport:
@@ -274,6 +308,8 @@ def _report(path: pathlib.Path, network: str, st: AuditState) -> AuditReport:
     r.feeds = st.db.execute("SELECT COUNT(*) FROM heads").fetchone()[0]
     r.tasks_checked = int(st.meta("tasks_checked", 0))
     r.commitments_checked = int(st.meta("commitments_checked", 0))
+    r.genesis = st.meta("genesis_id", "")
+    r.strangers = decode(st.meta("strangers", encode([])))
     r.equivocations = [
         {"feed": f, "seq": s, "reported_by": by}
         for f, s, by in st.db.execute("SELECT feed, seq, reported_by FROM findings ORDER BY pos")
@@ -323,12 +359,26 @@ def _incremental(db: sqlite3.Connection, db_path: pathlib.Path, state_path: path
     if "network" not in meta:
         raise AuditInputError("ledger has no network id")
     network, owner = meta["network"].decode(), meta.get("owner")
-    if db.execute(_ADMISSION_ROWS).fetchone() is not None:
-        # Admission rules (who may vote, work or gateway, and since when) are checked by the full
-        # audit only; the fast path does not vouch for a ledger that runs under a genesis yet.
-        return _full(db_path, 0, replica)
     st = AuditState.load(state_path, network, owner)
     fresh = st is None or not prefix_matches(db, db_path, st.chunks())
+    try:
+        return _attempt(db, db_path, state_path, replica, st, fresh, network, owner)
+    except Rewind:
+        return _attempt(db, db_path, state_path, replica, None, True, network, owner)
+
+
+def _attempt(
+    db: sqlite3.Connection,
+    db_path: pathlib.Path,
+    state_path: pathlib.Path,
+    replica: bool,
+    st: AuditState | None,
+    fresh: bool,
+    network: str,
+    owner: bytes | None,
+) -> Outcome:
+    """One pass from the state's size (from 0 when `fresh`); raises Rewind (the state left as it
+    was) when the new entries change what an extended state derived."""
     tmp = state_path.with_name(f".{state_path.name}.{os.getpid()}.tmp")
     if fresh:
         if st is not None:
@@ -337,7 +387,7 @@ def _incremental(db: sqlite3.Connection, db_path: pathlib.Path, state_path: path
             st = AuditState.create(tmp)
         except sqlite3.DatabaseError:
             return _full(db_path, 0, replica)  # nowhere to keep a state: audit in full
-        st.set_meta(version=1, network=network, owner=owner or b"")
+        st.set_meta(version=STATE_VERSION, network=network, owner=owner or b"")
     assert st is not None
     start = st.size
     rows = db.execute(ROW_QUERY + " WHERE log_index >= ? ORDER BY log_index", (start,)).fetchall()
@@ -347,13 +397,16 @@ def _incremental(db: sqlite3.Connection, db_path: pathlib.Path, state_path: path
     st.db.execute("BEGIN IMMEDIATE")
     try:
         if not counted:
-            raise _Unclean("rows outside the log")
-        p = _Pass(st, network, owner, start)
+            raise Unclean("rows outside the log")
+        p = _Pass(st, network, owner, start, db)
         p.run(rows)
         p.save(rows, db)
         st.db.execute("COMMIT")
-    except _Unclean:
+    except (Rewind, Unclean) as why:
         st.db.execute("ROLLBACK")
+        if isinstance(why, Rewind) and not fresh:
+            st.close()
+            raise
         out = _full(db_path, len(rows), replica)
         # The verdict is kept even so (with the verified prefix, if any, left as it was), so a
         # reader of the state such as the explorer shows that the ledger failed its last audit.
@@ -400,6 +453,8 @@ def verdict(report: AuditReport) -> dict[str, Any]:
         for k in (
             "ok",
             "network",
+            "genesis",
+            "strangers",
             "feeds",
             "entries",
             "tasks_checked",

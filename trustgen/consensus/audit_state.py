@@ -1,7 +1,8 @@
 """The incremental audit's persisted state: a separate SQLite file beside the ledger, written only
 by the auditor, holding what the audit derived from the log prefix it verified clean (per-feed
 heads, the Merkle peaks, commitments, acceptances, results, certificates' assignments, votes,
-findings and counters).
+findings and counters; under a genesis also its admissions and revocations, and the reputation
+replayed up to the owner's latest commitment: what the candidate check needs, audit_admitted).
 
 An attacker with the ledger file can rewrite old rows, so the state also keeps a digest of every
 chunk of 4,096 log positions of the verified prefix: the next audit re-hashes the prefix's rows (a
@@ -19,13 +20,14 @@ import os
 import pathlib
 import sqlite3
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, MutableSet
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 from trustgen.consensus import merkle
+from trustgen.consensus.encoding import decode, encode
 
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: admission and reputation (a version-1 state is rebuilt)
 STATE_FILE = "audit-state.sqlite"
 
 _SCHEMA = """
@@ -51,6 +53,8 @@ CREATE TABLE IF NOT EXISTS votes(
 CREATE INDEX IF NOT EXISTS votes_by_result ON votes(feed, task_id, result_id);
 CREATE TABLE IF NOT EXISTS findings(pos INTEGER PRIMARY KEY, feed TEXT NOT NULL, seq INTEGER NOT NULL,
     reported_by TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS admissions(log_index INTEGER PRIMARY KEY, payload BLOB NOT NULL, sig BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS rep_sets(name TEXT NOT NULL, key BLOB NOT NULL, PRIMARY KEY (name, key));
 """
 
 ROW_QUERY = "SELECT feed, seq, hash, type, payload, sig, log_index FROM entries"
@@ -189,6 +193,35 @@ class AuditState:
     def save_peaks(self, r: merkle.CompactRange) -> None:
         self.db.execute("DELETE FROM peaks")
         self.db.executemany("INSERT INTO peaks VALUES (?, ?, ?)", [(i, h, x) for i, (h, x) in enumerate(r.peaks)])
+
+
+class StoredSet(MutableSet[Any]):
+    """One named set of the state (a reputation set such as the certificates seen), on disk: it
+    grows with the ledger, so a re-audit reads only the members it asks about."""
+
+    def __init__(self, db: sqlite3.Connection, name: str) -> None:
+        self.db, self.name = db, name
+
+    def __contains__(self, x: object) -> bool:
+        key = encode(x)
+        return (
+            self.db.execute("SELECT 1 FROM rep_sets WHERE name = ? AND key = ?", (self.name, key)).fetchone()
+            is not None
+        )
+
+    def add(self, x: Any) -> None:
+        self.db.execute("INSERT OR IGNORE INTO rep_sets VALUES (?, ?)", (self.name, encode(x)))
+
+    def discard(self, x: Any) -> None:
+        self.db.execute("DELETE FROM rep_sets WHERE name = ? AND key = ?", (self.name, encode(x)))
+
+    def __iter__(self) -> Iterator[Any]:
+        for (key,) in self.db.execute("SELECT key FROM rep_sets WHERE name = ?", (self.name,)).fetchall():
+            v = decode(key)
+            yield tuple(v) if isinstance(v, list) else v
+
+    def __len__(self) -> int:
+        return int(self.db.execute("SELECT COUNT(*) FROM rep_sets WHERE name = ?", (self.name,)).fetchone()[0])
 
 
 def read_state_summary(ledger: pathlib.Path) -> dict[str, object] | None:

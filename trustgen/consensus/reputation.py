@@ -18,7 +18,8 @@ the genesis says agreed with the majority (consensus/assignment.py assigns at mo
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, MutableSet
+from typing import Any
 
 from trustgen.consensus.admission import AdmissionState
 from trustgen.consensus.assignment import select_candidates
@@ -41,19 +42,49 @@ class Reputation:
     """Accumulates marks entry by entry. The marks are counts, so the scores do not depend on the
     order entries arrive in: a node can feed new entries as they come."""
 
-    def __init__(self, network: str, admission: AdmissionState | None = None) -> None:
+    def __init__(
+        self,
+        network: str,
+        admission: AdmissionState | None = None,
+        sets: Callable[[str], MutableSet[Any]] = lambda _name: set(),
+    ) -> None:
+        """`sets` makes the sets that grow with the ledger (one per name): a store such as the
+        incremental audit's keeps them on disk, the rest goes through `counts`."""
         self.network = network
         self.admission = admission if admission is not None else AdmissionState(None)
         # gateway -> node -> count
         self._good: dict[bytes, dict[bytes, int]] = defaultdict(lambda: defaultdict(int))
         self._bad: dict[bytes, dict[bytes, int]] = defaultdict(lambda: defaultdict(int))
         self._agree: dict[bytes, dict[bytes, int]] = defaultdict(lambda: defaultdict(int))
-        self._accepted: set[tuple[bytes, bytes]] = set()  # (gateway, task id)
+        self._accepted: MutableSet[tuple[bytes, bytes]] = sets("accepted")  # (gateway, task id)
         self._waiting: dict[tuple[bytes, bytes], list[_Marks]] = defaultdict(list)  # certified, not yet accepted
-        self._certs: set[bytes] = set()
-        self._equivocations: set[tuple[bytes, int]] = set()
+        self._certs: MutableSet[bytes] = sets("certs")
+        self._equivocations: MutableSet[tuple[bytes, int]] = sets("equivocations")
         self._penalty: dict[bytes, int] = defaultdict(int)
-        self._rechecked: set[tuple[bytes, bytes]] = set()  # (certificate id, subject)
+        self._rechecked: MutableSet[tuple[bytes, bytes]] = sets("rechecked")  # (certificate id, subject)
+
+    def counts(self) -> dict[str, Any]:
+        """The marks, penalties and waiting certificates as plain values (every number this
+        holds beside the `sets`), for a store to persist; `restore_counts` takes them back."""
+        table = {"good": self._good, "bad": self._bad, "agree": self._agree}
+        out: dict[str, Any] = {
+            name: [[gw, node, n] for gw, counts in t.items() for node, n in counts.items()] for name, t in table.items()
+        }
+        out["penalty"] = [[node, n] for node, n in self._penalty.items()]
+        out["waiting"] = [
+            [gw, task, [[w, ok, [[v, agreed] for v, agreed in votes]] for w, ok, votes in marks]]
+            for (gw, task), marks in self._waiting.items()
+        ]
+        return out
+
+    def restore_counts(self, data: dict[str, Any]) -> None:
+        for name, t in (("good", self._good), ("bad", self._bad), ("agree", self._agree)):
+            for gw, node, n in data[name]:
+                t[gw][node] = n
+        for node, n in data["penalty"]:
+            self._penalty[node] = n
+        for gw, task, marks in data["waiting"]:
+            self._waiting[(gw, task)] = [(w, ok, [(v, agreed) for v, agreed in votes]) for w, ok, votes in marks]
 
     def add(self, e: Entry) -> None:
         if e.type in ("Admitted", "Revoked"):

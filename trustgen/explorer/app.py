@@ -18,7 +18,7 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 from starlette.templating import Jinja2Templates
 
-from trustgen.explorer import views
+from trustgen.explorer import training_view, views
 from trustgen.explorer.index import LedgerIndex
 from trustgen.gossip.blobs import BlobStore
 
@@ -67,7 +67,8 @@ def create_app(ledger_dir: pathlib.Path) -> Starlette:
         return handler
 
     def render(request: Request, name: str, ctx: dict[str, Any], status: int = 200) -> Response:
-        base = {"network": ix.network, "entries": ix.next, "ledger": str(ix.path)}
+        # Named apart from the pages' own keys: the feed and training pages list their "entries".
+        base = {"network": ix.network, "ledger_entries": ix.next, "ledger": str(ix.path)}
         return templates.TemplateResponse(request, name, {**base, **ctx}, status_code=status)
 
     def search(request: Request) -> Response:
@@ -108,11 +109,13 @@ def create_app(ledger_dir: pathlib.Path) -> Starlette:
             "/entry/{id}",
             page("entry.html", lambda r: views.entry(ix, hex_id(r.path_params["id"], "an entry hash")), "entry"),
         ),
-        Route("/training", page("trainings.html", lambda r: {"jobs": views.trainings(ix)}, "job")),
+        Route("/training", page("trainings.html", lambda r: {"jobs": training_view.trainings(ix)}, "job")),
         Route(
             "/training/{id}",
             page(
-                "training.html", lambda r: views.training(ix, hex_id(r.path_params["id"], "a job id")), "training job"
+                "training.html",
+                lambda r: training_view.training(ix, hex_id(r.path_params["id"], "a job id")),
+                "training job",
             ),
         ),
         Route("/search", search),

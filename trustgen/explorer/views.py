@@ -15,7 +15,16 @@ from trustgen.explorer.index import LedgerIndex, peek
 from trustgen.explorer.plots import line_plot
 
 PAGE = 50
-WIRE_FIELDS = {"task": "Task", "result": "Result", "vote": "Vote", "certificate": "Certificate"}
+WIRE_FIELDS = {
+    "task": "Task",
+    "result": "Result",
+    "vote": "Vote",
+    "certificate": "Certificate",
+    "job": "TrainingJob",
+    "update": "DeltaUpdate",
+    "check": "UpdateCheck",
+    "checkpoint": "TrainingCheckpoint",
+}
 
 
 def when(ms: int | None) -> str:
@@ -360,35 +369,3 @@ def search(ix: LedgerIndex, q: str) -> list[dict[str, str]]:
         ("sha256:" + q, q),
     )
     return [{"id": i, "what": w, "ref": r.hex() if isinstance(r, bytes) else r} for i, w, r in rows]
-
-
-def training(ix: LedgerIndex, job: bytes) -> dict[str, Any] | None:
-    rows = ix.query("SELECT type, log_index, loss FROM training WHERE job = ? ORDER BY log_index", (job,))
-    if not rows:
-        return None
-    entries = []
-    losses = []
-    for typ, idx, loss in rows[:500]:
-        raw = ix.raw(idx)
-        body = open_fields(_entry(ix, raw).body, ix.network) if raw else {}
-        entries.append({"type": typ, "log_index": idx, "hash": _hash_at(ix, idx), "loss": loss, "body": body})
-    for n, (typ, _idx, loss) in enumerate(r for r in rows if r[0] in ("CheckpointProposed", "CheckpointFinalized")):
-        if loss is not None and typ == "CheckpointFinalized":
-            losses.append((float(n), loss))
-    if not losses:  # proposals only (no checkpoint finalised yet)
-        losses = [(float(n), r[2]) for n, r in enumerate(r for r in rows if r[2] is not None)]
-    return {
-        "id": job.hex(),
-        "counts": dict(ix.query("SELECT type, COUNT(*) FROM training WHERE job = ? GROUP BY type", (job,))),
-        "entries": entries,
-        "plot": line_plot(losses, "held-out loss per checkpoint", "checkpoint", "loss"),
-    }
-
-
-def trainings(ix: LedgerIndex) -> list[dict[str, Any]]:
-    return [
-        {"id": j.hex(), "entries": n, "first": i}
-        for j, n, i in ix.query(
-            "SELECT job, COUNT(*), MIN(log_index) FROM training GROUP BY job ORDER BY 3 DESC LIMIT 200"
-        )
-    ]

@@ -30,6 +30,7 @@ class NodeConfig:
     threads: int = 1
     metrics_port: int = 0  # 0: ephemeral; -1: off
     events_port: int = 0
+    explorer_port: int = 0  # the node's read-only explorer on 127.0.0.1 at this port; 0: off
     insecure: bool = False  # plaintext gRPC only when asked for
     tls_cert: str = ""
     tls_key: str = ""
@@ -75,6 +76,8 @@ class NodeConfig:
         check_mode(self.adversary)
         if type(self.worker_batch) is not int or not 1 <= self.worker_batch <= MAX_WORKER_BATCH:
             raise UsageError(f"worker_batch must be an integer in [1, {MAX_WORKER_BATCH}]")
+        if type(self.explorer_port) is not int or not 0 <= self.explorer_port <= 65535:
+            raise UsageError("explorer_port must be an integer in [0, 65535] (0: no explorer)")
         if self.gossip_interval_s < 0 or not 1 <= self.gossip_fanout <= 16:
             raise UsageError("gossip_interval_s must be >= 0 and gossip_fanout in [1, 16]")
 

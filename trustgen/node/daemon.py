@@ -44,6 +44,7 @@ from trustgen.net.auth import RequestGuard
 from trustgen.net.peers import Peers
 from trustgen.node.config import NodeConfig
 from trustgen.node.events import EventBus
+from trustgen.node.explorer_child import ExplorerChild
 from trustgen.node.metrics import Metrics
 from trustgen.node.servicers import (
     BlobsServicer,
@@ -112,6 +113,7 @@ class Node:
         self.trainer: TrainerRole | None = None
         self.train_verifier: TrainingVerifier | None = None
         self.address = ""
+        self.explorer: ExplorerChild | None = None
         self._stop = asyncio.Event()
         self.serving = asyncio.Event()
 
@@ -290,6 +292,8 @@ class Node:
         recovering = None
         if self.coordinator:  # loads models: in the background, so the node serves at once
             recovering = asyncio.get_running_loop().create_task(self._recover_training(self.coordinator))
+        if cfg.explorer_port:
+            self.explorer = ExplorerChild(cfg.data_dir, cfg.explorer_port)
         await health.set("", health_pb2.HealthCheckResponse.SERVING)
         self._write_ready(joined=not (self.worker or self.verifier or self.trainer))
         log.info("node %s serving %s at %s", self.identity.node_id[:12], ",".join(cfg.roles), self.address)
@@ -325,6 +329,8 @@ class Node:
         if self.coordinator:
             await self.coordinator.close()
         await server.stop(grace=3)
+        if self.explorer is not None:
+            await asyncio.to_thread(self.explorer.stop)
         await self.peers.close()
         if self.engines:
             self.engines.close()
@@ -383,6 +389,7 @@ class Node:
             "roles": self.cfg.roles,
             "events_port": self.events.port,
             "metrics_port": self.metrics.port,
+            "explorer": self.explorer.url if self.explorer is not None else "",
             "joined": joined,
         }
         tmp = self.cfg.data_dir / (READY_FILE + ".tmp")
