@@ -26,7 +26,7 @@ from trustgen.consensus.assignment import effective_verifiers, rank
 from trustgen.consensus.audit import AuditInputError, AuditReport, _audit, _merge, find_ledgers
 from trustgen.consensus.audit_checks import accusation_problem, verify_all
 from trustgen.consensus.audit_replicas import Replica
-from trustgen.consensus.audit_state import ROW_QUERY, AuditState, prefix_matches, state_path_for, update_chunks
+from trustgen.consensus.audit_state import ROW_QUERY, STATE_VERSION, AuditState, prefix_matches, state_path_for, update_chunks
 from trustgen.consensus.encoding import decode, encode
 from trustgen.consensus.ledger import ZERO, Entry, entry_hash, leaf_data, parse_entry
 from trustgen.consensus.messages import MessageError, Signed, open_wire
@@ -37,6 +37,9 @@ from trustgen.consensus.tally import PENDING, tally
 FULL, INCREMENTAL, REBUILT = "full", "incremental", "rebuilt"
 
 
+# Liveness entries (consensus/liveness.py) are judged by the full audit only: a ledger that has any
+# in its new entries is handed to it.
+_FULL_ONLY = ("TaskFailed", "VerifierSkipped", "VerifierRestored")
 _ADMISSION_ROWS = "SELECT 1 FROM entries WHERE type IN ('Genesis', 'Admitted', 'Revoked') LIMIT 1"
 
 
@@ -143,6 +146,8 @@ class _Pass:
                     self.new_results.append((e.feed, res.body["task_id"], res.id))
             elif e.type == "VoteCast":
                 votes.append((e, _open(e.body["vote"], "Vote", self.network)))
+            elif e.type in _FULL_ONLY:
+                raise _Unclean(e.type)
         for e in entries:
             if e.type == "TaskFinalized":
                 self.certificate(e)
@@ -215,8 +220,13 @@ class _Pass:
         _, _, beacon, candidates, k = acc
         ranking = rank(beacon, c["task_id"], decode(candidates), c["worker"])
         expected = effective_verifiers(ranking, c["skipped"], k)
-        if list(c["verifiers"]) != expected or not set(c["skipped"]) <= set(ranking):
-            raise _Unclean("assignment")
+        if list(c["verifiers"]) != expected or c["skipped"]:
+            raise _Unclean("assignment")  # skips are justified by records only the full audit matches
+        if c["decision"] == "accept":
+            try:
+                self.db.execute("INSERT INTO terminal VALUES (?, ?)", (e.feed, c["task_id"]))
+            except sqlite3.IntegrityError:
+                raise _Unclean("second terminal state") from None
         key = (e.feed, c["task_id"], c["result_id"])
         try:
             self.db.execute("INSERT INTO counted VALUES (?, ?, ?, ?)", (*key, encode(expected)))
@@ -337,7 +347,7 @@ def _incremental(db: sqlite3.Connection, db_path: pathlib.Path, state_path: path
             st = AuditState.create(tmp)
         except sqlite3.DatabaseError:
             return _full(db_path, 0, replica)  # nowhere to keep a state: audit in full
-        st.set_meta(version=1, network=network, owner=owner or b"")
+        st.set_meta(version=STATE_VERSION, network=network, owner=owner or b"")
     assert st is not None
     start = st.size
     rows = db.execute(ROW_QUERY + " WHERE log_index >= ? ORDER BY log_index", (start,)).fetchall()
