@@ -183,7 +183,9 @@ def test_a_silent_verifier_is_replaced_by_the_next_standby(tmp_path):
             assert cert.body["verifiers"] == expected and cert.body["skipped"] == [silent]
 
             def cast() -> set[bytes]:
-                return {open_wire(e.body["vote"], "Vote", NET).signer for e in gw.ledger.iter_entries(entry_type="VoteCast")}
+                return {
+                    open_wire(e.body["vote"], "Vote", NET).signer for e in gw.ledger.iter_entries(entry_type="VoteCast")
+                }
 
             await until(lambda: cast() == set(expected), 30, "the late vote to be recorded")
             for k in expected:

@@ -100,8 +100,10 @@ def test_stopped_verifiers_early_finality_demotion_retry_and_failure_across_rest
         stalled = make_task(me, NET, "text", "tiny-text", PARAMS, 3)
         asyncio.run(submit(gw, stalled, me, NET, insecure=True, wait=False))
         wait_for(
-            lambda: {m.body["verifier"] for m in gateway_entries(root, "VerifierSkipped")} >= {v2, v3}
-            and status(gw, stalled.id).state == "verifying",
+            lambda: (
+                {m.body["verifier"] for m in gateway_entries(root, "VerifierSkipped")} >= {v2, v3}
+                and status(gw, stalled.id).state == "verifying"
+            ),
             timeout=60,
             what="both stalled verifiers to miss",
         )

@@ -26,7 +26,14 @@ from trustgen.consensus.assignment import effective_verifiers, rank
 from trustgen.consensus.audit import AuditInputError, AuditReport, _audit, _merge, find_ledgers
 from trustgen.consensus.audit_checks import accusation_problem, verify_all
 from trustgen.consensus.audit_replicas import Replica
-from trustgen.consensus.audit_state import ROW_QUERY, STATE_VERSION, AuditState, prefix_matches, state_path_for, update_chunks
+from trustgen.consensus.audit_state import (
+    ROW_QUERY,
+    STATE_VERSION,
+    AuditState,
+    prefix_matches,
+    state_path_for,
+    update_chunks,
+)
 from trustgen.consensus.encoding import decode, encode
 from trustgen.consensus.ledger import ZERO, Entry, entry_hash, leaf_data, parse_entry
 from trustgen.consensus.messages import MessageError, Signed, open_wire

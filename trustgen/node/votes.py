@@ -180,6 +180,10 @@ def record_late_vote(ledger: Ledger, cert: Signed, vote: Signed) -> bool:
     if b["accept"] != (c["decision"] == "accept"):
         ledger.append(
             "Evidence",
-            {"kind": "minority_vote", "subject": b["verifier"], "proof": {"certificate": cert.wire(), "vote": vote.wire()}},
+            {
+                "kind": "minority_vote",
+                "subject": b["verifier"],
+                "proof": {"certificate": cert.wire(), "vote": vote.wire()},
+            },
         )
     return True
