@@ -361,7 +361,7 @@ class _Auditor:
         counted[(e.feed, c["task_id"], c["result_id"])] = expected
         if not set(c["skipped"]) <= set(ranking):
             self.bad(where, "bad_assignment", "skipped verifiers were never candidates")
-        for v in c["skipped"]:
+        for v in [x for x in c["skipped"] if x in ranking]:  # a non-candidate is reported above
             skip = self._skips.get((e.feed, c["task_id"], c["result_id"], v))
             skip = skip if skip is not None and skip.seq < e.seq else None
             problem = skip_problem(skip, self._result_times.get((e.feed, c["result_id"])))
