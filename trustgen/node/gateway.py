@@ -10,8 +10,9 @@ verifiers agree; a verifier that misses its deadline is replaced by the next sta
 recorded first, so the audit can check the replacement) and demoted in this gateway's later
 assignments until it answers again (a health probe). A task ends in exactly one terminal ledger
 fact, TaskFinalized (accept) or TaskFailed (with a reason code); transient faults are retried
-with backoff and become a failure only when the task expires. Scheduling is in trustgen.node.scheduling, vote collection in
-trustgen.node.votes; this module wires them to the RPCs (Submit, Status, Watch, Join).
+with backoff and become a failure only when the task expires. Scheduling is in
+trustgen.node.scheduling, vote collection in trustgen.node.votes; this module wires them to the
+RPCs (Submit, Status, Watch, Join).
 """
 
 from __future__ import annotations
@@ -445,13 +446,14 @@ class GatewayRole:
         disagreeing, is evidence); a miss is recorded and demotes it."""
         got = await answer
         task_id = cert.body["task_id"]
-        if isinstance(got, Signed):
-            if votes.record_late_vote(self.ledger, cert, got):
-                self._publish("late_vote", task=task_id.hex(), verifier=verifier.hex(), accept=got.body["accept"])
-        elif got is not None:
-            st = self.tasks.get(task_id)
-            if st is not None:
+        try:
+            if isinstance(got, Signed):
+                if votes.record_late_vote(self.ledger, cert, got):
+                    self._publish("late_vote", task=task_id.hex(), verifier=verifier.hex(), accept=got.body["accept"])
+            elif got is not None and (st := self.tasks.get(task_id)) is not None:
                 self._record_miss(st.task, result, verifier, got)
+        except Exception as e:  # a storage fault: the decision stands; only this record is lost
+            log.warning("task %s: late answer of %s not recorded: %s", task_id.hex()[:12], verifier.hex()[:12], e)
 
     def _record_miss(self, task: Signed, result: Signed, verifier: bytes, miss: Miss) -> None:
         votes.record_skip(self.ledger, task, result, verifier, miss, int(self.verifier_timeout_s * 1000))
