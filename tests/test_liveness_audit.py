@@ -13,7 +13,7 @@ import pytest
 
 from tests.consensus_fixtures import NET, Open, Scenario, build, ident, make_task, make_vote, open_task
 from trustgen.consensus.audit import AuditReport, audit_ledger
-from trustgen.consensus.audit_incremental import FULL, audit_incremental
+from trustgen.consensus.audit_incremental import FULL, REBUILT, audit_incremental
 from trustgen.consensus.finality import certify
 from trustgen.consensus.messages import Signed
 from trustgen.consensus.reputation import reputation
@@ -176,10 +176,12 @@ def test_an_unresponsive_verifier_is_demoted_until_restored(scen):
     finalise(scen, t, t.ranking[1:4], skipped=[slow])
     everyone = sorted(t.candidates)
     accept(scen, b"demoted", [k for k in everyone if k != slow])
-    assert audited(scen).ok
+    assert audited(scen).ok and audit_incremental(scen.ledger.path).report.ok
     accept(scen, b"not demoted", everyone)
     r = audited(scen)
     assert codes(r) == ["bad_candidates"], r.violations
+    # The incremental audit never vouches for it: every candidate listed looks like no demotion.
+    assert codes(audit_incremental(scen.ledger.path).report) == ["bad_candidates"]
     scen.ledger.append("VerifierRestored", {"verifier": slow})
     accept(scen, b"restored", everyone)
     assert codes(audited(scen)) == ["bad_candidates"]  # only the one before the restore
@@ -188,3 +190,33 @@ def test_an_unresponsive_verifier_is_demoted_until_restored(scen):
     skip(scen, t2, slow, "bad_vote")
     accept(scen, b"after a bad vote", everyone)
     assert codes(audited(scen)) == ["bad_candidates"]
+
+
+def test_the_incremental_audit_vouches_for_liveness_facts_and_remembers_terminal_states(scen):
+    """Failures, skip records after a certificate and restorations stay on the fast path; a second
+    terminal state in a later extension is caught against the state the first audit persisted."""
+    t = open_task(scen, b"late miss")
+    finalise(scen, t, t.ranking[:2])
+    skip(scen, t, t.ranking[2], "deadline")  # the third assigned verifier missed, after the decision
+    scen.ledger.append("VerifierRestored", {"verifier": t.ranking[2]})
+    failed = open_task(scen, b"expires")
+    fail(scen, failed.task.id, "expired")
+    first = audit_incremental(scen.ledger.path)
+    assert first.mode == REBUILT and first.report.ok, first.report.violations
+    finalise(scen, failed, failed.ranking[:3])  # accepted after it failed
+    out = audit_incremental(scen.ledger.path)
+    assert out.mode == FULL and codes(out.report) == ["second_terminal_state"]
+
+
+def test_the_incremental_audit_never_vouches_for_a_missed_demotion(scen):
+    """A state saved after a late miss knows the verifier is unresponsive: a later task of the
+    owner listing it among its candidates (no demotion) is handed to the full audit, which flags
+    it, as a fresh full audit does."""
+    t = open_task(scen, b"late miss")
+    finalise(scen, t, t.ranking[:2])
+    skip(scen, t, t.ranking[2], "deadline")
+    assert audit_incremental(scen.ledger.path).report.ok
+    accept(scen, b"not demoted", sorted(t.candidates))
+    assert codes(audited(scen)) == ["bad_candidates"]
+    out = audit_incremental(scen.ledger.path)
+    assert out.mode == FULL and codes(out.report) == ["bad_candidates"]

@@ -36,6 +36,7 @@ from trustgen.consensus.audit_state import (
 )
 from trustgen.consensus.encoding import decode, encode
 from trustgen.consensus.ledger import ZERO, Entry, entry_hash, leaf_data, parse_entry
+from trustgen.consensus.liveness import UNRESPONSIVE, failure_problem
 from trustgen.consensus.messages import MessageError, Signed, open_wire
 from trustgen.consensus.tally import PENDING, tally
 
@@ -44,9 +45,6 @@ from trustgen.consensus.tally import PENDING, tally
 FULL, INCREMENTAL, REBUILT = "full", "incremental", "rebuilt"
 
 
-# Liveness entries (consensus/liveness.py) are judged by the full audit only: a ledger that has any
-# in its new entries is handed to it.
-_FULL_ONLY = ("TaskFailed", "VerifierSkipped", "VerifierRestored")
 _ADMISSION_ROWS = "SELECT 1 FROM entries WHERE type IN ('Genesis', 'Admitted', 'Revoked') LIMIT 1"
 
 
@@ -76,7 +74,10 @@ class _Pass:
         self.st, self.db, self.network, self.owner, self.start = st, st.db, network, owner, start
         self.heads = {f: (s, h) for f, s, h in self.db.execute("SELECT feed, seq, hash FROM heads")}
         self.joins = dict(self.db.execute("SELECT feed, log_index FROM joins").fetchall())
-        self.counters = {k: int(st.meta(k, 0)) for k in ("tasks_checked", "commitments_checked")}
+        # unresponsive_changed: 1 + the log position of the last change to the owner's set of
+        # unresponsive verifiers (0: never), which demotes them in its candidates.
+        counted = ("tasks_checked", "commitments_checked", "unresponsive_changed")
+        self.counters = {k: int(st.meta(k, 0)) for k in counted}
         last = st.meta("last_commitment")
         self.last_good: tuple[int, bytes] | None = None if last is None else tuple(decode(last))
         self.new_counted: list[tuple[bytes, bytes, bytes]] = []
@@ -153,8 +154,20 @@ class _Pass:
                     self.new_results.append((e.feed, res.body["task_id"], res.id))
             elif e.type == "VoteCast":
                 votes.append((e, _open(e.body["vote"], "Vote", self.network)))
-            elif e.type in _FULL_ONLY:
-                raise _Unclean(e.type)
+            elif e.type == "TaskFailed":
+                if self.lookup("accepted", e.feed, e.body["task_id"]) is None or failure_problem(e) is not None:
+                    raise _Unclean("failure")
+                self.end(e.feed, e.body["task_id"])
+            elif e.type == "VerifierSkipped":
+                acc = self.lookup("accepted", e.feed, e.body["task_id"])
+                if acc is None or e.body["verifier"] not in decode(acc[3]):
+                    raise _Unclean("skip")
+                if e.feed == self.owner and e.body["reason"] in UNRESPONSIVE:
+                    self.db.execute("INSERT OR IGNORE INTO unresponsive VALUES (?)", (e.body["verifier"],))
+                    self.counters["unresponsive_changed"] = self.start + i + 1
+            elif e.type == "VerifierRestored" and e.feed == self.owner:
+                self.db.execute("DELETE FROM unresponsive WHERE verifier = ?", (e.body["verifier"],))
+                self.counters["unresponsive_changed"] = self.start + i + 1
         for e in entries:
             if e.type == "TaskFinalized":
                 self.certificate(e)
@@ -194,8 +207,22 @@ class _Pass:
         ).fetchone()
         if first is None or first >= e.seq:
             raise _Unclean("beacon")
-        if e.feed == self.owner and set(e.body["candidates"]) != {f for f, i in self.joins.items() if i < size}:
+        if e.feed != self.owner:
+            return
+        # Demotion (an unresponsive verifier) at the beacon, or a change to it since: the full
+        # audit replays it.
+        demoting = self.db.execute("SELECT 1 FROM unresponsive LIMIT 1").fetchone() is not None
+        if demoting or self.counters["unresponsive_changed"] > size:
+            raise _Unclean("candidates under demotion")
+        if set(e.body["candidates"]) != {f for f, i in self.joins.items() if i < size}:
             raise _Unclean("candidates")
+
+    def end(self, feed: bytes, task_id: bytes) -> None:
+        """A task's terminal entry (TaskFailed, accepting TaskFinalized): only one, ever."""
+        try:
+            self.db.execute("INSERT INTO terminal VALUES (?, ?)", (feed, task_id))
+        except sqlite3.IntegrityError:
+            raise _Unclean("second terminal state") from None
 
     def lookup(self, table: str, feed: bytes, key: bytes) -> tuple | None:
         column = {"accepted": "task_id", "results": "result_id"}[table]
@@ -228,12 +255,9 @@ class _Pass:
         ranking = rank(beacon, c["task_id"], decode(candidates), c["worker"])
         expected = effective_verifiers(ranking, c["skipped"], k)
         if list(c["verifiers"]) != expected or c["skipped"]:
-            raise _Unclean("assignment")  # skips are justified by records only the full audit matches
+            raise _Unclean("assignment")  # a skip's justification is matched by the full audit only
         if c["decision"] == "accept":
-            try:
-                self.db.execute("INSERT INTO terminal VALUES (?, ?)", (e.feed, c["task_id"]))
-            except sqlite3.IntegrityError:
-                raise _Unclean("second terminal state") from None
+            self.end(e.feed, c["task_id"])
         key = (e.feed, c["task_id"], c["result_id"])
         try:
             self.db.execute("INSERT INTO counted VALUES (?, ?, ?, ?)", (*key, encode(expected)))

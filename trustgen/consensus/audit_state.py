@@ -25,7 +25,7 @@ from typing import Any
 
 from trustgen.consensus import merkle
 
-STATE_VERSION = 2  # 2: the terminal table
+STATE_VERSION = 2  # 2: the terminal and unresponsive tables
 STATE_FILE = "audit-state.sqlite"
 
 _SCHEMA = """
@@ -50,6 +50,7 @@ CREATE TABLE IF NOT EXISTS votes(
     feed BLOB NOT NULL, task_id BLOB NOT NULL, result_id BLOB NOT NULL, verifier BLOB NOT NULL, seq INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS votes_by_result ON votes(feed, task_id, result_id);
 CREATE TABLE IF NOT EXISTS terminal(feed BLOB NOT NULL, task_id BLOB NOT NULL, PRIMARY KEY (feed, task_id));
+CREATE TABLE IF NOT EXISTS unresponsive(verifier BLOB PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS findings(pos INTEGER PRIMARY KEY, feed TEXT NOT NULL, seq INTEGER NOT NULL,
     reported_by TEXT NOT NULL);
 """
