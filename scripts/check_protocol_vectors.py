@@ -276,6 +276,9 @@ ENTRY_BODIES: dict[str, dict[str, str]] = {
     "ResultCommitted": dict(result="bytes"),
     "VoteCast": dict(vote="bytes"),
     "TaskFinalized": dict(certificate="bytes"),
+    "TaskFailed": dict(task_id=B32, reason="str", detail="str"),
+    "VerifierSkipped": dict(task_id=B32, result_id=B32, verifier=B32, reason="str", asked="int", deadline_ms="int"),
+    "VerifierRestored": dict(verifier=B32),
     "Evidence": dict(kind="str", subject=B32, proof="map"),
     "Commitment": dict(size="int", root=B32),
     "TrainingJobAccepted": dict(job="bytes", beacon=B32, beacon_size="int", candidates="list", k="int"),
@@ -692,6 +695,7 @@ def check_ledger(led: dict[str, Any], network: str, keys: dict[str, bytes]) -> N
     verifier_joins: dict[bytes, int] = {}
     accepted: dict[bytes, tuple[dict[str, Any], dict[str, Any]]] = {}
     results: dict[bytes, dict[str, Any]] = {}
+    live = Liveness()
     for i, v in enumerate(led["log"]):
         what = f"ledger entry {i} ({v['name']})"
         feed = keys[v["signer"]]
@@ -721,15 +725,31 @@ def check_ledger(led: dict[str, Any], network: str, keys: dict[str, bytes]) -> N
             task, task_id = open_wire(body["task"], "Task", network, what + " task")
             expect(commitments.get((body["beacon_size"], body["beacon"]), i) < i, f"{what}: beacon")
             joined = {f for f, j in verifier_joins.items() if j < body["beacon_size"]}
-            expect(set(body["candidates"]) == joined, f"{what}: candidates differ from the verifiers known")
+            want = open_candidates(joined, live.unresponsive if feed == owner else set(), body, task, task_id)
+            expect(body["candidates"] == want, f"{what}: candidates differ from the verifiers due")
             accepted[task_id] = (body, task)
         elif t == "ResultCommitted":
             res, rid = open_wire(body["result"], "Result", network, what + " result")
             results[rid] = res
+            live.result_time.setdefault(rid, v["time"])
         elif t == "VoteCast":
             open_wire(body["vote"], "Vote", network, what + " vote")
         elif t == "TaskFinalized":
-            check_certificate(body["certificate"], feed, accepted, results, network, what)
+            c = check_certificate(body["certificate"], feed, accepted, results, network, what, live, i)
+            if c["decision"] == "accept":
+                live.end(c["task_id"], what)
+        elif t == "TaskFailed":
+            expect(body["task_id"] in accepted, f"{what}: failure of a task never accepted")
+            expect(body["reason"] in FAILURE_REASONS and len(body["detail"]) <= 512, f"{what}: failure reason")
+            live.end(body["task_id"], what)
+        elif t == "VerifierSkipped":
+            expect(body["task_id"] in accepted, f"{what}: skip for a task never accepted")
+            expect(body["verifier"] in accepted[body["task_id"]][0]["candidates"], f"{what}: skipped a non-candidate")
+            live.skips.setdefault((body["task_id"], body["result_id"], body["verifier"]), (i, v["time"], body))
+            if body["reason"] in ("deadline", "unavailable"):
+                live.unresponsive.add(body["verifier"])
+        elif t == "VerifierRestored":
+            live.unresponsive.discard(body["verifier"])
         elif t == "Evidence":
             check_evidence(body, feed, network, what)
     same([x.hex() for x in leaf_list(log)], led["leaves"], "ledger leaves")
@@ -737,11 +757,52 @@ def check_ledger(led: dict[str, Any], network: str, keys: dict[str, bytes]) -> N
     same(want, led["heads"], "ledger heads")
 
 
+FAILURE_REASONS = ("expired", "refused", "rejected")
+SKIP_REASONS = ("deadline", "unavailable", "bad_vote", "not_admitted")
+
+
+class Liveness:
+    """The owner's liveness facts so far (section 7.4): skip records, who is unresponsive, which
+    tasks have ended."""
+
+    def __init__(self) -> None:
+        self.skips: dict[tuple[bytes, bytes, bytes], tuple[int, int, dict[str, Any]]] = {}
+        self.result_time: dict[bytes, int] = {}
+        self.unresponsive: set[bytes] = set()
+        self.ended: set[bytes] = set()
+
+    def end(self, task_id: bytes, what: str) -> None:
+        expect(task_id not in self.ended, f"{what}: a second terminal state")
+        self.ended.add(task_id)
+
+    def justify(self, task_id: bytes, result_id: bytes, verifier: bytes, before: int, what: str) -> None:
+        got = self.skips.get((task_id, result_id, verifier))
+        expect(got is not None and got[0] < before, f"{what}: skipped {short(verifier)} without a prior record")
+        assert got is not None
+        _, when, b = got
+        expect(b["reason"] in SKIP_REASONS and 0 < b["deadline_ms"] <= 3_600_000, f"{what}: skip record")
+        expect(b["asked"] >= self.result_time.get(result_id, b["asked"]), f"{what}: asked before the result")
+        if b["reason"] == "deadline":
+            expect(when >= b["asked"] + b["deadline_ms"], f"{what}: miss recorded before the deadline")
+
+
+def open_candidates(joined: set[bytes], demoted: set[bytes], acc: dict[str, Any], task: dict[str, Any], tid: bytes):
+    """Section 9 in an open network: every verifier known except the demoted (unresponsive) ones,
+    short of k topped up with demoted ones in rank order; sorted."""
+    k = task["verifiers"]
+    ranked = sorted(joined, key=lambda v: hashlib.sha256(D["ASSIGN"] + acc["beacon"] + tid + v).digest())
+    taken = [v for v in ranked if v not in demoted]
+    taken += [v for v in ranked if v in demoted][: max(0, k - len(taken))]
+    return sorted(taken)
+
+
 def leaf_list(log: list[tuple[bytes, int, bytes]]) -> list[bytes]:
     return [leaf_hash(f + s.to_bytes(8, "big") + h) for f, s, h in log]
 
 
-def check_certificate(wire: bytes, feed: bytes, accepted: dict, results: dict, network: str, what: str) -> None:
+def check_certificate(
+    wire: bytes, feed: bytes, accepted: dict, results: dict, network: str, what: str, live: Liveness, at: int
+) -> dict[str, Any]:
     c, _ = open_wire(wire, "Certificate", network, what + " certificate")
     expect(c["gateway"] == feed, f"{what}: certificate signed by another node")
     expect(c["task_id"] in accepted, f"{what}: task never accepted")
@@ -752,12 +813,15 @@ def check_certificate(wire: bytes, feed: bytes, accepted: dict, results: dict, n
     eff = effective(r, c["skipped"], task["verifiers"])
     same(c["verifiers"], eff, f"{what}: effective verifiers")
     expect(set(c["skipped"]) <= set(r), f"{what}: skipped verifiers were never candidates")
+    for k in c["skipped"]:
+        live.justify(c["task_id"], c["result_id"], k, at, what)
     votes: dict[bytes, bool] = {}
     for raw in c["votes"]:
         vote, _ = open_wire(raw, "Vote", network, what + " vote")
         expect(vote["verifier"] in eff and vote["verifier"] not in votes, f"{what}: vote from outside or twice")
         votes[vote["verifier"]] = vote["accept"]
     same(decide(votes, eff, task["verifiers"])[0], c["decision"], f"{what}: decision")
+    return c
 
 
 def check_evidence(body: dict[str, Any], feed: bytes, network: str, what: str) -> None:
@@ -774,7 +838,11 @@ def check_evidence(body: dict[str, Any], feed: bytes, network: str, what: str) -
         expect(c["decision"] == "reject" and c["worker"] == body["subject"], f"{what}: does not convict")
     elif kind == "minority_vote":
         vote, _ = open_wire(p["vote"], "Vote", network, what + " vote")
-        expect(p["vote"] in c["votes"] and vote["verifier"] == body["subject"], f"{what}: vote not in certificate")
+        late = vote["verifier"] in c["verifiers"] and (vote["task_id"], vote["result_id"]) == (
+            c["task_id"],
+            c["result_id"],
+        )
+        expect((p["vote"] in c["votes"] or late) and vote["verifier"] == body["subject"], f"{what}: not its vote")
         expect(vote["accept"] != (c["decision"] == "accept"), f"{what}: the vote agrees with the decision")
     else:
         raise Mismatch(f"{what}: unknown evidence kind {kind}")

@@ -481,7 +481,9 @@ def make_request(signer: str, method: str, args: dict[str, Any], n: int) -> Sign
 
 def scenario(pixels: np.ndarray, png: bytes, model: str) -> dict[str, Any]:
     """A gateway's ledger: joins, commitments, a text task accepted by majority (one verifier
-    skipped, one in the minority), an image task rejected, and an equivocation."""
+    skipped for a missed deadline, recorded before the certificate, one in the minority), an
+    image task rejected (the skipped verifier demoted out of its candidates), the skipped verifier
+    restored, a third task failed, and an equivocation."""
     msgs: list[dict[str, Any]] = []
     verifiers = [KEYS[f"verifier{i}"] for i in range(5)]
     with tempfile.TemporaryDirectory() as d:
@@ -546,9 +548,12 @@ def scenario(pixels: np.ndarray, png: bytes, model: str) -> dict[str, Any]:
             text_digest(tokens),
             fp,
         )
-        append("ResultCommitted", {"result": result1.wire()})
+        committed1 = append("ResultCommitted", {"result": result1.wire()})
         ranking1 = rank(beacon1.body["root"], task1.id, candidates, KEYS["worker"].public_key)
         skipped1 = [ranking1[0]]
+        # Asked when the result was committed; the next entry (250 ms later) records the miss.
+        skip_body = {"task_id": task1.id, "result_id": result1.id, "verifier": skipped1[0], "reason": "deadline"}
+        append("VerifierSkipped", {**skip_body, "asked": committed1.time, "deadline_ms": 250})
         chosen1 = effective_verifiers(ranking1, skipped1, 3)
         votes1 = []
         for j, v in enumerate(chosen1):
@@ -578,7 +583,9 @@ def scenario(pixels: np.ndarray, png: bytes, model: str) -> dict[str, Any]:
         )
         assignments.append(("text task, first-ranked verifier skipped", beacon1, task1, candidates, ranking1, skipped1))
 
-        # Task 2: image; every verifier rejects the result (the worker altered a patch).
+        # Task 2: image; every verifier rejects the result (the worker altered a patch). The
+        # verifier that missed its deadline is demoted: not a candidate while four others are.
+        candidates2 = [k for k in candidates if k != skipped1[0]]
         beacon2 = commit()
         image_params = ImageParams(prompt="a red circle on a blue background", seed=3).to_dict()
         task2 = make_task("image", image_params, model, b"\x02" * 16)
@@ -588,7 +595,7 @@ def scenario(pixels: np.ndarray, png: bytes, model: str) -> dict[str, Any]:
                 "task": task2.wire(),
                 "beacon": beacon2.body["root"],
                 "beacon_size": beacon2.body["size"],
-                "candidates": candidates,
+                "candidates": candidates2,
             },
         )
         altered = pixels.copy()
@@ -598,7 +605,7 @@ def scenario(pixels: np.ndarray, png: bytes, model: str) -> dict[str, Any]:
             task2, {"png_digest": blob_digest(png), "height": 32, "width": 32}, image_digest(altered), ifp
         )
         append("ResultCommitted", {"result": result2.wire()})
-        ranking2 = rank(beacon2.body["root"], task2.id, candidates, KEYS["worker"].public_key)
+        ranking2 = rank(beacon2.body["root"], task2.id, candidates2, KEYS["worker"].public_key)
         chosen2 = effective_verifiers(ranking2, [], 3)
         own_fp = {**image_fingerprint(pixels, "phash_rgb"), "lib": IMAGE_LIB}
         dist = distance(own_fp, {**image_fingerprint(altered, "phash_rgb"), "lib": IMAGE_LIB})
@@ -613,7 +620,7 @@ def scenario(pixels: np.ndarray, png: bytes, model: str) -> dict[str, Any]:
             )
             for v in chosen2
         ]
-        cert2 = certify(KEYS["gateway"], NETWORK, task2, beacon2.body["root"], candidates, result2, votes2, [])
+        cert2 = certify(KEYS["gateway"], NETWORK, task2, beacon2.body["root"], candidates2, result2, votes2, [])
         for v in votes2:
             append("VoteCast", {"vote": v.wire()})
         append("TaskFinalized", {"certificate": cert2.wire()})
@@ -621,7 +628,15 @@ def scenario(pixels: np.ndarray, png: bytes, model: str) -> dict[str, Any]:
             "Evidence",
             {"kind": "rejected_result", "subject": KEYS["worker"].public_key, "proof": {"certificate": cert2.wire()}},
         )
-        assignments.append(("image task, nobody skipped", beacon2, task2, candidates, ranking2, []))
+        assignments.append(("image task, nobody skipped", beacon2, task2, candidates2, ranking2, []))
+        # The demoted verifier answers a health probe: restored. Task 3 lists every verifier again,
+        # and fails (it expired with no result): its one terminal state.
+        append("VerifierRestored", {"verifier": skipped1[0]})
+        beacon3 = commit()
+        task3 = make_task("text", text_params, model, b"\x03" * 16)
+        body3 = {"beacon": beacon3.body["root"], "beacon_size": beacon3.body["size"], "candidates": candidates}
+        append("TaskAccepted", {"task": task3.wire(), **body3})
+        append("TaskFailed", {"task_id": task3.id, "reason": "expired", "detail": "no worker available"})
         with_worker = sorted(candidates + [KEYS["worker"].public_key])
         ranking3 = rank(beacon2.body["root"], task2.id, with_worker, KEYS["worker"].public_key)
         assignments.append(

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import pathlib
 import sqlite3
+import time
 
 import pytest
 
@@ -43,6 +44,9 @@ def run_task(scen: Scenario, nonce: bytes, skip: int = 0) -> Open:
     skipped = t.ranking[:skip]
     by_key = {v.public_key: v for v in scen.verifiers}
     votes = [make_vote(by_key[k], t.result, True) for k in t.ranking[skip : skip + 3]]
+    for k in skipped:  # why each was passed over, before the certificate (asked after the result)
+        body = {"task_id": t.task.id, "result_id": t.result.id, "verifier": k, "reason": "unavailable"}
+        scen.ledger.append("VerifierSkipped", {**body, "asked": int(time.time() * 1000), "deadline_ms": 1000})
     for v in votes:
         scen.ledger.append("VoteCast", {"vote": v.wire()})
     cert = certify(scen.gateway, NET, t.task, t.beacon, t.candidates, t.result, votes, skipped)

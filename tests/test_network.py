@@ -107,7 +107,8 @@ def test_honest_text_and_image_paths_with_a_lying_verifier(net, tmp_path):
     assert out["decision"] == "accept" and out["attempts"] == 1 and out["result"]["output"]["text"]
     liar = ready["verifier-3"]["node_id"]
     votes = {v["verifier"]: v["accept"] for v in out["votes"]}
-    assert len(votes) == 3 and votes[liar] is False and sum(votes.values()) == 2  # outvoted
+    # Outvoted: the two honest votes decide; the liar's is counted if it came in first, else late.
+    assert sum(votes.values()) == 2 and votes.get(liar, False) is False
     img = run_cli(
         "submit",
         "image",
@@ -126,9 +127,12 @@ def test_honest_text_and_image_paths_with_a_lying_verifier(net, tmp_path):
     assert img.returncode == 0, img.stdout + img.stderr
     io = json.loads(img.stdout)
     assert io["decision"] == "accept" and (tmp_path / "sq.png").read_bytes()[:4] == b"\x89PNG"
+
     # The liar's minority votes are evidence in the gateway's ledger, and its reputation drops.
-    ev = [e for e in gateway_entries(root, "Evidence") if e.body["kind"] == "minority_vote"]
-    assert {e.body["subject"].hex() for e in ev} == {liar}
+    def accused() -> set[str]:
+        return {e.body["subject"].hex() for e in gateway_entries(root, "Evidence") if e.body["kind"] == "minority_vote"}
+
+    assert wait_for(lambda: accused() == {liar}, what="the liar's (maybe late) vote to be evidence")
     from trustgen.consensus.reputation import reputation
 
     rep = reputation(gateway_entries(root), NET)

@@ -172,8 +172,8 @@ def test_failed_verifiers_are_replaced_by_standbys_in_rank_order():
         asked.append(v)
         return None if v in silent else make_vote(by_key[v], result, True)
 
-    got, skipped = asyncio.run(votes.collect_votes(beacon, task, candidates, result, ask))
-    assert skipped == ranking[:2]
+    got, skipped, late = asyncio.run(votes.collect_votes(beacon, task, candidates, result, ask))
+    assert skipped == ranking[:2] and late == {}
     assert sorted(v.body["verifier"] for v in got) == sorted(ranking[2:5])
     assert asked == ranking[:5]  # nobody past the standbys needed
     cert = certify(ident(1), NET, task, beacon, candidates, result, got, skipped)
@@ -181,8 +181,8 @@ def test_failed_verifiers_are_replaced_by_standbys_in_rank_order():
 
     silent.update(ranking)  # nobody answers: the loop ends when the ranking is exhausted
     asked.clear()
-    got, skipped = asyncio.run(votes.collect_votes(beacon, task, candidates, result, ask))
-    assert got == [] and skipped == ranking and asked == ranking
+    got, skipped, late = asyncio.run(votes.collect_votes(beacon, task, candidates, result, ask))
+    assert got == [] and skipped == ranking and asked == ranking and late == {}
 
 
 def test_verifier_index_follows_accepted_outputs_by_kind(feed, tmp_path):

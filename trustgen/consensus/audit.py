@@ -27,6 +27,7 @@ from trustgen.consensus.audit_admission import admission_findings, candidate_fin
 from trustgen.consensus.audit_checks import accusation_problem, verify_all
 from trustgen.consensus.audit_replicas import Replica, cross_check
 from trustgen.consensus.ledger import ZERO, Entry, entry_hash, leaf_data, parse_entry
+from trustgen.consensus.liveness import failure_problem, skip_problem, terminal_task
 from trustgen.consensus.messages import MessageError, open_wire
 from trustgen.consensus.tally import PENDING, tally
 from trustgen.errors import TrustgenError
@@ -240,6 +241,8 @@ class _Auditor:
         self._index_beacons()
         accepted: dict[tuple[bytes, bytes], tuple[Entry, Any]] = {}  # (feed, task id)
         results: dict[tuple[bytes, bytes], Any] = {}  # (feed, result id)
+        self._result_times: dict[tuple[bytes, bytes], int] = {}  # (feed, result id) -> entry time
+        self._skips: dict[tuple[bytes, bytes, bytes, bytes], Entry] = {}  # (feed, task, result, verifier)
         cast: list[tuple[Entry, Any]] = []
         opened: list[tuple[Entry, Any]] = []
         for e in self._judged:
@@ -254,6 +257,10 @@ class _Auditor:
                 res = self._open(where, e.body["result"], "Result")
                 if res is not None:
                     results[(e.feed, res.id)] = res
+                    self._result_times.setdefault((e.feed, res.id), e.time)
+            elif e.type == "VerifierSkipped":
+                b = e.body
+                self._skips.setdefault((e.feed, b["task_id"], b["result_id"], b["verifier"]), e)
             elif e.type == "VoteCast":
                 vote = self._open(where, e.body["vote"], "Vote")
                 if vote is not None:
@@ -265,6 +272,45 @@ class _Auditor:
                 self.check_certificate(e, accepted, results, counted)
         for e, vote in cast:
             self.check_cast_vote(e, vote, accepted, results, counted)
+        self.check_terminal(accepted)
+
+    def check_terminal(self, accepted: dict) -> None:
+        """Each TaskFailed is a known failure of a task its feed accepted, and every task has at
+        most one terminal entry (a TaskFailed or an accepting TaskFinalized), in any feed order;
+        every VerifierSkipped names a candidate of a task its feed accepted."""
+        ended: dict[tuple[bytes, bytes], Entry] = {}
+        for e in sorted(self._judged, key=lambda x: (x.feed, x.seq)):
+            where = _where(e.feed, e.seq)
+            if e.type == "VerifierSkipped":
+                got = accepted.get((e.feed, e.body["task_id"]))
+                if got is None:
+                    self.bad(where, "unknown_task", f"skip for task {_short(e.body['task_id'])} never accepted")
+                elif e.body["verifier"] not in got[0].body["candidates"]:
+                    self.bad(where, "unjustified_skip", "the skipped verifier was never a candidate")
+                continue
+            cert = None
+            if e.type == "TaskFinalized":
+                try:
+                    cert = open_wire(e.body["certificate"], "Certificate", self.r.network).body
+                except MessageError:
+                    continue  # reported by check_certificate
+            task_id = terminal_task(e, cert)
+            if task_id is None:
+                continue
+            if e.type == "TaskFailed":
+                if (e.feed, task_id) not in accepted:
+                    self.bad(where, "unknown_task", f"failure of task {_short(task_id)} that was never accepted")
+                    continue
+                problem = failure_problem(e)
+                if problem is not None:
+                    self.bad(where, "bad_failure", problem)
+            first = ended.setdefault((e.feed, task_id), e)
+            if first is not e:
+                self.bad(
+                    where,
+                    "second_terminal_state",
+                    f"task {_short(task_id)} already ended by the {first.type} at seq {first.seq}",
+                )
 
     def check_beacon(self, e: Entry) -> None:
         where = _where(e.feed, e.seq)
@@ -315,6 +361,12 @@ class _Auditor:
         counted[(e.feed, c["task_id"], c["result_id"])] = expected
         if not set(c["skipped"]) <= set(ranking):
             self.bad(where, "bad_assignment", "skipped verifiers were never candidates")
+        for v in [x for x in c["skipped"] if x in ranking]:  # a non-candidate is reported above
+            skip = self._skips.get((e.feed, c["task_id"], c["result_id"], v))
+            skip = skip if skip is not None and skip.seq < e.seq else None
+            problem = skip_problem(skip, self._result_times.get((e.feed, c["result_id"])))
+            if problem is not None:
+                self.bad(where, "unjustified_skip", f"verifier {_short(v)} skipped: {problem}")
         votes: dict[bytes, bool] = {}
         for raw in c["votes"]:
             v = self._open(where, raw, "Vote")

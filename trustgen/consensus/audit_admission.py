@@ -93,5 +93,7 @@ def expected_candidates(
             if e.type == "NodeJoined" and "verifier" in e.body["roles"]:
                 joined.add(e.feed)
             pos += 1
-        out[(acc.feed, acc.seq)] = task_candidates(rep, acc.body["beacon"], task.id, joined, task.body["verifiers"])
+        out[(acc.feed, acc.seq)] = task_candidates(
+            rep, acc.body["beacon"], task.id, joined, task.body["verifiers"], owner
+        )
     return out

@@ -36,8 +36,12 @@ def accusation_problem(e: Entry, network: str) -> str | None:
         vote = open_wire(p["vote"], "Vote", network)
     except (MessageError, KeyError, TypeError) as err:
         return f"vote in the proof is invalid: {err}"
-    if vote.wire() not in c["votes"] or vote.body["verifier"] != e.body["subject"]:
-        return "vote is not the accused verifier's vote in this certificate"
+    v = vote.body
+    # A late vote (an effective verifier's, in after the majority decided) is not among the
+    # certificate's votes, and is evidence all the same.
+    late = v["verifier"] in c["verifiers"] and (v["task_id"], v["result_id"]) == (c["task_id"], c["result_id"])
+    if (vote.wire() not in c["votes"] and not late) or v["verifier"] != e.body["subject"]:
+        return "vote is not the accused verifier's vote on this certificate's result"
     if vote.body["accept"] == (c["decision"] == "accept"):
         return "the accused vote agrees with the decision"
     return None

@@ -43,6 +43,7 @@ from trustgen.consensus.audit_state import (
 )
 from trustgen.consensus.encoding import decode, encode
 from trustgen.consensus.ledger import ZERO, Entry, entry_hash, leaf_data, parse_entry
+from trustgen.consensus.liveness import UNRESPONSIVE, failure_problem
 from trustgen.consensus.messages import MessageError, Signed, open_wire
 from trustgen.consensus.tally import PENDING, tally
 
@@ -77,7 +78,10 @@ class _Pass:
         self.heads = {f: (s, h) for f, s, h in self.db.execute("SELECT feed, seq, hash FROM heads")}
         self.adm = Admitted(st, network, owner, ledger)
         self.joins = dict(self.db.execute("SELECT feed, log_index FROM joins").fetchall())
-        self.counters = {k: int(st.meta(k, 0)) for k in ("tasks_checked", "commitments_checked")}
+        # unresponsive_changed: 1 + the log position of the last change to the owner's set of
+        # unresponsive verifiers (0: never), which demotes them in its candidates.
+        counted = ("tasks_checked", "commitments_checked", "unresponsive_changed")
+        self.counters = {k: int(st.meta(k, 0)) for k in counted}
         last = st.meta("last_commitment")
         self.last_good: tuple[int, bytes] | None = None if last is None else tuple(decode(last))
         self.new_counted: list[tuple[bytes, bytes, bytes]] = []
@@ -90,6 +94,7 @@ class _Pass:
         self.check_chains(entries)
         self.check_commitments(entries)
         self.record_joins(entries)
+        self.pos = {(e.feed, e.seq): self.start + i for i, e in enumerate(entries)}  # log positions
         judged = [e for e in entries if self.adm.member(e.feed)]
         self.check_tasks(judged)
         self.check_evidence(judged)
@@ -166,6 +171,20 @@ class _Pass:
                     self.new_results.append((e.feed, res.body["task_id"], res.id))
             elif e.type == "VoteCast":
                 votes.append((e, _open(e.body["vote"], "Vote", self.network)))
+            elif e.type == "TaskFailed":
+                if self.lookup("accepted", e.feed, e.body["task_id"]) is None or failure_problem(e) is not None:
+                    raise Unclean("failure")
+                self.end(e.feed, e.body["task_id"])
+            elif e.type == "VerifierSkipped":
+                acc = self.lookup("accepted", e.feed, e.body["task_id"])
+                if acc is None or e.body["verifier"] not in decode(acc[3]):
+                    raise Unclean("skip")
+                if e.feed == self.owner and e.body["reason"] in UNRESPONSIVE:
+                    self.db.execute("INSERT OR IGNORE INTO unresponsive VALUES (?)", (e.body["verifier"],))
+                    self.counters["unresponsive_changed"] = self.pos[(e.feed, e.seq)] + 1
+            elif e.type == "VerifierRestored" and e.feed == self.owner:
+                self.db.execute("DELETE FROM unresponsive WHERE verifier = ?", (e.body["verifier"],))
+                self.counters["unresponsive_changed"] = self.pos[(e.feed, e.seq)] + 1
         for e in entries:
             if e.type == "TaskFinalized":
                 self.certificate(e)
@@ -212,7 +231,19 @@ class _Pass:
         for v in e.body["candidates"]:
             self.admitted(v, "verifier")
         if e.feed == self.owner:
+            # Demotion (an unresponsive verifier) at the beacon, or a change to it since: the full
+            # audit replays it.
+            demoting = self.db.execute("SELECT 1 FROM unresponsive LIMIT 1").fetchone() is not None
+            if demoting or self.counters["unresponsive_changed"] > size:
+                raise Unclean("candidates under demotion")
             self.owner_tasks.append((e, task))
+
+    def end(self, feed: bytes, task_id: bytes) -> None:
+        """A task's terminal entry (TaskFailed, accepting TaskFinalized): only one, ever."""
+        try:
+            self.db.execute("INSERT INTO terminal VALUES (?, ?)", (feed, task_id))
+        except sqlite3.IntegrityError:
+            raise Unclean("second terminal state") from None
 
     def lookup(self, table: str, feed: bytes, key: bytes) -> tuple | None:
         column = {"accepted": "task_id", "results": "result_id"}[table]
@@ -246,8 +277,10 @@ class _Pass:
         _, _, beacon, candidates, k = acc
         ranking = rank(beacon, c["task_id"], decode(candidates), c["worker"])
         expected = effective_verifiers(ranking, c["skipped"], k)
-        if list(c["verifiers"]) != expected or not set(c["skipped"]) <= set(ranking):
-            raise Unclean("assignment")
+        if list(c["verifiers"]) != expected or c["skipped"]:
+            raise Unclean("assignment")  # a skip's justification is matched by the full audit only
+        if c["decision"] == "accept":
+            self.end(e.feed, c["task_id"])
         key = (e.feed, c["task_id"], c["result_id"])
         try:
             self.db.execute("INSERT INTO counted VALUES (?, ?, ?, ?)", (*key, encode(expected)))

@@ -27,7 +27,7 @@ from typing import Any
 from trustgen.consensus import merkle
 from trustgen.consensus.encoding import decode, encode
 
-STATE_VERSION = 2  # 2: admission and reputation (a version-1 state is rebuilt)
+STATE_VERSION = 3  # 2: admission and reputation; 3: the terminal and unresponsive tables (older states are rebuilt)
 STATE_FILE = "audit-state.sqlite"
 
 _SCHEMA = """
@@ -51,6 +51,8 @@ CREATE TABLE IF NOT EXISTS counted(
 CREATE TABLE IF NOT EXISTS votes(
     feed BLOB NOT NULL, task_id BLOB NOT NULL, result_id BLOB NOT NULL, verifier BLOB NOT NULL, seq INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS votes_by_result ON votes(feed, task_id, result_id);
+CREATE TABLE IF NOT EXISTS terminal(feed BLOB NOT NULL, task_id BLOB NOT NULL, PRIMARY KEY (feed, task_id));
+CREATE TABLE IF NOT EXISTS unresponsive(verifier BLOB PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS findings(pos INTEGER PRIMARY KEY, feed TEXT NOT NULL, seq INTEGER NOT NULL,
     reported_by TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS admissions(log_index INTEGER PRIMARY KEY, payload BLOB NOT NULL, sig BLOB NOT NULL);

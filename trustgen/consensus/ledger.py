@@ -36,6 +36,18 @@ ENTRY_SCHEMAS: dict[str, dict[str, str]] = {
     "ResultCommitted": {"result": "bytes"},
     "VoteCast": {"vote": "bytes"},
     "TaskFinalized": {"certificate": "bytes"},
+    # Liveness (consensus/liveness.py): a task's failure, a verifier passed over for a standby,
+    # and a passed-over verifier answering again.
+    "TaskFailed": {"task_id": "bytes32", "reason": "str", "detail": "str"},
+    "VerifierSkipped": {
+        "task_id": "bytes32",
+        "result_id": "bytes32",
+        "verifier": "bytes32",
+        "reason": "str",
+        "asked": "int",
+        "deadline_ms": "int",
+    },
+    "VerifierRestored": {"verifier": "bytes32"},
     "Evidence": {"kind": "str", "subject": "bytes32", "proof": "dict"},
     "Commitment": {"size": "int", "root": "bytes32"},
     # Training on the network (docs/training-network.md), all in the coordinating gateway's feed.

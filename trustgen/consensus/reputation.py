@@ -24,6 +24,7 @@ from typing import Any
 from trustgen.consensus.admission import AdmissionState
 from trustgen.consensus.assignment import select_candidates
 from trustgen.consensus.ledger import Entry, parse_entry
+from trustgen.consensus.liveness import Unresponsive
 from trustgen.consensus.messages import MessageError, open_wire
 
 EQUIVOCATION_PENALTY = 10
@@ -62,6 +63,9 @@ class Reputation:
         self._equivocations: MutableSet[tuple[bytes, int]] = sets("equivocations")
         self._penalty: dict[bytes, int] = defaultdict(int)
         self._rechecked: MutableSet[tuple[bytes, bytes]] = sets("rechecked")  # (certificate id, subject)
+        # (certificate id, verifier) of late minority votes
+        self._late: MutableSet[tuple[bytes, bytes]] = sets("late")
+        self.unresponsive = Unresponsive()
 
     def counts(self) -> dict[str, Any]:
         """The marks, penalties and waiting certificates as plain values (every number this
@@ -87,6 +91,7 @@ class Reputation:
             self._waiting[(gw, task)] = [(w, ok, [(v, agreed) for v, agreed in votes]) for w, ok, votes in marks]
 
     def add(self, e: Entry) -> None:
+        self.unresponsive.add(e)
         if e.type in ("Admitted", "Revoked"):
             self.admission.add(e)
         elif e.type == "TaskAccepted":
@@ -102,6 +107,8 @@ class Reputation:
             self._add_certificate(e)
         elif e.type == "Evidence" and e.body["kind"] == "failed_recheck":
             self._add_recheck(e)
+        elif e.type == "Evidence" and e.body["kind"] == "minority_vote":
+            self._add_late_minority(e)
         elif e.type == "Evidence" and e.body["kind"] == "equivocation":
             p = e.body["proof"]
             try:
@@ -142,6 +149,27 @@ class Reputation:
         if cert.body["decision"] == "accept" and key not in self._rechecked:
             self._rechecked.add(key)
             self._bad[e.feed][e.body["subject"]] += RECHECK_PENALTY
+
+    def _add_late_minority(self, e: Entry) -> None:
+        """A vote against the decision that arrived after the certificate (so it is not among the
+        certificate's votes) debits its verifier as a counted one would have, once."""
+        try:
+            cert = open_wire(e.body["proof"]["certificate"], "Certificate", self.network)
+            vote = open_wire(e.body["proof"]["vote"], "Vote", self.network)
+        except (MessageError, KeyError, TypeError):
+            return
+        c, v = cert.body, vote.body
+        late = vote.wire() not in c["votes"] and v["verifier"] in c["verifiers"]
+        key = (cert.id, v["verifier"])
+        if (
+            late
+            and c["gateway"] == e.feed
+            and (v["task_id"], v["result_id"]) == (c["task_id"], c["result_id"])
+            and v["accept"] != (c["decision"] == "accept")
+            and key not in self._late
+        ):
+            self._late.add(key)
+            self._bad[e.feed][v["verifier"]] += 1
 
     def _apply(self, gateway: bytes, marks: _Marks) -> None:
         worker, accepted, votes = marks
@@ -190,12 +218,15 @@ def reputation(entries: Iterable[Entry], network: str, admission: AdmissionState
     return r.scores()
 
 
-def task_candidates(rep: Reputation, beacon: bytes, task_id: bytes, joined: Iterable[bytes], k: int) -> list[bytes]:
+def task_candidates(
+    rep: Reputation, beacon: bytes, task_id: bytes, joined: Iterable[bytes], k: int, gateway: bytes | None = None
+) -> list[bytes]:
     """The candidate verifiers of a task at the ledger state `rep` was fed: the joined verifiers
-    that are admitted, under the probation, group and reputation rules of `select_candidates`."""
+    that are admitted, under the probation, group and reputation rules of `select_candidates`;
+    those `gateway` last recorded as unresponsive are demoted like a poor reputation."""
     admitted = sorted(v for v in set(joined) if rep.admission.admitted(v, "verifier"))
     # In an open network anyone's certificates count, so reputation must not steer assignment.
     scores = {} if rep.admission.open else rep.scores()
-    demoted = {v for v in admitted if scores.get(v, 0.5) < DEMOTE_BELOW}
+    demoted = {v for v in admitted if scores.get(v, 0.5) < DEMOTE_BELOW} | rep.unresponsive.of(gateway)
     groups, probation = rep.admission.groups(admitted), rep.probationary(admitted)
     return select_candidates(beacon, task_id, admitted, k, groups, probation, demoted)

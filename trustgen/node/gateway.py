@@ -5,8 +5,14 @@ a task is `TaskAccepted` (with the beacon and candidate verifiers that fix its a
 before the client hears back, so a restarted gateway rebuilds every task from its ledger and
 resumes the unfinished ones. Workers that fail or time out lose the task to another; rejected
 results go to another worker (bounded attempts) and are recorded as evidence, as are votes
-against the majority. Scheduling is in trustgen.node.scheduling, vote collection in
-trustgen.node.votes; this module wires them to the RPCs (Submit, Status, Watch, Join).
+against the majority, late ones included. A task is decided as soon as a strict majority of its
+verifiers agree; a verifier that misses its deadline is replaced by the next standby (the miss is
+recorded first, so the audit can check the replacement) and demoted in this gateway's later
+assignments until it answers again (a health probe). A task ends in exactly one terminal ledger
+fact, TaskFinalized (accept) or TaskFailed (with a reason code); transient faults are retried
+with backoff and become a failure only when the task expires. Scheduling is in
+trustgen.node.scheduling, vote collection in trustgen.node.votes; this module wires them to the
+RPCs (Submit, Status, Watch, Join).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from trustgen.consensus.admission import AdmissionError, AdmissionState, cert_pi
 from trustgen.consensus.finality import certify
 from trustgen.consensus.identity import Identity
 from trustgen.consensus.ledger import Entry, IngestError, Ledger, parse_entry
+from trustgen.consensus.liveness import MAX_DETAIL, NOT_ADMITTED, UNAVAILABLE, UNRESPONSIVE
 from trustgen.consensus.messages import MessageError, Signed, open_wire
 from trustgen.consensus.reputation import Reputation, task_candidates
 from trustgen.gossip.blobs import BlobStore
@@ -33,10 +40,13 @@ from trustgen.net import transport
 from trustgen.net.auth import RpcError
 from trustgen.net.peers import Peers
 from trustgen.node import scheduling, votes
-from trustgen.node.scheduling import FINAL_STATES, MAX_WORKER_FAILURES, TaskState
+from trustgen.node.scheduling import FINAL_STATES, MAX_WORKER_FAILURES, TaskState, failure_detail
+from trustgen.node.votes import Answer, Miss
 from trustgen.rpc import trustgen_pb2 as pb
 
 log = logging.getLogger("trustgen.node")
+PROBE_TIMEOUT_S = 2.0  # a health probe of a demoted verifier
+PROBE_MAX_INTERVAL_S = 4.0  # a probe is one Info call: cheap enough to repeat often
 
 
 class GatewayRole:
@@ -70,6 +80,7 @@ class GatewayRole:
         self._rep_cursor = 0
         self._joined = asyncio.Event()
         self._runners: set[asyncio.Task] = set()
+        self._probe: asyncio.Task | None = None
 
     # -- membership ----------------------------------------------------------------------------
 
@@ -192,12 +203,17 @@ class GatewayRole:
         pending = [st for st in self.tasks.values() if st.state not in FINAL_STATES]
         for st in pending:
             self._spawn(st)
+        self._start_probe()
         return len(pending)
 
     def _spawn(self, st: TaskState) -> None:
-        t = asyncio.get_running_loop().create_task(self._run(st))
+        self._background(self._run(st))
+
+    def _background(self, coro: Any) -> asyncio.Task:
+        t = asyncio.get_running_loop().create_task(coro)
         self._runners.add(t)
         t.add_done_callback(self._runners.discard)
+        return t
 
     async def submit(self, req: Signed) -> TaskState:
         try:
@@ -224,6 +240,7 @@ class GatewayRole:
             task.id,
             [k for k, m in self.members.items() if "verifier" in m["roles"]],
             task.body["verifiers"],
+            self.identity.public_key,
         )
         scheduling.check_task(task, len(candidates))
         self.ledger.append(
@@ -261,11 +278,21 @@ class GatewayRole:
     # -- running a task --------------------------------------------------------------------------
 
     async def _run(self, st: TaskState) -> None:
+        tries = 0
         try:
-            await self._drive(st)
-        except Exception:  # a bug must not take the node down; the task is marked, the rest go on
-            log.exception("task %s failed", st.task.id.hex()[:12])
-            st.update("failed", "internal error")
+            while st.state not in FINAL_STATES:
+                try:
+                    await self._drive(st)
+                except Exception as e:
+                    # A storage fault (or a bug) must not take the node down nor end the task: it is
+                    # retried with backoff, and fails as expired only if it never clears.
+                    log.warning(
+                        "task %s: %s: %s (retrying)", st.task.id.hex()[:12], type(e).__name__, e, exc_info=tries == 0
+                    )
+                    st.update("waiting", f"retrying after {type(e).__name__}")
+                if st.state not in FINAL_STATES:
+                    await scheduling.backoff(st.task, tries)
+                    tries += 1
         finally:
             if self.metrics is not None:
                 self.metrics.tasks_open.dec()
@@ -273,22 +300,38 @@ class GatewayRole:
                 if st.state == "final":
                     self.metrics.task_latency.observe(time.monotonic() - st.accepted_at)
 
+    def _fail(self, st: TaskState, reason: str, detail: str = "") -> None:
+        """End the task in failure: the TaskFailed entry first (a storage fault raises here and the
+        task is retried), then the state. Never after a terminal state."""
+        if st.state in FINAL_STATES:
+            return
+        detail = detail[:MAX_DETAIL]
+        self.ledger.append("TaskFailed", {"task_id": st.task.id, "reason": reason, "detail": detail})
+        st.update("failed", failure_detail(reason, detail))
+        self._publish("task", task=st.task.id.hex(), state="failed", reason=reason)
+
     async def _drive(self, st: TaskState) -> None:
         """Give the task to workers until a result is accepted, attempts run out or it expires."""
         failures = 0
+        failed: set[bytes] = set()  # workers that failed this task (a transient fault): tried again later
         refused = ""  # why a worker refused the task as invalid (the task's fault, not the worker's)
         task = st.task
-        while st.attempt < self.max_attempts and failures < MAX_WORKER_FAILURES:
+        while st.attempt < self.max_attempts:
             if scheduling.expired(task):
-                st.update("failed", "expired")
+                self._fail(st, "expired")
                 return
+            if failures >= MAX_WORKER_FAILURES:
+                await scheduling.backoff(task, failures - MAX_WORKER_FAILURES)
             workers = self._admitted_members("worker")
             worker = scheduling.pick_worker(st, workers, self.suspects, self.reputation, self.inflight)
             if worker is None and refused:
                 # Every worker that could take it said it is invalid: fail now, with the reason.
-                st.update("failed", f"task refused by workers: {refused}")
+                self._fail(st, "refused", refused)
                 return
             if worker is None:
+                # Workers that failed it get another chance once their suspicion lapses.
+                st.excluded -= failed
+                failed.clear()
                 st.update("waiting", "no worker available")
                 joined = self._joined
                 try:
@@ -309,6 +352,7 @@ class GatewayRole:
                 continue
             if got is None:
                 failures += 1
+                failed.add(worker)
                 st.excluded.add(worker)
                 self.suspects[worker] = time.monotonic()
                 continue
@@ -319,7 +363,7 @@ class GatewayRole:
             st.update("verifying", f"attempt {st.attempt}")
             if await self._decide(st, worker, result, blob):
                 return
-        st.update("failed", "no worker produced an accepted result")
+        self._fail(st, "rejected", f"{st.attempt} results, none accepted")
 
     async def _execute(self, st: TaskState, worker: bytes) -> tuple[Signed, bytes] | None:
         self.inflight[worker] += 1
@@ -341,24 +385,43 @@ class GatewayRole:
 
     async def _decide(self, st: TaskState, worker: bytes, result: Signed, blob: bytes) -> bool:
         """Collect the votes on a result and record the decision. True when the task is done
-        (accepted, or no majority possible); False when the result was rejected."""
+        (accepted, or failed); False when the result was rejected. No majority (the verifiers
+        missed) is transient: asked again with backoff until the task expires."""
         task = st.task
+        me = self.identity.public_key
 
-        async def ask(verifier: bytes) -> Signed | None:
+        async def ask(verifier: bytes) -> Answer:
             member = self.members.get(verifier)
-            if member is None or not self.admission.admitted(verifier, "verifier"):
-                return None  # revoked since the task was accepted: skipped, a standby votes
-            return await votes.ask_verifier(
+            if member is None:
+                return Miss(UNAVAILABLE, votes.now_ms())
+            if not self.admission.admitted(verifier, "verifier"):
+                return Miss(NOT_ADMITTED, votes.now_ms())  # revoked since the task was accepted
+            answer = await votes.ask_verifier(
                 self.peers, self.network, member["address"], verifier, task, result, blob, self.verifier_timeout_s
             )
+            if isinstance(answer, Signed) and verifier in self._rep.unresponsive.of(me):
+                self._restore(verifier)
+            return answer
 
-        counted_votes, skipped = await votes.collect_votes(st.beacon, task, st.candidates, result, ask)
-        try:
-            cert = certify(self.identity, self.network, task, st.beacon, st.candidates, result, counted_votes, skipped)
-        except MessageError as e:
-            st.update("failed", f"verifiers gave no majority: {e}")
-            return True
+        def on_skip(verifier: bytes, miss: Miss) -> None:
+            self._record_miss(task, result, verifier, miss)
+
+        tries = 0
+        while True:
+            got, skipped, pending = await votes.collect_votes(st.beacon, task, st.candidates, result, ask, on_skip)
+            try:
+                cert = certify(self.identity, self.network, task, st.beacon, st.candidates, result, got, skipped)
+                break
+            except MessageError as e:
+                if scheduling.expired(task):
+                    self._fail(st, "expired", f"verifiers gave no majority: {e}")
+                    return True
+                st.update("verifying", f"verifiers gave no majority yet ({e}); asking again")
+                await scheduling.backoff(task, tries)
+                tries += 1
         counted = votes.record_decision(self.ledger, self.network, cert)
+        for verifier, answer in pending.items():
+            self._background(self._late(cert, result, verifier, answer))
         self._publish(
             "decision",
             task=task.id.hex(),
@@ -375,6 +438,56 @@ class GatewayRole:
         st.excluded.add(worker)
         st.votes, st.certificate, st.decision = counted, cert, "reject"
         return False
+
+    # -- late votes, misses and health probes ----------------------------------------------------
+
+    async def _late(self, cert: Signed, result: Signed, verifier: bytes, answer: asyncio.Task) -> None:
+        """An assigned verifier's answer that came after the decision: its vote is recorded (and,
+        disagreeing, is evidence); a miss is recorded and demotes it."""
+        got = await answer
+        task_id = cert.body["task_id"]
+        try:
+            if isinstance(got, Signed):
+                if votes.record_late_vote(self.ledger, cert, got):
+                    self._publish("late_vote", task=task_id.hex(), verifier=verifier.hex(), accept=got.body["accept"])
+            elif got is not None and (st := self.tasks.get(task_id)) is not None:
+                self._record_miss(st.task, result, verifier, got)
+        except Exception as e:  # a storage fault: the decision stands; only this record is lost
+            log.warning("task %s: late answer of %s not recorded: %s", task_id.hex()[:12], verifier.hex()[:12], e)
+
+    def _record_miss(self, task: Signed, result: Signed, verifier: bytes, miss: Miss) -> None:
+        votes.record_skip(self.ledger, task, result, verifier, miss, int(self.verifier_timeout_s * 1000))
+        self._publish("verifier_missed", task=task.id.hex(), verifier=verifier.hex(), reason=miss.reason)
+        if miss.reason in UNRESPONSIVE:
+            self._refresh_reputation()  # demoted in the next task's candidates
+            self._start_probe()
+
+    def _restore(self, verifier: bytes) -> None:
+        self.ledger.append("VerifierRestored", {"verifier": verifier})
+        self._refresh_reputation()
+        self._publish("verifier_restored", verifier=verifier.hex())
+
+    def _start_probe(self) -> None:
+        if (self._probe is None or self._probe.done()) and self._rep.unresponsive.of(self.identity.public_key):
+            self._probe = self._background(self._probe_loop())
+
+    async def _probe_loop(self) -> None:
+        """Probe every verifier this gateway recorded as unresponsive (Info, a short deadline) with
+        growing intervals, and restore each one that answers; ends when none is left."""
+        interval = 0.5
+        while down := self._rep.unresponsive.of(self.identity.public_key):
+            for v in sorted(down):
+                member = self.members.get(v)
+                if member is None:
+                    continue
+                try:
+                    info = await self.peers.info(member["address"], timeout=PROBE_TIMEOUT_S)
+                except grpc.aio.AioRpcError:
+                    continue
+                if info.node_id == v.hex() and v in self._rep.unresponsive.of(self.identity.public_key):
+                    self._restore(v)
+            await asyncio.sleep(interval)
+            interval = min(interval * 2, PROBE_MAX_INTERVAL_S)
 
     def _publish(self, topic: str, **fields: Any) -> None:
         if self.events is not None:

@@ -2,7 +2,8 @@
 
 A task's state is rebuilt from the gateway's own feed (`recover_tasks`): TaskAccepted fixes the
 task, its beacon and candidate verifiers; ResultCommitted counts an attempt; TaskFinalized either
-finishes it (accept) or excludes the worker that produced the rejected result. Workers are chosen
+finishes it (accept) or excludes the worker that produced the rejected result; TaskFailed fails
+it for good. The first terminal entry wins (the audit flags any second one). Workers are chosen
 by reputation, then load, then a per-task hash (so ties spread); a worker that fails or times out
 is suspected for a while and loses the task to another.
 """
@@ -33,6 +34,10 @@ FINAL_STATES = ("final", "failed")
 MAX_VERIFIERS = 9
 MAX_WORKER_FAILURES = 8
 SUSPECT_S = 30.0
+# Transient faults (storage errors, unavailable peers, stalled verifiers) are retried after
+# BACKOFF_BASE_S * 2^n seconds, at most BACKOFF_MAX_S, until the task expires.
+BACKOFF_BASE_S = 0.5
+BACKOFF_MAX_S = 30.0
 
 
 @dataclass
@@ -73,6 +78,12 @@ class TaskState:
 
 def expired(task: Signed) -> bool:
     return task.body["expiry"] <= int(time.time() * 1000)
+
+
+async def backoff(task: Signed, tries: int) -> None:
+    """Wait before retry number `tries` of a transient fault, never past the task's expiry."""
+    left = task.body["expiry"] / 1000 - time.time()
+    await asyncio.sleep(max(0.0, min(BACKOFF_BASE_S * 2**tries, BACKOFF_MAX_S, left)))
 
 
 def check_task(task: Signed, verifier_pool: int) -> None:
@@ -136,11 +147,21 @@ def recover_tasks(ledger: Ledger, gateway: bytes, network: str, blobs: BlobStore
             st = tasks.get(cert.body["task_id"])
             if st is None:
                 continue
+            if st.state in FINAL_STATES:
+                continue
             if cert.body["decision"] == "accept":
                 finish(st, cert, [open_wire(v, "Vote", network) for v in cert.body["votes"]], blobs)
             else:
                 st.excluded.add(cert.body["worker"])
+        elif e.type == "TaskFailed":
+            st = tasks.get(e.body["task_id"])
+            if st is not None and st.state not in FINAL_STATES:
+                st.update("failed", failure_detail(e.body["reason"], e.body["detail"]))
     return tasks
+
+
+def failure_detail(reason: str, detail: str) -> str:
+    return f"{reason}: {detail}" if detail else reason
 
 
 def pick_worker(

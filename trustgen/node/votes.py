@@ -1,25 +1,47 @@
-"""Gateway vote collection: ask the verifiers a task's beacon assigns, replace those that fail by
-the next standbys in rank order, certify the majority, and record the decision with its evidence.
+"""Gateway vote collection: ask the verifiers a task's beacon assigns, replace those that miss by
+the next standbys in rank order, certify as soon as a strict majority agrees, and record the
+decision with its evidence.
 
-Everything is written to the gateway's feed before it is acted on: each counted vote, then the
-certificate, then evidence against every verifier that voted against the majority (and, by the
-caller, against a worker whose result was rejected).
+Everything is written to the gateway's feed before it is acted on: why each skipped verifier was
+skipped, each counted vote, then the certificate, then evidence against every verifier that voted
+against the majority (and, by the caller, against a worker whose result was rejected). Votes that
+arrive after the certificate are recorded after it, judged the same way.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 import grpc
 
 from trustgen.consensus.assignment import effective_verifiers, rank
 from trustgen.consensus.ledger import Ledger
+from trustgen.consensus.liveness import BAD_VOTE, DEADLINE, UNAVAILABLE
 from trustgen.consensus.messages import MessageError, Signed, open_wire
+from trustgen.consensus.tally import PENDING, tally
 from trustgen.net.peers import Peers
 
 log = logging.getLogger("trustgen.node")
+
+
+@dataclass(frozen=True)
+class Miss:
+    """A verifier gave no vote that counts: why (a liveness.SKIP_REASONS code), and when it was
+    asked (ms since the epoch, the clock ledger entries are stamped with)."""
+
+    reason: str
+    asked_ms: int
+
+
+Answer = Signed | Miss
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
 
 
 async def ask_verifier(
@@ -31,8 +53,9 @@ async def ask_verifier(
     result: Signed,
     blob: bytes,
     timeout_s: float,
-) -> Signed | None:
-    """One verifier's signed vote on `result`, or None when it gave none that counts."""
+) -> Answer:
+    """One verifier's signed vote on `result`, or a Miss saying why there is none."""
+    asked = now_ms()
     try:
         reply = await peers.call(
             address,
@@ -42,12 +65,21 @@ async def ask_verifier(
             timeout=timeout_s,
         )
         vote = open_wire(reply.vote, "Vote", network)
-    except (grpc.aio.AioRpcError, MessageError) as e:
-        log.warning("verifier %s gave no vote: %s", verifier.hex()[:12], e)
-        return None
+    except grpc.aio.AioRpcError as e:
+        log.warning("verifier %s gave no vote: %s", verifier.hex()[:12], e.code().name)
+        if e.code() != grpc.StatusCode.DEADLINE_EXCEEDED:
+            return Miss(UNAVAILABLE, asked)
+        # A miss is recorded no earlier than the deadline (the audit holds the entry time to it).
+        late_by = asked + int(timeout_s * 1000) - now_ms()
+        if late_by > 0:
+            await asyncio.sleep(late_by / 1000)
+        return Miss(DEADLINE, asked)
+    except MessageError as e:
+        log.warning("verifier %s sent a bad vote: %s", verifier.hex()[:12], e)
+        return Miss(BAD_VOTE, asked)
     b = vote.body
     if b["verifier"] != verifier or b["task_id"] != task.id or b["result_id"] != result.id:
-        return None
+        return Miss(BAD_VOTE, asked)
     return vote
 
 
@@ -56,30 +88,43 @@ async def collect_votes(
     task: Signed,
     candidates: list[bytes],
     result: Signed,
-    ask: Callable[[bytes], Awaitable[Signed | None]],
-) -> tuple[list[Signed], list[bytes]]:
-    """Votes of the verifiers the beacon assigns to the task (the worker is never one); a verifier
-    that fails is skipped and the next standby in rank order is asked instead, until the task's
-    number of verifiers voted or the candidates are exhausted. Returns the votes and the skipped
-    verifiers, in the order they were skipped."""
+    ask: Callable[[bytes], Awaitable[Answer | None]],
+    on_skip: Callable[[bytes, Miss], None] | None = None,
+) -> tuple[list[Signed], list[bytes], dict[bytes, asyncio.Task]]:
+    """Votes of the verifiers the beacon assigns to the task (the worker is never one), asked at
+    once; a verifier that misses (`on_skip` is told, before anything depends on it) is replaced by
+    the next standby in rank order. Returns as soon as a strict majority of the effective
+    verifiers' votes agree, or when the candidates are exhausted: the votes, the skipped verifiers
+    in the order they were skipped, and the asks still running (their late answers are the
+    caller's to record)."""
     k = task.body["verifiers"]
     ranking = rank(beacon, task.id, candidates, result.body["worker"])
     votes: dict[bytes, Signed] = {}
     skipped: list[bytes] = []
-    while True:
-        chosen = effective_verifiers(ranking, skipped, k)
-        todo = [v for v in chosen if v not in votes]
-        if not todo:
-            break
-        answers = await asyncio.gather(*(ask(v) for v in todo))
-        for v, a in zip(todo, answers):
-            if a is None:
-                skipped.append(v)
-            else:
+    running: dict[asyncio.Task, bytes] = {}
+
+    def decided() -> bool:
+        effective = effective_verifiers(ranking, skipped, k)
+        return tally({v: a.body["accept"] for v, a in votes.items()}, effective, k).decision != PENDING
+
+    while not decided():
+        asking = set(running.values())
+        for v in effective_verifiers(ranking, skipped, k):
+            if v not in votes and v not in asking:
+                running[asyncio.ensure_future(ask(v))] = v
+        if not running:
+            break  # every candidate voted or was skipped
+        done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+        for t in sorted(done, key=lambda t: ranking.index(running[t])):  # rank order, not arrival order
+            v = running.pop(t)
+            a = t.result()
+            if isinstance(a, Signed):
                 votes[v] = a
-        if len(chosen) < k and all(v in votes or v in skipped for v in ranking):
-            break
-    return list(votes.values()), skipped
+                continue
+            skipped.append(v)
+            if on_skip is not None:
+                on_skip(v, a if a is not None else Miss(UNAVAILABLE, now_ms()))
+    return list(votes.values()), skipped, {v: t for t, v in running.items()}
 
 
 def record_decision(ledger: Ledger, network: str, cert: Signed) -> list[Signed]:
@@ -107,3 +152,38 @@ def record_rejection(ledger: Ledger, cert: Signed) -> None:
     ledger.append(
         "Evidence", {"kind": "rejected_result", "subject": cert.body["worker"], "proof": {"certificate": cert.wire()}}
     )
+
+
+def record_skip(ledger: Ledger, task: Signed, result: Signed, verifier: bytes, miss: Miss, deadline_ms: int) -> None:
+    """Why `verifier` was passed over, written before any certificate that names it skipped."""
+    ledger.append(
+        "VerifierSkipped",
+        {
+            "task_id": task.id,
+            "result_id": result.id,
+            "verifier": verifier,
+            "reason": miss.reason,
+            "asked": miss.asked_ms,
+            "deadline_ms": deadline_ms,
+        },
+    )
+
+
+def record_late_vote(ledger: Ledger, cert: Signed, vote: Signed) -> bool:
+    """A vote of an effective verifier that arrived after the certificate: recorded as cast and,
+    when it disagrees with the decision, as evidence exactly like a counted minority vote (it
+    never changes the decision). False when it is not such a vote (nothing is written)."""
+    c, b = cert.body, vote.body
+    if b["verifier"] not in c["verifiers"] or (b["task_id"], b["result_id"]) != (c["task_id"], c["result_id"]):
+        return False
+    ledger.append("VoteCast", {"vote": vote.wire()})
+    if b["accept"] != (c["decision"] == "accept"):
+        ledger.append(
+            "Evidence",
+            {
+                "kind": "minority_vote",
+                "subject": b["verifier"],
+                "proof": {"certificate": cert.wire(), "vote": vote.wire()},
+            },
+        )
+    return True
