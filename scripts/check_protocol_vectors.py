@@ -272,6 +272,7 @@ SIGNER = {
 }
 ENTRY_BODIES: dict[str, dict[str, str]] = {
     "NodeJoined": dict(address="str", roles="list"),
+    "Serves": dict(models="list", limits="map"),
     "TaskAccepted": dict(task="bytes", beacon=B32, beacon_size="int", candidates="list"),
     "ResultCommitted": dict(result="bytes"),
     "VoteCast": dict(vote="bytes"),

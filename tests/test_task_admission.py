@@ -58,6 +58,14 @@ def test_hostile_tasks_are_refused_at_submit_and_never_mark_the_worker(tmp_path)
                 (text_task(me, {"max_new_tokens": 4}), invalid, "prompt"),
                 # One verifier is registered: three cannot be assigned.
                 (text_task(me, {"prompt": "x"}, verifiers=3), grpc.StatusCode.FAILED_PRECONDITION, "verifiers"),
+                # No admitted worker serves the model (the worker's signed Serves entry says what it does).
+                (text_task(me, {"prompt": "x"}, model="tiny-image"), grpc.StatusCode.FAILED_PRECONDITION, "model"),
+                # Over every serving worker's budget: the error names the parameters of the cost.
+                (
+                    text_task(me, {"prompt": "x" * 2000, "max_new_tokens": 1024, "decoding": "beam", "num_beams": 16}),
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    "max_new_tokens",
+                ),
             ]
             for task, code, field in refused:
                 got, details = await submit_code(peers, gw, task)
@@ -65,11 +73,10 @@ def test_hostile_tasks_are_refused_at_submit_and_never_mark_the_worker(tmp_path)
                 assert field in details, details
             assert gw.ledger.size() == size, "a refused task stored nothing"
 
-            # Valid at the edge, refused by the worker: too long for the model's context; and a
-            # model the worker does not serve. Each fails with the worker's reason.
+            # Valid at the edge, refused by the worker: too long for the model's context. It fails
+            # with the worker's reason.
             too_long = text_task(me, {"prompt": "word " * 200, "max_new_tokens": 200})
-            unserved = text_task(me, {"prompt": "x", "max_new_tokens": 4}, model="tiny-image")
-            for task, reason in ((too_long, "context"), (unserved, "does not serve model")):
+            for task, reason in ((too_long, "context"),):
                 assert (await submit_code(peers, gw, task))[0] == grpc.StatusCode.OK
                 st = await until(in_state(peers, gw, task, "final", "failed"), 120, "the refused task to settle")
                 assert st.state == "failed" and reason in st.detail, st.detail

@@ -17,6 +17,7 @@ import diffusers
 import torch
 from diffusers import DiffusionPipeline
 
+from trustgen.engines.cancel import watch
 from trustgen.engines.determinism import ExecutionProfile, configure, resolve_dtype
 from trustgen.engines.loading import MODEL_LOAD
 from trustgen.engines.outputs import ImageOutput
@@ -67,6 +68,7 @@ class ImageEngine:
         self.ref = model
         self.pipe = _load_pipeline(model, resolve_dtype(dtype)).to(self.profile.device)
         self.pipe.set_progress_bar_config(disable=True)
+        watch(self.pipe.unet)  # cancellable inside a denoising step, not only between steps
         self._base_scheduler_config = dict(self.pipe.scheduler.config)
 
     def _set_scheduler(self, name: str) -> None:

@@ -21,6 +21,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from trustgen.engines.batching import MAX_BATCH, run_continuous
+from trustgen.engines.cancel import checkpoint
 from trustgen.engines.decoding import beam_select, task_state
 from trustgen.engines.determinism import ExecutionProfile, configure, resolve_dtype
 from trustgen.engines.loading import MODEL_LOAD
@@ -172,6 +173,7 @@ class TextEngine:
         past = None
         out: list[int] = []
         for i in range(p.max_new_tokens):
+            checkpoint()
             res = self.model(input_ids=ids, past_key_values=past, use_cache=True)
             past = res.past_key_values
             logits = res.logits[0, -1]
@@ -194,6 +196,7 @@ class TextEngine:
         scores = torch.zeros(1, dtype=torch.float32)
         finished: list[tuple[float, list[int]]] = []
         for step in range(p.max_new_tokens):
+            checkpoint()
             sel = beam_select(beams, scores, logprobs, finished, step, p, self.eos_id)
             finished = sel.finished
             if sel.stop:
