@@ -19,7 +19,7 @@ from diffusers import DiffusionPipeline
 
 from trustgen.engines.cancel import watch
 from trustgen.engines.determinism import ExecutionProfile, configure, resolve_dtype
-from trustgen.engines.loading import MODEL_LOAD
+from trustgen.engines.loading import MODEL_LOAD, load_failure
 from trustgen.engines.outputs import ImageOutput
 from trustgen.engines.params import ImageParams
 from trustgen.engines.pixel_pipeline import PixelTextToImagePipeline, to_uint8
@@ -47,8 +47,8 @@ def _load_pipeline(model: ModelRef, dtype: torch.dtype) -> Any:
     try:
         with MODEL_LOAD:
             return cls.from_pretrained(model.path, torch_dtype=dtype, use_safetensors=True, local_files_only=True)
-    except (OSError, ValueError) as e:
-        raise ModelError(f"cannot load image model {model.name!r}: {e}") from None
+    except Exception as e:  # truncated weights, a config that does not fit them, missing components
+        raise ModelError(load_failure("image", model.name, e)) from None
 
 
 class ImageEngine:
