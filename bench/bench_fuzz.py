@@ -66,7 +66,9 @@ def hostile_values(me: Identity, rng: random.Random) -> list[Any]:
         make_task(me, NET, "text", "tiny-text", {"prompt": "x", "max_new_tokens": 8.0}, 1).wire(),
         make_task(me, NET, "text", "tiny-text", {"prompt": "x", "gpu": 0}, 1).wire(),
         make_task(me, NET, "text", "sha256:" + "0" * 64, {"prompt": "x"}, 1).wire(),
-        make_task(me, NET, "image", "tiny-image", {"prompt": "x", "height": 1024, "width": 1024, "steps": 200}, 1).wire(),
+        make_task(
+            me, NET, "image", "tiny-image", {"prompt": "x", "height": 1024, "width": 1024, "steps": 200}, 1
+        ).wire(),
     ]
     return [
         0, -1, 2**63 - 1, -(2**63), 8.0, 1e308, True, False, "", "x" * 5000, "\u2603",
