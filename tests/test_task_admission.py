@@ -93,6 +93,17 @@ def test_hostile_tasks_are_refused_at_submit_and_never_mark_the_worker(tmp_path)
             assert st.state == "final", st.detail
             assert wkey not in gw.gateway.suspects
             assert events.of("worker_failed") == []
+
+            # A task the gateway abandons (its worker deadline passes) is cancelled on the worker:
+            # the engine thread stops at its next checkpoint instead of running on for minutes.
+            gw.gateway.worker_timeout_s = 2.0
+            at_budget = {"prompt": "a long one", "height": 128, "width": 128, "steps": 80}  # 128 x 128 x 80
+            long = make_task(me, NET, "image", "tiny-image", at_budget, 1)
+            assert (await submit_code(peers, gw, long))[0] == grpc.StatusCode.OK
+            await until(lambda: events.of("worker_failed", task=long.id.hex()), 60, "the gateway to give up")
+            await until(lambda: worker.worker.cancelled == 1, 30, "the worker to cancel the abandoned task")
+            # The engine thread is free long before the 80 steps (minutes here) would have ended.
+            assert await asyncio.wait_for(worker.engines.run(lambda: True), 30)
         finally:
             if events is not None:
                 await events.close()
