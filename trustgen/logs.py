@@ -52,8 +52,8 @@ class PeerLog:
 
     MAX_PEERS = 4096
 
-    def __init__(self, logger: logging.Logger, every_s: float = 60.0) -> None:
-        self.logger, self.every_s = logger, every_s
+    def __init__(self, logger: logging.Logger, every_s: float = 60.0, level: int = logging.WARNING) -> None:
+        self.logger, self.every_s, self.level = logger, every_s, level
         self._last: OrderedDict[str, tuple[float, int]] = OrderedDict()  # peer -> (last line, held back)
 
     def warning(self, peer: str, msg: str, *args: object) -> None:
@@ -61,7 +61,7 @@ class PeerLog:
         last, held = self._last.pop(peer, (float("-inf"), 0))
         if now - last >= self.every_s:
             more = f" ({held} more from this peer since the last line)" if held else ""
-            self.logger.warning(msg + "%s", *args, more)
+            self.logger.log(self.level, msg + "%s", *args, more)
             last, held = now, 0
         else:
             held += 1

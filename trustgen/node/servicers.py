@@ -34,6 +34,7 @@ log = logging.getLogger("trustgen.node")
 
 _REFUSED = (RpcError, TrustgenError, ValueError, TypeError, KeyError)
 PEER_LOG = PeerLog(log)  # one per process: a peer's lines are limited across all its requests
+STORAGE_LOG = PeerLog(log, level=logging.ERROR)  # keyed by method
 _BUG_LOG: dict[str, float] = {}  # method -> when its last traceback was logged
 BUG_LOG_EVERY_S = 60.0
 
@@ -67,7 +68,8 @@ def _storage_fault(name: str, e: Exception) -> tuple[grpc.StatusCode, str]:
     space is freed, so it is not the peer's fault (never INVALID_ARGUMENT) nor UNKNOWN."""
     full = "database or disk is full" in str(e) or getattr(e, "errno", None) in _FULL
     code = grpc.StatusCode.RESOURCE_EXHAUSTED if full else grpc.StatusCode.UNAVAILABLE
-    log.error("%s: storage fault: %s: %s", name, type(e).__name__, e)  # one line, no traceback
+    # One line, no traceback, at most one a minute per method: a full disk answers every request.
+    STORAGE_LOG.warning(name, "%s: storage fault: %s: %s", name, type(e).__name__, e)
     return code, f"node storage {'full' if full else 'unavailable'}: {e}"
 
 
