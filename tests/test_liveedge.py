@@ -99,6 +99,7 @@ def test_gateway_reloads_worker_offers_from_its_ledger(tmp_path):
     led.close()
 
 
+@pytest.mark.slow  # loads an engine
 def test_a_cancelled_generation_stops_at_its_next_step():
     from trustgen.engines.generate import load_engine
 
