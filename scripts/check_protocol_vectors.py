@@ -272,6 +272,7 @@ SIGNER = {
 }
 ENTRY_BODIES: dict[str, dict[str, str]] = {
     "NodeJoined": dict(address="str", roles="list"),
+    "Serves": dict(models="list", limits="map"),
     "TaskAccepted": dict(task="bytes", beacon=B32, beacon_size="int", candidates="list"),
     "ResultCommitted": dict(result="bytes"),
     "VoteCast": dict(vote="bytes"),
@@ -717,6 +718,8 @@ def check_ledger(led: dict[str, Any], network: str, keys: dict[str, bytes]) -> N
         t = v["type"]
         if t == "NodeJoined" and "verifier" in body["roles"]:
             verifier_joins.setdefault(feed, i)
+        elif t == "Serves":
+            check_serves(body, what)
         elif t == "Commitment" and feed == owner:
             expect(body["size"] <= i, f"{what}: commitment covers entries not yet stored")
             same(body["root"], mth(leaf_list(log[: body["size"]])), f"{what}: commitment root")
@@ -794,6 +797,19 @@ def open_candidates(joined: set[bytes], demoted: set[bytes], acc: dict[str, Any]
     taken = [v for v in ranked if v not in demoted]
     taken += [v for v in ranked if v in demoted][: max(0, k - len(taken))]
     return sorted(taken)
+
+
+def check_serves(body: dict[str, Any], what: str) -> None:
+    """A worker's offer (docs/protocol.md, section 7): at most 16 [kind, digest, name] triples of
+    non-empty strings of at most 256 characters, and a cost limit in [0, 2^62] per known kind."""
+    kinds = ("image", "text")
+    expect(len(body["models"]) <= 16, f"{what}: more than 16 models")
+    for m in body["models"]:
+        ok = isinstance(m, list) and len(m) == 3 and all(isinstance(x, str) and 0 < len(x) <= 256 for x in m)
+        expect(ok and m[0] in kinds, f"{what}: a model is not [kind, digest, name]")
+    for k, v in body["limits"].items():
+        ok = k in kinds and isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 2**62
+        expect(ok, f"{what}: a limit is not a known kind's cost in [0, 2^62]")
 
 
 def leaf_list(log: list[tuple[bytes, int, bytes]]) -> list[bytes]:

@@ -512,6 +512,15 @@ def scenario(pixels: np.ndarray, png: bytes, model: str) -> dict[str, Any]:
             return append("Commitment", {"size": len(leaves), "root": merkle.root(leaves)})
 
         append("NodeJoined", {"address": "127.0.0.1:7000", "roles": ["gateway"]})
+        # What the worker serves, before it joins: [kind, digest, name] per model, budgets per kind.
+        foreign(
+            KEYS["worker"],
+            "Serves",
+            {
+                "models": [["image", model, "tiny-image"], ["text", model, "tiny-text"]],
+                "limits": {"image": 1310720, "text": 32768},
+            },
+        )
         foreign(KEYS["worker"], "NodeJoined", {"address": "127.0.0.1:7001", "roles": ["worker"]})
         for i, v in enumerate(verifiers):
             foreign(v, "NodeJoined", {"address": f"127.0.0.1:71{i:02d}", "roles": ["verifier"]})

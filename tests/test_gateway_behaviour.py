@@ -67,13 +67,17 @@ def test_an_expired_task_is_never_run(tmp_path):
         try:
             gw = await nodes.start("gateway", ["gateway"])
             await nodes.start("verifier", ["verifier"], gateway=gw.address)
+            # The only worker joins (its signed Serves entry tells the gateway it serves the model),
+            # then goes down: a task naming no served model would be refused at submit.
+            await nodes.start("worker", ["worker"], gateway=gw.address)
+            await nodes.stop("worker")
             # Already expired: refused at the door, nothing recorded.
             stale = text_task(me, expiry_ms=now_ms() - 1)
             with pytest.raises(grpc.aio.AioRpcError) as e:
                 await peers.call(gw.address, "Gateway", "Submit", {"task": stale.wire()}, timeout=10)
             assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
             assert of_task(gw, "TaskAccepted", stale) == []
-            # Accepted while no worker is there; it expires while it waits.
+            # Accepted while its only worker is down; it expires while it waits.
             task = text_task(me, expiry_ms=now_ms() + 1500)
             assert (await submit(gw.address, task, me, NET, insecure=True, wait=False))["state"] == "accepted"
             await until(in_state(peers, gw, task, "waiting"), 10, "the task to wait for a worker")

@@ -58,6 +58,14 @@ def test_hostile_tasks_are_refused_at_submit_and_never_mark_the_worker(tmp_path)
                 (text_task(me, {"max_new_tokens": 4}), invalid, "prompt"),
                 # One verifier is registered: three cannot be assigned.
                 (text_task(me, {"prompt": "x"}, verifiers=3), grpc.StatusCode.FAILED_PRECONDITION, "verifiers"),
+                # No admitted worker serves the model (the worker's signed Serves entry says what it does).
+                (text_task(me, {"prompt": "x"}, model="tiny-image"), grpc.StatusCode.FAILED_PRECONDITION, "model"),
+                # Over every serving worker's budget: the error names the parameters of the cost.
+                (
+                    text_task(me, {"prompt": "x" * 2000, "max_new_tokens": 1024, "decoding": "beam", "num_beams": 16}),
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    "max_new_tokens",
+                ),
             ]
             for task, code, field in refused:
                 got, details = await submit_code(peers, gw, task)
@@ -65,11 +73,10 @@ def test_hostile_tasks_are_refused_at_submit_and_never_mark_the_worker(tmp_path)
                 assert field in details, details
             assert gw.ledger.size() == size, "a refused task stored nothing"
 
-            # Valid at the edge, refused by the worker: too long for the model's context; and a
-            # model the worker does not serve. Each fails with the worker's reason.
+            # Valid at the edge, refused by the worker: too long for the model's context. It fails
+            # with the worker's reason.
             too_long = text_task(me, {"prompt": "word " * 200, "max_new_tokens": 200})
-            unserved = text_task(me, {"prompt": "x", "max_new_tokens": 4}, model="tiny-image")
-            for task, reason in ((too_long, "context"), (unserved, "does not serve model")):
+            for task, reason in ((too_long, "context"),):
                 assert (await submit_code(peers, gw, task))[0] == grpc.StatusCode.OK
                 st = await until(in_state(peers, gw, task, "final", "failed"), 120, "the refused task to settle")
                 assert st.state == "failed" and reason in st.detail, st.detail
@@ -86,6 +93,17 @@ def test_hostile_tasks_are_refused_at_submit_and_never_mark_the_worker(tmp_path)
             assert st.state == "final", st.detail
             assert wkey not in gw.gateway.suspects
             assert events.of("worker_failed") == []
+
+            # A task the gateway abandons (its worker deadline passes) is cancelled on the worker:
+            # the engine thread stops at its next checkpoint instead of running on for minutes.
+            gw.gateway.worker_timeout_s = 2.0
+            at_budget = {"prompt": "a long one", "height": 128, "width": 128, "steps": 80}  # 128 x 128 x 80
+            long = make_task(me, NET, "image", "tiny-image", at_budget, 1)
+            assert (await submit_code(peers, gw, long))[0] == grpc.StatusCode.OK
+            await until(lambda: events.of("worker_failed", task=long.id.hex()), 60, "the gateway to give up")
+            await until(lambda: worker.worker.cancelled == 1, 30, "the worker to cancel the abandoned task")
+            # The engine thread is free long before the 80 steps (minutes here) would have ended.
+            assert await asyncio.wait_for(worker.engines.run(lambda: True), 30)
         finally:
             if events is not None:
                 await events.close()

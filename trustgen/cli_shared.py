@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 
 from trustgen.errors import TrustgenError
+from trustgen.net.transport import read_pem
 
 out = Console()
 err = Console(stderr=True, soft_wrap=True)
@@ -38,3 +39,5 @@ TLS_CA = typer.Option("", "--tls-ca", help="CA certificate for TLS.")
 def check_transport(insecure: bool, tls_ca: str) -> None:
     if not insecure and not tls_ca:
         raise TrustgenError("give --tls-ca FILE, or --insecure for plaintext gRPC")
+    if not insecure:
+        read_pem(tls_ca, "--tls-ca file")  # before connecting: a missing file is one line, exit 2

@@ -32,6 +32,8 @@ DEFAULT_NETWORK = "trustgen-local"
 # Entry types and the schema of their bodies (same conventions as messages.SCHEMAS).
 ENTRY_SCHEMAS: dict[str, dict[str, str]] = {
     "NodeJoined": {"address": "str", "roles": "list"},
+    # What a worker serves: [kind, digest, name] per model, and its largest task cost per kind.
+    "Serves": {"models": "list", "limits": "dict"},
     "TaskAccepted": {"task": "bytes", "beacon": "bytes32", "beacon_size": "int", "candidates": "list"},
     "ResultCommitted": {"result": "bytes"},
     "VoteCast": {"vote": "bytes"},

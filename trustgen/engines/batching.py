@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Sequence as Seq
 
+from trustgen.engines.cancel import checkpoint
 from trustgen.engines.decoding import BeamTask, StepTask
 from trustgen.engines.packed import PackedGPT2
 
@@ -23,6 +24,7 @@ def run_continuous(runner: PackedGPT2, tasks: Seq[StepTask | BeamTask], capacity
     waiting = deque(tasks)
     active: list[StepTask | BeamTask] = []
     while waiting or active:
+        checkpoint()  # a cancelled task stops between steps
         while waiting and len(active) < capacity:
             active.append(waiting.popleft())
         seqs = [s for t in active for s in t.seqs]

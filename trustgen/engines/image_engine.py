@@ -17,8 +17,9 @@ import diffusers
 import torch
 from diffusers import DiffusionPipeline
 
+from trustgen.engines.cancel import watch
 from trustgen.engines.determinism import ExecutionProfile, configure, resolve_dtype
-from trustgen.engines.loading import MODEL_LOAD
+from trustgen.engines.loading import MODEL_LOAD, load_failure
 from trustgen.engines.outputs import ImageOutput
 from trustgen.engines.params import ImageParams
 from trustgen.engines.pixel_pipeline import PixelTextToImagePipeline, to_uint8
@@ -46,8 +47,8 @@ def _load_pipeline(model: ModelRef, dtype: torch.dtype) -> Any:
     try:
         with MODEL_LOAD:
             return cls.from_pretrained(model.path, torch_dtype=dtype, use_safetensors=True, local_files_only=True)
-    except (OSError, ValueError) as e:
-        raise ModelError(f"cannot load image model {model.name!r}: {e}") from None
+    except Exception as e:  # truncated weights, a config that does not fit them, missing components
+        raise ModelError(load_failure("image", model.name, e)) from None
 
 
 class ImageEngine:
@@ -67,6 +68,7 @@ class ImageEngine:
         self.ref = model
         self.pipe = _load_pipeline(model, resolve_dtype(dtype)).to(self.profile.device)
         self.pipe.set_progress_bar_config(disable=True)
+        watch(self.pipe.unet)  # cancellable inside a denoising step, not only between steps
         self._base_scheduler_config = dict(self.pipe.scheduler.config)
 
     def _set_scheduler(self, name: str) -> None:

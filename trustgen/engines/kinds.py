@@ -31,6 +31,10 @@ class EngineKind:
     # and how an output becomes the blob's bytes. Both empty: the output is inline in the result.
     blob_field: str = ""
     to_blob: Callable[[Any], bytes] | None = None
+    # The cost model: what a task of this kind costs a worker (its budget unit), and in words which
+    # parameters make it up (errors name them).
+    cost: Callable[[Any], int] = lambda _p: 0
+    cost_terms: str = ""
 
     def __post_init__(self) -> None:
         if bool(self.blob_field) != (self.to_blob is not None):
@@ -56,10 +60,28 @@ def _png(output: Any) -> bytes:
     return output.png()
 
 
+def _text_cost(p: TextParams) -> int:
+    # Prompt bytes bound its tokens from above (no tokenizer at the gateway); every beam decodes.
+    beams = p.num_beams if p.decoding == "beam" else 1
+    return (len(p.prompt.encode("utf-8", "surrogatepass")) + p.max_new_tokens) * beams
+
+
+def _image_cost(p: ImageParams) -> int:
+    return p.width * p.height * p.steps
+
+
 ENGINE_KINDS: dict[str, EngineKind] = {
     k.name: k
     for k in (
-        EngineKind("text", TextParams, "trustgen.engines.text_engine:TextEngine", "tiny-text", "model"),
+        EngineKind(
+            "text",
+            TextParams,
+            "trustgen.engines.text_engine:TextEngine",
+            "tiny-text",
+            "model",
+            cost=_text_cost,
+            cost_terms="(prompt bytes + max_new_tokens) x num_beams",
+        ),
         EngineKind(
             "image",
             ImageParams,
@@ -68,6 +90,8 @@ ENGINE_KINDS: dict[str, EngineKind] = {
             "pipe.unet",
             blob_field="png_digest",
             to_blob=_png,
+            cost=_image_cost,
+            cost_terms="width x height x steps",
         ),
     )
 }

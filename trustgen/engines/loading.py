@@ -12,3 +12,10 @@ from __future__ import annotations
 import threading
 
 MODEL_LOAD = threading.RLock()
+
+
+def load_failure(kind: str, name: str, e: BaseException) -> str:
+    """One line for a model directory the libraries could not load (their messages can run to
+    many lines; the first says what failed)."""
+    first = next((line.strip() for line in str(e).splitlines() if line.strip()), "")
+    return f"cannot load {kind} model {name!r} ({type(e).__name__}): {first[:300]}"

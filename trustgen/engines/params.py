@@ -45,6 +45,10 @@ def params_from_dict(cls: type[Any], params: Any) -> Any:
 def _check_prompt(prompt: str) -> None:
     _check(isinstance(prompt, str) and prompt.strip() != "", "prompt must not be empty")
     _check(len(prompt) <= MAX_PROMPT_CHARS, f"prompt is longer than {MAX_PROMPT_CHARS} characters")
+    try:  # a command-line argument that is not UTF-8 arrives holding lone surrogates
+        prompt.encode("utf-8")
+    except UnicodeEncodeError:
+        raise UsageError("prompt must be UTF-8 text (it holds bytes that are not)") from None
 
 
 def _check_seed(seed: int) -> None:

@@ -21,9 +21,10 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from trustgen.engines.batching import MAX_BATCH, run_continuous
+from trustgen.engines.cancel import checkpoint
 from trustgen.engines.decoding import beam_select, task_state
 from trustgen.engines.determinism import ExecutionProfile, configure, resolve_dtype
-from trustgen.engines.loading import MODEL_LOAD
+from trustgen.engines.loading import MODEL_LOAD, load_failure
 from trustgen.engines.outputs import TextOutput
 from trustgen.engines.packed import MODE, Sequence, packed_runner
 from trustgen.engines.params import TextParams
@@ -50,11 +51,14 @@ class TextEngine:
         self.profile: ExecutionProfile = configure(device, deterministic, threads, dtype)
         self.ref = model
         self.device = torch.device(self.profile.device)
-        with MODEL_LOAD:
-            self.tokenizer = AutoTokenizer.from_pretrained(model.path, local_files_only=True)
-            loaded = AutoModelForCausalLM.from_pretrained(
-                model.path, dtype=resolve_dtype(dtype), use_safetensors=True, local_files_only=True
-            )
+        try:
+            with MODEL_LOAD:
+                self.tokenizer = AutoTokenizer.from_pretrained(model.path, local_files_only=True)
+                loaded = AutoModelForCausalLM.from_pretrained(
+                    model.path, dtype=resolve_dtype(dtype), use_safetensors=True, local_files_only=True
+                )
+        except Exception as e:  # truncated weights, a config that does not fit them, missing files
+            raise ModelError(load_failure("text", model.name, e)) from None
         # Called through the class: transformers wraps `to` with functools.wraps, which type
         # checkers take for an unbound function. It is the same call as `loaded.to(device)`.
         self.model: PreTrainedModel = type(loaded).to(loaded, self.device).eval()
@@ -172,6 +176,7 @@ class TextEngine:
         past = None
         out: list[int] = []
         for i in range(p.max_new_tokens):
+            checkpoint()
             res = self.model(input_ids=ids, past_key_values=past, use_cache=True)
             past = res.past_key_values
             logits = res.logits[0, -1]
@@ -194,6 +199,7 @@ class TextEngine:
         scores = torch.zeros(1, dtype=torch.float32)
         finished: list[tuple[float, list[int]]] = []
         for step in range(p.max_new_tokens):
+            checkpoint()
             sel = beam_select(beams, scores, logprobs, finished, step, p, self.eos_id)
             finished = sel.finished
             if sel.stop:

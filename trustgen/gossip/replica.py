@@ -11,10 +11,12 @@ from trustgen.consensus.ledger import IngestError, Ledger, parse_entry
 from trustgen.consensus.messages import MessageError
 from trustgen.gossip.membership import Membership
 from trustgen.gossip.rumours import Rumours
+from trustgen.logs import PeerLog
 from trustgen.net.peers import Peers
 from trustgen.rpc import trustgen_pb2 as pb
 
 log = logging.getLogger("trustgen.node")
+REFUSALS = PeerLog(log)  # a peer sending bad entries gets one line a minute
 
 
 class Replica:
@@ -49,7 +51,8 @@ class Replica:
                 counts[self.ledger.ingest(item.payload, item.sig)] += 1
             except IngestError as e:
                 counts["refused"] += 1
-                log.info("refused an entry from %s: %s", sender.hex()[:12] if sender else "?", e.code)
+                who = sender.hex()[:12] if sender else "?"
+                REFUSALS.warning(who, "refused an entry from %s: %s", who, e.code)
         if strangers:
             log.debug("skipped %d entries of feeds not admitted here", strangers)
         if counts["refused"] and sender is not None:

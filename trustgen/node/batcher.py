@@ -9,9 +9,11 @@ that fails on a bad task is re-run task by task, so each task gets its own answe
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from typing import Any
 
+from trustgen.engines.cancel import AllOf, Cancelled
 from trustgen.errors import TrustgenError
 from trustgen.node.engine_pool import Engines
 
@@ -21,6 +23,7 @@ class _Job:
     engine: Any
     params: Any
     done: asyncio.Future[Any]
+    cancel: threading.Event = field(default_factory=threading.Event)
 
 
 class Batcher:
@@ -30,8 +33,10 @@ class Batcher:
         self._draining = False
         self.batches: list[int] = []  # sizes of the batches run, newest last (metrics and tests)
 
-    async def generate(self, engine: Any, params: Any) -> Any:
-        job = _Job(engine, params, asyncio.get_running_loop().create_future())
+    async def generate(self, engine: Any, params: Any, cancel: threading.Event | None = None) -> Any:
+        """The task's output; once `cancel` is set it is dropped from the queue, and its batch
+        stops when every task in it is cancelled."""
+        job = _Job(engine, params, asyncio.get_running_loop().create_future(), cancel or threading.Event())
         self._queue.append(job)
         if not self._draining:
             self._draining = True
@@ -41,6 +46,9 @@ class Batcher:
     async def _drain(self) -> None:
         try:
             while self._queue:
+                self._queue = [j for j in self._queue if not (j.cancel.is_set() or j.done.done())]
+                if not self._queue:
+                    break
                 engine = self._queue[0].engine
                 batch = [j for j in self._queue if j.engine is engine][: self.max_batch]
                 self._queue = [j for j in self._queue if j not in batch]
@@ -51,7 +59,12 @@ class Batcher:
 
     async def _run(self, engine: Any, batch: list[_Job]) -> None:
         try:
-            outs = await self.engines.run(engine.generate_batch, [j.params for j in batch])
+            outs = await self.engines.run(
+                engine.generate_batch, [j.params for j in batch], cancel=AllOf([j.cancel for j in batch])
+            )
+        except Cancelled as e:
+            _fail(batch, e)
+            return
         except TrustgenError as e:
             if len(batch) == 1:
                 _fail(batch, e)

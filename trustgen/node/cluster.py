@@ -1,7 +1,9 @@
 """Local cluster launcher: nodes as separate processes on loopback, ephemeral ports.
 
 Layout under DIR: one folder per node (`gateway`, `worker-1`, …, `verifier-1`, …) holding its
-key (0600), `node.toml`, `ledger.db`, `blobs/`, `node.log` and, while it runs, `ready.json`.
+key (0600), `node.toml`, `ledger.db`, `blobs/`, `node.log` (the node's own log, rotated at a size
+cap: `log_max_bytes`), `node.out` (what the process writes outside its log: a crash before the log
+is set up, native libraries) and, while it runs, `ready.json`.
 Each node binds port 0; after its first start the launcher pins the port it got in its config,
 so a restarted node comes back at the same address. The launcher is also the network's admission
 authority (its key in `authority/`): it writes `genesis.bin` admitting every node it creates in
@@ -93,6 +95,7 @@ def write_node(
         "listen": "127.0.0.1:0",
         "insecure": True,
         "threads": 1,
+        "log_file": "node.log",
         **({"gateway": gateway} if gateway else {}),
         **extra,
     }
@@ -103,7 +106,7 @@ def write_node(
 def start(node_dir: pathlib.Path, log_level: str = "INFO") -> subprocess.Popen:
     node_dir = pathlib.Path(node_dir)
     (node_dir / READY_FILE).unlink(missing_ok=True)
-    log = open(node_dir / "node.log", "ab")
+    log = open(node_dir / "node.out", "ab")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     # A session of its own: the node outlives the launcher and ignores the launcher's Ctrl-C.
     return subprocess.Popen(
@@ -135,7 +138,11 @@ def wait_ready(
         if info and (info.get("joined") or not joined):
             return info
         if proc is not None and proc.poll() is not None:
-            tail = (pathlib.Path(node_dir) / "node.log").read_text(errors="replace")[-2000:]
+            tail = "".join(
+                (pathlib.Path(node_dir) / f).read_text(errors="replace")[-2000:]
+                for f in ("node.log", "node.out")
+                if (pathlib.Path(node_dir) / f).exists()
+            )
             raise ClusterError(f"node {pathlib.Path(node_dir).name} exited ({proc.returncode}):\n{tail}")
         time.sleep(0.1)
     raise ClusterError(f"node {pathlib.Path(node_dir).name} not ready after {timeout:.0f}s")

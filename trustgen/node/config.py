@@ -14,6 +14,7 @@ from trustgen.training.adversary import MODES as TRAIN_MODES
 
 ROLES = ("gateway", "worker", "verifier", "trainer")
 MAX_WORKER_BATCH = 64
+MAX_BUDGET = 2**62
 
 
 @dataclass
@@ -41,6 +42,15 @@ class NodeConfig:
     adversary: str = ""  # a cheating mode (trustgen.node.adversary), for tests and demonstrations
     delay_s: float = 0.0  # worker: added latency before each execution (fault-injection tests)
     worker_batch: int = 1  # worker: tasks arriving together run as one engine batch, up to this many
+    # Worker budgets: the largest task it takes, in the cost model of engines/kinds.py. Text:
+    # (prompt bytes + max_new_tokens) x beams; image: width x height x steps (256 x 256 x 20 here).
+    max_text_cost: int = 32_768
+    max_image_cost: int = 1_310_720
+    # Log file (relative to data_dir; empty: stderr only), rotated at log_max_bytes with
+    # log_backups old files kept: a node's logs never take more than (1 + backups) x max bytes.
+    log_file: str = ""
+    log_max_bytes: int = 10_000_000
+    log_backups: int = 3
     gossip_interval_s: float = 1.0  # 0: no background rounds (tests and benchmarks drive them)
     gossip_fanout: int = 2
     learn_peers: bool = True  # add peers from NodeJoined entries, not only bootstrap
@@ -78,6 +88,14 @@ class NodeConfig:
             raise UsageError(f"worker_batch must be an integer in [1, {MAX_WORKER_BATCH}]")
         if type(self.explorer_port) is not int or not 0 <= self.explorer_port <= 65535:
             raise UsageError("explorer_port must be an integer in [0, 65535] (0: no explorer)")
+        for name in ("max_text_cost", "max_image_cost"):
+            v = getattr(self, name)
+            if type(v) is not int or not 0 <= v <= MAX_BUDGET:
+                raise UsageError(f"{name} must be an integer in [0, 2^62]")
+        if type(self.log_max_bytes) is not int or self.log_max_bytes < 4096:
+            raise UsageError("log_max_bytes must be an integer >= 4096")
+        if type(self.log_backups) is not int or not 1 <= self.log_backups <= 100:
+            raise UsageError("log_backups must be an integer in [1, 100]")
         if self.gossip_interval_s < 0 or not 1 <= self.gossip_fanout <= 16:
             raise UsageError("gossip_interval_s must be >= 0 and gossip_fanout in [1, 16]")
 
@@ -89,6 +107,15 @@ class NodeConfig:
     def models(self) -> dict[str, str]:
         """The model this node serves each task kind with."""
         return {"text": self.text_model, "image": self.image_model}
+
+    @property
+    def budgets(self) -> dict[str, int]:
+        """The largest task cost this worker takes, per kind."""
+        return {"text": self.max_text_cost, "image": self.max_image_cost}
+
+    @property
+    def log_path(self) -> pathlib.Path | None:
+        return self.data_dir / self.log_file if self.log_file else None
 
 
 def load_config(path: pathlib.Path) -> NodeConfig:

@@ -46,6 +46,8 @@ from trustgen.node.config import NodeConfig
 from trustgen.node.events import EventBus
 from trustgen.node.explorer_child import ExplorerChild
 from trustgen.node.metrics import Metrics
+from trustgen.node.offers import ENTRY as OFFER_ENTRY
+from trustgen.node.offers import offer_body
 from trustgen.node.servicers import (
     BlobsServicer,
     DecodeGuard,
@@ -156,6 +158,7 @@ class Node:
                     cfg.delay_s,
                     self.metrics,
                     cfg.worker_batch,
+                    cfg.budgets,
                 )
             if "verifier" in cfg.roles:
                 from trustgen.node.verifier_role import VerifierRole
@@ -248,6 +251,18 @@ class Node:
             if (entry_type, data) not in own:
                 self.ledger.append(entry_type, {"admission" if entry_type == "Admitted" else "revocation": data})
 
+    def _record_offer(self) -> None:
+        """A worker's `Serves` entry (node/offers.py), appended when what it serves has changed."""
+        if self.worker is None or self.engines is None:
+            return
+        body = offer_body(self.engines.served(), self.cfg.budgets)
+        latest = None
+        for e in self.ledger.iter_entries(entry_type=OFFER_ENTRY):
+            if e.feed == self.identity.public_key:
+                latest = e.body
+        if latest != body:
+            self.ledger.append(OFFER_ENTRY, body)
+
     async def run(self, handle_signals: bool = True) -> None:
         cfg = self.cfg
         self._load_roles()
@@ -284,6 +299,7 @@ class Node:
             if e.feed == me:
                 latest = e
         self._record_admission()
+        self._record_offer()
         if latest is None or latest.body["address"] != self.address or list(latest.body["roles"]) != cfg.roles:
             self.ledger.append("NodeJoined", {"address": self.address, "roles": cfg.roles})
         if self.gateway:
@@ -439,7 +455,7 @@ def check_tls_pin(genesis: Genesis, key: bytes, cert: pathlib.Path) -> None:
 def run_node(cfg: NodeConfig, log_level: str = "INFO") -> None:
     from trustgen.logs import setup
 
-    setup(log_level)
+    setup(log_level, cfg.log_path, cfg.log_max_bytes, cfg.log_backups)
     node = Node(cfg)
     asyncio.run(node.run())
 

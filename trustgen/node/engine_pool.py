@@ -2,7 +2,8 @@
 
 Model work never runs on the event loop: the gRPC server must keep answering health checks,
 votes and joins while a generation runs. One executor thread per node keeps engines (which are
-not thread-safe: schedulers hold state) to one task at a time.
+not thread-safe: schedulers hold state) to one task at a time. A run given a cancel event stops
+at the engine's next checkpoint once it is set (engines/cancel.py), freeing the thread.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from trustgen.engines.cancel import Flag, cancellable
 from trustgen.engines.generate import load_engine
 from trustgen.engines.kinds import ENGINE_KINDS
 from trustgen.errors import ModelError
@@ -31,8 +33,16 @@ class Engines:
             raise ModelError(f"this node does not serve model {model_digest}")
         return engine
 
-    async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+    def served(self) -> dict[str, tuple[str, str]]:
+        """kind -> (model digest, model name), as a worker announces it."""
+        return {kind: (e.ref.digest, e.ref.name) for kind, e in self.engines.items()}
+
+    async def run(self, fn: Callable[..., Any], *args: Any, cancel: Flag | None = None) -> Any:
+        def call() -> Any:
+            with cancellable(cancel):
+                return fn(*args)
+
+        return await asyncio.get_running_loop().run_in_executor(self._pool, call)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

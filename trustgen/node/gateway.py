@@ -34,12 +34,15 @@ from trustgen.consensus.ledger import Entry, IngestError, Ledger, parse_entry
 from trustgen.consensus.liveness import MAX_DETAIL, NOT_ADMITTED, UNAVAILABLE, UNRESPONSIVE
 from trustgen.consensus.messages import MessageError, Signed, open_wire
 from trustgen.consensus.reputation import Reputation, task_candidates
+from trustgen.errors import UsageError
 from trustgen.gossip.blobs import BlobStore
 from trustgen.net import grpc_options as opts
 from trustgen.net import transport
 from trustgen.net.auth import RpcError
 from trustgen.net.peers import Peers
 from trustgen.node import scheduling, votes
+from trustgen.node.offers import ENTRY as SERVES
+from trustgen.node.offers import Offer, can_run, check_offered, parse_offer
 from trustgen.node.scheduling import FINAL_STATES, MAX_WORKER_FAILURES, TaskState, failure_detail
 from trustgen.node.votes import Answer, Miss
 from trustgen.rpc import trustgen_pb2 as pb
@@ -86,7 +89,10 @@ class GatewayRole:
 
     def _load_members(self) -> None:
         for e in self.ledger.iter_entries(entry_type="NodeJoined"):
-            self.members[e.feed] = {"address": e.body["address"], "roles": list(e.body["roles"])}
+            self.members[e.feed] = {"address": e.body["address"], "roles": list(e.body["roles"]), "offer": None}
+        for e in self.ledger.iter_entries(entry_type=SERVES):  # the latest of each feed wins
+            if e.feed in self.members:
+                self.members[e.feed]["offer"] = _offer_or_none(e.body)
 
     def _refresh_reputation(self) -> None:
         """Feed the entries stored since the last refresh (only those) to the accumulator."""
@@ -117,6 +123,13 @@ class GatewayRole:
         joined = next((e for _, e in reversed(parsed) if e.type == "NodeJoined"), None)
         if joined is None:
             raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, "no NodeJoined entry in the join")
+        serves = next((e for _, e in reversed(parsed) if e.type == SERVES), None)
+        try:
+            offer = parse_offer(serves.body) if serves is not None else None
+        except UsageError as e:
+            raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, str(e)) from None
+        if offer is None and sender in self.members:  # a re-join may send only its newer entries
+            offer = self.members[sender].get("offer")
         self._check_admission(sender, [e for _, e in parsed], list(joined.body["roles"]))
         address = joined.body["address"]
         # The address must really be the sender's: otherwise a node could point work at others.
@@ -142,7 +155,7 @@ class GatewayRole:
         except IngestError as e:
             raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, f"entry refused ({e.code}): {e}") from None
         self._refresh_reputation()  # the admissions it carried count from now on
-        self.members[sender] = {"address": address, "roles": list(joined.body["roles"])}
+        self.members[sender] = {"address": address, "roles": list(joined.body["roles"]), "offer": offer}
         self.suspects.pop(sender, None)
         self._joined.set()
         self._joined = asyncio.Event()
@@ -232,6 +245,8 @@ class GatewayRole:
         # (nothing awaits in between, so nothing is stored in between). A task asking for more
         # verifiers than that is refused, not finalised on fewer votes.
         scheduling.check_task(task, len(self._admitted_members("verifier")))
+        # A model nobody serves, or a task over every budget, would wait for a worker until expiry.
+        check_offered(task, [m["offer"] for m in self._admitted_members("worker").values() if m.get("offer")])
         self._refresh_reputation()
         commitment = self.ledger.commit()  # the beacon: a fresh commitment
         candidates = task_candidates(
@@ -322,7 +337,7 @@ class GatewayRole:
                 return
             if failures >= MAX_WORKER_FAILURES:
                 await scheduling.backoff(task, failures - MAX_WORKER_FAILURES)
-            workers = self._admitted_members("worker")
+            workers = {k: m for k, m in self._admitted_members("worker").items() if can_run(m.get("offer"), task)}
             worker = scheduling.pick_worker(st, workers, self.suspects, self.reputation, self.inflight)
             if worker is None and refused:
                 # Every worker that could take it said it is invalid: fail now, with the reason.
@@ -497,3 +512,11 @@ class GatewayRole:
         for t in list(self._runners):
             t.cancel()
         await asyncio.gather(*self._runners, return_exceptions=True)
+
+
+def _offer_or_none(body: Any) -> Offer | None:
+    """A stored `Serves` body as an Offer; None (serves nothing) when malformed: it came by gossip."""
+    try:
+        return parse_offer(body)
+    except UsageError:
+        return None

@@ -1,8 +1,9 @@
 """gRPC servicers: thin. Each opens the signed request, calls a role function, and maps domain
 errors to status codes. Nothing a peer sends can raise out of here: unexpected errors become
-INTERNAL and are logged, and the node keeps serving. Undecodable request bytes are answered
-INVALID_ARGUMENT (DecodeGuard) and storage faults RESOURCE_EXHAUSTED or UNAVAILABLE, each logged
-as one line: a hostile peer or a full disk must not fill the log with tracebacks."""
+INTERNAL and are logged (a traceback at most once a minute per method), and the node keeps
+serving. Undecodable request bytes are answered INVALID_ARGUMENT (DecodeGuard) and storage faults
+RESOURCE_EXHAUSTED or UNAVAILABLE, each logged as one line; what a peer causes is logged one line
+per peer per minute (trustgen.logs.PeerLog): a hostile peer or a full disk must not fill the log."""
 
 from __future__ import annotations
 
@@ -13,7 +14,6 @@ import inspect
 import logging
 import sqlite3
 import time
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -23,6 +23,7 @@ from google.protobuf.message import DecodeError
 from trustgen.consensus.encoding import encode
 from trustgen.errors import TrustgenError
 from trustgen.gossip.blobs import CHUNK
+from trustgen.logs import PeerLog
 from trustgen.net.auth import RequestGuard, RpcError
 from trustgen.net.peers import full_method
 from trustgen.rpc import trustgen_pb2 as pb
@@ -32,16 +33,30 @@ log = logging.getLogger("trustgen.node")
 
 
 _REFUSED = (RpcError, TrustgenError, ValueError, TypeError, KeyError)
+PEER_LOG = PeerLog(log)  # one per process: a peer's lines are limited across all its requests
+STORAGE_LOG = PeerLog(log, level=logging.ERROR)  # keyed by method
+_BUG_LOG: dict[str, float] = {}  # method -> when its last traceback was logged
+BUG_LOG_EVERY_S = 60.0
 
 
-def _refusal(name: str, e: Exception) -> tuple[grpc.StatusCode, str]:
+def _refusal(name: str, e: Exception, peer: str) -> tuple[grpc.StatusCode, str]:
     """The status for an error a handler raised over what a peer sent."""
     if isinstance(e, RpcError):
         return e.code, str(e)
     if isinstance(e, TrustgenError):
         return grpc.StatusCode.INVALID_ARGUMENT, str(e)
-    log.warning("%s: bad request: %r", name, e)  # a peer's odd values reaching a handler
+    PEER_LOG.warning(peer, "%s: bad request from %s: %r", name, peer, e)  # a peer's odd values reaching a handler
     return grpc.StatusCode.INVALID_ARGUMENT, f"bad request: {e}"
+
+
+def _internal(name: str, e: Exception) -> tuple[grpc.StatusCode, str]:
+    """A bug reached by a request: INTERNAL (never UNKNOWN), its traceback logged at most once a
+    minute per method so a peer that found it cannot flood the log with it."""
+    now = time.monotonic()
+    if now - _BUG_LOG.get(name, float("-inf")) >= BUG_LOG_EVERY_S:
+        _BUG_LOG[name] = now
+        log.error("%s: internal error", name, exc_info=e)
+    return grpc.StatusCode.INTERNAL, f"internal error: {type(e).__name__}"
 
 
 _STORAGE = (sqlite3.OperationalError, OSError)
@@ -53,7 +68,8 @@ def _storage_fault(name: str, e: Exception) -> tuple[grpc.StatusCode, str]:
     space is freed, so it is not the peer's fault (never INVALID_ARGUMENT) nor UNKNOWN."""
     full = "database or disk is full" in str(e) or getattr(e, "errno", None) in _FULL
     code = grpc.StatusCode.RESOURCE_EXHAUSTED if full else grpc.StatusCode.UNAVAILABLE
-    log.error("%s: storage fault: %s: %s", name, type(e).__name__, e)  # one line, no traceback
+    # One line, no traceback, at most one a minute per method: a full disk answers every request.
+    STORAGE_LOG.warning(name, "%s: storage fault: %s: %s", name, type(e).__name__, e)
     return code, f"node storage {'full' if full else 'unavailable'}: {e}"
 
 
@@ -74,11 +90,15 @@ def guarded(service: str, method: str, opens: bool = True) -> Callable:
                     async for item in fn(self, arg(self, request), context):
                         yield item
                 except _REFUSED as e:
-                    await self._refuse(context, *_refusal(name, e))
+                    await self._refuse(context, *_refusal(name, e, context.peer()))
                 except _STORAGE as e:
                     if isinstance(e, TimeoutError):  # an OSError, but not storage: let it be
                         raise
                     await self._refuse(context, *_storage_fault(name, e))
+                except Exception as e:
+                    if _aborted(e):
+                        raise
+                    await self._refuse(context, *_internal(name, e))
 
             return stream
 
@@ -87,15 +107,24 @@ def guarded(service: str, method: str, opens: bool = True) -> Callable:
             try:
                 return await fn(self, arg(self, request), context)
             except _REFUSED as e:
-                await self._refuse(context, *_refusal(name, e))
+                await self._refuse(context, *_refusal(name, e, context.peer()))
             except _STORAGE as e:
                 if isinstance(e, TimeoutError):
                     raise
                 await self._refuse(context, *_storage_fault(name, e))
+            except Exception as e:
+                if _aborted(e):
+                    raise
+                await self._refuse(context, *_internal(name, e))
 
         return unary
 
     return wrap
+
+
+def _aborted(e: Exception) -> bool:
+    """gRPC's own abort (context.abort raises it to end the handler) is not an error of ours."""
+    return isinstance(e, (grpc.aio.AbortError, TimeoutError))
 
 
 class _Undecodable(RpcError):
@@ -109,8 +138,8 @@ class DecodeGuard(grpc.aio.ServerInterceptor):
     answered INVALID_ARGUMENT, and logged one line per peer per `log_every_s` at most."""
 
     def __init__(self, prefix: str = "/trustgen.v1.", metrics: Any = None, log_every_s: float = 60.0) -> None:
-        self.prefix, self.metrics, self.log_every_s = prefix, metrics, log_every_s
-        self._logged: OrderedDict[str, tuple[float, int]] = OrderedDict()  # peer -> (last line, dropped since)
+        self.prefix, self.metrics = prefix, metrics
+        self._log = PeerLog(log, log_every_s)
 
     async def intercept_service(self, continuation: Callable, details: grpc.HandlerCallDetails) -> Any:
         handler = await continuation(details)
@@ -177,17 +206,7 @@ class DecodeGuard(grpc.aio.ServerInterceptor):
             raise _Undecodable() from None
 
     def _note(self, peer: str, method: str) -> None:
-        now = time.monotonic()
-        last, dropped = self._logged.pop(peer, (float("-inf"), 0))
-        if now - last >= self.log_every_s:
-            more = f" ({dropped} more since the last line)" if dropped else ""
-            log.warning("%s: undecodable request from %s%s", method, peer, more)
-            last, dropped = now, 0
-        else:
-            dropped += 1
-        self._logged[peer] = (last, dropped)
-        while len(self._logged) > 4096:  # bounded, whatever the number of peers
-            self._logged.popitem(last=False)
+        self._log.warning(peer, "%s: undecodable request from %s", method, peer)
 
     async def _abort(self, context: grpc.aio.ServicerContext, e: RpcError) -> None:
         if self.metrics is not None:

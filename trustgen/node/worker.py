@@ -1,5 +1,10 @@
 """Worker role: run a gateway's task on the local engines and return a signed Result.
 
+A task over the worker's budget (node config) is refused before it runs. When the caller goes
+away (the gateway's deadline passes, or it cancels the call when it abandons the task), gRPC
+cancels the handler and the generation stops at its next checkpoint, so the engine thread takes
+the next task instead of finishing work nobody waits for.
+
 A worker set to cheat (trustgen.node.adversary) misbehaves in `_generate`, through the same code
 path an honest worker uses, so tests and demonstrations show the network catching it.
 """
@@ -8,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from typing import Any
 
 import grpc
@@ -49,9 +55,11 @@ class WorkerRole:
         delay_s: float = 0.0,
         metrics: Any = None,
         batch: int = 1,
+        budgets: dict[str, int] | None = None,
     ) -> None:
         """`adversary`: the node's cheating mode; honest unless it is a worker mode. `batch`: up to
-        this many tasks that arrive together run as one engine batch (outputs are unchanged)."""
+        this many tasks that arrive together run as one engine batch (outputs are unchanged).
+        `budgets`: the largest task cost taken per kind (None: no limit)."""
         self.identity, self.network = identity, network
         self.engines, self.blobs = engines, blobs
         self.cheat = worker_cheat(adversary)
@@ -59,6 +67,8 @@ class WorkerRole:
         self.metrics = metrics
         self.gateways: set[bytes] = set()  # keys allowed to assign work
         self.batcher = Batcher(engines, batch) if batch > 1 and self.cheat is None else None
+        self.budgets = budgets
+        self.cancelled = 0  # generations stopped because their caller went away (tests, metrics)
 
     def _generate(self, kind: TaskKind, engine: Any, params: Any) -> Any:
         if self.cheat is not None:
@@ -77,13 +87,26 @@ class WorkerRole:
             raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, str(e)) from None
         except ModelError as e:
             raise RpcError(grpc.StatusCode.FAILED_PRECONDITION, str(e)) from None
+        cost = kind.engine.cost(params)
+        if self.budgets is not None and cost > self.budgets.get(kind.name, 0):
+            raise RpcError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"{kind.engine.cost_terms}: task cost {cost} is over this worker's budget "
+                f"{self.budgets.get(kind.name, 0)}",
+            )
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
+        cancel = threading.Event()
         try:
             if self.batcher is not None:
-                out = await self.batcher.generate(engine, params)
+                out = await self.batcher.generate(engine, params, cancel)
             else:
-                out = await self.engines.run(self._generate, kind, engine, params)
+                out = await self.engines.run(self._generate, kind, engine, params, cancel=cancel)
+        except asyncio.CancelledError:
+            cancel.set()  # the engine thread stops at its next checkpoint
+            self.cancelled += 1
+            log.info("task %s cancelled by its caller", task.id.hex()[:12])
+            raise
         except UsageError as e:
             raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, str(e)) from None
         blob = kind.engine.blob(out)
