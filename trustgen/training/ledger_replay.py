@@ -123,6 +123,7 @@ def _round(
         )
     try:
         nxt = decode_state(j.spec, state, data, r + 1)
+        assert isinstance(nxt, DilocoState)
     except TensorError as e:
         return {"what": "state", "detail": f"the finalised state blob does not decode: {e}"}
     if checkpoint_digest(nxt.params) != cp["digest"]:
