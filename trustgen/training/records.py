@@ -104,16 +104,21 @@ class BlobDir:
 UPDATE_TYPES = ("SpsaUpdate", "DeltaUpdate")
 
 
-def open_update(wire: bytes, network: str) -> Signed:
-    """A signed update of either algorithm: the type its payload names (one of UPDATE_TYPES),
-    then opened and verified as that type; MessageError otherwise."""
+def update_type(wire: bytes) -> str:
+    """The update type a wire's payload names, when it is one of UPDATE_TYPES (else DeltaUpdate,
+    which then fails to open with a precise error)."""
     try:
         env = decode(wire)
         payload = env.get("payload") if isinstance(env, dict) else None
         kind = parse_signing_bytes(payload)[0] if isinstance(payload, bytes) else ""
     except EncodingError:
         kind = ""
-    return open_wire(wire, kind if kind in UPDATE_TYPES else UPDATE_TYPES[-1], network)
+    return kind if kind in UPDATE_TYPES else UPDATE_TYPES[-1]
+
+
+def open_update(wire: bytes, network: str) -> Signed:
+    """A signed update of either algorithm, opened and verified as the type it names; MessageError otherwise."""
+    return open_wire(wire, update_type(wire), network)
 
 
 def updates_digest(updates: list[Signed]) -> bytes:
