@@ -136,3 +136,39 @@ def _drop_accepted(entries):
             e = dataclasses.replace(e, body={**e.body, "accepted": list(e.body["accepted"])[1:]})
         out.append(e)
     return out
+
+
+@pytest.mark.slow
+def test_a_gateway_restarted_inside_a_block_fails_the_job_with_its_reason(tmp_path) -> None:
+    """A block cut short is not re-run (its trainers' updates are recorded once per step): the
+    rebuilt job fails with a typed reason instead of recording a second update per step."""
+    from trustgen.consensus.ledger import Ledger
+    from trustgen.gossip.blobs import BlobStore
+    from trustgen.node.training_jobs import TrainingCoordinator
+    from trustgen.training.spec import sign_job
+
+    async def main() -> None:
+        gateway, trainer = Identity.generate(), Identity.generate()
+        ledger = Ledger(tmp_path / "ledger.db", NET, gateway)
+        spec = small_spsa_job().with_trainers([trainer.public_key])
+        c = ledger.commit()
+        candidates = sorted(Identity.generate().public_key for _ in range(3))
+        body = {"job": sign_job(gateway, spec).wire(), "beacon": c.body["root"], "beacon_size": c.body["size"]}
+        ledger.append("TrainingJobAccepted", {**body, "candidates": candidates, "k": 3})
+        u = sign(
+            trainer,
+            "SpsaUpdate",
+            NET,
+            {"trainer": trainer.public_key, "job": spec.id, "step": 0, "q": 0, "diffs": [0.0, 0.0]},
+        )
+        ledger.append("TrainingUpdate", {"update": u.wire(), "blob": ""})
+        co = TrainingCoordinator(gateway, NET, ledger, None, BlobStore(tmp_path / "blobs"), {}, lambda: "")  # type: ignore[arg-type]
+        try:
+            assert await co.recover() == 0
+            run = co.jobs[spec.id]
+            assert run.status == "failed" and "restarted inside block 0" in run.detail
+            assert run.to_dict()["state"] == "failed"
+        finally:
+            await co.close()
+
+    asyncio.run(main())
