@@ -172,3 +172,44 @@ def test_a_gateway_restarted_inside_a_block_fails_the_job_with_its_reason(tmp_pa
             await co.close()
 
     asyncio.run(main())
+
+
+def test_a_step_is_decided_by_the_verifiers_its_checks_imply() -> None:
+    """A wrong byte is rejected before any forward pass; the step's verifiers are implied by who
+    answered (a candidate ranked above the last checker without a check was skipped); a check
+    beyond k, or under another beacon, does not decide the step."""
+    from trustgen.training import spsa
+    from trustgen.training.rounds import ProofError, Verdict
+
+    trainer = Identity.generate()
+    spec = small_spsa_job().with_trainers([trainer.public_key])
+    diffs = [0.25, 0.75]
+    honest = spsa.scalar(diffs, spec.algorithm["scale"])
+    wrong = sign(
+        trainer,
+        "SpsaUpdate",
+        NET,
+        {"trainer": trainer.public_key, "job": spec.id, "step": 0, "q": -honest or 5, "diffs": diffs},
+    )
+    v = spsa_rounds.verdict(None, spec, {}, {}, 0, wrong, 1)  # type: ignore[arg-type]
+    assert not v.accept and v.code == "wrong_scalar"
+    verifiers = [Identity.generate() for _ in range(5)]
+    by_key = {x.public_key: x for x in verifiers}
+    candidates = sorted(by_key)
+    beacon = b"\x07" * 32
+    order = spsa_rounds.ranking(spec, 0, beacon, candidates)
+
+    def check(key: bytes, b: bytes = beacon) -> object:
+        body = {"verifier": key, "job": spec.id, "round": 0, "beacon": b, "verdicts": [v.to_list()]}
+        return sign(by_key[key], "UpdateCheck", NET, body)
+
+    step = spsa_rounds.decide(spec, 0, beacon, [wrong], [check(order[i]) for i in (0, 2, 3)], candidates, 3)
+    assert step.verifiers == [order[0], order[2], order[3]] and step.decisions[wrong.id] == "reject"
+    assert step.accepted == []
+    with pytest.raises(ProofError) as e:
+        spsa_rounds.decide(spec, 0, beacon, [wrong], [check(order[i]) for i in (0, 1, 2, 3)], candidates, 3)
+    assert e.value.code == "foreign_check"
+    with pytest.raises(ProofError) as e:
+        spsa_rounds.decide(spec, 0, beacon, [wrong], [check(order[0], b"\x08" * 32)], candidates, 3)
+    assert e.value.code == "foreign_check"
+    assert isinstance(Verdict.from_list(v.to_list()), Verdict)
