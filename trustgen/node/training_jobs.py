@@ -282,7 +282,7 @@ class TrainingCoordinator:
         run.touch()
         self._publish("training", job=run.spec.id.hex(), state=run.status)
 
-    def _common(self, run: JobRun) -> dict[str, Any]:
+    def common_args(self, run: JobRun) -> dict[str, Any]:
         return {
             "job": run.job.wire(),
             "accepted": list(run.accepted),
@@ -296,7 +296,7 @@ class TrainingCoordinator:
         tag = trainer.hex()[:12]
         try:
             reply = await self.peers.call(
-                address, "Training", "Work", {**self._common(run), "round": r}, timeout=self.round_timeout_s
+                address, "Training", "Work", {**self.common_args(run), "round": r}, timeout=self.round_timeout_s
             )
             body = open_reply(reply.body)
             u = open_wire(body.get("update", b""), "DeltaUpdate", self.network)
@@ -352,7 +352,7 @@ class TrainingCoordinator:
             log.warning("verifier %s: %s: %s", verifier.hex()[:12], method, e)
             return None
 
-    async def _checks(
+    async def gather_checks(
         self, run: JobRun, r: int, beacon: bytes, ids: set[bytes], ranking: list[bytes], args: dict[str, Any]
     ) -> tuple[list[bytes], list[bytes], list[Signed]]:
         """UpdateChecks (`round` r: a DiLoCo round, an SPSA step) from the assigned verifiers in
@@ -388,8 +388,8 @@ class TrainingCoordinator:
                 self.ledger.append("TrainingUpdate", {"update": u.wire(), "blob": d})
         beacon = self.ledger.commit().body["root"]  # after the updates: no trainer can know it
         ranking = rank(beacon, rounds.round_target(run.spec.id, r), run.candidates)
-        args = {**self._common(run), "round": r, "beacon": beacon, "updates": [[u.wire(), d, a] for u, d, a in ups]}
-        verifiers, skipped, checks = await self._checks(run, r, beacon, {u.id for u, _, _ in ups}, ranking, args)
+        args = {**self.common_args(run), "round": r, "beacon": beacon, "updates": [[u.wire(), d, a] for u, d, a in ups]}
+        verifiers, skipped, checks = await self.gather_checks(run, r, beacon, {u.id for u, _, _ in ups}, ranking, args)
         decisions = rounds.round_decisions([u for u, _, _ in ups], checks, verifiers, run.k)
         for u, _, _ in ups:
             if decisions[u.id] == REJECT:
@@ -463,7 +463,7 @@ class TrainingCoordinator:
             "CheckpointProposed", {"checkpoint": cp.wire(), "round": r, "state": state_digest, "accepted": accepted}
         )
         args = {
-            **self._common(run),
+            **self.common_args(run),
             "round": r,
             "proposal": [prop.payload, prop.sig],
             "beacon": beacon,

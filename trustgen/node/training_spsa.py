@@ -36,7 +36,7 @@ async def _work(co: TrainingCoordinator, run: JobRun, trainer: bytes, t: int, hi
     signer, job or step, or committed samples that are not `batch` floats (an update whose byte
     does not follow from them is recorded: the verifiers reject it, and it is its own evidence)."""
     tag = trainer.hex()[:12]
-    args = {**co._common(run), "round": t, "steps": history}
+    args = {**co.common_args(run), "round": t, "steps": history}
     try:
         reply = await co.peers.call(
             co.members[trainer]["address"], "Training", "Work", args, timeout=co.round_timeout_s
@@ -67,13 +67,13 @@ async def _step(co: TrainingCoordinator, run: JobRun, t: int, history: list[dict
     beacon = co.ledger.commit().body["root"]  # after the updates: no trainer can know it
     ranking = spsa_rounds.ranking(spec, t, beacon, run.candidates)
     args = {
-        **co._common(run),
+        **co.common_args(run),
         "round": t,
         "beacon": beacon,
         "updates": [u.wire() for u in ups],
         "steps": history,
     }
-    _, _, checks = await co._checks(run, t, beacon, {u.id for u in ups}, ranking, args)
+    _, _, checks = await co.gather_checks(run, t, beacon, {u.id for u in ups}, ranking, args)
     try:  # the rule every trainer, verifier and auditor applies to the recorded checks
         step = spsa_rounds.decide(spec, t, beacon, ups, checks, run.candidates, run.k)
     except rounds.ProofError as e:
