@@ -12,7 +12,12 @@ the same job runs locally with `train run` (4 trainer processes, one coordinator
 - joiner: the time to prove and fetch the latest checkpoint from a node's ledger
   (`train fetch`) / the wall time of training the job from scratch locally.
 
-    python bench/bench_training_network.py [--quick] [--json OUT]
+SPSA part: the shipped SPSA job cut to S steps (blocks of eval_every) on 4 trainers and 3
+verifiers as separate processes: every node's last finalised digest, the digests against a local
+`train run` by the same trainers' keys, `audit` and `train replay` of one verifier's directory,
+and the wall time per step on the network / per step locally.
+
+    python bench/bench_training_network.py [--quick] [--part diloco|spsa|both] [--json OUT]
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import os
 import pathlib
 import sqlite3
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -135,12 +141,97 @@ def network_run(spec: specs.JobSpec, root: pathlib.Path) -> dict[str, Any]:
     }
 
 
+def spsa_job(steps: int, every: int) -> specs.JobSpec:
+    raw = specs.as_table(specs.load("spsa").data)
+    raw.pop("trainers")
+    raw["algorithm"].update({"steps": steps, "eval_every": every})
+    return specs.from_dict(raw)
+
+
+def spsa_part(steps: int, every: int, td: pathlib.Path) -> dict[str, Any]:
+    spec, root = spsa_job(steps, every), td / "spsa-net"
+    ready = cluster.up(root, workers=0, verifiers=VERIFIERS, trainers=TRAINERS)
+    try:
+        st = asyncio.run(
+            submit_job(
+                ready["gateway"]["address"],
+                spec,
+                Identity.generate(),
+                True,
+                trainers=TRAINERS,
+                verifiers=VERIFIERS,
+                wait=True,
+            )
+        )
+        replicated = cluster.wait_replicated(root, timeout=60)
+    finally:
+        cluster.down(root)
+    if st["state"] != "final":
+        sys.exit(f"the SPSA network job did not finish: {st['state']} {st['detail']}")
+    names = sorted(ready)
+    last = {n: entries(root / n, "CheckpointFinalized")[-1] for n in names}
+    digests = {
+        n: open_wire(e.body["checkpoint"], "TrainingCheckpoint", NET).body["digest"].hex() for n, e in last.items()
+    }
+    keys = [Identity.load(root / n) for n in names if n.startswith("trainer-")]
+    marks: list[float] = []
+    t0 = time.perf_counter()
+    local = run_job(
+        spec, td / "spsa-local", trainer_keys=keys, progress=lambda d, t, ev: marks.append(time.perf_counter())
+    )
+    local_wall = time.perf_counter() - t0
+    cli = [sys.executable, "-m", "trustgen.cli"]
+    node = str(root / "verifier-1")
+    audit = subprocess.run([*cli, "audit", node, "--json"], capture_output=True, text=True)
+    replay = subprocess.run(
+        [*cli, "train", "replay", node, "--job", st["job_id"], "--json"], capture_output=True, text=True
+    )
+    net_step = sum(r["wall_s"] for r in st["rounds_done"]) / steps
+    local_step = statistics.median(b - a for a, b in zip(marks, marks[1:]))
+    return {
+        "steps": steps,
+        "eval_every": every,
+        "same_digest_on_every_node": len(set(digests.values())) == 1,
+        "nodes": len(digests),
+        "equal_to_local": [e["digest"] for e in local["evals"][1:]] == [r["digest"] for r in st["rounds_done"]],
+        "audit_rc": audit.returncode,
+        "replay_rc": replay.returncode,
+        "network_step_s": net_step,
+        "local_step_s": local_step,
+        "step_overhead": net_step / local_step,
+        "local_wall_s": local_wall,
+        "replicated_s": replicated,
+        "final_digest": st["rounds_done"][-1]["digest"],
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--quick", action="store_true", help="2 rounds of 4 inner steps (a smoke run)")
+    ap.add_argument("--quick", action="store_true", help="2 rounds of 4 inner steps, 6 SPSA steps (a smoke run)")
+    ap.add_argument("--part", choices=("diloco", "spsa", "both"), default="both")
     ap.add_argument("--json", type=pathlib.Path)
     a = ap.parse_args()
-    rounds, inner = (3, 4) if a.quick else (5, None)
+    res: dict[str, Any] = {}
+    if a.part in ("diloco", "both"):
+        res["diloco"] = diloco_part(a.quick)
+    if a.part in ("spsa", "both"):
+        steps, every = (6, 3) if a.quick else (100, 25)
+        with tempfile.TemporaryDirectory() as td:
+            s = res["spsa"] = spsa_part(steps, every, pathlib.Path(td))
+        print(
+            f"SPSA {s['steps']} steps: same digest on all {s['nodes']} nodes: {s['same_digest_on_every_node']}, "
+            f"equal to local: {s['equal_to_local']}, audit rc {s['audit_rc']}, replay rc {s['replay_rc']}"
+        )
+        print(
+            f"SPSA step overhead (network / local): {s['step_overhead']:.2f}x "
+            f"({s['network_step_s']:.3f}s vs {s['local_step_s']:.3f}s per step)"
+        )
+    if a.json:
+        a.json.write_text(json.dumps(res, indent=1))
+
+
+def diloco_part(quick: bool) -> dict[str, Any]:
+    rounds, inner = (3, 4) if quick else (5, None)
     spec = job(rounds, inner)
     res: dict[str, Any] = {
         "rounds": rounds,
@@ -181,8 +272,7 @@ def main() -> None:
         per = res["bytes_per_round"][n]
         print(f"  {n:<11} received {per / 1e6:7.2f} MB/round" + (f" = {r:.3f}x what it needed" if r else ""))
     print(f"joiner: proof + fetch {res['joiner_fetch_s']:.1f}s = {res['joiner_ratio']:.3f}x training from scratch")
-    if a.json:
-        a.json.write_text(json.dumps(res, indent=1))
+    return res
 
 
 if __name__ == "__main__":

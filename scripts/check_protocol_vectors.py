@@ -52,6 +52,7 @@ DOMAINS = {
     "TRAIN_UPDATES": b"trustgen/train/updates/v1\x00",
     "TRAIN_ROUND": b"trustgen/train/round/v1\x00",
     "TRAIN_CHECK_COIN": b"trustgen/train/check-coin/v1\x00",
+    "TRAIN_STEP": b"trustgen/train/step/v1\x00",
 }
 D = DOMAINS
 U64 = (1 << 64) - 1
@@ -1542,6 +1543,21 @@ def check_network_round(
 ) -> None:
     """§15.7: round targets, the round's verifier assignment, check coins, the verdicts of the
     assigned verifiers over the round's updates and the strict-majority decisions."""
+    for v in n["spsa_step_targets"]:
+        got = hashlib.sha256(D["TRAIN_STEP"] + unhex(v["job"]) + v["step"].to_bytes(8, "big")).hexdigest()
+        same(got, v["target"], f"SPSA step target {v['step']}")
+    for c in n["spsa_samples"]:
+        # the check coin's hash with the step for the round; its next 8 bytes pick the sample
+        h = hashlib.sha256(
+            D["TRAIN_CHECK_COIN"]
+            + unhex(c["job"])
+            + c["step"].to_bytes(8, "big")
+            + keys[c["trainer"]]
+            + unhex(c["updates_digest"])
+        ).digest()
+        checked = int.from_bytes(h[:8], "big") / 2.0**64 < c["probability"]
+        want = 1 + int.from_bytes(h[8:16], "big") % c["batch"] if checked else 0
+        same(want, c["challenge"], f"SPSA sample challenge of {c['trainer']} at step {c['step']}")
     for v in n["round_targets"]:
         same(round_target(unhex(v["job"]), v["round"]).hex(), v["target"], f"training round target {v['round']}")
     a = n["assignment"]

@@ -56,7 +56,7 @@ from trustgen.gossip.blobs import CHUNK, blob_digest, chunk_hashes  # noqa: E402
 from trustgen.net import auth  # noqa: E402
 from trustgen.net.peers import full_method  # noqa: E402
 from trustgen.rpc import trustgen_pb2 as pb  # noqa: E402
-from trustgen.training import aggregate, diloco, spsa  # noqa: E402
+from trustgen.training import aggregate, diloco, spsa, spsa_rounds  # noqa: E402
 from trustgen.training import data as tdata  # noqa: E402
 from trustgen.training.checks import check_arithmetic  # noqa: E402
 from trustgen.training.job import SpsaState, UpdateError, by_trainer, checkpoint_digest  # noqa: E402
@@ -1492,7 +1492,27 @@ def network_round_vectors(spec: Any, in_order: list[Signed], rid: bytes) -> tupl
             f"checkpoint vote {NAME_OF[eff[0]]}", sign(KEYS[NAME_OF[eff[0]]], "CheckpointVote", NETWORK, vote_body)
         )
     )
+    # SPSA on the network: step targets (their own tag) and each update's sampled challenge.
+    step_targets = [
+        {"job": job_id.hex(), "step": t, "target": spsa_rounds.step_target(job_id, t).hex()} for t in (0, 1, 2**40)
+    ]
+    samples = [
+        {
+            "job": job_id.hex(),
+            "step": t,
+            "trainer": NAME_OF[u.signer],
+            "updates_digest": rid.hex(),
+            "probability": p,
+            "batch": 8,
+            "challenge": spsa_rounds.challenge(job_id, t, u.signer, rid, p, 8),
+        }
+        for t in (0, 7)
+        for p in (0.5, 1.0)
+        for u in in_order
+    ]
     vec = {
+        "spsa_step_targets": step_targets,
+        "spsa_samples": samples,
         "round_targets": targets,
         "assignment": {
             "job": job_id.hex(),

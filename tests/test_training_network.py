@@ -138,7 +138,8 @@ def test_submit_refuses_what_the_network_cannot_run(tmp_path) -> None:
             spsa = specs.load("spsa")
             raw = specs.as_table(spsa.data)
             raw.pop("trainers")
-            with pytest.raises(TrainingClientError, match="INVALID_ARGUMENT.*only local-SGD"):
+            raw["algorithm"]["eval_every"] = 101  # every step request carries its block: bounded
+            with pytest.raises(TrainingClientError, match="INVALID_ARGUMENT.*at most every 100 steps"):
                 await submit_job(gw.address, specs.from_dict(raw), Identity.generate(), True)
             with pytest.raises(TrainingClientError, match="NOT_FOUND"):
                 await job_status(gw.address, b"\x01" * 32, NET, True)

@@ -83,6 +83,9 @@ TRAIN_UPDATES = b"trustgen/train/updates/v1\0"
 # ‖ updates digest)[:8] / 2^64 < check probability.
 TRAIN_ROUND = b"trustgen/train/round/v1\0"
 TRAIN_CHECK_COIN = b"trustgen/train/check-coin/v1\0"
+# SPSA on the network: the verifier ranking target of global step t = sha256(TRAIN_STEP ‖ job id ‖
+# u64 t), its own tag so a step's target never equals a block's (TRAIN_ROUND) target.
+TRAIN_STEP = b"trustgen/train/step/v1\0"
 
 # Every tag by name, for the protocol document, its test vectors and the uniqueness check.
 ALL: dict[str, bytes] = {
@@ -110,4 +113,5 @@ ALL: dict[str, bytes] = {
     "TRAIN_UPDATES": TRAIN_UPDATES,
     "TRAIN_ROUND": TRAIN_ROUND,
     "TRAIN_CHECK_COIN": TRAIN_CHECK_COIN,
+    "TRAIN_STEP": TRAIN_STEP,
 }

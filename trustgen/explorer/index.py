@@ -21,6 +21,7 @@ from trustgen.consensus.encoding import EncodingError, decode, encode
 from trustgen.consensus.ledger import parse_entry
 from trustgen.consensus.messages import MessageError, Signed, parse_payload
 from trustgen.errors import TrustgenError
+from trustgen.training.records import update_type
 
 # Network training entries (built elsewhere): shown generically by job id when present.
 TRAINING_TYPES = ("TrainingJobAccepted", "TrainingUpdate", "UpdateCheck", "CheckpointProposed", "CheckpointFinalized")
@@ -92,6 +93,8 @@ def training_ref(entry_type: str, body: dict[str, Any], network: str) -> tuple[b
         except (EncodingError, TypeError, ValueError):
             return None, None
     field, msg_type = _TRAINING_WIRES[entry_type]
+    if entry_type == "TrainingUpdate":  # an SPSA job's updates are SpsaUpdates
+        msg_type = update_type(body.get(field, b"")) if isinstance(body.get(field), bytes) else msg_type
     inner = peek(body.get(field, b""), msg_type, network)
     if inner is None or not isinstance(inner.body.get("job"), bytes):
         return None, None

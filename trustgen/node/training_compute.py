@@ -39,7 +39,7 @@ def start(job_wire: bytes, network: str) -> tuple[bytes, float]:
 
     spec, objective = _job(job_wire, network)
     state = start_state(spec, objective)
-    return rounds.encode_state(state), objective.eval_loss(state.params)  # type: ignore[arg-type]
+    return rounds.encode_state(state), objective.eval_loss(state.params)
 
 
 def restore(job_wire: bytes, network: str, state_blob: bytes, rnd: int) -> bytes:
@@ -48,7 +48,7 @@ def restore(job_wire: bytes, network: str, state_blob: bytes, rnd: int) -> bytes
     from trustgen.training.job import checkpoint_digest, start_state
 
     spec, objective = _job(job_wire, network)
-    state = rounds.decode_state(spec, start_state(spec, objective), state_blob, rnd)  # type: ignore[arg-type]
+    state = rounds.decode_state(spec, start_state(spec, objective), state_blob, rnd)
     return checkpoint_digest(state.params)
 
 
@@ -59,14 +59,32 @@ def derive(
     pairs: (next state blob, held-out loss, checkpoint digest)."""
     from trustgen.consensus.messages import open_wire
     from trustgen.training import rounds
-    from trustgen.training.job import checkpoint_digest, start_state
+    from trustgen.training.job import DilocoState, checkpoint_digest, start_state
 
     spec, objective = _job(job_wire, network)
-    state = rounds.decode_state(spec, start_state(spec, objective), state_blob, rnd)  # type: ignore[arg-type]
+    state = rounds.decode_state(spec, start_state(spec, objective), state_blob, rnd)
+    assert isinstance(state, DilocoState)
     ups = [open_wire(w, "DeltaUpdate", network) for w, _ in accepted]
     deltas = {u.id: state.decode(u, blob) for u, (_, blob) in zip(ups, accepted)}
     nxt = rounds.apply_round(state, ups, deltas)
     return rounds.encode_state(nxt), objective.eval_loss(nxt.params), checkpoint_digest(nxt.params)
+
+
+def derive_block(
+    job_wire: bytes, network: str, state_blob: bytes, block: int, steps: list[list[bytes]]
+) -> tuple[bytes, float, bytes]:
+    """An SPSA block's end state from its base state blob and, per step, the accepted SpsaUpdate
+    wires: (next state blob, held-out loss, checkpoint digest)."""
+    from trustgen.consensus.messages import open_wire
+    from trustgen.training import rounds
+    from trustgen.training.job import SpsaState, checkpoint_digest, start_state
+
+    spec, objective = _job(job_wire, network)
+    state = rounds.decode_state(spec, start_state(spec, objective), state_blob, block)
+    assert isinstance(state, SpsaState)
+    for wires in steps:
+        state.apply([open_wire(w, "SpsaUpdate", network) for w in wires])
+    return rounds.encode_state(state), objective.eval_loss(state.params), checkpoint_digest(state.params)
 
 
 class Compute:

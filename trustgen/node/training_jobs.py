@@ -14,7 +14,7 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,10 +30,11 @@ from trustgen.gossip.blobs import BlobStore
 from trustgen.net.auth import RpcError
 from trustgen.net.peers import Peers
 from trustgen.node import training_compute as compute
-from trustgen.node.training_replica import bad, open_reply
-from trustgen.training import rounds
-from trustgen.training.job import by_trainer
-from trustgen.training.records import ids_digest
+from trustgen.node import training_spsa
+from trustgen.node.training_replica import RoundFailed, bad, open_reply
+from trustgen.training import rounds, spsa_rounds
+from trustgen.training.job import by_trainer, checkpoint_step, rounds_of
+from trustgen.training.records import ids_digest, open_update
 from trustgen.training.spec import MAX_TRAINERS, JobSpec, open_job, sign_job
 from trustgen.training.tensors import TensorError
 
@@ -77,7 +78,8 @@ class JobRun:
             "state": self.status,
             "detail": self.detail,
             "round": self.done,
-            "rounds_total": a["rounds"],
+            "algorithm": a["name"],
+            "rounds_total": rounds_of(self.spec),
             "trainers": [t.hex() for t in self.spec.trainers],
             "excluded": {t.hex(): why for t, why in self.excluded.items()},
             "base_heldout_loss": self.base_loss,
@@ -130,8 +132,8 @@ class TrainingCoordinator:
             return self.jobs[self.by_submission[sub.id]].to_dict()
         if spec.trainers:
             raise bad("the network chooses the trainers: submit a job without [trainers]")
-        if spec.algorithm["name"] != "diloco":
-            raise bad("only local-SGD (diloco) jobs run on the network; run SPSA jobs with `train run`")
+        if spec.algorithm["name"] == "spsa" and spec.algorithm["eval_every"] > spsa_rounds.MAX_BLOCK:
+            raise bad(f"an SPSA job on the network must evaluate at most every {spsa_rounds.MAX_BLOCK} steps")
         want, k = args.get("trainers", 4), args.get("verifiers", 3)
         if not (isinstance(want, int) and 1 <= want <= MAX_TRAINERS and isinstance(k, int) and 1 <= k <= MAX_VERIFIERS):
             raise bad(f"trainers must be in 1..{MAX_TRAINERS} and verifiers in 1..{MAX_VERIFIERS}")
@@ -183,7 +185,9 @@ class TrainingCoordinator:
                 log.exception("training job in entry %d cannot be resumed", acc.seq)
                 continue
             self.jobs[run.spec.id] = run
-            if run.done < run.spec.algorithm["rounds"]:
+            if run.status == "failed":
+                continue
+            if run.done < rounds_of(run.spec):
                 self._start(run)
                 resumed += 1
             else:
@@ -200,8 +204,8 @@ class TrainingCoordinator:
         updates: list[tuple[Signed, str]] = []
         for e in mine:
             if e.type == "TrainingUpdate":
-                u = open_wire(e.body["update"], "DeltaUpdate", self.network)
-                signers[u.id] = (u.signer, u.body["round"])
+                u = open_update(e.body["update"], self.network)
+                signers[u.id] = (u.signer, _round_of(spec, u))
                 updates.append((u, e.body["blob"]))
             if e.type == "Evidence":
                 run.excluded[e.body["subject"]] = "rejected by the verifiers (recorded evidence)"
@@ -214,7 +218,7 @@ class TrainingCoordinator:
             run.finalized = (e.payload, e.sig)
             loss, digest = cp.body["heldout_loss"], cp.body["digest"].hex()
             acc_keys = [signers[i][0].hex() for i in prop.body["accepted"] if i in signers]
-            delivered = [k.hex() for k, rr in signers.values() if rr == r]
+            delivered = [t.hex() for t, rr in signers.values() if rr == r]
             run.rounds.append(
                 {
                     "round": r,
@@ -240,7 +244,15 @@ class TrainingCoordinator:
             run.state, run.done = data, r + 1
             if digest_of != cp.body["digest"]:
                 raise _RoundFailed(f"the state blob of round {r} does not have the finalised digest")
-        run.recorded = [(u, d) for u, d in updates if u.body["round"] == run.done and self.blobs.has(d)]
+        cut = [(u, d) for u, d in updates if _round_of(spec, u) == run.done]
+        if cut and spec.algorithm["name"] == "spsa":
+            # Re-running a cut block would record a second update per trainer and step; the
+            # block's steps are not resumed yet (docs/training-network.md).
+            run.status, run.detail = (
+                "failed",
+                f"the gateway restarted inside block {run.done}: SPSA blocks do not resume",
+            )
+        run.recorded = [(u, d) for u, d in cut if self.blobs.has(d)]
         return run
 
     def get(self, job_id: Any) -> JobRun:
@@ -259,9 +271,10 @@ class TrainingCoordinator:
     async def _drive(self, run: JobRun) -> None:
         try:
             await self._load(run)
-            for r in range(run.done, run.spec.algorithm["rounds"]):
+            drive = _DRIVERS[run.spec.algorithm["name"]]
+            for r in range(run.done, rounds_of(run.spec)):
                 t0 = time.monotonic()
-                info = await self._round_retried(run, r)
+                info = await self._round_retried(run, r, drive)
                 info["wall_s"] = round(time.monotonic() - t0, 3)
                 run.rounds.append(info)
                 run.touch()
@@ -276,16 +289,17 @@ class TrainingCoordinator:
         run.touch()
         self._publish("training", job=run.spec.id.hex(), state=run.status)
 
-    async def _round_retried(self, run: JobRun, r: int) -> dict[str, Any]:
+    async def _round_retried(self, run: JobRun, r: int, drive: Driver) -> dict[str, Any]:
         """Round r, run again under a fresh beacon (reusing its recorded updates) while too few
         verifiers answer, for up to `retry_s`: a partition or verifiers that are down stall the
         job rather than end it, and nothing is finalised until a strict majority answers again."""
         t0, wait = time.monotonic(), RETRY_FIRST_S
         while True:
             try:
-                info = await self._round(run, r)
+                info = await drive(self, run, r)
             except _Unreachable as e:
-                if time.monotonic() - t0 + wait > self.retry_s:
+                # An SPSA block cannot be re-run part way (its trainers already signed its steps).
+                if run.spec.algorithm["name"] not in _RETRIED or time.monotonic() - t0 + wait > self.retry_s:
                     raise _RoundFailed(f"{e} (retried for {time.monotonic() - t0:.0f} s)") from None
                 run.retries += 1
                 run.detail = f"{e}; retrying in {wait:.1f} s"
@@ -297,7 +311,7 @@ class TrainingCoordinator:
             run.detail, run.recorded = "", []
             return info
 
-    def _common(self, run: JobRun) -> dict[str, Any]:
+    def common_args(self, run: JobRun) -> dict[str, Any]:
         return {
             "job": run.job.wire(),
             "accepted": list(run.accepted),
@@ -311,7 +325,7 @@ class TrainingCoordinator:
         tag = trainer.hex()[:12]
         try:
             reply = await self.peers.call(
-                address, "Training", "Work", {**self._common(run), "round": r}, timeout=self.round_timeout_s
+                address, "Training", "Work", {**self.common_args(run), "round": r}, timeout=self.round_timeout_s
             )
             body = open_reply(reply.body)
             u = open_wire(body.get("update", b""), "DeltaUpdate", self.network)
@@ -337,19 +351,24 @@ class TrainingCoordinator:
         return u, digest, address
 
     async def _collect_updates(self, run: JobRun, r: int) -> list[tuple[Signed, str, str]]:
+        got = await self.gather_work(run, lambda t: self._work(run, t, r))
+        return sorted(got, key=lambda g: g[0].signer)
+
+    async def gather_work(self, run: JobRun, work: Callable[[bytes], Awaitable[Any]]) -> list[Any]:
+        """`work(trainer)` for every trainer still in the job, until all answered or the round's
+        deadline; the results that are not None (a late trainer is simply absent)."""
         trainers = [
             t
             for t in run.spec.trainers
             if t not in run.excluded and t in self.members and self.admitted(t, "trainer")  # revoked: not asked
         ]
-        tasks = [asyncio.ensure_future(self._work(run, t, r)) for t in trainers]
+        tasks = [asyncio.ensure_future(work(t)) for t in trainers]
         if not tasks:
             return []
         done, pending = await asyncio.wait(tasks, timeout=self.round_timeout_s)
         for t in pending:  # the deadline: the round goes on with those that delivered
             t.cancel()
-        got = [t.result() for t in done if t.result() is not None]
-        return sorted([g for g in got if g is not None], key=lambda g: g[0].signer)
+        return [t.result() for t in done if t.result() is not None]
 
     async def _ask(self, verifier: bytes, method: str, args: dict[str, Any]) -> dict[str, Any] | None:
         member = self.members.get(verifier)
@@ -362,14 +381,12 @@ class TrainingCoordinator:
             log.warning("verifier %s: %s: %s", verifier.hex()[:12], method, e)
             return None
 
-    async def _checks(
-        self, run: JobRun, r: int, beacon: bytes, ups: list[tuple[Signed, str, str]]
+    async def gather_checks(
+        self, run: JobRun, r: int, beacon: bytes, ids: set[bytes], ranking: list[bytes], args: dict[str, Any]
     ) -> tuple[list[bytes], list[bytes], list[Signed]]:
-        """UpdateChecks from the round's assigned verifiers; a verifier that fails is skipped and
-        the next standby in rank order asked. Returns (verifiers, skipped, checks)."""
-        ranking = rank(beacon, rounds.round_target(run.spec.id, r), run.candidates)
-        ids = {u.id for u, _, _ in ups}
-        args = {**self._common(run), "round": r, "beacon": beacon, "updates": [[u.wire(), d, a] for u, d, a in ups]}
+        """UpdateChecks (`round` r: a DiLoCo round, an SPSA step) from the assigned verifiers in
+        `ranking`; a verifier that fails is skipped and the next standby in rank order asked.
+        Returns (verifiers, skipped, checks)."""
         checks: dict[bytes, Signed] = {}
         skipped: list[bytes] = []
         while True:
@@ -391,7 +408,7 @@ class TrainingCoordinator:
                     self.ledger.append("UpdateCheck", {"check": c.wire()})
 
     async def _round(self, run: JobRun, r: int) -> dict[str, Any]:
-        spec, state = run.spec, run.state
+        state = run.state
         assert state is not None
         ups = self._recorded(run, r)
         if not ups:
@@ -400,21 +417,13 @@ class TrainingCoordinator:
                 self.ledger.append("TrainingUpdate", {"update": u.wire(), "blob": d})
         run.recorded = [(u, d) for u, d, _ in ups]  # a retry of this round reuses them
         beacon = self.ledger.commit().body["root"]  # after the updates: no trainer can know it
-        verifiers, skipped, checks = await self._checks(run, r, beacon, ups)
+        ranking = rank(beacon, rounds.round_target(run.spec.id, r), run.candidates)
+        args = {**self.common_args(run), "round": r, "beacon": beacon, "updates": [[u.wire(), d, a] for u, d, a in ups]}
+        verifiers, skipped, checks = await self.gather_checks(run, r, beacon, {u.id for u, _, _ in ups}, ranking, args)
         decisions = rounds.round_decisions([u for u, _, _ in ups], checks, verifiers, run.k)
         for u, _, _ in ups:
             if decisions[u.id] == REJECT and u.signer not in run.excluded:  # a retried round: once
-                why = _reasons(checks, u.id)
-                run.excluded[u.signer] = why
-                self.ledger.append(
-                    "Evidence",
-                    {
-                        "kind": "rejected_update",
-                        "subject": u.signer,
-                        "proof": {"update": u.wire(), "checks": [c.wire() for c in checks]},
-                    },
-                )
-                self._publish("training", job=spec.id.hex(), state="rejected", trainer=u.signer.hex(), reason=why)
+                self.reject(run, u, checks)
         accepted = by_trainer([u for u, _, _ in ups if decisions[u.id] == ACCEPT])
         pairs = []
         blob_of = {u.id: d for u, d, _ in ups}
@@ -427,8 +436,46 @@ class TrainingCoordinator:
             nxt, loss, digest_b = await self.compute.run(compute.derive, run.job.wire(), self.network, state, r, pairs)
         except TensorError as e:  # verifiers accepted a delta this gateway cannot decode: stop, loudly
             raise _RoundFailed(f"round {r}: an accepted delta does not decode here: {e}") from None
+        state_digest = await self.finalize(
+            run,
+            r,
+            (nxt, loss, digest_b),
+            [u.id for u in accepted],
+            beacon,
+            verifiers,
+            skipped,
+            {"checks": [c.wire() for c in checks], "updates": [[u.wire(), d, a] for u, d, a in ups]},
+        )
+        digest = digest_b.hex()
+        return {
+            "round": r,
+            "delivered": [u.signer.hex() for u, _, _ in ups],
+            "accepted": [u.signer.hex() for u in accepted],
+            "rejected": [u.signer.hex() for u, _, _ in ups if decisions[u.id] == REJECT],
+            "verifiers": [v.hex() for v in verifiers],
+            "heldout_loss": loss,
+            "digest": digest,
+            "state": state_digest,
+        }
+
+    async def finalize(
+        self,
+        run: JobRun,
+        r: int,
+        derived: tuple[bytes, float, bytes],
+        accepted: list[bytes],
+        beacon: bytes,
+        verifiers: list[bytes],
+        skipped: list[bytes],
+        extra: dict[str, Any],
+    ) -> str:
+        """Propose the round's checkpoint (derived: next state blob, held-out loss, digest; the ids
+        it accepts, in order), ask `verifiers` to attest it (with `extra` arguments), and finalise
+        it on a strict majority; returns the state blob's address. Raises RoundFailed."""
+        nxt, loss, digest_b = derived
+        spec = run.spec
         state_digest = self.blobs.put(nxt)
-        history = run.history + [u.id for u in accepted]
+        history = run.history + accepted
         cp = sign(
             self.identity,
             "TrainingCheckpoint",
@@ -436,26 +483,24 @@ class TrainingCoordinator:
             {
                 "publisher": self.identity.public_key,
                 "job": spec.id,
-                "step": r + 1,
+                "step": checkpoint_step(spec, r),
                 "digest": digest_b,
                 "updates": ids_digest(history),
                 "heldout_loss": loss,
             },
         )
         prop = self.ledger.append(
-            "CheckpointProposed",
-            {"checkpoint": cp.wire(), "round": r, "state": state_digest, "accepted": [u.id for u in accepted]},
+            "CheckpointProposed", {"checkpoint": cp.wire(), "round": r, "state": state_digest, "accepted": accepted}
         )
         args = {
-            **self._common(run),
+            **self.common_args(run),
             "round": r,
             "proposal": [prop.payload, prop.sig],
-            "checks": [c.wire() for c in checks],
             "beacon": beacon,
             "verifiers": verifiers,
             "skipped": skipped,
             "history": run.history,
-            "updates": [[u.wire(), d, a] for u, d, a in ups],
+            **extra,
         }
         answers = await asyncio.gather(*(self._ask(v, "Attest", args) for v in verifiers))
         votes = [_open_vote(a, v, spec.id, r, self.network) for v, a in zip(verifiers, answers)]
@@ -483,19 +528,23 @@ class TrainingCoordinator:
             },
         )
         run.finalized, run.history, run.state, run.done = (fin.payload, fin.sig), history, nxt, r + 1
-        digest = cp.body["digest"].hex()
         if not run.best or loss < run.best["heldout_loss"]:
-            run.best = {"round": r + 1, "heldout_loss": loss, "digest": digest, "state": state_digest}
-        return {
-            "round": r,
-            "delivered": [u.signer.hex() for u, _, _ in ups],
-            "accepted": [u.signer.hex() for u in accepted],
-            "rejected": [u.signer.hex() for u, _, _ in ups if decisions[u.id] == REJECT],
-            "verifiers": [v.hex() for v in verifiers],
-            "heldout_loss": loss,
-            "digest": digest,
-            "state": state_digest,
-        }
+            run.best = {"round": r + 1, "heldout_loss": loss, "digest": digest_b.hex(), "state": state_digest}
+        return state_digest
+
+    def reject(self, run: JobRun, u: Signed, checks: list[Signed]) -> None:
+        """A majority rejected this update: evidence in the feed, and the trainer is not asked again."""
+        why = _reasons(checks, u.id)
+        run.excluded[u.signer] = why
+        self.ledger.append(
+            "Evidence",
+            {
+                "kind": "rejected_update",
+                "subject": u.signer,
+                "proof": {"update": u.wire(), "checks": [c.wire() for c in checks]},
+            },
+        )
+        self._publish("training", job=run.spec.id.hex(), state="rejected", trainer=u.signer.hex(), reason=why)
 
     def _recorded(self, run: JobRun, r: int) -> list[tuple[Signed, str, str]]:
         """The updates recorded for round r before a restart cut it short (once), in trainer order."""
@@ -514,14 +563,24 @@ class TrainingCoordinator:
         self.compute.close()
 
 
-class _RoundFailed(Exception):
-    pass
+_RoundFailed = RoundFailed
+Driver = Callable[[TrainingCoordinator, JobRun, int], Awaitable[dict[str, Any]]]
+_DRIVERS: dict[str, Driver] = {
+    "diloco": TrainingCoordinator._round,
+    "spsa": training_spsa.run_block,
+}
 
 
-class _Unreachable(_RoundFailed):
+def _round_of(spec: JobSpec, u: Signed) -> int:
+    """The network round an update belongs to (an SPSA step's block)."""
+    return spsa_rounds.block_of(spec, u.body["step"]) if "step" in u.body else u.body["round"]
+
+
+class _Unreachable(RoundFailed):
     """Too few verifiers answered to decide: retried, since their answers may come back."""
 
 
+_RETRIED = frozenset({"diloco"})  # algorithms whose round is re-run while too few verifiers answer
 _RECOVERED = ("TrainingJobAccepted", "TrainingUpdate", "CheckpointProposed", "CheckpointFinalized", "Evidence")
 
 
@@ -530,9 +589,9 @@ def _job_of(e: Any, network: str) -> bytes | None:
     if e.type == "Evidence":
         if e.body["kind"] != "rejected_update":
             return None
-        return open_wire(e.body["proof"]["update"], "DeltaUpdate", network).body["job"]
+        return open_update(e.body["proof"]["update"], network).body["job"]
     if e.type == "TrainingUpdate":
-        return open_wire(e.body["update"], "DeltaUpdate", network).body["job"]
+        return open_update(e.body["update"], network).body["job"]
     if e.type in ("CheckpointProposed", "CheckpointFinalized"):
         return open_wire(e.body["checkpoint"], "TrainingCheckpoint", network).body["job"]
     return None

@@ -25,12 +25,12 @@ from trustgen.gossip.blobfetch import BlobFetchError, fetch_blob
 from trustgen.gossip.blobs import BlobStore
 from trustgen.net.auth import RpcError
 from trustgen.net.peers import Peers
-from trustgen.training import rounds
-from trustgen.training.job import DilocoState, checkpoint_digest, start_state
+from trustgen.training import rounds, spsa_rounds
+from trustgen.training.job import DilocoState, SpsaState, checkpoint_digest, checkpoint_step, start_state
 from trustgen.training.objectives import Objective, load_objective
 from trustgen.training.profile import apply_profile
 from trustgen.training.spec import JobSpec, open_job
-from trustgen.training.tensors import TensorError
+from trustgen.training.tensors import TensorError, clone
 
 log = logging.getLogger("trustgen.node")
 MAX_JOBS = 4  # jobs whose objective and state a node keeps in memory at once
@@ -52,6 +52,10 @@ def open_reply(data: bytes) -> dict[str, Any]:
     return body
 
 
+class RoundFailed(Exception):
+    """A round (or SPSA block) the coordinator cannot complete: the job fails with this reason."""
+
+
 def bad(detail: str) -> RpcError:
     return RpcError(grpc.StatusCode.INVALID_ARGUMENT, detail)
 
@@ -70,7 +74,9 @@ class JobView:
     candidates: list[bytes]
     k: int
     objective: Objective
-    state: DilocoState  # the checkpoint state at round `state.step`
+    state: DilocoState  # the checkpoint state at round `state.step` (SPSA: an SpsaState at its block's start)
+    # SPSA: θ advanced from `state` by the accepted update ids of each step applied so far
+    cursor: tuple[Any, list[list[bytes]], SpsaState] | None = None
 
 
 class Replicas:
@@ -91,15 +97,19 @@ class Replicas:
             raise RpcError(grpc.StatusCode.PERMISSION_DENIED, "the job must be the asking gateway's own")
         if accepted.body["job"] != job.wire():
             raise bad("the TrainingJobAccepted entry is for another job")
-        if spec.algorithm["name"] != "diloco":
-            raise bad("only local-SGD jobs run on the network")
+        if spec.algorithm["name"] == "spsa" and spec.algorithm["eval_every"] > spsa_rounds.MAX_BLOCK:
+            raise bad(f"an SPSA job on the network evaluates at most every {spsa_rounds.MAX_BLOCK} steps")
         cands = accepted.body["candidates"]
         if not all(isinstance(c, bytes) and len(c) == 32 for c in cands) or not 1 <= accepted.body["k"] <= len(cands):
             raise bad("the job's verifier candidates are malformed")
         return job, spec, list(cands), accepted.body["k"]
 
+    def algorithm(self, sender: bytes, args: dict[str, Any]) -> str:
+        """The algorithm of the job a request names (checked as every request's job is)."""
+        return self._open(sender, args)[1].algorithm["name"]
+
     async def view(self, sender: bytes, args: dict[str, Any], rnd: int) -> JobView:
-        """The job at the start of round `rnd` (caught up from args["finalized"] if behind)."""
+        """The job at the start of round (SPSA: block) `rnd`, caught up from args["finalized"] if behind."""
         job, spec, candidates, k = self._open(sender, args)
         async with self._lock:  # one catch-up at a time; objectives are loaded once
             v = self.jobs.get(spec.id)
@@ -110,13 +120,35 @@ class Replicas:
                 objective = await asyncio.to_thread(load_objective, spec)
                 v = JobView(job, spec, sender, candidates, k, objective, start_state(spec, objective))  # type: ignore[arg-type]
                 self.jobs[spec.id] = v
-            if v.state.step != rnd:
-                v.state = await self._catch_up(v, args, rnd)
+            if v.state.step != (checkpoint_step(spec, rnd - 1) if rnd > 0 else 0):
+                v.state = await self._catch_up(v, args, rnd)  # type: ignore[assignment]
         return v
 
-    async def _catch_up(self, v: JobView, args: dict[str, Any], rnd: int) -> DilocoState:
+    async def at_step(self, sender: bytes, args: dict[str, Any], t: int) -> tuple[JobView, SpsaState]:
+        """An SPSA job at step t: its block's base (caught up like view), advanced by the accepted
+        updates of the block's earlier steps, each step's proof checked (args["steps"])."""
+        _, spec, _, _ = self._open(sender, args)
+        if spec.algorithm["name"] != "spsa" or not 0 <= t < spec.algorithm["steps"]:
+            raise bad("step must be a step of an SPSA job")
+        b = spsa_rounds.block_of(spec, t)
+        v = await self.view(sender, args, b)
+        base: Any = v.state
+        try:
+            steps = spsa_rounds.open_steps(spec, self.network, v.candidates, v.k, base.step, args.get("steps"), t)
+        except rounds.ProofError as e:
+            raise bad(f"history refused ({e.code}): {e}") from None
+        ids = [[u.id for u in s.accepted] for s in steps]
+        cur = v.cursor
+        if cur is None or cur[0] is not base or cur[1] != ids[: len(cur[1])]:
+            cur = (base, [], SpsaState(spec, clone(base.params), base.step))
+        done, state = len(cur[1]), cur[2]
+        await asyncio.to_thread(spsa_rounds.advance, state, steps[done:])
+        v.cursor = (base, ids, state)
+        return v, state
+
+    async def _catch_up(self, v: JobView, args: dict[str, Any], rnd: int) -> DilocoState | SpsaState:
         if rnd == 0:
-            return start_state(v.spec, v.objective)  # type: ignore[return-value]
+            return start_state(v.spec, v.objective)
         try:
             fin = parse_entry(*pair(args.get("finalized"), "finalized"), self.network)
         except MessageError as e:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -23,6 +24,7 @@ from trustgen.consensus.messages import Signed, sign
 from trustgen.gossip.blobs import BlobStore, blob_digest
 from trustgen.net.auth import RpcError
 from trustgen.net.peers import Peers
+from trustgen.node import training_spsa_roles
 from trustgen.node.training_replica import Replicas, bad
 from trustgen.training import adversary, diloco
 from trustgen.training.job import checkpoint_digest
@@ -54,39 +56,42 @@ class TrainerRole:
         if not isinstance(rnd, int) or isinstance(rnd, bool) or rnd < 0:
             raise bad("round must be an integer >= 0")
         async with self._busy:  # one round at a time: the CPU is the trainer's to give
-            v = await self.replicas.view(sender, args, rnd)
-            spec, me = v.spec, self.identity.public_key
-            if me not in spec.trainers:
-                raise RpcError(grpc.StatusCode.FAILED_PRECONDITION, "this node is not a trainer of the job")
-            if rnd >= spec.algorithm["rounds"]:
-                raise bad(f"the job has {spec.algorithm['rounds']} rounds")
-            try:
-                cheat = adversary.mode(self.mode, "diloco")
-            except ValueError:
-                cheat = None  # a mode for the other algorithm: honest here
-            base = clone(v.state.params)
-            if cheat is not None and cheat.stale_base:
-                base = self._first_base.setdefault(spec.id, base)
-            hp = spec.algorithm
-            self._publish("training_work", job=spec.id.hex(), round=rnd, state="started")
-            work = await asyncio.to_thread(diloco.run_round, v.objective, base, spec.id, rnd, me, hp, True)
-            self._publish("training_work", job=spec.id.hex(), round=rnd, state="done")
-            delta = diloco.delta_of(work.final, base)
-            if cheat is not None and cheat.delta is not None:
-                delta = cheat.delta(delta)
-            blob = diloco.encode_delta(delta, hp["delta_format"])
-            body = {
-                "trainer": me,
-                "job": spec.id,
-                "round": rnd,
-                "base": checkpoint_digest(base),
-                "delta": hashlib.sha256(blob).digest(),
-                "states": work.digests,
-            }
-            self.kept[spec.id] = (rnd, base, work)
-            update = sign(self.identity, "DeltaUpdate", self.network, body)
-            withhold = cheat is not None and cheat.withhold
-            return {"update": update.wire(), "blob": blob_digest(blob) if withhold else self.blobs.put(blob)}
+            return await _WORK[self.replicas.algorithm(sender, args)](self, sender, args, rnd)
+
+    async def _diloco_work(self, sender: bytes, args: dict[str, Any], rnd: int) -> dict[str, Any]:
+        v = await self.replicas.view(sender, args, rnd)
+        spec, me = v.spec, self.identity.public_key
+        if me not in spec.trainers:
+            raise RpcError(grpc.StatusCode.FAILED_PRECONDITION, "this node is not a trainer of the job")
+        if rnd >= spec.algorithm["rounds"]:
+            raise bad(f"the job has {spec.algorithm['rounds']} rounds")
+        try:
+            cheat = adversary.mode(self.mode, "diloco")
+        except ValueError:
+            cheat = None  # a mode for the other algorithm: honest here
+        base = clone(v.state.params)
+        if cheat is not None and cheat.stale_base:
+            base = self._first_base.setdefault(spec.id, base)
+        hp = spec.algorithm
+        self._publish("training_work", job=spec.id.hex(), round=rnd, state="started")
+        work = await asyncio.to_thread(diloco.run_round, v.objective, base, spec.id, rnd, me, hp, True)
+        self._publish("training_work", job=spec.id.hex(), round=rnd, state="done")
+        delta = diloco.delta_of(work.final, base)
+        if cheat is not None and cheat.delta is not None:
+            delta = cheat.delta(delta)
+        blob = diloco.encode_delta(delta, hp["delta_format"])
+        body = {
+            "trainer": me,
+            "job": spec.id,
+            "round": rnd,
+            "base": checkpoint_digest(base),
+            "delta": hashlib.sha256(blob).digest(),
+            "states": work.digests,
+        }
+        self.kept[spec.id] = (rnd, base, work)
+        update = sign(self.identity, "DeltaUpdate", self.network, body)
+        withhold = cheat is not None and cheat.withhold
+        return {"update": update.wire(), "blob": blob_digest(blob) if withhold else self.blobs.put(blob)}
 
     def _publish(self, topic: str, **fields: Any) -> None:
         if self.events is not None:
@@ -115,3 +120,10 @@ class TrainerRole:
             if key not in self._served:
                 self._served = {key: await asyncio.to_thread(put)}
             return self._served[key]
+
+
+# How a trainer computes its work, by the job's algorithm (`round` is an SPSA job's global step).
+_WORK: dict[str, Callable[[TrainerRole, bytes, dict[str, Any], int], Awaitable[dict[str, Any]]]] = {
+    "diloco": TrainerRole._diloco_work,
+    "spsa": training_spsa_roles.work,
+}

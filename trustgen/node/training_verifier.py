@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -26,6 +27,7 @@ from trustgen.gossip.blobs import BlobStore
 from trustgen.net import grpc_options as opts
 from trustgen.net.auth import RpcError
 from trustgen.net.peers import Peers
+from trustgen.node import training_spsa_roles
 from trustgen.node.training_replica import JobView, Replicas, bad, open_reply, pair
 from trustgen.training import rounds
 from trustgen.training.job import by_trainer, checkpoint_digest
@@ -105,34 +107,37 @@ class TrainingVerifier:
 
     async def check(self, req: Signed) -> dict[str, Any]:
         sender, args, rnd = self._gate(req)
-        async with self._lock:
-            v = await self.replicas.view(sender, args, rnd)
-            me = self.identity.public_key
-            if me not in v.candidates:
-                raise RpcError(grpc.StatusCode.FAILED_PRECONDITION, "this verifier is not a candidate of the job")
-            beacon = args.get("beacon")
-            if not (isinstance(beacon, bytes) and len(beacon) == 32):
-                raise bad("beacon must be 32 bytes")
-            ups = self._updates(v, rnd, args.get("updates"))
-            sources = [s for s in args.get("sources", []) if isinstance(s, str)][:4]
-            blobs = await asyncio.gather(*(self._blob(d, [a, *sources]) for _, d, a in ups))
-            plan = rounds.challenges(v.spec, rnd, [u for u, _, _ in ups])
-            base = v.state.params
-            verdicts = []
-            for (u, _, address), blob in zip(ups, blobs):
-                rejected, _delta = rounds.static_verdict(v.state, u, blob)
-                if rejected is not None:
-                    verdicts.append(rejected)
-                    continue
-                h = plan[u.id]
-                if h == 0:
-                    verdicts.append(rounds.Verdict(u.id, True, "", 0, 0.0, ""))
-                    continue
-                given = await self._states(address, v.spec.id, rnd, h)
-                assert blob is not None
-                verdicts.append(
-                    await asyncio.to_thread(rounds.challenged_verdict, v.objective, v.spec, u, blob, base, h, given)
-                )
+        async with self._lock:  # one check at a time; `round` is an SPSA job's global step
+            return await _CHECK[self.replicas.algorithm(sender, args)](self, sender, args, rnd)
+
+    async def _diloco_check(self, sender: bytes, args: dict[str, Any], rnd: int) -> dict[str, Any]:
+        v = await self.replicas.view(sender, args, rnd)
+        me = self.identity.public_key
+        if me not in v.candidates:
+            raise RpcError(grpc.StatusCode.FAILED_PRECONDITION, "this verifier is not a candidate of the job")
+        beacon = args.get("beacon")
+        if not (isinstance(beacon, bytes) and len(beacon) == 32):
+            raise bad("beacon must be 32 bytes")
+        ups = self._updates(v, rnd, args.get("updates"))
+        sources = [s for s in args.get("sources", []) if isinstance(s, str)][:4]
+        blobs = await asyncio.gather(*(self._blob(d, [a, *sources]) for _, d, a in ups))
+        plan = rounds.challenges(v.spec, rnd, [u for u, _, _ in ups])
+        base = v.state.params
+        verdicts = []
+        for (u, _, address), blob in zip(ups, blobs):
+            rejected, _delta = rounds.static_verdict(v.state, u, blob)
+            if rejected is not None:
+                verdicts.append(rejected)
+                continue
+            h = plan[u.id]
+            if h == 0:
+                verdicts.append(rounds.Verdict(u.id, True, "", 0, 0.0, ""))
+                continue
+            given = await self._states(address, v.spec.id, rnd, h)
+            assert blob is not None
+            verdicts.append(
+                await asyncio.to_thread(rounds.challenged_verdict, v.objective, v.spec, u, blob, base, h, given)
+            )
         body = {
             "verifier": me,
             "job": v.spec.id,
@@ -144,9 +149,12 @@ class TrainingVerifier:
 
     async def attest(self, req: Signed) -> dict[str, Any]:
         sender, args, rnd = self._gate(req)
-        async with self._lock:
-            v = await self.replicas.view(sender, args, rnd)
-            vote = await self._attest(v, sender, args, rnd)
+        async with self._lock:  # `round` is an SPSA job's block
+            return await _ATTEST[self.replicas.algorithm(sender, args)](self, sender, args, rnd)
+
+    async def _diloco_attest(self, sender: bytes, args: dict[str, Any], rnd: int) -> dict[str, Any]:
+        v = await self.replicas.view(sender, args, rnd)
+        vote = await self._attest(v, sender, args, rnd)
         return {"vote": sign(self.identity, "CheckpointVote", self.network, vote).wire()}
 
     async def _attest(self, v: JobView, gateway: bytes, args: dict[str, Any], rnd: int) -> dict[str, Any]:
@@ -248,3 +256,9 @@ class TrainingVerifier:
             "accept": True,
             "reason": "",
         }
+
+
+# A verifier's work by the job's algorithm.
+_Handler = Callable[[TrainingVerifier, bytes, dict[str, Any], int], Awaitable[dict[str, Any]]]
+_CHECK: dict[str, _Handler] = {"diloco": TrainingVerifier._diloco_check, "spsa": training_spsa_roles.check}
+_ATTEST: dict[str, _Handler] = {"diloco": TrainingVerifier._diloco_attest, "spsa": training_spsa_roles.attest}

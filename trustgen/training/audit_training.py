@@ -25,8 +25,10 @@ from trustgen.consensus.ledger import Entry
 from trustgen.consensus.merkle import EMPTY_ROOT
 from trustgen.consensus.messages import MessageError, Signed, open_wire
 from trustgen.consensus.tally import tally
+from trustgen.training import audit_spsa
+from trustgen.training.job import checkpoint_step
 from trustgen.training.ledger_view import LedgerJob, LedgerReadError, RoundRecord, collect, read_ledger, where
-from trustgen.training.records import updates_digest
+from trustgen.training.records import open_update, updates_digest
 from trustgen.training.rounds import Verdict, challenges
 
 _BLOB_NAME = re.compile(r"^[0-9a-f]{64}$")  # a gossip blob address
@@ -57,6 +59,8 @@ class _JobAudit:
         self.j, self.network, self.commitments, self.out = j, network, commitments, out
         # A round's beacon names no size: the root of any earlier Commitment of the gateway.
         self.roots: dict[tuple[bytes, bytes], int] = {}
+        self.spsa_rejected: dict[bytes, int] = {}  # SPSA: trainer -> the step it was rejected at
+        self.spsa = j.spec.algorithm["name"] == "spsa"
         for (f, _, root), seq in commitments.items():
             self.roots[(f, root)] = min(seq, self.roots.get((f, root), seq))
 
@@ -101,6 +105,8 @@ class _JobAudit:
     # -- updates -------------------------------------------------------------------------------
 
     def check_updates(self, r: int, rec: RoundRecord, rejected: dict[bytes, int]) -> None:
+        if self.spsa:
+            return  # per step, in check_round (audit_spsa.py)
         j = self.j
         trainers = set(j.spec.trainers)
         seen: set[bytes] = set()
@@ -127,6 +133,8 @@ class _JobAudit:
                 self.bad(_at(e, self.j, r), "foreign_check", "an UpdateCheck by a key that is no verifier candidate")
 
     def check_round(self, r: int, rec: RoundRecord) -> dict[bytes, str]:
+        if self.spsa:
+            return audit_spsa.check_block(self, r, rec)
         j = self.j
         fe = rec.finalized[0][0]
         beacon = fe.body["beacon"]
@@ -200,7 +208,7 @@ class _JobAudit:
             b = e.body
             if cp.signer != e.feed:
                 self.bad(at, "bad_checkpoint", "the checkpoint is not signed by the gateway")
-            if cp.body["step"] != r + 1:
+            if cp.body["step"] != checkpoint_step(j.spec, r):
                 self.bad(at, "bad_checkpoint", f"checkpoint step {cp.body['step']} for round {r}")
             if self.roots.get((e.feed, b["beacon"]), e.seq) >= e.seq:
                 self.bad(at, "bad_beacon", "the round's beacon is not an earlier commitment of the gateway")
@@ -253,10 +261,10 @@ class _JobAudit:
         for e in j.evidence:
             p = e.body["proof"]
             try:
-                u = open_wire(p["update"], "DeltaUpdate", self.network)
+                u = open_update(p["update"], self.network)
             except (MessageError, KeyError, TypeError):
                 continue  # collect() reported it
-            if u.body["round"] != r:
+            if audit_spsa.round_of(j.spec, u) != r:
                 continue
             at = _at(e, j, r)
             if u.signer != e.body["subject"] or u.id not in ups:
@@ -293,7 +301,8 @@ class _JobAudit:
                 verdicts = [Verdict.from_list(v) for v in c.body["verdicts"]] if c is not None else []
             except (MessageError, ValueError, TypeError):
                 return False
-            if c is None or c.body["job"] != self.j.id or c.body["round"] != r or c.signer not in cands:
+            checked = u.body["step"] if self.spsa else r  # an SPSA check's `round` is the step
+            if c is None or c.body["job"] != self.j.id or c.body["round"] != checked or c.signer not in cands:
                 return False
             beacons.add(c.body["beacon"])
             if any(v.update == u.id and not v.accept for v in verdicts):

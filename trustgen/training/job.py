@@ -120,6 +120,23 @@ def evaluation_points(spec: JobSpec) -> set[int]:
     return set(range(a["rounds"] + 1))
 
 
+def rounds_of(spec: JobSpec) -> int:
+    """Network rounds of a job: local SGD's rounds; SPSA's blocks of `eval_every` steps (the last
+    may be shorter), each ending at an evaluation point."""
+    a = spec.algorithm
+    if a["name"] == "spsa":
+        return -(-a["steps"] // a["eval_every"])
+    return a["rounds"]
+
+
+def checkpoint_step(spec: JobSpec, rnd: int) -> int:
+    """The `step` of the checkpoint that ends network round `rnd`: what a local run records there."""
+    a = spec.algorithm
+    if a["name"] == "spsa":
+        return min((rnd + 1) * a["eval_every"], a["steps"])
+    return rnd + 1
+
+
 def start_state(spec: JobSpec, objective: Objective) -> SpsaState | DilocoState:
     return (SpsaState if spec.algorithm["name"] == "spsa" else DilocoState).start(spec, objective)
 

@@ -24,6 +24,7 @@ import tempfile
 
 from trustgen.consensus import merkle
 from trustgen.errors import UsageError
+from trustgen.training.job import rounds_of
 from trustgen.training.ledger_replay import BlobReader, replay_rounds
 from trustgen.training.ledger_view import LedgerJob, collect, job_in, read_ledger
 from trustgen.training.records import BlobDir, RunError, append_line, read_bounded
@@ -101,14 +102,16 @@ def export_run(data_dir: pathlib.Path, job_id: bytes, out: pathlib.Path) -> dict
     blobs = BlobDir(out / "blobs")
     rounds = 0
     updates = 0
-    for r in range(j.spec.algorithm["rounds"]):
+    inline = j.spec.algorithm["name"] == "spsa"  # SPSA updates carry their bytes: no blobs
+    for r in range(rounds_of(j.spec)):
         rec = j.rounds.get(r)
         if rec is None or not rec.finalized:
             break  # replay reports a job that stops early as truncated
         blob_of = {u.id: blob for _, u, blob in rec.updates}
         for u in j.accepted_updates(r):
             what = f"round {r} update of trainer {u.signer.hex()[:16]}…"
-            blobs.put(read_node_blob(data_dir, blob_of[u.id], u.body["delta"], what))
+            if not inline:
+                blobs.put(read_node_blob(data_dir, blob_of[u.id], u.body["delta"], what))
             append_line(out / "updates.log", u)
             updates += 1
         append_line(out / "checkpoints.log", rec.finalized[0][1])

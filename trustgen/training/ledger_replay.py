@@ -122,9 +122,10 @@ def _round(
             "from this node's store: the round cannot be checked"
         )
     try:
-        nxt = decode_state(j.spec, state, data, r + 1)
+        adopted = decode_state(j.spec, state, data, r + 1)
     except TensorError as e:
         return {"what": "state", "detail": f"the finalised state blob does not decode: {e}"}
-    if checkpoint_digest(nxt.params) != cp["digest"]:
+    assert isinstance(adopted, DilocoState)  # this replay is local SGD's (SPSA updates are inline)
+    if checkpoint_digest(adopted.params) != cp["digest"]:
         return {"what": "state", "detail": "the finalised state blob does not have the finalised digest"}
-    return nxt, True
+    return adopted, True

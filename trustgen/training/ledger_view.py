@@ -19,8 +19,10 @@ from trustgen.consensus.assignment import effective_verifiers, rank
 from trustgen.consensus.ledger import Entry, parse_entry
 from trustgen.consensus.messages import MessageError, Signed, open_wire
 from trustgen.errors import TrustgenError
-from trustgen.training.job import by_trainer
-from trustgen.training.rounds import round_decisions, round_target, verdicts_of
+from trustgen.training import spsa_rounds
+from trustgen.training.job import rounds_of
+from trustgen.training.records import open_update, update_type
+from trustgen.training.rounds import ProofError, round_decisions, round_target, verdicts_of
 from trustgen.training.spec import JobSpec, open_job
 
 TRAINING_ENTRIES = (
@@ -79,13 +81,16 @@ def read_ledger(db_path: pathlib.Path, types: tuple[str, ...] = READ_TYPES) -> t
 class RoundRecord:
     """One round's entries in the gateway's feed, in feed order."""
 
-    updates: list[tuple[Entry, Signed, str]] = field(default_factory=list)  # (entry, DeltaUpdate, blob digest)
+    # (entry, DeltaUpdate or SpsaUpdate, blob digest; "" for SPSA); an SPSA block holds its steps'
+    # updates and UpdateChecks (whose `round` is the global step)
+    updates: list[tuple[Entry, Signed, str]] = field(default_factory=list)
     checks: list[tuple[Entry, Signed]] = field(default_factory=list)
     proposed: list[tuple[Entry, Signed]] = field(default_factory=list)  # (entry, TrainingCheckpoint)
     finalized: list[tuple[Entry, Signed]] = field(default_factory=list)
 
     def update_msgs(self) -> list[Signed]:
-        return by_trainer([u for _, u, _ in self.updates])
+        """Canonical order: by step (SPSA), then trainer key."""
+        return sorted((u for _, u, _ in self.updates), key=lambda u: (u.body.get("step", 0), u.signer))
 
 
 @dataclass
@@ -131,12 +136,32 @@ class LedgerJob:
 
     def decisions(self, r: int) -> dict[bytes, str] | None:
         """Per update id of a finalised round: accept, reject or pending, from the checks of its
-        finalised attempt."""
+        finalised attempt (SPSA: of each step, under the step's beacon)."""
         eff = self.effective(r)
         if eff is None:
             return None
         rec = self.rounds[r]
+        if self.spec.algorithm["name"] == "spsa":
+            out: dict[bytes, str] = {}
+            for s in self.steps(r).values():
+                out.update(s.decisions)
+            return out
         return round_decisions(rec.update_msgs(), [c for _, c in self.final_checks(r)], eff, self.k)
+
+    def steps(self, r: int) -> dict[int, spsa_rounds.Step]:
+        """An SPSA block's decided steps (a step whose checks do not decide it is left out: the
+        audit names it; its updates stay pending)."""
+        rec = self.rounds.get(r) or RoundRecord()
+        out = {}
+        for t in spsa_rounds.block_steps(self.spec, r):
+            ups = [u for _, u, _ in rec.updates if u.body["step"] == t]
+            checks = [c for _, c in rec.checks if c.body["round"] == t]
+            beacon = checks[0].body["beacon"] if checks else b""
+            try:
+                out[t] = spsa_rounds.decide(self.spec, t, beacon, ups, checks, self.candidates, self.k)
+            except ProofError:
+                continue
+        return out
 
     def accepted_updates(self, r: int) -> list[Signed]:
         """The updates a finalised round accepted (a strict majority of its verifiers), trainer order."""
@@ -145,6 +170,9 @@ class LedgerJob:
 
     def finalized_rounds(self) -> list[int]:
         return sorted(r for r, rec in self.rounds.items() if rec.finalized)
+
+
+UPDATE_TYPE = {"spsa": "SpsaUpdate", "diloco": "DeltaUpdate"}
 
 
 def _opener(network: str, problems: list[Problem]) -> Callable[[Entry, bytes, str], Signed | None]:
@@ -183,17 +211,22 @@ def collect(entries: list[Entry], network: str) -> tuple[dict[tuple[bytes, bytes
     open_msg = _opener(network, problems)
     jobs: dict[tuple[bytes, bytes], LedgerJob] = {}
 
-    def job_of(e: Entry, job_id: bytes, rnd: int) -> LedgerJob | None:
+    def job_of(e: Entry, job_id: bytes, rnd: int, step: bool = False) -> LedgerJob | None:
+        """The job an entry names, with `rnd` in range; step=True: `rnd` is an SPSA step (or a
+        local-SGD round) and the entry is filed under its block."""
         j = jobs.get((e.feed, job_id))
         if j is None:
             problems.append((where(e), "unknown_job", f"job {job_id.hex()[:16]} was never accepted in this feed"))
             return None
-        if not 0 <= rnd < j.spec.algorithm["rounds"]:
-            problems.append(
-                (where(e), "bad_round", f"round {rnd} is outside the job's 0..{j.spec.algorithm['rounds'] - 1}")
-            )
+        spsa = j.spec.algorithm["name"] == "spsa"
+        n = j.spec.algorithm["steps"] if spsa and step else rounds_of(j.spec)
+        if not 0 <= rnd < n:
+            problems.append((where(e), "bad_round", f"round {rnd} is outside the job's 0..{n - 1}"))
             return None
         return j
+
+    def index(j: LedgerJob, n: int) -> int:
+        return spsa_rounds.block_of(j.spec, n) if j.spec.algorithm["name"] == "spsa" else n
 
     for e in entries:
         b = e.body
@@ -206,17 +239,23 @@ def collect(entries: list[Entry], network: str) -> tuple[dict[tuple[bytes, bytes
                 continue
             jobs[(e.feed, j.id)] = j
         elif e.type == "TrainingUpdate":
-            u = open_msg(e, b["update"], "DeltaUpdate")
-            if u is not None and (j := job_of(e, u.body["job"], u.body["round"])) is not None:
-                j.round(u.body["round"]).updates.append((e, u, b["blob"]))
+            u = open_msg(e, b["update"], update_type(b["update"]))
+            n = (u.body["step"] if "step" in u.body else u.body["round"]) if u is not None else 0
+            if u is not None and (j := job_of(e, u.body["job"], n, True)) is not None:
+                if u.type != UPDATE_TYPE[j.spec.algorithm["name"]]:
+                    problems.append(
+                        (where(e), "bad_training_update", f"a {u.type} in a {j.spec.algorithm['name']} job")
+                    )
+                    continue
+                j.round(index(j, n)).updates.append((e, u, b["blob"]))
         elif e.type == "UpdateCheck":
             c = open_msg(e, b["check"], "UpdateCheck")
             if c is not None and not _verdicts_parse(c):
                 problems.append(
                     (where(e), "bad_updatecheck", "a verdict is not [update id, accept, code, inner, distance, reason]")
                 )
-            elif c is not None and (j := job_of(e, c.body["job"], c.body["round"])) is not None:
-                j.round(c.body["round"]).checks.append((e, c))
+            elif c is not None and (j := job_of(e, c.body["job"], c.body["round"], True)) is not None:
+                j.round(index(j, c.body["round"])).checks.append((e, c))
         elif e.type in ("CheckpointProposed", "CheckpointFinalized"):
             cp = open_msg(e, b["checkpoint"], "TrainingCheckpoint")
             keys = [b["accepted"]] if e.type == "CheckpointProposed" else [b["verifiers"], b["skipped"]]
@@ -251,7 +290,7 @@ def _verdicts_parse(c: Signed) -> bool:
 
 def _proof_update(proof: dict, network: str) -> Signed | None:
     try:
-        return open_wire(proof["update"], "DeltaUpdate", network)
+        return open_update(proof["update"], network)
     except (MessageError, KeyError, TypeError):
         return None
 

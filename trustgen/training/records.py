@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from trustgen.consensus.domains import TRAIN_UPDATES as UPDATES_DOMAIN
-from trustgen.consensus.encoding import encode
+from trustgen.consensus.encoding import EncodingError, decode, encode, parse_signing_bytes
 from trustgen.consensus.messages import MessageError, Signed, open_wire
 from trustgen.errors import TrustgenError
 from trustgen.training.spec import JobSpec, open_job
@@ -99,6 +99,26 @@ class BlobDir:
 
     def has(self, digest: bytes) -> bool:
         return (self.root / digest.hex()).is_file()
+
+
+UPDATE_TYPES = ("SpsaUpdate", "DeltaUpdate")
+
+
+def update_type(wire: bytes) -> str:
+    """The update type a wire's payload names, when it is one of UPDATE_TYPES (else DeltaUpdate,
+    which then fails to open with a precise error)."""
+    try:
+        env = decode(wire)
+        payload = env.get("payload") if isinstance(env, dict) else None
+        kind = parse_signing_bytes(payload)[0] if isinstance(payload, bytes) else ""
+    except EncodingError:
+        kind = ""
+    return kind if kind in UPDATE_TYPES else UPDATE_TYPES[-1]
+
+
+def open_update(wire: bytes, network: str) -> Signed:
+    """A signed update of either algorithm, opened and verified as the type it names; MessageError otherwise."""
+    return open_wire(wire, update_type(wire), network)
 
 
 def updates_digest(updates: list[Signed]) -> bytes:
@@ -202,8 +222,6 @@ def open_run(root: str | pathlib.Path, network: str | None = None) -> Run:
 
 def _network_of(wire: bytes) -> str:
     """The network a job names (checked again, with its signature, by open_job)."""
-    from trustgen.consensus.encoding import EncodingError, decode, parse_signing_bytes
-
     try:
         env = decode(wire)
         # Decodable is not well-formed: the envelope may be any value (an int, a list, ...).

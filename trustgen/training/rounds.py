@@ -23,7 +23,7 @@ from trustgen.consensus.messages import MessageError, Signed, open_wire
 from trustgen.consensus.tally import tally
 from trustgen.training import diloco
 from trustgen.training.checks import CheckResult, check_delta, check_inner_step
-from trustgen.training.job import DilocoState, UpdateError, by_trainer
+from trustgen.training.job import DilocoState, SpsaState, UpdateError, by_trainer, checkpoint_step
 from trustgen.training.objectives import Objective
 from trustgen.training.records import updates_digest
 from trustgen.training.spec import JobSpec
@@ -66,20 +66,25 @@ def challenges(spec: JobSpec, rnd: int, updates: list[Signed]) -> dict[bytes, in
 # -- the checkpoint state that ships between nodes -------------------------------------------------
 
 
-def encode_state(state: DilocoState) -> bytes:
-    """Parameters and outer momentum as canonical safetensors bytes (deterministic)."""
+def encode_state(state: DilocoState | SpsaState) -> bytes:
+    """Parameters (and local SGD's outer momentum; SPSA has no other state) as canonical
+    safetensors bytes (deterministic)."""
     out = {"p/" + n: v for n, v in state.params.items()}
-    out.update({"m/" + n: v for n, v in state.momentum.items()})
+    if isinstance(state, DilocoState):
+        out.update({"m/" + n: v for n, v in state.momentum.items()})
     return to_bytes(out)
 
 
-def decode_state(spec: JobSpec, like: DilocoState, blob: bytes, rnd: int) -> DilocoState:
-    """A shipped state, checked against the exact layout of the job's parameters; raises
-    TensorError on any other layout or a non-finite value."""
+def decode_state(spec: JobSpec, like: DilocoState | SpsaState, blob: bytes, rnd: int) -> DilocoState | SpsaState:
+    """The shipped state after `rnd` rounds, checked against the exact layout of the job's
+    parameters; raises TensorError on any other layout or a non-finite value."""
     shape = {"p/" + n: s for n, s in layout(like.params).items()}
-    shape.update({"m/" + n: s for n, s in layout(like.momentum).items()})
+    if isinstance(like, DilocoState):
+        shape.update({"m/" + n: s for n, s in layout(like.momentum).items()})
     t = from_bytes(blob, shape, "checkpoint state")  # exact names, shapes, dtypes; finite
     params = {k[2:]: v for k, v in t.items() if k.startswith("p/")}
+    if isinstance(like, SpsaState):
+        return SpsaState(spec, params, checkpoint_step(spec, rnd - 1) if rnd > 0 else 0)
     momentum = {k[2:]: v for k, v in t.items() if k.startswith("m/")}
     return DilocoState(spec, params, momentum, rnd)
 
@@ -243,7 +248,7 @@ def check_finalized(spec: JobSpec, gateway: bytes, candidates: list[bytes], k: i
     except MessageError as e:
         raise ProofError("bad_checkpoint", f"round {rnd}: checkpoint: {e}") from None
     c = cp.body
-    if c["publisher"] != gateway or c["job"] != spec.id or c["step"] != rnd + 1:
+    if c["publisher"] != gateway or c["job"] != spec.id or c["step"] != checkpoint_step(spec, rnd):
         raise ProofError("bad_checkpoint", f"round {rnd}: the checkpoint is not the gateway's for this job and round")
     want = effective_round_verifiers(spec.id, rnd, body["beacon"], candidates, list(body["skipped"]), k)
     if list(body["verifiers"]) != want:

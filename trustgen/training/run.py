@@ -304,12 +304,12 @@ class Coordinator:
         return check_delta(states["final"], base, blob, u, fmt)
 
 
-def _keys(root: pathlib.Path, spec: JobSpec, n: int) -> tuple[JobSpec, Identity]:
+def _keys(root: pathlib.Path, spec: JobSpec, n: int, given: list[Identity] | None) -> tuple[JobSpec, Identity]:
     author = Identity.generate()
     author.save(root / "keys" / "author")
     keys = []
     for i in range(n):
-        ident = Identity.generate()
+        ident = given[i] if given else Identity.generate()
         ident.save(key_home(root, i))
         keys.append(ident.public_key)
     return spec.with_trainers(keys), author
@@ -323,8 +323,11 @@ def run_job(
     adversary_trainer: int = 0,
     keep_states: bool = False,
     progress: Progress | None = None,
+    trainer_keys: list[Identity] | None = None,
 ) -> dict[str, Any]:
-    """Run a job to completion and return its summary (also written to `out/run.json`)."""
+    """Run a job to completion and return its summary (also written to `out/run.json`).
+    trainer_keys: run with these trainers' identities (in key order, as a network job names them)
+    instead of fresh ones, to compare with a network job of the same trainers."""
     out = pathlib.Path(out)
     if out.exists() and not out.is_dir():
         raise UsageError(f"{out} exists and is not a directory")
@@ -339,13 +342,15 @@ def run_job(
             "this job names its trainers; `train run` starts trainers with keys it generates, so "
             "give a job without [trainers] (the run writes the keys it used into the job)"
         )
-    n = 4 if trainers is None else trainers
+    if trainer_keys:
+        trainer_keys = sorted(trainer_keys, key=lambda k: k.public_key)
+    n = len(trainer_keys) if trainer_keys else 4 if trainers is None else trainers
     if not 1 <= n <= MAX_TRAINERS:
         raise UsageError(f"--trainers must be between 1 and {MAX_TRAINERS}")
     if adversary_mode and not 0 <= adversary_trainer < n:
         raise UsageError(f"--adversary-trainer must be below {n}")
     out.mkdir(parents=True, exist_ok=True)
-    spec, author = _keys(out, spec, n)
+    spec, author = _keys(out, spec, n, trainer_keys)
     (out / "job.wire").write_bytes(sign_job(author, spec).wire())
     (out / "job.toml").write_text(spec.to_toml())
     t0 = time.perf_counter()
