@@ -51,7 +51,7 @@ def execute(worker: WorkerRole, gateway: Identity, task: Signed) -> tuple[Signed
 
 
 def check(verifier: VerifierRole, gateway: Identity, task: Signed, result: Signed, blob: bytes) -> dict[str, Any]:
-    args = {"task": task.wire(), "result": result.wire(), "output": blob}
+    args = {"task": task.wire(), "result": result.wire(), "output": blob, "beacon": bytes(32), "beacon_size": 0}
     return open_wire(asyncio.run(verifier.check(request(gateway, "Verifier", "Check", args))), "Vote", NET).body
 
 
@@ -71,6 +71,8 @@ def test_the_registry_names_each_mode_and_its_role():
         "other-model": "worker",
         "alter": "worker",
         "replay": "worker",
+        "fake-step": "worker",
+        "forge-trajectory": "worker",
         "lie": "verifier",
     }
     # A mode gives its own role a fresh misbehaviour and leaves the node's other roles honest.

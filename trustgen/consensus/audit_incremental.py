@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from trustgen.consensus import merkle
+from trustgen.consensus import challenge, merkle
 from trustgen.consensus.assignment import effective_verifiers, rank
 from trustgen.consensus.audit import AuditInputError, AuditReport, _audit, _merge, find_ledgers
 from trustgen.consensus.audit_checks import accusation_problem, verify_all
@@ -143,6 +143,10 @@ class _Pass:
                     self.new_results.append((e.feed, res.body["task_id"], res.id))
             elif e.type == "VoteCast":
                 votes.append((e, _open(e.body["vote"], "Vote", self.network)))
+                if votes[-1][1].body["method"] == challenge.METHOD:
+                    # Its challenge needs the result's commitment and position, which the state
+                    # does not keep: the full audit judges it.
+                    raise _Unclean("trajectory vote")
         for e in entries:
             if e.type == "TaskFinalized":
                 self.certificate(e)

@@ -343,13 +343,25 @@ class GatewayRole:
         """Collect the votes on a result and record the decision. True when the task is done
         (accepted, or no majority possible); False when the result was rejected."""
         task = st.task
+        # The challenge beacon: a commitment of the log that holds the ResultCommitted, so the
+        # worker could not know it when it committed (consensus/challenge.py).
+        challenge = self.ledger.commit().body
 
         async def ask(verifier: bytes) -> Signed | None:
             member = self.members.get(verifier)
             if member is None or not self.admission.admitted(verifier, "verifier"):
                 return None  # revoked since the task was accepted: skipped, a standby votes
             return await votes.ask_verifier(
-                self.peers, self.network, member["address"], verifier, task, result, blob, self.verifier_timeout_s
+                self.peers,
+                self.network,
+                member["address"],
+                verifier,
+                task,
+                result,
+                blob,
+                self.verifier_timeout_s,
+                (challenge["root"], challenge["size"]),
+                [self.members[worker]["address"]] if worker in self.members else [],
             )
 
         counted_votes, skipped = await votes.collect_votes(st.beacon, task, st.candidates, result, ask)

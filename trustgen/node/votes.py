@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import grpc
 
@@ -31,16 +32,16 @@ async def ask_verifier(
     result: Signed,
     blob: bytes,
     timeout_s: float,
+    challenge: tuple[bytes, int],
+    sources: list[str],
 ) -> Signed | None:
-    """One verifier's signed vote on `result`, or None when it gave none that counts."""
+    """One verifier's signed vote on `result`, or None when it gave none that counts.
+    `challenge`: the root and size of the gateway Commitment made after the result was committed;
+    `sources`: addresses that hold the result's blobs (the worker's), a hint for fetching them."""
+    args: dict[str, Any] = {"task": task.wire(), "result": result.wire(), "output": blob}
+    args |= {"beacon": challenge[0], "beacon_size": challenge[1], "sources": sources}
     try:
-        reply = await peers.call(
-            address,
-            "Verifier",
-            "Check",
-            {"task": task.wire(), "result": result.wire(), "output": blob},
-            timeout=timeout_s,
-        )
+        reply = await peers.call(address, "Verifier", "Check", args, timeout=timeout_s)
         vote = open_wire(reply.vote, "Vote", network)
     except (grpc.aio.AioRpcError, MessageError) as e:
         log.warning("verifier %s gave no vote: %s", verifier.hex()[:12], e)
