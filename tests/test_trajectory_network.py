@@ -13,6 +13,8 @@ import pytest
 from tests.helpers import LocalNodes
 from trustgen.consensus import challenge
 from trustgen.consensus.audit import audit_ledger
+from trustgen.consensus.audit_incremental import FULL, REBUILT, audit_incremental
+from trustgen.consensus.audit_state import state_path_for
 from trustgen.consensus.identity import Identity
 from trustgen.consensus.ledger import Ledger
 from trustgen.consensus.messages import Signed, open_wire, sign
@@ -110,11 +112,14 @@ def test_image_tasks_are_verified_by_trajectory_and_cheats_are_rejected(tmp_path
     db = tmp_path / "gateway" / "ledger.db"
     report = audit_ledger(db)
     assert report.ok, report.violations
+    fast = audit_incremental(db)  # the incremental audit's own check of the same votes
+    assert fast.report.ok and fast.mode == REBUILT, fast.report.violations
     # ... and a vote whose step list was forged (signed by its real verifier, recorded by the
     # real gateway) is flagged.
     forged_db = tmp_path / "forged" / "ledger.db"
     forged_db.parent.mkdir()
     shutil.copy(db, forged_db)
+    shutil.copy(state_path_for(db), state_path_for(forged_db))
     vote = votes_of(cert)[0]
     keys = {Identity.load(tmp_path / f"v{i}").public_key: Identity.load(tmp_path / f"v{i}") for i in range(3)}
     bad = sign(keys[vote["verifier"]], "Vote", NET, {**vote, "checks": {**vote["checks"], "steps": [1]}})
@@ -123,3 +128,5 @@ def test_image_tasks_are_verified_by_trajectory_and_cheats_are_rejected(tmp_path
     ledger.close()
     codes = {v.code for v in audit_ledger(forged_db).violations}
     assert "bad_challenge" in codes
+    again = audit_incremental(forged_db)  # the fast path does not vouch for it: the full audit judges
+    assert again.mode == FULL and "bad_challenge" in {v.code for v in again.report.violations}

@@ -25,7 +25,7 @@ from typing import Any
 
 from trustgen.consensus import merkle
 
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: trajectory commitments of results (trajectory votes' audit)
 STATE_FILE = "audit-state.sqlite"
 
 _SCHEMA = """
@@ -43,6 +43,9 @@ CREATE TABLE IF NOT EXISTS accepted(
 CREATE TABLE IF NOT EXISTS results(
     feed BLOB NOT NULL, result_id BLOB NOT NULL, task_id BLOB NOT NULL, worker BLOB NOT NULL,
     PRIMARY KEY (feed, result_id));
+CREATE TABLE IF NOT EXISTS committed(
+    feed BLOB NOT NULL, result_id BLOB NOT NULL, seq INTEGER NOT NULL, output_digest TEXT NOT NULL,
+    trajectory BLOB NOT NULL, PRIMARY KEY (feed, result_id));
 CREATE TABLE IF NOT EXISTS counted(
     feed BLOB NOT NULL, task_id BLOB NOT NULL, result_id BLOB NOT NULL, verifiers BLOB NOT NULL,
     PRIMARY KEY (feed, task_id, result_id));
