@@ -26,7 +26,14 @@ from trustgen.consensus.assignment import effective_verifiers, rank
 from trustgen.consensus.audit import AuditInputError, AuditReport, _audit, _merge, find_ledgers
 from trustgen.consensus.audit_checks import accusation_problem, verify_all
 from trustgen.consensus.audit_replicas import Replica
-from trustgen.consensus.audit_state import ROW_QUERY, AuditState, prefix_matches, state_path_for, update_chunks
+from trustgen.consensus.audit_state import (
+    ROW_QUERY,
+    STATE_VERSION,
+    AuditState,
+    prefix_matches,
+    state_path_for,
+    update_chunks,
+)
 from trustgen.consensus.encoding import decode, encode
 from trustgen.consensus.ledger import ZERO, Entry, entry_hash, leaf_data, parse_entry
 from trustgen.consensus.messages import MessageError, Signed, open_wire
@@ -367,7 +374,7 @@ def _incremental(db: sqlite3.Connection, db_path: pathlib.Path, state_path: path
             st = AuditState.create(tmp)
         except sqlite3.DatabaseError:
             return _full(db_path, 0, replica)  # nowhere to keep a state: audit in full
-        st.set_meta(version=1, network=network, owner=owner or b"")
+        st.set_meta(version=STATE_VERSION, network=network, owner=owner or b"")
     assert st is not None
     start = st.size
     rows = db.execute(ROW_QUERY + " WHERE log_index >= ? ORDER BY log_index", (start,)).fetchall()
