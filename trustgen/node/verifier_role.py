@@ -151,7 +151,7 @@ class VerifierRole:
         return vote
 
     async def _fetch_trajectory(
-        self, req: Signed, result: Signed, kind: TaskKind, beacon: bytes, beacon_size: int
+        self, req: Signed, result: Signed, beacon: bytes, beacon_size: int
     ) -> bytes | VoteValue:
         """The committed trajectory's bytes from the worker (or the gateway, or any peer), or the
         rejecting vote when the commitment names none or nobody serves it within the limit."""
@@ -191,13 +191,13 @@ class VerifierRole:
             self.engines.for_task(task.body["kind"], task.body["model"])
         except ModelError as e:
             raise RpcError(grpc.StatusCode.FAILED_PRECONDITION, str(e)) from None
-        kind = TASK_KINDS[task.body["kind"]]  # the task opened, so its kind is known
+        kind = TASK_KINDS[task.body["kind"]]  # the engine pool serves it, so it is a known kind
         committed = kind.commits_trajectory(result.body["output"])
         wall, cpu = time.perf_counter(), time.process_time()
         if self.fetch is None or choose_method(committed, beacon, task.id) != METHOD:
             vote = await self.engines.run(self._check_and_record, task, result, png)
         else:
-            fetched = await self._fetch_trajectory(req, result, kind, beacon, beacon_size)
+            fetched = await self._fetch_trajectory(req, result, beacon, beacon_size)
             if isinstance(fetched, VoteValue):
                 vote = fetched
             else:

@@ -92,8 +92,9 @@ class WorkerRole:
             raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, str(e)) from None
         blob = kind.engine.blob(out)
         digest = self.blobs.put(blob) if blob else ""
-        # Kept and served by gossip blob fetch (a verifier fetches it by the digest committed).
-        extra, kept = kind.commit(out)
+        # Kept and served by gossip blob fetch (a verifier fetches it by the digest committed);
+        # hashing and encoding the tensors runs off the event loop.
+        extra, kept = await self.engines.run(kind.commit, out)
         if kept:
             self.blobs.put(kept)
         if self.metrics is not None:
