@@ -109,6 +109,7 @@ class Gateway:
                 "margin": 1.5,
                 "reason": "",
                 "fingerprint": {},
+                "checks": {},
             }
             votes.append(sign(self.verifiers[k], "Vote", NET, vote))
             self.led.append("VoteCast", {"vote": votes[-1].wire()})

@@ -53,6 +53,9 @@ DOMAINS = {
     "TRAIN_ROUND": b"trustgen/train/round/v1\x00",
     "TRAIN_CHECK_COIN": b"trustgen/train/check-coin/v1\x00",
     "TRAIN_STEP": b"trustgen/train/step/v1\x00",
+    "TRAJECTORY_LEAF": b"trustgen/trajectory-leaf/v1\x00",
+    "TRAJECTORY_CHALLENGE": b"trustgen/trajectory-challenge/v1\x00",
+    "VERIFY_AUDIT": b"trustgen/verify-audit/v1\x00",
 }
 D = DOMAINS
 U64 = (1 << 64) - 1
@@ -228,6 +231,7 @@ SCHEMAS: dict[str, dict[str, str]] = {
         margin="float",
         reason="str",
         fingerprint="map",
+        checks="map",
     ),
     "Certificate": dict(
         gateway=B32,
@@ -429,13 +433,21 @@ def check_body_parts(msg_type: str, body: dict[str, Any], network: str, what: st
             fields_ok(dict(token_ids="list", text="str", finish_reason="str"), out, what + ".output")
             expect(body["output_digest"] == text_digest(out["token_ids"]), f"{what}: output_digest of token_ids")
             expect(out["finish_reason"] in ("eos", "length"), f"{what}: finish_reason")
+        elif "trajectory" in out:
+            fields_ok(dict(png_digest="str", height="int", width="int", trajectory="map"), out, what + ".output")
+            check_commitment(out["trajectory"], what + ".output.trajectory")
         else:
             fields_ok(dict(png_digest="str", height="int", width="int"), out, what + ".output")
         check_fingerprint(body["fingerprint"], what + ".fingerprint")
         fields_ok(PROFILE, body["profile"], what + ".profile")
     elif msg_type == "Vote":
-        expect(body["method"] in ("prefill", "regenerate", "phash"), f"{what}: method")
+        expect(body["method"] in ("prefill", "regenerate", "phash", "trajectory"), f"{what}: method")
         check_fingerprint(body["fingerprint"], what + ".fingerprint")
+        if body["method"] == "trajectory":
+            fields_ok(TRAJ_CHECKS, body["checks"], what + ".checks")
+            expect(all(_TYPES["int"](j) and j >= 0 for j in body["checks"]["steps"]), f"{what}: steps")
+        else:
+            expect(body["checks"] == {}, f"{what}: checks of a {body['method']} vote must be empty")
     elif msg_type == "Certificate":
         expect(body["decision"] in ("accept", "reject"), f"{what}: decision")
         for field in ("verifiers", "skipped"):
@@ -469,6 +481,54 @@ def check_body_parts(msg_type: str, body: dict[str, Any], network: str, what: st
 MAX_REASON = 300
 
 
+# -- trajectory commitments (§17) --------------------------------------------------------------------
+
+TRAJ_SCHEME = "trustgen/trajectory/v1"
+TRAJ_CHECKS = dict(
+    beacon=B32, beacon_size="int", steps="list", output_rel_l2="list", chain_rel_l2="float", pixel_distance="float"
+)
+
+
+def is_hex64(v: Any) -> bool:
+    return isinstance(v, str) and len(v) == 64 and all(c in "0123456789abcdef" for c in v)
+
+
+def check_commitment(c: dict[str, Any], what: str) -> None:
+    fields_ok(dict(scheme="str", root="str", steps="int", blob="str"), c, what)
+    expect(c["scheme"] == TRAJ_SCHEME and is_hex64(c["root"]) and is_hex64(c["blob"]), f"{what}: scheme/root/blob")
+    expect(1 <= c["steps"] <= 400, f"{what}: steps")
+
+
+def traj_challenge(beacon: bytes, root: bytes, digest: str, n: int, c: int) -> list[int]:
+    """Partial Fisher-Yates shuffle of 0..n-1 keyed by sha256(tag, beacon, root, digest, u32le i)."""
+    idx = list(range(n))
+    for i in range(min(c, n)):
+        h = hashlib.sha256(D["TRAJECTORY_CHALLENGE"] + beacon + root + digest.encode() + struct.pack("<I", i)).digest()
+        j = i + int.from_bytes(h[:8], "little") % (n - i)
+        idx[i], idx[j] = idx[j], idx[i]
+    return sorted(idx[: min(c, n)])
+
+
+def audit_draw(beacon: bytes, task_id: bytes, fraction: float) -> bool:
+    h = hashlib.sha256(D["VERIFY_AUDIT"] + beacon + task_id).digest()
+    return int.from_bytes(h[:8], "little") < fraction * 2**64
+
+
+def check_trajectory(t: dict[str, Any], network: str) -> None:
+    for c in t["challenges"]:
+        got = traj_challenge(unhex(c["beacon"]), unhex(c["root"]), c["output_digest"], c["steps"], c["c"])
+        same(got, c["chosen"], f"challenge of {c['steps']} steps, c = {c['c']}")
+    for d in t["audit_draws"]:
+        same(audit_draw(unhex(d["beacon"]), unhex(d["task_id"]), d["fraction"]), d["regenerate"], "audit draw")
+    result, rid = open_wire(unhex(t["vote"]["result"]), "Result", network, "trajectory result")
+    vote, _ = open_wire(unhex(t["vote"]["vote"]), "Vote", network, "trajectory vote")
+    expect(vote["result_id"] == rid and vote["task_id"] == result["task_id"], "trajectory vote: result")
+    ch, commit = vote["checks"], result["output"]["trajectory"]
+    expect(not audit_draw(ch["beacon"], vote["task_id"], t["audit_fraction"]), "trajectory vote on an audit-drawn task")
+    want = traj_challenge(ch["beacon"], unhex(commit["root"]), result["output_digest"], commit["steps"], t["checks"])
+    same(ch["steps"], want, "trajectory vote: steps are the beacon's challenge")
+
+
 def verdict_ok(v: Any) -> bool:
     """A verdict (docs/protocol.md §15.7): [update id (32 bytes), accept, code, inner step, distance, reason]."""
     types = (B32, "bool", "str", "int", "float", "str")
@@ -494,7 +554,12 @@ def check_request_args(method: str, args: dict[str, Any], network: str, what: st
             expect(isinstance(pair, list) and len(pair) == 2, f"{what}: entries are [payload, sig]")
             open_signed(pair[0], pair[1], "LedgerEntry", network, what + ".args.entries")
     elif method == "/trustgen.v1.Verifier/Check":
-        fields_ok(dict(task="bytes", result="bytes", output="bytes"), args, what + ".args")
+        fields_ok(
+            dict(task="bytes", result="bytes", output="bytes", beacon=B32, beacon_size="int", sources="list"),
+            args,
+            what + ".args",
+        )
+        expect(all(isinstance(a, str) for a in args["sources"]), f"{what}: sources are addresses")
         task, task_id = open_wire(args["task"], "Task", network, what + ".args.task")
         result, _ = open_wire(args["result"], "Result", network, what + ".args.result")
         expect(result["task_id"] == task_id, f"{what}: result is for another task")
@@ -1768,6 +1833,7 @@ def check(doc: dict[str, Any]) -> int:
         ("outputs", lambda: check_outputs(doc["outputs"])),
         ("fingerprints", lambda: check_fingerprints(doc["fingerprints"])),
         ("training", lambda: check_training(doc["training"], doc["messages"], keys, net)),
+        ("trajectory", lambda: check_trajectory(doc["trajectory"], net)),
     ]
     for name, step in steps:
         try:

@@ -34,6 +34,7 @@ import PIL.Image  # noqa: E402
 import scipy.fftpack  # noqa: E402
 import torch  # noqa: E402
 
+from trustgen.consensus import challenge as tchallenge  # noqa: E402
 from trustgen.consensus import domains, merkle  # noqa: E402
 from trustgen.consensus.assignment import effective_verifiers, rank  # noqa: E402
 from trustgen.consensus.audit import audit_ledger  # noqa: E402
@@ -779,7 +780,19 @@ def request_vectors(task: Signed, result: Signed, log: list[Entry]) -> list[dict
             {"entries": [[e.payload, e.sig] for e in log if e.feed == KEYS["worker"].public_key]},
         ),
         ("gateway", "Worker", "Execute", {"task": task.wire()}),
-        ("gateway", "Verifier", "Check", {"task": task.wire(), "result": result.wire(), "output": b""}),
+        (
+            "gateway",
+            "Verifier",
+            "Check",
+            {
+                "task": task.wire(),
+                "result": result.wire(),
+                "output": b"",
+                "beacon": hashlib.sha256(b"challenge").digest(),
+                "beacon_size": 7,
+                "sources": ["127.0.0.1:7001"],
+            },
+        ),
         ("gateway", "Blobs", "Manifest", {"digest": blob_digest(b"")}),
         ("gateway", "Blobs", "Fetch", {"digest": blob_digest(b""), "from_index": 0}),
     ]
@@ -1599,6 +1612,62 @@ def refused_vectors() -> list[dict[str, Any]]:
 # -- the file --------------------------------------------------------------------------------------
 
 
+def trajectory_vectors(task: Signed) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The challenge and audit-draw rules (docs/protocol.md §17), and a trajectory-committing
+    image Result with a trajectory Vote whose steps are the challenge of its beacon."""
+    challenges = []
+    for i, (n, c) in enumerate(((1, 2), (2, 2), (6, 2), (20, 2), (20, 4), (50, 3))):
+        beacon, root = hashlib.sha256(b"beacon %d" % i).digest(), hashlib.sha256(b"root %d" % i).digest()
+        digest = "sha256:" + hashlib.sha256(b"image %d" % i).hexdigest()
+        chosen = tchallenge.challenge(beacon, root, digest, n, c)
+        challenges.append(
+            {"beacon": beacon.hex(), "root": root.hex(), "output_digest": digest, "steps": n, "c": c, "chosen": chosen}
+        )
+    draws = []
+    for i in range(6):
+        beacon, tid = hashlib.sha256(b"draw %d" % i).digest(), hashlib.sha256(b"task %d" % i).digest()
+        for f in (0.1, 0.5):
+            draws.append(
+                {
+                    "beacon": beacon.hex(),
+                    "task_id": tid.hex(),
+                    "fraction": f,
+                    "regenerate": tchallenge.audit_draw(beacon, tid, f),
+                }
+            )
+    digest = "sha256:" + hashlib.sha256(b"trajectory image").hexdigest()
+    commit = {"scheme": tchallenge.SCHEME, "root": hashlib.sha256(b"trajectory root").hexdigest(), "steps": 20}
+    commit["blob"] = blob_digest(b"trajectory tensors")
+    output = {"png_digest": blob_digest(b"png"), "height": 32, "width": 32, "trajectory": commit}
+    result = make_result(task, output, digest, {})
+    beacon = next(
+        b
+        for b in (hashlib.sha256(b"challenge %d" % i).digest() for i in range(100))
+        if not tchallenge.audit_draw(b, task.id)
+    )
+    steps = tchallenge.challenge(beacon, bytes.fromhex(commit["root"]), digest, 20, tchallenge.CHECKS)
+    checks = {
+        "beacon": beacon,
+        "beacon_size": 42,
+        "steps": steps,
+        "output_rel_l2": [0.0] * len(steps),
+        "chain_rel_l2": 0.0,
+        "pixel_distance": 0.0,
+    }
+    vid = KEYS["verifier1"].public_key
+    value = VoteValue(True, "trajectory", 0.0, 0.0, "steps re-executed: bit-identical", None, {}, {}, checks)
+    vote = sign(KEYS["verifier1"], "Vote", NETWORK, value.vote_body(vid, task.id, result.id))
+    msgs = [message_vector("trajectory Result", result), message_vector("trajectory Vote", vote)]
+    doc = {
+        "checks": tchallenge.CHECKS,
+        "audit_fraction": tchallenge.AUDIT_FRACTION,
+        "challenges": challenges,
+        "audit_draws": draws,
+        "vote": {"result": result.wire().hex(), "vote": vote.wire().hex()},
+    }
+    return doc, msgs
+
+
 def build() -> dict[str, Any]:
     pixels = test_image()
     png = png_stored(pixels)
@@ -1607,6 +1676,7 @@ def build() -> dict[str, Any]:
     scen = scenario(pixels, png, model)
     requests = request_vectors(scen["_task1"], scen["_result1"], scen["_log"])
     training, training_msgs = training_vectors(model)
+    trajectory, trajectory_msgs = trajectory_vectors(scen["_task1"])
     return {
         "about": "Test vectors for docs/protocol.md, written by scripts/make_protocol_vectors.py from the node's own "
         "code; scripts/check_protocol_vectors.py re-derives every one from this file alone.",
@@ -1624,7 +1694,7 @@ def build() -> dict[str, Any]:
             for name, b in KEY_SEEDS.items()
         },
         "encoding": encoding_vectors(),
-        "messages": scen["messages"] + requests + training_msgs + admission_vectors(),
+        "messages": scen["messages"] + requests + training_msgs + admission_vectors() + trajectory_msgs,
         "refused": refused_vectors(),
         "ledger": scen["ledger"],
         "merkle": merkle_vectors(),
@@ -1636,6 +1706,7 @@ def build() -> dict[str, Any]:
         "outputs": outputs,
         "fingerprints": fingerprint_vectors(pixels),
         "training": training,
+        "trajectory": trajectory,
     }
 
 

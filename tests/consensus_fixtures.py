@@ -68,6 +68,7 @@ def make_vote(verifier: Identity, result: Signed, accept: bool) -> Signed:
             "margin": 1.5,
             "reason": "" if accept else "token 3 is not the argmax",
             "fingerprint": {},
+            "checks": {},
         },
     )
 

@@ -195,6 +195,10 @@ def test_blob_fetch_survives_a_peer_serving_corrupt_chunks(tmp_path):
                 await fetch_blob(peers, digest, [bad, empty])
             with pytest.raises(BlobFetchError):
                 await fetch_blob(peers, "00" * 32, [good])
+            # Over a size limit: refused at the manifest (which binds the size), nobody blamed.
+            with pytest.raises(BlobFetchError):
+                await fetch_blob(peers, digest, [good], max_size=len(data) - 1)
+            assert (await fetch_blob(peers, digest, [good], max_size=len(data)))[0] == data
         finally:
             await peers.close()
             for srv in (bad_srv, good_srv, empty_srv):

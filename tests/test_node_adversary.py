@@ -51,7 +51,7 @@ def execute(worker: WorkerRole, gateway: Identity, task: Signed) -> tuple[Signed
 
 
 def check(verifier: VerifierRole, gateway: Identity, task: Signed, result: Signed, blob: bytes) -> dict[str, Any]:
-    args = {"task": task.wire(), "result": result.wire(), "output": blob}
+    args = {"task": task.wire(), "result": result.wire(), "output": blob, "beacon": bytes(32), "beacon_size": 0}
     return open_wire(asyncio.run(verifier.check(request(gateway, "Verifier", "Check", args))), "Vote", NET).body
 
 
@@ -71,6 +71,8 @@ def test_the_registry_names_each_mode_and_its_role():
         "other-model": "worker",
         "alter": "worker",
         "replay": "worker",
+        "fake-step": "worker",
+        "forge-trajectory": "worker",
         "lie": "verifier",
     }
     # A mode gives its own role a fresh misbehaviour and leaves the node's other roles honest.
@@ -156,3 +158,43 @@ def test_lying_verifier_signs_the_opposite_of_its_check(engines, gateway, tmp_pa
     assert (on_good["accept"], on_good["reason"]) == (False, "looks wrong")
     assert (on_bad["accept"], on_bad["reason"]) == (True, "looks fine")
     assert on_good["verifier"] == liar.identity.public_key  # signed by the liar itself
+
+
+def test_verifier_checks_images_by_the_trajectory_it_fetches(engines, gateway, tmp_path, monkeypatch):
+    """The verifier role with a real fetch (the worker's blob store, read by digest and size-bound):
+    an honest result passes by trajectory; a trajectory nobody serves, or one served with a
+    flipped byte, is rejected with the beacon still signed; a Check without a beacon is refused."""
+    from trustgen.consensus import challenge
+    from trustgen.gossip.blobfetch import BlobFetchError
+    from trustgen.net.auth import RpcError
+
+    monkeypatch.setattr(challenge, "AUDIT_FRACTION", 0.0)
+    worker, _ = roles(engines, tmp_path)
+    served: dict[str, bytes] = {}
+
+    async def fetch(digest: str, holders: list[bytes], hints: list[str], max_size: int) -> bytes:
+        data = served.get(digest, worker.blobs.get(digest))
+        if data is None or len(data) > max_size:
+            raise BlobFetchError(f"no peer serves {digest}")
+        return data
+
+    verifier = VerifierRole(Identity.generate(), NET, engines, fetch=fetch)
+    task = new_task("image")
+    result, blob = execute(worker, gateway, task)
+    commit = result.body["output"]["trajectory"]
+    vote = check(verifier, gateway, task, result, blob)
+    assert vote["accept"] and vote["method"] == "trajectory", vote["reason"]
+    assert vote["checks"]["beacon"] == bytes(32) and len(vote["checks"]["steps"]) == challenge.CHECKS
+    corrupt = bytearray(worker.blobs.get(commit["blob"]))
+    corrupt[-5] ^= 1
+    served[commit["blob"]] = bytes(corrupt)
+    vote = check(verifier, gateway, task, result, blob)
+    assert not vote["accept"] and "does not match its commitment" in vote["reason"]
+    del served[commit["blob"]]
+    (worker.blobs.root / commit["blob"]).unlink()
+    vote = check(verifier, gateway, task, result, blob)
+    assert not vote["accept"] and "could not be fetched" in vote["reason"] and vote["checks"]["steps"] == []
+    args = {"task": task.wire(), "result": result.wire(), "output": blob}
+    with pytest.raises(RpcError) as e:
+        asyncio.run(verifier.check(request(gateway, "Verifier", "Check", args)))
+    assert e.value.code.name == "INVALID_ARGUMENT"

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from tests.helpers import run_cli
+from trustgen.consensus import challenge as netchallenge
 from trustgen.engines.generate import load_engine
 from trustgen.engines.params import SCHEDULERS, ImageParams
 from trustgen.engines.trajectory import Trajectory, TrajectoryError
@@ -261,3 +262,42 @@ def test_calibration_end_to_end(tmp_path):
     assert all(rep["heldout"]["trajectory"][k]["accept_rate"] == 1.0 for k in ("threads", "bfloat16"))
     files = write_report(rep, tmp_path)
     assert all(pathlib.Path(f).stat().st_size > 0 for f in files.values())
+
+
+def test_trajectory_blob_round_trips_and_refuses_garbage():
+    t = Trajectory([torch.randn(1, 3, 4, 4) for _ in range(3)], [torch.randn(1, 3, 4, 4) for _ in range(2)])
+    t.outputs[1] = t.outputs[0]  # one object reused (a faked step): still serialisable
+    assert Trajectory.from_bytes(t.to_bytes()).leaves() == t.leaves()
+    for junk in (b"", b"garbage", t.to_bytes()[:60]):
+        with pytest.raises(TrajectoryError):
+            Trajectory.from_bytes(junk)
+
+
+def _net_vote(steps, accept=True, beacon=BEACON, **checks):
+    """A trajectory Vote body and its Result body as the network signs them."""
+    root, digest, task_id = bytes(range(32)), "sha256:" + "ab" * 32, bytes(32)
+    result = {
+        "output": {"trajectory": {"scheme": netchallenge.SCHEME, "root": root.hex(), "steps": 20, "blob": "cd" * 32}},
+        "output_digest": digest,
+    }
+    body = {"beacon": beacon, "beacon_size": 9, "steps": steps, "output_rel_l2": [0.0] * len(steps)}
+    body |= {"chain_rel_l2": 0.0, "pixel_distance": 0.0} | checks
+    return {"task_id": task_id, "accept": accept, "checks": body}, result, (root, digest)
+
+
+def test_the_audit_rule_for_trajectory_votes(monkeypatch):
+    monkeypatch.setattr(netchallenge, "AUDIT_FRACTION", 0.0)
+    ok = lambda root, size: size == 9  # noqa: E731 - the gateway's commitment after the result
+    vote, result, (root, digest) = _net_vote([])
+    want = netchallenge.challenge(BEACON, root, digest, 20, netchallenge.CHECKS)
+    vote["checks"]["steps"], vote["checks"]["output_rel_l2"] = want, [0.0, 0.0]
+    assert netchallenge.vote_problem(vote, result, ok) is None
+    forged = {**vote, "checks": {**vote["checks"], "steps": [s + 1 for s in want]}}
+    assert "not the challenge" in netchallenge.vote_problem(forged, result, ok)
+    assert "beacon" in netchallenge.vote_problem(vote, result, lambda root, size: False)
+    assert "malformed" in netchallenge.vote_problem({**vote, "checks": {"steps": want}}, result, ok)
+    # A rejection before any re-execution lists no steps; an acceptance must.
+    assert netchallenge.vote_problem(_net_vote([], accept=False)[0], result, ok) is None
+    assert "not the challenge" in netchallenge.vote_problem(_net_vote([], accept=True)[0], result, ok)
+    monkeypatch.setattr(netchallenge, "AUDIT_FRACTION", 1.0)  # every task drawn for regeneration
+    assert "audit draw" in netchallenge.vote_problem(vote, result, ok)

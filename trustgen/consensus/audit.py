@@ -20,7 +20,7 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from trustgen.consensus import merkle
+from trustgen.consensus import challenge, merkle
 from trustgen.consensus.admission import AdmissionState, Genesis
 from trustgen.consensus.assignment import effective_verifiers, rank
 from trustgen.consensus.audit_admission import admission_findings, candidate_findings, find_genesis
@@ -239,6 +239,7 @@ class _Auditor:
         """Tasks, results, votes and certificates, each matched within its own feed (the feed of
         the gateway that accepted the task)."""
         self._index_beacons()
+        self._result_seq: dict[tuple[bytes, bytes], int] = {}  # (feed, result id) -> first seq
         accepted: dict[tuple[bytes, bytes], tuple[Entry, Any]] = {}  # (feed, task id)
         results: dict[tuple[bytes, bytes], Any] = {}  # (feed, result id)
         self._result_times: dict[tuple[bytes, bytes], int] = {}  # (feed, result id) -> entry time
@@ -258,6 +259,7 @@ class _Auditor:
                 if res is not None:
                     results[(e.feed, res.id)] = res
                     self._result_times.setdefault((e.feed, res.id), e.time)
+                    self._result_seq.setdefault((e.feed, res.id), e.seq)
             elif e.type == "VerifierSkipped":
                 b = e.body
                 self._skips.setdefault((e.feed, b["task_id"], b["result_id"], b["verifier"]), e)
@@ -415,6 +417,23 @@ class _Auditor:
             self.bad(where, "foreign_vote", f"vote of {_short(b['verifier'])}, a verifier not assigned to the task")
         else:
             self.not_admitted(where, b["verifier"], "verifier", "voter")
+        if b["method"] == challenge.METHOD:
+            self.check_trajectory_vote(where, e.feed, b, results.get((e.feed, b["result_id"])))
+
+    def check_trajectory_vote(self, where: str, feed: bytes, vote: dict, res: Any) -> None:
+        """The steps a trajectory vote re-executed are the challenge of a beacon the gateway drew
+        after committing the result (consensus/challenge.py)."""
+        if res is None or res.body["task_id"] != vote["task_id"]:
+            self.bad(where, "bad_challenge", "trajectory vote on a result this feed never committed")
+            return
+        after = self._result_seq[(feed, res.id)]
+
+        def beacon_ok(root: bytes, size: int) -> bool:
+            return self._commitments.get((feed, size, root), -1) > after
+
+        problem = challenge.vote_problem(vote, res.body, beacon_ok)
+        if problem is not None:
+            self.bad(where, "bad_challenge", problem)
 
     def check_evidence(self) -> None:
         for e in self._judged:

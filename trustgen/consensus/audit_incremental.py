@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from trustgen.consensus import merkle
+from trustgen.consensus import challenge, merkle
 from trustgen.consensus.assignment import effective_verifiers, rank
 from trustgen.consensus.audit import AuditInputError, AuditReport, _audit, _merge, find_ledgers
 from trustgen.consensus.audit_admitted import Admitted, Rewind, Unclean
@@ -168,6 +168,13 @@ class _Pass:
                     self.db.execute(
                         "INSERT INTO results VALUES (?, ?, ?, ?)", (*key, res.body["task_id"], res.body["worker"])
                     )
+                    # What a trajectory vote's audit needs: where the result was first committed
+                    # and what it committed to (encoded as signed; None when it committed none).
+                    out = res.body["output"]
+                    self.db.execute(
+                        "INSERT INTO committed VALUES (?, ?, ?, ?, ?)",
+                        (*key, e.seq, res.body["output_digest"], encode(out.get("trajectory"))),
+                    )
                     self.new_results.append((e.feed, res.body["task_id"], res.id))
             elif e.type == "VoteCast":
                 votes.append((e, _open(e.body["vote"], "Vote", self.network)))
@@ -206,10 +213,33 @@ class _Pass:
             if vote.body["verifier"] not in self.allowed(e.feed, vote.body["task_id"], vote.body["result_id"]):
                 raise Unclean("vote")
             self.admitted(vote.body["verifier"], "verifier")
+            if vote.body["method"] == challenge.METHOD:
+                self.trajectory_vote(e.feed, vote.body)
 
     def admitted(self, key: bytes, role: str) -> None:
         if not self.adm.ever(key, role):
             raise Unclean("not admitted")
+
+    def trajectory_vote(self, feed: bytes, vote: dict[str, Any]) -> None:
+        """The full audit's check_trajectory_vote, from the state's record of the result."""
+        row = self.db.execute(
+            "SELECT c.seq, c.output_digest, c.trajectory, r.task_id FROM committed c JOIN results r"
+            " ON r.feed = c.feed AND r.result_id = c.result_id WHERE c.feed = ? AND c.result_id = ?",
+            (feed, vote["result_id"]),
+        ).fetchone()
+        if row is None or row[3] != vote["task_id"]:
+            raise Unclean("trajectory vote")
+        after, digest, commit = row[0], row[1], decode(row[2])
+
+        def beacon_ok(root: bytes, size: int) -> bool:
+            (first,) = self.db.execute(
+                "SELECT MIN(seq) FROM commitments WHERE feed = ? AND size = ? AND root = ?", (feed, size, root)
+            ).fetchone()
+            return first is not None and first > after
+
+        result = {"output": {} if commit is None else {"trajectory": commit}, "output_digest": digest}
+        if challenge.vote_problem(vote, result, beacon_ok) is not None:
+            raise Unclean("trajectory vote")
 
     def accept(self, e: Entry) -> None:
         task = _open(e.body["task"], "Task", self.network)

@@ -27,7 +27,7 @@ from typing import Any
 from trustgen.consensus import merkle
 from trustgen.consensus.encoding import decode, encode
 
-STATE_VERSION = 3  # 2: admission and reputation; 3: the terminal and unresponsive tables (older states are rebuilt)
+STATE_VERSION = 4  # 2: admission and reputation; 3: terminal and unresponsive tables; 4: trajectory commitments (older states are rebuilt)
 STATE_FILE = "audit-state.sqlite"
 
 _SCHEMA = """
@@ -45,6 +45,9 @@ CREATE TABLE IF NOT EXISTS accepted(
 CREATE TABLE IF NOT EXISTS results(
     feed BLOB NOT NULL, result_id BLOB NOT NULL, task_id BLOB NOT NULL, worker BLOB NOT NULL,
     PRIMARY KEY (feed, result_id));
+CREATE TABLE IF NOT EXISTS committed(
+    feed BLOB NOT NULL, result_id BLOB NOT NULL, seq INTEGER NOT NULL, output_digest TEXT NOT NULL,
+    trajectory BLOB NOT NULL, PRIMARY KEY (feed, result_id));
 CREATE TABLE IF NOT EXISTS counted(
     feed BLOB NOT NULL, task_id BLOB NOT NULL, result_id BLOB NOT NULL, verifiers BLOB NOT NULL,
     PRIMARY KEY (feed, task_id, result_id));

@@ -52,6 +52,8 @@ SCHEMAS: dict[str, dict[str, str]] = {
         "margin": "float",
         "reason": "str",
         "fingerprint": "dict",
+        # {} except for a trajectory check: its beacon, steps and distances (consensus/challenge.py)
+        "checks": "dict",
     },
     "Certificate": {
         "gateway": B32,

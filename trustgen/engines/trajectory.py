@@ -76,12 +76,23 @@ class Trajectory:
             out += [tensor_leaf(OUTPUT, j, eps), tensor_leaf(LATENT, j + 1, self.latents[j + 1])]
         return out
 
+    def _tensors(self) -> dict[str, torch.Tensor]:
+        tensors = {f"latent.{j:04d}": x for j, x in enumerate(self.latents)}
+        tensors |= {f"output.{j:04d}": e for j, e in enumerate(self.outputs)}
+        # Own storage per tensor: a loop may hand the scheduler one output object twice (a
+        # faked step reusing the last), and safetensors refuses tensors that share memory.
+        return {k: v.detach().clone(memory_format=torch.contiguous_format) for k, v in tensors.items()}
+
     def save(self, path: pathlib.Path) -> None:
         from safetensors.torch import save_file
 
-        tensors = {f"latent.{j:04d}": x for j, x in enumerate(self.latents)}
-        tensors |= {f"output.{j:04d}": e for j, e in enumerate(self.outputs)}
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(path))
+        save_file(self._tensors(), str(path))
+
+    def to_bytes(self) -> bytes:
+        """The safetensors encoding a worker serves as a blob (the same bytes `save` writes)."""
+        from safetensors.torch import save
+
+        return save(self._tensors())
 
     @classmethod
     def load(cls, path: pathlib.Path) -> Trajectory:
@@ -97,10 +108,28 @@ class Trajectory:
             tensors = load_file(str(path))
         except (OSError, SafetensorError) as e:
             raise TrajectoryError(f"cannot read trajectory {path}: {e}") from None
+        return cls._from_tensors(tensors)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Trajectory:
+        """Parse a trajectory blob fetched from a peer (untrusted; size bounded by the caller)."""
+        from safetensors import SafetensorError
+        from safetensors.torch import load
+
+        if len(data) > MAX_FILE_BYTES:
+            raise TrajectoryError(f"trajectory is larger than {MAX_FILE_BYTES >> 20} MiB")
+        try:
+            tensors = load(data)
+        except (SafetensorError, ValueError, RuntimeError) as e:
+            raise TrajectoryError(f"cannot parse trajectory: {e}") from None
+        return cls._from_tensors(tensors)
+
+    @classmethod
+    def _from_tensors(cls, tensors: dict[str, torch.Tensor]) -> Trajectory:
         n = sum(k.startswith("output.") for k in tensors)
         expected = {f"latent.{j:04d}" for j in range(n + 1)} | {f"output.{j:04d}" for j in range(n)}
         if set(tensors) != expected or n == 0:
-            raise TrajectoryError("trajectory file does not hold latents 0..N and outputs 0..N-1")
+            raise TrajectoryError("trajectory does not hold latents 0..N and outputs 0..N-1")
         traj = cls([tensors[f"latent.{j:04d}"] for j in range(n + 1)], [tensors[f"output.{j:04d}"] for j in range(n)])
         first = traj.latents[0]
         if first.dtype not in DTYPES.values():

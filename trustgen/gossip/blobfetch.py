@@ -26,27 +26,34 @@ class BlobFetchError(TrustgenError):
     pass
 
 
-async def _manifest(peers: Peers, address: str, digest: str) -> tuple[Manifest | None, bool]:
+async def _manifest(
+    peers: Peers, address: str, digest: str, max_size: int | None = None
+) -> tuple[Manifest | None, bool]:
     """The peer's manifest for `digest`, and whether the peer lied (a manifest that does not
-    hash to the digest). A peer without the blob, or out of reach, has not lied."""
+    hash to the digest). A peer without the blob, or out of reach, has not lied; nor has one whose
+    blob is larger than `max_size` (the digest is right, the blob is just not wanted)."""
     try:
         reply = await peers.call(address, "Blobs", "Manifest", {"digest": digest}, timeout=opts.DEADLINE_FETCH)
     except grpc.aio.AioRpcError:
         return None, False
     m = Manifest(reply.digest, reply.size, list(reply.chunks))
+    if max_size is not None and m.size > max_size:
+        return None, False
     return (m, False) if m.digest == digest and m.valid() else (None, True)
 
 
 async def fetch_blob(
-    peers: Peers, digest: str, sources: list[str], store: BlobStore | None = None
+    peers: Peers, digest: str, sources: list[str], store: BlobStore | None = None, max_size: int | None = None
 ) -> tuple[bytes, list[str]]:
     """Download `digest` from `sources` (addresses, tried in order; those without the blob are
-    skipped). Returns the data and the sources dropped for serving bad data."""
+    skipped). Returns the data and the sources dropped for serving bad data. With `max_size`, a
+    blob whose manifest says it is larger is not downloaded (the manifest hashes to the digest,
+    so the size it states is the blob's)."""
     dropped: list[str] = []
     manifest = None
     pool = list(sources)
     for address in list(pool):
-        manifest, lied = await _manifest(peers, address, digest)
+        manifest, lied = await _manifest(peers, address, digest, max_size)
         if manifest is not None:
             break
         pool.remove(address)

@@ -5,6 +5,10 @@ roles stay honest. Each mode really misbehaves through the same code path an hon
 - worker `other-model`: generates with a different model (perturbed weights) but claims the task's;
 - worker `alter`: generates honestly, then changes one token / a patch of pixels;
 - worker `replay`: returns the output of its previous task as the output of the current one;
+- worker `fake-step`: images: skips the model at the middle denoising step (reusing the step
+  before's output) and commits that trajectory; caught when the challenge picks that step;
+- worker `forge-trajectory`: images: commits the task's honest trajectory but returns another
+  image (a patch inverted), so the trajectory does not produce the image it claims;
 - verifier `lie`: signs the opposite of what its check found.
 
 Roles get their misbehaviour from `for_role`; config validation reads `MODES`.
@@ -106,6 +110,32 @@ class Replay:
         return previous if previous is not None and type(previous) is type(out) else out
 
 
+def _image_only(kind: EngineKind, mode: str) -> None:
+    if kind.name != "image":
+        raise UsageError(f"the {mode} adversary only cheats on image tasks, not {kind.name}")
+
+
+class FakeStep:
+    """Fakes the model output of the middle step (the previous step's reused), does everything
+    else honestly and commits the trajectory it really sampled."""
+
+    def generate(self, kind: EngineKind, engine: Any, params: Any) -> Any:
+        from trustgen.engines.outputs import ImageOutput
+        from trustgen.verifier.calibrate_traj import sample_faking
+
+        _image_only(kind, "fake-step")
+        pixels, traj = sample_faking(engine, params, {params.steps // 2})
+        return ImageOutput(pixels=pixels, model_digest=engine.ref.digest, profile=engine.profile, trajectory=traj)
+
+
+class ForgeTrajectory:
+    """Commits the honest trajectory of the task, and claims another image than it decodes to."""
+
+    def generate(self, kind: EngineKind, engine: Any, params: Any) -> Any:
+        _image_only(kind, "forge-trajectory")
+        return _alter_image(engine.generate(params, record=True))
+
+
 # -- verifiers -----------------------------------------------------------------------------------
 
 
@@ -113,14 +143,9 @@ class Lie:
     """Signs the opposite of the honest check's outcome, with a reason to match."""
 
     def vote(self, honest: VoteValue) -> VoteValue:
-        return VoteValue(
-            not honest.accept,
-            honest.method,
-            honest.distance,
-            honest.margin,
-            "looks fine" if not honest.accept else "looks wrong",
-            None,
-            honest.fingerprint,
+        # The record of what was checked (steps, distances) stays: only the verdict is a lie.
+        return dataclasses.replace(
+            honest, accept=not honest.accept, reason="looks fine" if not honest.accept else "looks wrong", position=None
         )
 
 
@@ -137,6 +162,8 @@ MODES: dict[str, Mode] = {
     "other-model": Mode("worker", OtherModel),
     "alter": Mode("worker", Alter),
     "replay": Mode("worker", Replay),
+    "fake-step": Mode("worker", FakeStep),
+    "forge-trajectory": Mode("worker", ForgeTrajectory),
     "lie": Mode("verifier", Lie),
 }
 

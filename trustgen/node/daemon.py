@@ -164,7 +164,7 @@ class Node:
                 from trustgen.node.verifier_role import VerifierRole
 
                 self.verifier = verifier = VerifierRole(
-                    self.identity, cfg.network, engines, cfg.adversary, self.metrics
+                    self.identity, cfg.network, engines, cfg.adversary, self.metrics, self._fetch_checked
                 )
                 log.info(
                     "history index: %d accepted outputs from the ledger",
@@ -362,6 +362,18 @@ class Node:
     async def _recover_training(self, coordinator: TrainingCoordinator) -> None:
         jobs = await coordinator.recover()
         log.info("gateway resumed %d training jobs", jobs)
+
+    async def _fetch_checked(self, digest: str, holders: list[bytes], hints: list[str], max_size: int) -> bytes:
+        """A blob a check needs, from the addresses the gateway named and the nodes that should
+        hold it first, then any peer; peers that served bad chunks are marked as misbehaving.
+        Content addressing makes a wrong hint cost a failed try, nothing more."""
+        sources = list(dict.fromkeys(hints + sources_for(holders, self.membership)))
+        data, bad = await fetch_blob(self.peers, digest, sources, None, max_size)  # not kept: served by its worker
+        for address in bad:
+            p = self.membership.peers.get(address)
+            if p is not None and p.key is not None:
+                self.membership.misbehaved(p.key)
+        return data
 
     async def _follow_outputs(self, verifier: VerifierRole, interval_s: float) -> None:
         """Keep the verifier's replay index current as certificates arrive by gossip, fetching

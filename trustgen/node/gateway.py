@@ -404,6 +404,9 @@ class GatewayRole:
         missed) is transient: asked again with backoff until the task expires."""
         task = st.task
         me = self.identity.public_key
+        # The challenge beacon: a commitment of the log that holds the ResultCommitted, so the
+        # worker could not know it when it committed (consensus/challenge.py).
+        challenge = self.ledger.commit().body
 
         async def ask(verifier: bytes) -> Answer:
             member = self.members.get(verifier)
@@ -412,7 +415,16 @@ class GatewayRole:
             if not self.admission.admitted(verifier, "verifier"):
                 return Miss(NOT_ADMITTED, votes.now_ms())  # revoked since the task was accepted
             answer = await votes.ask_verifier(
-                self.peers, self.network, member["address"], verifier, task, result, blob, self.verifier_timeout_s
+                self.peers,
+                self.network,
+                member["address"],
+                verifier,
+                task,
+                result,
+                blob,
+                self.verifier_timeout_s,
+                (challenge["root"], challenge["size"]),
+                [self.members[worker]["address"]] if worker in self.members else [],
             )
             if isinstance(answer, Signed) and verifier in self._rep.unresponsive.of(me):
                 self._restore(verifier)

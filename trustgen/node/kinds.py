@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from trustgen.consensus.challenge import CommitmentError, parse_commitment
 from trustgen.engines.kinds import ENGINE_KINDS, EngineKind
 from trustgen.engines.outputs import read_png
 from trustgen.errors import UsageError
@@ -35,6 +36,13 @@ class TaskKind:
     replay_fingerprint: Callable[[dict[str, Any], bytes], Fingerprint | None]
     # (samples, model) -> calibration report
     calibrate: Callable[[int, str], dict[str, Any]]
+    # (engine, params) -> output: how an honest worker runs a task of this kind
+    run: Callable[[Any, Any], Any] = lambda engine, params: engine.generate(params)
+    # (output) -> (fields added to the Result's `output`, a blob the worker keeps and serves, or
+    # b""): what a worker commits to beyond the output itself (images: the trajectory)
+    commit: Callable[[Any], tuple[dict[str, Any], bytes]] = lambda out: ({}, b"")
+    # (a Result's `output`) -> whether it commits to a trajectory a verifier may check instead
+    commits_trajectory: Callable[[dict[str, Any]], bool] = lambda output: False
 
     @property
     def name(self) -> str:
@@ -90,6 +98,24 @@ def _replay_image(output: dict[str, Any], png: bytes) -> Fingerprint | None:
         return None
 
 
+def _run_image(engine: Any, params: Any) -> Any:
+    """Record the trajectory when the engine's pipeline class supports it (engines/trajectory.py)."""
+    from trustgen.engines.trajectory import SAMPLING
+
+    return engine.generate(params, record=type(engine.pipe).__name__ in SAMPLING)
+
+
+def _commit_image(out: Any) -> tuple[dict[str, Any], bytes]:
+    """The trajectory commitment (Merkle root, steps, digest of the tensors' blob) and the blob."""
+    traj = getattr(out, "trajectory", None)
+    if traj is None:
+        return {}, b""
+    from trustgen.verifier.trajectory import commitment
+
+    data = traj.to_bytes()
+    return {"trajectory": commitment(traj, blob_digest(data))}, data
+
+
 def _calibrate_image(samples: int, model: str) -> dict[str, Any]:
     from trustgen.verifier.calibrate import calibrate_image
 
@@ -100,7 +126,16 @@ TASK_KINDS: dict[str, TaskKind] = {
     k.name: k
     for k in (
         TaskKind(ENGINE_KINDS["text"], _describe_text, _check_text, _replay_text, _calibrate_text),
-        TaskKind(ENGINE_KINDS["image"], _describe_image, _check_image, _replay_image, _calibrate_image),
+        TaskKind(
+            ENGINE_KINDS["image"],
+            _describe_image,
+            _check_image,
+            _replay_image,
+            _calibrate_image,
+            _run_image,
+            _commit_image,
+            lambda output: "trajectory" in output,
+        ),
     )
 }
 if TASK_KINDS.keys() != ENGINE_KINDS.keys():
@@ -122,6 +157,46 @@ def check_result(
         "profile": result["profile"],
     }
     return kind.check(engine, claimed, result, blob)
+
+
+def trajectory_blob(output: dict[str, Any]) -> str:
+    """The blob digest a Result's trajectory commitment names, or "" when it names none."""
+    try:
+        return parse_commitment(output.get("trajectory"))[2]
+    except CommitmentError:
+        return ""
+
+
+def check_result_by_trajectory(
+    engine: Any, task: dict[str, Any], result: dict[str, Any], png: bytes, data: bytes, beacon: bytes, beacon_size: int
+) -> tuple[VoteValue, Fingerprint]:
+    """Check an image Result by its committed trajectory (`data`: the fetched tensors blob), with
+    the challenge beacon the gateway drew after the result was committed."""
+    from trustgen.engines.trajectory import Trajectory, TrajectoryError
+    from trustgen.verifier.trajectory import early_reject
+    from trustgen.verifier.verify import verify_image_trajectory
+
+    params = ENGINE_KINDS["image"].parse_params(task["params"])
+    out = result["output"]
+    if blob_digest(png) != out.get(_IMAGE.blob_field):
+        return early_reject("image bytes do not match the result", beacon, beacon_size), {}
+    try:
+        pixels = read_png(png)
+    except (OSError, ValueError):
+        return early_reject("image is not a PNG", beacon, beacon_size), {}
+    try:
+        traj = Trajectory.from_bytes(data)
+    except TrajectoryError as e:
+        return early_reject(str(e), beacon, beacon_size), {}
+    claimed = {
+        "task": params.to_dict(),
+        "model_digest": result["model_digest"],
+        "output_digest": result["output_digest"],
+        "profile": result["profile"],
+        "trajectory": out.get("trajectory"),
+    }
+    vote = verify_image_trajectory(claimed, pixels, engine, traj, beacon, beacon_size)
+    return vote, image_fingerprint(pixels, "phash")
 
 
 def task_kind(name: str) -> TaskKind:

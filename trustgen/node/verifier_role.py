@@ -1,14 +1,21 @@
 """Verifier role: check a worker's result for a task and return a signed Vote.
 
 Each task kind says how its results are checked (trustgen.node.kinds): text by one prefill
-pass, images by re-generation and perceptual hashes. A history of accepted outputs names the
-earlier task when a rejected output replays one. A verifier set to cheat
-(trustgen.node.adversary) really signs something other than what its check found.
+pass, images by their committed denoising trajectory (c steps re-executed, chosen by the
+challenge beacon the gateway drew after committing the result) or, for results without a
+commitment and the audit-drawn fraction, by re-generation and perceptual hashes. The trajectory
+tensors are fetched by digest from the worker (or any peer holding them), size-bounded and
+checked chunk by chunk. A history of accepted outputs names the earlier task when a rejected
+output replays one. A verifier set to cheat (trustgen.node.adversary) really signs something
+other than what its check found.
 """
 
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any
 
 import grpc
@@ -17,23 +24,45 @@ from trustgen.consensus.identity import Identity
 from trustgen.consensus.ledger import Ledger
 from trustgen.consensus.messages import MessageError, Signed, open_wire, sign
 from trustgen.errors import ModelError, UsageError
+from trustgen.gossip.blobfetch import BlobFetchError
 from trustgen.gossip.blobs import BlobStore
 from trustgen.net.auth import RpcError
 from trustgen.node.adversary import verifier_cheat
 from trustgen.node.engine_pool import Engines
-from trustgen.node.kinds import TASK_KINDS, TaskKind, check_result
+from trustgen.node.kinds import TASK_KINDS, TaskKind, check_result, check_result_by_trajectory, trajectory_blob
 from trustgen.verifier.history import HistoryIndex
+from trustgen.verifier.trajectory import METHOD, choose_method, early_reject
 from trustgen.verifier.vote import VoteValue, reject
 
 log = logging.getLogger("trustgen.node")
 
+# (blob digest, keys of nodes that should hold it, addresses the gateway says hold it, size
+# limit) -> the blob's bytes; raises BlobFetchError (gossip/blobfetch.py) when no peer serves it
+# within the limit.
+Fetch = Callable[[str, list[bytes], list[str], int], Awaitable[bytes]]
+MAX_SOURCES, MAX_ADDRESS = 8, 256
+# A committed trajectory larger than this is not fetched (the vote rejects it): 20 steps of a
+# 512x512 Stable Diffusion latent are ~2.7 MB, 200 steps of 1024x1024 ~105 MB in float32.
+MAX_TRAJECTORY_BLOB = 128 << 20
+
 
 class VerifierRole:
     def __init__(
-        self, identity: Identity, network: str, engines: Engines, adversary: str = "", metrics: Any = None
+        self,
+        identity: Identity,
+        network: str,
+        engines: Engines,
+        adversary: str = "",
+        metrics: Any = None,
+        fetch: Fetch | None = None,
     ) -> None:
-        """`adversary`: the node's cheating mode; honest unless it is a verifier mode."""
+        """`adversary`: the node's cheating mode; honest unless it is a verifier mode. `fetch`:
+        how trajectory blobs are fetched; without it every image is re-generated."""
         self.identity, self.network, self.engines = identity, network, engines
+        self.fetch = fetch
+        # method -> [checks, wall seconds, process CPU seconds], fetch included, what
+        # bench/bench_trajnet.py reads (process CPU: torch's intra-op threads are not this one)
+        self.timings: dict[str, list[float]] = {}
         self.cheat = verifier_cheat(adversary)
         self.metrics = metrics
         self.gateways: set[bytes] = set()
@@ -101,31 +130,43 @@ class VerifierRole:
         self.history.add(task_key, fp)
         return 1
 
-    def _check(self, task: Signed, result: Signed, blob: bytes) -> tuple[VoteValue, dict]:
+    def _check(self, task: Signed, result: Signed, blob: bytes, traj: tuple | None) -> tuple[VoteValue, dict]:
         engine = self.engines.for_task(task.body["kind"], task.body["model"])
+        if traj is not None:
+            return check_result_by_trajectory(engine, task.body, result.body, blob, *traj)
         return check_result(engine, task.body, result.body, blob)
 
-    def _check_and_record(self, task: Signed, result: Signed, png: bytes) -> VoteValue:
+    def _check_and_record(self, task: Signed, result: Signed, png: bytes, traj: tuple | None = None) -> VoteValue:
         try:
-            vote, fp = self._check(task, result, png)
+            vote, fp = self._check(task, result, png, traj)
         except UsageError as e:
             vote, fp = reject("prefill", f"malformed result: {e}"), {}
         task_key = task.id.hex()
         if fp and not vote.accept:
             replay = self.history.find_replay(task_key, fp)
             if replay is not None:
-                vote = VoteValue(
-                    False,
-                    vote.method,
-                    vote.distance,
-                    vote.margin,
-                    f"{vote.reason}; replays the output of task {replay.earlier_task[:16]}",
-                    vote.position,
-                    vote.fingerprint,
-                )
+                vote = replace(vote, reason=f"{vote.reason}; replays the output of task {replay.earlier_task[:16]}")
         elif fp and vote.accept:
             self.history.add(task_key, fp)
         return vote
+
+    async def _fetch_trajectory(
+        self, req: Signed, result: Signed, beacon: bytes, beacon_size: int
+    ) -> bytes | VoteValue:
+        """The committed trajectory's bytes from the worker (or the gateway, or any peer), or the
+        rejecting vote when the commitment names none or nobody serves it within the limit."""
+        assert self.fetch is not None
+        digest = trajectory_blob(result.body["output"])
+        if not digest:
+            return early_reject("trajectory commitment names no blob", beacon, beacon_size)
+        hints = req.body["args"].get("sources")
+        if not (isinstance(hints, list) and all(isinstance(a, str) and 0 < len(a) <= MAX_ADDRESS for a in hints)):
+            hints = []
+        try:
+            holders = [result.body["worker"], req.body["sender"]]
+            return await self.fetch(digest, holders, hints[:MAX_SOURCES], MAX_TRAJECTORY_BLOB)
+        except BlobFetchError as e:
+            return early_reject(f"committed trajectory could not be fetched: {e}", beacon, beacon_size)
 
     async def check(self, req: Signed) -> bytes:
         if self.gateways and req.body["sender"] not in self.gateways:
@@ -141,11 +182,28 @@ class VerifierRole:
         png = args.get("output", b"")
         if not isinstance(png, bytes):
             raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, "output must be bytes")
+        beacon, beacon_size = args.get("beacon"), args.get("beacon_size")
+        if not (isinstance(beacon, bytes) and len(beacon) == 32):
+            raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, "beacon must be 32 bytes")
+        if type(beacon_size) is not int or not 0 <= beacon_size < 2**63:
+            raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, "beacon_size must be a non-negative integer")
         try:
             self.engines.for_task(task.body["kind"], task.body["model"])
         except ModelError as e:
             raise RpcError(grpc.StatusCode.FAILED_PRECONDITION, str(e)) from None
-        vote = await self.engines.run(self._check_and_record, task, result, png)
+        kind = TASK_KINDS[task.body["kind"]]  # the engine pool serves it, so it is a known kind
+        committed = kind.commits_trajectory(result.body["output"])
+        wall, cpu = time.perf_counter(), time.process_time()
+        if self.fetch is None or choose_method(committed, beacon, task.id) != METHOD:
+            vote = await self.engines.run(self._check_and_record, task, result, png)
+        else:
+            fetched = await self._fetch_trajectory(req, result, beacon, beacon_size)
+            if isinstance(fetched, VoteValue):
+                vote = fetched
+            else:
+                vote = await self.engines.run(self._check_and_record, task, result, png, (fetched, beacon, beacon_size))
+        t = self.timings.setdefault(vote.method, [0.0, 0.0, 0.0])
+        t[0], t[1], t[2] = t[0] + 1, t[1] + time.perf_counter() - wall, t[2] + time.process_time() - cpu
         if self.cheat is not None:  # recorded above from the honest check
             vote = self.cheat.vote(vote)
         if self.metrics is not None:

@@ -15,6 +15,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 
@@ -53,17 +54,17 @@ async def ask_verifier(
     result: Signed,
     blob: bytes,
     timeout_s: float,
+    challenge: tuple[bytes, int],
+    sources: list[str],
 ) -> Answer:
-    """One verifier's signed vote on `result`, or a Miss saying why there is none."""
+    """One verifier's signed vote on `result`, or a Miss saying why there is none.
+    `challenge`: the root and size of the gateway Commitment made after the result was committed;
+    `sources`: addresses that hold the result's blobs (the worker's), a hint for fetching them."""
     asked = now_ms()
+    args: dict[str, Any] = {"task": task.wire(), "result": result.wire(), "output": blob}
+    args |= {"beacon": challenge[0], "beacon_size": challenge[1], "sources": sources}
     try:
-        reply = await peers.call(
-            address,
-            "Verifier",
-            "Check",
-            {"task": task.wire(), "result": result.wire(), "output": blob},
-            timeout=timeout_s,
-        )
+        reply = await peers.call(address, "Verifier", "Check", args, timeout=timeout_s)
         vote = open_wire(reply.vote, "Vote", network)
     except grpc.aio.AioRpcError as e:
         log.warning("verifier %s gave no vote: %s", verifier.hex()[:12], e.code().name)

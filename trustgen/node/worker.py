@@ -31,8 +31,12 @@ from trustgen.node.kinds import TaskKind, task_kind
 log = logging.getLogger("trustgen.node")
 
 
-def result_body(worker: bytes, task: Signed, kind: TaskKind, out: Any, blob_digest: str = "") -> dict[str, Any]:
+def result_body(
+    worker: bytes, task: Signed, kind: TaskKind, out: Any, blob_digest: str = "", extra: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """`extra`: what the worker commits to beyond the output (TaskKind.commit), signed with it."""
     output, fp = kind.describe(out, blob_digest)
+    output = output | (extra or {})
     return {
         "worker": worker,
         "task_id": task.id,
@@ -73,7 +77,7 @@ class WorkerRole:
     def _generate(self, kind: TaskKind, engine: Any, params: Any) -> Any:
         if self.cheat is not None:
             return self.cheat.generate(kind.engine, engine, params)
-        return engine.generate(params)
+        return kind.run(engine, params)
 
     async def execute(self, req: Signed) -> tuple[bytes, bytes]:
         if self.gateways and req.body["sender"] not in self.gateways:
@@ -111,9 +115,14 @@ class WorkerRole:
             raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, str(e)) from None
         blob = kind.engine.blob(out)
         digest = self.blobs.put(blob) if blob else ""
+        # Kept and served by gossip blob fetch (a verifier fetches it by the digest committed);
+        # hashing and encoding the tensors runs off the event loop.
+        extra, kept = await self.engines.run(kind.commit, out)
+        if kept:
+            self.blobs.put(kept)
         if self.metrics is not None:
             self.metrics.executions.labels(kind.name).inc()
-        body = result_body(self.identity.public_key, task, kind, out, digest)
+        body = result_body(self.identity.public_key, task, kind, out, digest, extra)
         result = sign(self.identity, "Result", self.network, body)
         log.info("executed task %s (%s)", task.id.hex()[:12], kind.name)
         return result.wire(), blob

@@ -17,6 +17,7 @@ import pathlib
 import random
 from collections import defaultdict
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -71,6 +72,28 @@ def _quantised(module: torch.nn.Module) -> torch.nn.Module:
             scale = p.abs().max() / 127 if p.abs().max() > 0 else torch.tensor(1.0)
             p.copy_(torch.round(p / scale).clamp(-127, 127) * scale)
     return m
+
+
+@dataclass(frozen=True)
+class ImageEngines:
+    """The engines image calibration compares: the verifier's own (float32), and the variations
+    honest workers and cheaters run. One builder, so the pHash and the trajectory calibrations
+    measure the same adversaries."""
+
+    fp32: Any
+    bf16: Any
+    noisy: Any  # weights perturbed by 1e-4 (honest: a stand-in for another device's rounding)
+    other: Any  # weights perturbed by 0.3 (another model)
+    quant: Any  # int8-quantised weights
+
+
+def image_engines(model: str) -> ImageEngines:
+    fp32 = load_engine(model, "image")
+    noisy, other, quant = (load_engine(model, "image") for _ in range(3))
+    noisy.pipe.unet = _perturbed(fp32.pipe.unet, 1e-4, 1)
+    other.pipe.unet = _perturbed(fp32.pipe.unet, 0.3, 2)
+    quant.pipe.unet = _quantised(fp32.pipe.unet)
+    return ImageEngines(fp32, load_engine(model, "image", dtype="bfloat16"), noisy, other, quant)
 
 
 def _with_threads(n: int, fn: Callable[[], Any]) -> Any:
@@ -158,14 +181,8 @@ def calibrate_image(
     samples: int, model: str = "tiny-image", steps: int = 20, seed: int = 0, algo: str = "phash_rgb"
 ) -> dict[str, Any]:
     rng = random.Random(seed)
-    fp32 = load_engine(model, "image")
-    bf16 = load_engine(model, "image", dtype="bfloat16")
-    noisy = load_engine(model, "image")
-    noisy.pipe.unet = _perturbed(fp32.pipe.unet, 1e-4, 1)
-    other = load_engine(model, "image")
-    other.pipe.unet = _perturbed(fp32.pipe.unet, 0.3, 2)
-    quant = load_engine(model, "image")
-    quant.pipe.unet = _quantised(fp32.pipe.unet)
+    e = image_engines(model)
+    fp32, bf16, noisy, other, quant = e.fp32, e.bf16, e.noisy, e.other, e.quant
     ddim64 = _ddim_float64(fp32)
 
     def fp(engine, p: ImageParams) -> dict:

@@ -32,7 +32,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from trustgen.engines.generate import load_engine
 from trustgen.engines.params import SCHEDULERS, ImageParams
 from trustgen.engines.pixel_pipeline import step_kwargs
 from trustgen.engines.trajectory import Replay, Trajectory, TrajectoryError, replay, sampling_model
@@ -40,11 +39,10 @@ from trustgen.verifier import policy
 from trustgen.verifier.calibrate import (
     COLORS,
     SHAPES,
-    _perturbed,
-    _quantised,
     _with_threads,
     choose_threshold,
     histogram_png,
+    image_engines,
 )
 from trustgen.verifier.compare import distance
 from trustgen.verifier.fingerprints import image_fingerprint
@@ -161,14 +159,8 @@ def collect(
     """Every pair of `samples` tasks; `on_sample` sees each task's pairs as they are measured
     (long runs save them as they go)."""
     rng = random.Random(seed)
-    fp32 = load_engine(model, "image")
-    bf16 = load_engine(model, "image", dtype="bfloat16")
-    noisy = load_engine(model, "image")
-    noisy.pipe.unet = _perturbed(fp32.pipe.unet, 1e-4, 1)
-    other = load_engine(model, "image")
-    other.pipe.unet = _perturbed(fp32.pipe.unet, 0.3, 2)
-    quant = load_engine(model, "image")
-    quant.pipe.unet = _quantised(fp32.pipe.unet)
+    e = image_engines(model)
+    fp32, bf16, noisy, other, quant = e.fp32, e.bf16, e.noisy, e.other, e.quant
     pairs: list[Pair] = []
     faked_sets = {"faked_middle_step": {steps // 2}, "faked_half_steps": set(range(1, steps, 2))}
     previous: tuple[np.ndarray, Trajectory] | None = None

@@ -3,6 +3,8 @@ models (see docs/calibration.md for the measured distributions and error rates).
 
 from __future__ import annotations
 
+from trustgen.consensus import challenge
+
 # Text prefill: how far (in logit units, after temperature) a claimed token may fall below the
 # best one. Same dtype: incremental (KV-cache) vs one-pass logits differ by ~1e-5 in float32.
 PREFILL_TOL_SAME_DTYPE = 1e-3
@@ -23,7 +25,7 @@ def prefill_tolerance(claimed_dtype: str | None, verifier_dtype: str) -> float:
 # Trajectory checks (verifier/trajectory.py). Steps re-executed per result: with 20-step tasks, c = 2
 # catches a fake of half the steps with probability 0.76 per verifier (a strict majority of three
 # with independent beacons: 0.86), and a fake of every step always (docs/calibration.md: table).
-TRAJ_CHECKS = 2
+TRAJ_CHECKS = challenge.CHECKS  # the network's rule: the audit checks votes against it
 # Across execution profiles: the largest relative L2 between a re-executed and a committed model
 # output, by whether the claimed dtype is the verifier's, and between a recomputed and a committed
 # scheduler step (docs/calibration.md: fitted on one split, judged on another).
@@ -33,7 +35,7 @@ TRAJ_OUTPUT_REL_L2_SAME_DTYPE = 3e-3
 TRAJ_OUTPUT_REL_L2_CROSS_DTYPE = 0.11
 TRAJ_CHAIN_REL_L2 = 1e-3
 # Fraction of image tasks verified by full regeneration instead (audits of the cheap path).
-AUDIT_FRACTION = 0.1
+AUDIT_FRACTION = challenge.AUDIT_FRACTION
 
 
 def trajectory_tolerance(claimed_dtype: str | None, verifier_dtype: str) -> float:

@@ -19,65 +19,41 @@ a fake model output at f of N steps survives step 4 with probability C(N-f, c) /
 
 from __future__ import annotations
 
-import hashlib
 import math
-import re
-import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
-from trustgen.consensus.domains import TRAJECTORY_CHALLENGE, VERIFY_AUDIT
+from trustgen.consensus.challenge import (
+    METHOD,
+    SCHEME,
+    CommitmentError,
+    audit_draw,
+    challenge,
+    choose_method,
+    parse_commitment,
+)
 from trustgen.consensus.merkle import leaf_hash, root
-from trustgen.engines.params import MAX_STEPS, ImageParams
+from trustgen.engines.params import ImageParams
 from trustgen.engines.trajectory import Replay, Trajectory, TrajectoryError, replay
 from trustgen.verifier import policy
 from trustgen.verifier.compare import distance
 from trustgen.verifier.fingerprints import image_fingerprint
 from trustgen.verifier.vote import VoteValue, reject
 
-METHOD = "trajectory"
-SCHEME = "trustgen/trajectory/v1"
-MAX_TRAJECTORY_STEPS = 2 * MAX_STEPS  # PNDM's Runge-Kutta warm-up adds steps to the requested count
-_HEX64 = re.compile(r"[0-9a-f]{64}")
+__all__ = ["METHOD", "SCHEME", "audit_draw", "challenge", "choose_method", "check_trajectory", "commitment"]
 
 
 def merkle_root(traj: Trajectory) -> bytes:
     return root([leaf_hash(leaf) for leaf in traj.leaves()])
 
 
-def commitment(traj: Trajectory) -> dict[str, Any]:
-    """What a result carries: the scheme, the Merkle root (hex) and the number of steps."""
-    return {"scheme": SCHEME, "root": merkle_root(traj).hex(), "steps": traj.steps}
-
-
-def parse_commitment(obj: Any) -> tuple[bytes, int]:
-    """(root, steps) from an untrusted commitment; TrajectoryError when malformed."""
-    if not isinstance(obj, dict) or obj.get("scheme") != SCHEME:
-        raise TrajectoryError(f"trajectory commitment must be a map with scheme {SCHEME!r}")
-    r, steps = obj.get("root"), obj.get("steps")
-    if not isinstance(r, str) or not _HEX64.fullmatch(r):
-        raise TrajectoryError("trajectory root must be 64 lower-case hex digits")
-    if type(steps) is not int or not 1 <= steps <= MAX_TRAJECTORY_STEPS:
-        raise TrajectoryError(f"trajectory steps must be an integer in [1, {MAX_TRAJECTORY_STEPS}]")
-    return bytes.fromhex(r), steps
-
-
-def challenge(beacon: bytes, commit_root: bytes, output_digest: str, steps: int, c: int) -> list[int]:
-    """c distinct step indices in [0, steps), drawn by a partial Fisher-Yates shuffle keyed by the
-    beacon and what the worker committed. The beacon must be unknown to the worker when it
-    commits: keyed by the result alone, a worker could re-roll its commitment until the
-    challenge misses its faked steps."""
-    idx = list(range(steps))
-    c = min(c, steps)
-    for i in range(c):
-        h = hashlib.sha256(
-            TRAJECTORY_CHALLENGE + beacon + commit_root + output_digest.encode() + struct.pack("<I", i)
-        ).digest()
-        j = i + int.from_bytes(h[:8], "little") % (steps - i)  # bias <= steps / 2^64
-        idx[i], idx[j] = idx[j], idx[i]
-    return sorted(idx[:c])
+def commitment(traj: Trajectory, blob: str = "") -> dict[str, Any]:
+    """What a result carries: the scheme, the Merkle root (hex), the number of steps and, on the
+    network, the digest of the blob the worker serves the tensors as."""
+    out: dict[str, Any] = {"scheme": SCHEME, "root": merkle_root(traj).hex(), "steps": traj.steps}
+    return out | {"blob": blob} if blob else out
 
 
 def detection_probability(steps: int, faked: int, c: int) -> float:
@@ -92,21 +68,6 @@ def checks_for(steps: int, faked_fraction: float, target: float) -> int:
     """Smallest c that detects a fake at `faked_fraction` of the steps with probability >= target."""
     faked = max(1, math.ceil(faked_fraction * steps))
     return next(c for c in range(1, steps + 1) if detection_probability(steps, faked, c) >= target)
-
-
-def audit_draw(beacon: bytes, task_id: bytes, fraction: float) -> bool:
-    """True when this task is one of the sampled fraction verified by full regeneration."""
-    h = hashlib.sha256(VERIFY_AUDIT + beacon + task_id).digest()
-    return int.from_bytes(h[:8], "little") < fraction * 2**64
-
-
-def choose_method(has_commitment: bool, beacon: bytes, task_id: bytes, fraction: float = policy.AUDIT_FRACTION) -> str:
-    """The method for one image task: the trajectory check, except for results without a
-    commitment and for the audited fraction (drawn from the beacon, so the worker cannot know
-    which), which are re-generated in full."""
-    if not has_commitment or audit_draw(beacon, task_id, fraction):
-        return "regenerate"
-    return METHOD
 
 
 def same_numerics(claimed: Any, own: Any) -> bool:
@@ -138,10 +99,36 @@ def _pixel_distance(own: np.ndarray, claimed: np.ndarray) -> float:
     return distance(image_fingerprint(own), image_fingerprint(claimed))
 
 
-def judge(rep: Replay, claimed_pixels: np.ndarray, exact: bool, tol: Tolerances, beacon: bytes) -> VoteValue:
+def _finite(x: float) -> float:
+    """A distance the canonical encoding can carry: a non-finite one (a NaN or zero-norm output)
+    is recorded as -1, as rejections without a measured distance are."""
+    return float(x) if math.isfinite(x) else -1.0
+
+
+def signed_checks(beacon: bytes, beacon_size: int, rep: Replay | None = None, d_pix: float = -1.0) -> dict[str, Any]:
+    """What a trajectory Vote signs of its check (consensus/challenge.py CHECK_FIELDS); without a
+    replay, a rejection before any step was re-executed."""
+    return {
+        "beacon": beacon,
+        "beacon_size": beacon_size,
+        "steps": [s.step for s in rep.steps] if rep else [],
+        "output_rel_l2": [_finite(s.rel_l2) for s in rep.steps] if rep else [],
+        "chain_rel_l2": _finite(rep.chain_max_rel_l2) if rep else -1.0,
+        "pixel_distance": _finite(d_pix),
+    }
+
+
+def early_reject(why: str, beacon: bytes, beacon_size: int) -> VoteValue:
+    """A trajectory vote that rejects before re-executing anything (it still signs its beacon)."""
+    return replace(reject(METHOD, why), checks=signed_checks(beacon, beacon_size))
+
+
+def judge(
+    rep: Replay, claimed_pixels: np.ndarray, exact: bool, tol: Tolerances, beacon: bytes, beacon_size: int = 0
+) -> VoteValue:
     """The vote for a replayed trajectory. distance = the largest relative L2 between a re-executed
     and a committed model output; margin = tolerance - distance (0 - distance when exact)."""
-    d_out = max((s.rel_l2 for s in rep.steps), default=0.0)
+    d_out = _finite(max((s.rel_l2 for s in rep.steps), default=0.0))
     limit = 0.0 if exact else tol.output_rel_l2
     pixels_exact = bool(rep.pixels.shape == claimed_pixels.shape and np.array_equal(rep.pixels, claimed_pixels))
     d_pix = 0.0 if pixels_exact else _pixel_distance(rep.pixels, claimed_pixels)
@@ -155,9 +142,10 @@ def judge(rep: Replay, claimed_pixels: np.ndarray, exact: bool, tol: Tolerances,
     }
     checked = ",".join(str(s.step) for s in rep.steps)
     fp = image_fingerprint(claimed_pixels)
+    signed = signed_checks(beacon, beacon_size, rep, d_pix)
 
     def no(why: str) -> VoteValue:
-        return VoteValue(False, METHOD, d_out, limit - d_out, why, None, fp, detail)
+        return VoteValue(False, METHOD, d_out, limit - d_out, why, None, fp, detail, signed)
 
     if not rep.noise_exact:
         return no("initial noise does not match the task seed")
@@ -169,7 +157,9 @@ def judge(rep: Replay, claimed_pixels: np.ndarray, exact: bool, tol: Tolerances,
     if not pixels_exact and (exact or not 0 <= d_pix <= tol.phash_bits):
         return no(f"decoded final latent is not the claimed image (distance {d_pix:g})")
     how = "bit-identical" if exact else f"max relative L2 {d_out:.3g} within {limit:g}"
-    return VoteValue(True, METHOD, d_out, limit - d_out, f"steps {checked} re-executed: {how}", None, fp, detail)
+    return VoteValue(
+        True, METHOD, d_out, limit - d_out, f"steps {checked} re-executed: {how}", None, fp, detail, signed
+    )
 
 
 def check_trajectory(
@@ -183,20 +173,22 @@ def check_trajectory(
     beacon: bytes,
     checks: int = policy.TRAJ_CHECKS,
     tol: Tolerances | None = None,
+    beacon_size: int = 0,
 ) -> VoteValue:
-    """Verify an image result by its committed trajectory (see the module docstring)."""
+    """Verify an image result by its committed trajectory (see the module docstring).
+    `beacon_size`: on the network, the log size of the gateway Commitment the beacon is."""
     try:
-        commit_root, steps = parse_commitment(commit)
-    except TrajectoryError as e:
-        return reject(METHOD, str(e))
+        commit_root, steps, _ = parse_commitment(commit)
+    except CommitmentError as e:
+        return early_reject(str(e), beacon, beacon_size)
     if steps != traj.steps:
-        return reject(METHOD, f"trajectory has {traj.steps} steps, its commitment {steps}")
+        return early_reject(f"trajectory has {traj.steps} steps, its commitment {steps}", beacon, beacon_size)
     if merkle_root(traj) != commit_root:
-        return reject(METHOD, "trajectory does not match its commitment")
+        return early_reject("trajectory does not match its commitment", beacon, beacon_size)
     chosen = challenge(beacon, commit_root, output_digest, steps, checks)
     try:
         rep = replay(engine, p, traj, set(chosen))
     except TrajectoryError as e:
-        return reject(METHOD, str(e))
+        return early_reject(str(e), beacon, beacon_size)
     tol = tol or Tolerances.for_profiles(claimed_profile, engine.profile.dtype)
-    return judge(rep, pixels, same_numerics(claimed_profile, engine.profile), tol, beacon)
+    return judge(rep, pixels, same_numerics(claimed_profile, engine.profile), tol, beacon, beacon_size)

@@ -20,7 +20,7 @@ from trustgen.errors import TrustgenError, UsageError
 from trustgen.verifier import policy
 from trustgen.verifier.prefill import prefill_check
 from trustgen.verifier.reexec import regenerate_image, regenerate_text
-from trustgen.verifier.trajectory import check_trajectory, choose_method
+from trustgen.verifier.trajectory import check_trajectory, choose_method, early_reject
 from trustgen.verifier.vote import VoteValue, reject
 
 TEXT_METHODS = ("prefill", "regenerate")
@@ -121,6 +121,23 @@ def verify_image(
         return reject(label, str(e))
     return check_trajectory(
         engine, p, pixels, result["output_digest"], commit, traj, result.get("profile"), beacon, checks
+    )
+
+
+def verify_image_trajectory(
+    result: dict[str, Any], pixels: Any, engine: Any, traj: Trajectory, beacon: bytes, beacon_size: int
+) -> VoteValue:
+    """A network image result checked by its trajectory (fetched by the caller) under the
+    network's challenge rule (consensus/challenge.py): what a verifier node votes."""
+    p = _params(ImageParams, result["task"])
+    if image_digest(pixels) != result["output_digest"]:
+        return early_reject("output digest does not match the image pixels", beacon, beacon_size)
+    if engine.ref.digest != result["model_digest"]:
+        return early_reject(f"claimed model {result['model_digest']} is not the task's model", beacon, beacon_size)
+    commit, profile = result["trajectory"], result["profile"]
+    digest = result["output_digest"]
+    return check_trajectory(
+        engine, p, pixels, digest, commit, traj, profile, beacon, policy.TRAJ_CHECKS, None, beacon_size
     )
 
 

@@ -16,11 +16,18 @@ class VoteValue:
     position: int | None = None  # first inconsistent token, for text rejections
     fingerprint: dict[str, Any] = field(default_factory=dict)
     # How the check went, for reports and `verify --json` (trajectory: steps checked, distances,
-    # beacon); the signed Vote carries method, distance, margin and the reason.
+    # beacon); the signed Vote carries method, distance, margin, the reason and `checks`.
     detail: dict[str, Any] = field(default_factory=dict)
+    # What the signed Vote records of the check, so the audit can re-derive it: {} for prefill,
+    # regenerate and phash; for a trajectory check the challenge beacon, the steps re-executed and
+    # the distances (consensus/challenge.py CHECK_FIELDS).
+    checks: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """JSON-ready (the signed checks' beacon in hex)."""
+        d = asdict(self)
+        d["checks"] = {k: v.hex() if isinstance(v, bytes) else v for k, v in self.checks.items()}
+        return d
 
     def vote_body(self, verifier: bytes, task_id: bytes, result_id: bytes) -> dict[str, Any]:
         """The body of a consensus `Vote` message for this outcome."""
@@ -35,6 +42,7 @@ class VoteValue:
             "margin": float(self.margin),
             "reason": reason,
             "fingerprint": self.fingerprint,
+            "checks": self.checks,
         }
 
 
