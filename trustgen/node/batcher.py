@@ -1,14 +1,19 @@
-"""A worker's batcher: tasks that arrive while the engine thread is busy run together next time.
+"""A worker's batcher: tasks share the engine's forward passes without waiting for each other.
 
-No timer decides a batch: the first task runs at once; whatever arrives during a run (up to
-`max_batch` tasks for one engine) forms the next batch. Engines' batches are invariant (a task's
-output is the one it gets alone), so batching changes throughput only, never a Result. A batch
-that fails on a bad task is re-run task by task, so each task gets its own answer or error.
+Engines that decode step by step (text, `generate_stream`) run continuous batching across
+requests: a task that arrives while others decode joins the running batch at the next step, and
+each task's Result goes back the step it finishes. Other engines (images, `generate_batch`) run
+what arrived during the previous run as the next batch. No timer decides anything: the first task
+runs at once. A batch's outputs are each the one its task gets alone, so batching changes
+throughput only, never a Result; a task refused as invalid fails alone. One engine's stream stops
+taking tasks while another engine's tasks wait, so no kind starves another on the one engine
+thread.
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,13 +31,15 @@ class _Job:
 class Batcher:
     def __init__(self, engines: Engines, max_batch: int) -> None:
         self.engines, self.max_batch = engines, max_batch
-        self._queue: list[_Job] = []
+        self._queue: list[_Job] = []  # shared with the engine thread, under _lock
+        self._lock = threading.Lock()
         self._draining = False
-        self.batches: list[int] = []  # sizes of the batches run, newest last (metrics and tests)
+        self.batches: list[int] = []  # most tasks decoding at once per run, newest last (metrics, tests)
 
     async def generate(self, engine: Any, params: Any) -> Any:
         job = _Job(engine, params, asyncio.get_running_loop().create_future())
-        self._queue.append(job)
+        with self._lock:
+            self._queue.append(job)
         if not self._draining:
             self._draining = True
             asyncio.get_running_loop().create_task(self._drain())
@@ -40,14 +47,48 @@ class Batcher:
 
     async def _drain(self) -> None:
         try:
-            while self._queue:
-                engine = self._queue[0].engine
-                batch = [j for j in self._queue if j.engine is engine][: self.max_batch]
-                self._queue = [j for j in self._queue if j not in batch]
-                self.batches = (self.batches + [len(batch)])[-64:]
+            while True:
+                with self._lock:
+                    if not self._queue:
+                        return
+                    engine = self._queue[0].engine
+                if hasattr(engine, "generate_stream"):
+                    await self._stream(engine)
+                    continue
+                with self._lock:
+                    batch = [j for j in self._queue if j.engine is engine][: self.max_batch]
+                    self._queue = [j for j in self._queue if j not in batch]
+                self._record(len(batch))
                 await self._run(engine, batch)
         finally:
             self._draining = False
+
+    def _record(self, size: int) -> None:
+        self.batches = (self.batches + [size])[-64:]
+
+    async def _stream(self, engine: Any) -> None:
+        loop = asyncio.get_running_loop()
+        taken: dict[int, _Job] = {}  # jobs handed to the engine and not yet answered
+        self._record(0)  # raised to the most tasks held at once as they arrive
+
+        def arrivals(room: int) -> list[tuple[int, Any]]:  # on the engine thread
+            with self._lock:
+                if any(j.engine is not engine for j in self._queue):
+                    return []  # another engine's tasks wait: finish this run, then serve them
+                got, self._queue = self._queue[:room], self._queue[room:]
+            for j in got:
+                taken[id(j)] = j
+            self.batches[-1] = max(self.batches[-1], len(taken))
+            return [(id(j), j.params) for j in got]
+
+        def deliver(key: int, out: Any) -> None:  # on the engine thread
+            job = taken.pop(key)
+            loop.call_soon_threadsafe(_settle, job, out)
+
+        try:
+            await self.engines.run(engine.generate_stream, arrivals, deliver, self.max_batch)
+        except Exception as e:  # an engine failure: every task it held reports it
+            _fail(list(taken.values()), e)
 
     async def _run(self, engine: Any, batch: list[_Job]) -> None:
         try:
@@ -65,6 +106,15 @@ class Batcher:
         for j, out in zip(batch, outs):
             if not j.done.done():
                 j.done.set_result(out)
+
+
+def _settle(job: _Job, out: Any) -> None:
+    if job.done.done():
+        return
+    if isinstance(out, BaseException):
+        job.done.set_exception(out)
+    else:
+        job.done.set_result(out)
 
 
 def _fail(batch: list[_Job], e: BaseException) -> None:

@@ -40,6 +40,7 @@ class NodeConfig:
     adversary: str = ""  # a cheating mode (trustgen.node.adversary), for tests and demonstrations
     delay_s: float = 0.0  # worker: added latency before each execution (fault-injection tests)
     worker_batch: int = 1  # worker: tasks arriving together run as one engine batch, up to this many
+    verifier_batch: int = 16  # verifier: checks arriving together share one engine call, up to this many
     gossip_interval_s: float = 1.0  # 0: no background rounds (tests and benchmarks drive them)
     gossip_fanout: int = 2
     learn_peers: bool = True  # add peers from NodeJoined entries, not only bootstrap
@@ -70,6 +71,8 @@ class NodeConfig:
         check_mode(self.adversary)
         if type(self.worker_batch) is not int or not 1 <= self.worker_batch <= MAX_WORKER_BATCH:
             raise UsageError(f"worker_batch must be an integer in [1, {MAX_WORKER_BATCH}]")
+        if type(self.verifier_batch) is not int or not 1 <= self.verifier_batch <= MAX_WORKER_BATCH:
+            raise UsageError(f"verifier_batch must be an integer in [1, {MAX_WORKER_BATCH}]")
         if self.gossip_interval_s < 0 or not 1 <= self.gossip_fanout <= 16:
             raise UsageError("gossip_interval_s must be >= 0 and gossip_fanout in [1, 16]")
 

@@ -159,7 +159,7 @@ class Node:
                 from trustgen.node.verifier_role import VerifierRole
 
                 self.verifier = verifier = VerifierRole(
-                    self.identity, cfg.network, engines, cfg.adversary, self.metrics
+                    self.identity, cfg.network, engines, cfg.adversary, self.metrics, cfg.verifier_batch
                 )
                 log.info(
                     "history index: %d accepted outputs from the ledger",

@@ -18,10 +18,12 @@ from trustgen.engines.outputs import read_png
 from trustgen.errors import UsageError
 from trustgen.gossip.blobs import blob_digest
 from trustgen.verifier.fingerprints import image_fingerprint, text_fingerprint
-from trustgen.verifier.verify import verify_image, verify_text
+from trustgen.verifier.verify import verify_image, verify_text, verify_texts
 from trustgen.verifier.vote import VoteValue, reject
 
 Fingerprint = dict[str, Any]
+Checked = tuple[VoteValue, Fingerprint]
+Claim = tuple[dict[str, Any], dict[str, Any], bytes]  # (claimed values, Result body, blob bytes)
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,9 @@ class TaskKind:
     replay_fingerprint: Callable[[dict[str, Any], bytes], Fingerprint | None]
     # (samples, model) -> calibration report
     calibrate: Callable[[int, str], dict[str, Any]]
+    # several `check`s sharing the engine's passes (a UsageError in place of a malformed one), with
+    # the verdicts `check` gives one by one; None: the kind has no cheaper way than one by one
+    check_batch: Callable[[Any, list[Claim]], list[Checked | UsageError]] | None = None
 
     @property
     def name(self) -> str:
@@ -51,6 +56,16 @@ def _check_text(engine: Any, claimed: dict[str, Any], r: dict[str, Any], blob: b
     claimed["token_ids"] = tokens
     vote = verify_text(claimed, "prefill", engine=engine)
     return vote, (text_fingerprint(tokens) if isinstance(tokens, list) and tokens else {})
+
+
+def _check_texts(engine: Any, claims: list[Claim]) -> list[Checked | UsageError]:
+    tokens = [r["output"].get("token_ids") for _, r, _ in claims]
+    claimed = [{**c, "token_ids": t} for (c, _, _), t in zip(claims, tokens)]
+    votes = verify_texts(claimed, engine)
+    return [
+        v if isinstance(v, UsageError) else (v, text_fingerprint(t) if isinstance(t, list) and t else {})
+        for v, t in zip(votes, tokens)
+    ]
 
 
 def _replay_text(output: dict[str, Any], blob: bytes) -> Fingerprint | None:
@@ -99,7 +114,7 @@ def _calibrate_image(samples: int, model: str) -> dict[str, Any]:
 TASK_KINDS: dict[str, TaskKind] = {
     k.name: k
     for k in (
-        TaskKind(ENGINE_KINDS["text"], _describe_text, _check_text, _replay_text, _calibrate_text),
+        TaskKind(ENGINE_KINDS["text"], _describe_text, _check_text, _replay_text, _calibrate_text, _check_texts),
         TaskKind(ENGINE_KINDS["image"], _describe_image, _check_image, _replay_image, _calibrate_image),
     )
 }
@@ -113,15 +128,43 @@ def check_result(
     """Check a Result body against the Task body it claims to answer, with `engine` serving the
     task's model: what a verifier votes on, and what `trustgen audit --recheck` runs again."""
     kind = task_kind(task["kind"])
+    return kind.check(engine, _claimed(kind, task, result), result, blob)
+
+
+def check_results(engine: Any, items: list[tuple[dict[str, Any], dict[str, Any], bytes]]) -> list[Checked | UsageError]:
+    """`check_result` for several (Task body, Result body, blob) served by `engine`, in shared
+    passes where the kind allows: each answer is the one `check_result` gives alone (its vote, or
+    the UsageError it raises)."""
+    out: list[Checked | UsageError | None] = [None] * len(items)
+    batches: dict[str, list[tuple[int, Claim]]] = {}
+    for i, (task, result, blob) in enumerate(items):
+        try:
+            kind = task_kind(task["kind"])
+            claim = (_claimed(kind, task, result), result, blob)
+            if kind.check_batch is not None:
+                batches.setdefault(kind.name, []).append((i, claim))
+            else:
+                out[i] = kind.check(engine, *claim)
+        except UsageError as e:
+            out[i] = e
+    for name, todo in batches.items():
+        check_batch = TASK_KINDS[name].check_batch
+        assert check_batch is not None  # grouped above by having one
+        for (i, _), got in zip(todo, check_batch(engine, [c for _, c in todo])):
+            out[i] = got
+    return [o for o in out if o is not None]
+
+
+def _claimed(kind: TaskKind, task: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
+    """The values a Result claims for its Task, as the verify functions read them."""
     params = kind.engine.parse_params(task["params"])
-    claimed = {
+    return {
         "task": params.to_dict(),
         "model": task["model"],
         "model_digest": result["model_digest"],
         "output_digest": result["output_digest"],
         "profile": result["profile"],
     }
-    return kind.check(engine, claimed, result, blob)
 
 
 def task_kind(name: str) -> TaskKind:

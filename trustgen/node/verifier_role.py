@@ -1,7 +1,9 @@
 """Verifier role: check a worker's result for a task and return a signed Vote.
 
 Each task kind says how its results are checked (trustgen.node.kinds): text by one prefill
-pass, images by re-generation and perceptual hashes. A history of accepted outputs names the
+pass, images by re-generation and perceptual hashes. Checks that arrive while the engine thread
+is busy run together next (text: one shared prefill pass), with the votes checking each alone
+gives. A history of accepted outputs names the
 earlier task when a rejected output replays one. A verifier set to cheat
 (trustgen.node.adversary) really signs something other than what its check found.
 """
@@ -20,19 +22,28 @@ from trustgen.errors import ModelError, UsageError
 from trustgen.gossip.blobs import BlobStore
 from trustgen.net.auth import RpcError
 from trustgen.node.adversary import verifier_cheat
+from trustgen.node.coalesce import Coalescer
 from trustgen.node.engine_pool import Engines
-from trustgen.node.kinds import TASK_KINDS, TaskKind, check_result
+from trustgen.node.kinds import TASK_KINDS, Checked, Fingerprint, TaskKind, check_results
 from trustgen.verifier.history import HistoryIndex
 from trustgen.verifier.vote import VoteValue, reject
 
 log = logging.getLogger("trustgen.node")
+MAX_CHECK_BATCH = 16  # default results checked in one engine call (prefill rows are bounded again inside)
 
 
 class VerifierRole:
     def __init__(
-        self, identity: Identity, network: str, engines: Engines, adversary: str = "", metrics: Any = None
+        self,
+        identity: Identity,
+        network: str,
+        engines: Engines,
+        adversary: str = "",
+        metrics: Any = None,
+        batch: int = MAX_CHECK_BATCH,
     ) -> None:
-        """`adversary`: the node's cheating mode; honest unless it is a verifier mode."""
+        """`adversary`: the node's cheating mode; honest unless it is a verifier mode. `batch`: up
+        to this many checks that arrive together share one engine call (votes are unchanged)."""
         self.identity, self.network, self.engines = identity, network, engines
         self.cheat = verifier_cheat(adversary)
         self.metrics = metrics
@@ -44,6 +55,8 @@ class VerifierRole:
         self._results: dict[bytes, Signed] = {}  # committed, not yet finalised
         # task key -> (kind, result output) of each output blob left in `missing`
         self._fetching: dict[str, tuple[TaskKind, dict[str, Any]]] = {}
+        # Checks that arrive while the engine thread is busy share its next prefill pass.
+        self._checks = Coalescer(engines, self._check_and_record, batch)
 
     def rebuild_history(self, ledger: Ledger, blobs: BlobStore) -> int:
         """Index the outputs of every result finalised as accepted in the ledger (gossip brings
@@ -101,15 +114,18 @@ class VerifierRole:
         self.history.add(task_key, fp)
         return 1
 
-    def _check(self, task: Signed, result: Signed, blob: bytes) -> tuple[VoteValue, dict]:
-        engine = self.engines.for_task(task.body["kind"], task.body["model"])
-        return check_result(engine, task.body, result.body, blob)
+    def _check_and_record(self, engine: Any, items: list[tuple[Signed, Signed, bytes]]) -> list[VoteValue]:
+        """Check results served by `engine` (in shared passes where the kind allows), then record
+        each in arrival order: the same votes and history as checking them one by one."""
+        checked = check_results(engine, [(task.body, result.body, blob) for task, result, blob in items])
+        return [self._record(task, got) for (task, _, _), got in zip(items, checked)]
 
-    def _check_and_record(self, task: Signed, result: Signed, png: bytes) -> VoteValue:
-        try:
-            vote, fp = self._check(task, result, png)
-        except UsageError as e:
-            vote, fp = reject("prefill", f"malformed result: {e}"), {}
+    def _record(self, task: Signed, got: Checked | UsageError) -> VoteValue:
+        fp: Fingerprint
+        if isinstance(got, UsageError):
+            vote, fp = reject("prefill", f"malformed result: {got}"), {}
+        else:
+            vote, fp = got
         task_key = task.id.hex()
         if fp and not vote.accept:
             replay = self.history.find_replay(task_key, fp)
@@ -142,10 +158,10 @@ class VerifierRole:
         if not isinstance(png, bytes):
             raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, "output must be bytes")
         try:
-            self.engines.for_task(task.body["kind"], task.body["model"])
+            engine = self.engines.for_task(task.body["kind"], task.body["model"])
         except ModelError as e:
             raise RpcError(grpc.StatusCode.FAILED_PRECONDITION, str(e)) from None
-        vote = await self.engines.run(self._check_and_record, task, result, png)
+        vote = await self._checks.submit(engine, (task, result, png))
         if self.cheat is not None:  # recorded above from the honest check
             vote = self.cheat.vote(vote)
         if self.metrics is not None:
