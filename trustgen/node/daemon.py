@@ -132,6 +132,7 @@ class Node:
             metrics_port=self.metrics.port,
             ledger_size=self.ledger.size(),
             version=trustgen.__version__,
+            worker_batch=self.cfg.worker_batch if "worker" in self.cfg.roles else 0,
         )
 
     def _load_roles(self) -> None:
