@@ -29,6 +29,18 @@ def small_gpt2(tmp_path_factory):
     return load_engine(str(path), "text")
 
 
+@pytest.fixture(scope="module")
+def cuda_tiny():
+    """tiny-text on the GPU, under the same tests as on CPU; skipped on machines without one."""
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device on this machine")
+    return load_engine("tiny-text", "text", device="cuda")
+
+
+def pick(which: str, request) -> object:
+    return request.getfixturevalue({"tiny": "text_engine", "small": "small_gpt2", "cuda": "cuda_tiny"}[which])
+
+
 def mixed_tasks(n: int, seed: int, max_tokens: int = 24) -> list[TextParams]:
     rng = random.Random(seed)
     return [
@@ -59,9 +71,9 @@ def step_logits(runner, prompts: list[list[int]], steps: int) -> list[list[torch
     return out
 
 
-@pytest.mark.parametrize("which", ["tiny", "small"])
-def test_packed_logits_are_bit_identical_to_a_batch_of_one(which, text_engine, small_gpt2):
-    engine = text_engine if which == "tiny" else small_gpt2
+@pytest.mark.parametrize("which", ["tiny", "small", "cuda"])
+def test_packed_logits_are_bit_identical_to_a_batch_of_one(which, request):
+    engine = pick(which, request)
     runner = packed_runner(engine.model)
     gen = torch.Generator().manual_seed(1)
     vocab = engine.model.config.vocab_size
@@ -73,23 +85,26 @@ def test_packed_logits_are_bit_identical_to_a_batch_of_one(which, text_engine, s
         assert all(torch.equal(a, b) for a, b in zip(alone, mine))
 
 
-@pytest.mark.parametrize("which", ["tiny", "small"])
-def test_packed_pass_matches_transformers_within_tolerance(which, text_engine, small_gpt2):
-    engine = text_engine if which == "tiny" else small_gpt2
+@pytest.mark.parametrize("which", ["tiny", "small", "cuda"])
+def test_packed_pass_matches_transformers_within_tolerance(which, request):
+    engine = pick(which, request)
     ids = engine.encode_prompt("Verifiable training of the gossip protocol")
     tokens = engine.generate(
         TextParams(prompt="Verifiable training of the gossip protocol", max_new_tokens=12)
     ).token_ids
     ours = engine.prefill_logits([(ids, tokens)])[0]
     with torch.inference_mode():
-        theirs = engine.model(input_ids=torch.tensor([ids + tokens[:-1]])).logits[0, len(ids) - 1 :].float()
+        theirs = engine.model(input_ids=torch.tensor([ids + tokens[:-1]], device=engine.device)).logits[
+            0, len(ids) - 1 :
+        ]
+        theirs = theirs.float().cpu()
     assert ours.shape == theirs.shape
     assert float((ours - theirs).abs().max()) < 1e-4  # docs/decisions.md: packed vs transformers
 
 
-@pytest.mark.parametrize("which,n,size", [("tiny", 36, 5), ("small", 15, 4)])
-def test_mixed_tasks_batched_equal_each_alone(which, n, size, text_engine, small_gpt2):
-    engine = text_engine if which == "tiny" else small_gpt2
+@pytest.mark.parametrize("which,n,size", [("tiny", 36, 5), ("small", 15, 4), ("cuda", 36, 5)])
+def test_mixed_tasks_batched_equal_each_alone(which, n, size, request):
+    engine = pick(which, request)
     tasks = mixed_tasks(n, seed=n)
     together = engine.generate_batch(tasks, batch_size=size)
     for p, got in zip(tasks, together):

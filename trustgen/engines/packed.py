@@ -12,7 +12,12 @@ kinds of op touch it:
   projection changes again from ~512 rows; in a fixed-shape call a row's result depends neither on
   its place in the chunk nor on the other rows (docs/decisions.md, "Batched generation");
 - attention: per sequence, over that sequence's own cache, so its shapes are the sequence's own
-  (sequences decoding one token over equally long caches share one call; see `_attention`).
+  (on CPU, sequences decoding one token over equally long caches share one call; see
+  `_attention`). On CUDA every sequence has its own call: flash-decoding kernels choose how to
+  split a cache by the batch and head count, so a shared call would change a sequence's sums.
+  The rest of the CUDA path is the same fixed 16-row matmuls under the deterministic flags
+  `determinism.configure` sets (no TF32, no reduced-precision reductions, deterministic
+  algorithms, a fixed cuBLAS workspace): cuBLAS picks its kernel by shape, and every shape is fixed.
 The logits are therefore bit-identical to a batch of one, by construction, and the tests check it.
 
 Models this module cannot run (another architecture, or GPT-2 options it does not implement)
@@ -71,6 +76,9 @@ class PackedGPT2:
         attn = self.blocks[0].attn
         self.heads, self.head_dim = int(attn.num_heads), int(attn.head_dim)
         self.scale = float(attn.scaling)
+        # Sharing attention calls across sequences is invariant on CPU (measured; tests check it),
+        # not on CUDA (see the module docstring).
+        self.share_attention = self.wte.weight.device.type == "cpu"
 
     def forward(self, seqs: list[Sequence]) -> list[torch.Tensor]:
         """Feed every sequence its pending tokens, extend its cache, return its wanted logit rows
@@ -118,12 +126,12 @@ class PackedGPT2:
                 s.cache[layer] = (k, v)
             else:
                 s.cache.append((k, v))
-            if n == 1:
+            if n == 1 and self.share_attention:
                 decoding.setdefault(k.shape[1], []).append((i, q))
                 continue
-            if k.shape[1] != n:
+            if n > 1 and k.shape[1] != n:
                 raise ValueError("several new tokens on a non-empty cache are not supported")
-            outs[i] = self._attend(q[None], k[None], v[None], causal=True)[0]
+            outs[i] = self._attend(q[None], k[None], v[None], causal=n > 1)[0]
         # Sequences decoding one token over caches of one length share a call: torch's CPU flash
         # kernel splits work by (sequence, head, query block) with block sizes set by the lengths
         # alone, so each sequence's result is the one a call of its own gives (tests check it).
