@@ -71,10 +71,13 @@ def step_logits(runner, prompts: list[list[int]], steps: int) -> list[list[torch
     return out
 
 
-@pytest.mark.parametrize("which", ["tiny", "small", "cuda"])
-def test_packed_logits_are_bit_identical_to_a_batch_of_one(which, request):
+@pytest.mark.parametrize(
+    "which,prepack", [("tiny", True), ("small", True), ("tiny", False), ("small", False), ("cuda", True)]
+)
+def test_packed_logits_are_bit_identical_to_a_batch_of_one(which, prepack, request):
+    """Both matmul modes (MKL's packed-weight gemm, where torch has it, and addmm)."""
     engine = pick(which, request)
-    runner = packed_runner(engine.model)
+    runner = packed_runner(engine.model, prepack)
     gen = torch.Generator().manual_seed(1)
     vocab = engine.model.config.vocab_size
     # Repeated lengths: sequences decoding over equally long caches share an attention call.
@@ -131,9 +134,24 @@ def test_finished_tasks_leave_and_waiting_ones_join(text_engine, monkeypatch):
 
 
 def test_profile_records_batching_mode(text_engine):
-    assert text_engine.profile.flags["batching"] == packed.MODE
+    want = packed.MKL_MODE if packed.mkl_available() else packed.MODE
+    assert text_engine.profile.flags["batching"] == want
     out = text_engine.generate(TextParams(prompt="Consensus", max_new_tokens=2))
-    assert out.to_dict()["profile"]["flags"]["batching"] == "packed-rows16"
+    assert out.to_dict()["profile"]["flags"]["batching"] == want
+
+
+@pytest.mark.skipif(not packed.mkl_available(), reason="torch without MKL")
+def test_prepacked_weights_follow_an_in_place_change(small_gpt2):
+    """A packed weight copy is reused while its weight is unchanged and rebuilt when it changes, so
+    the packed pass always computes with the module's live weights."""
+    w = torch.randn(96, 64)
+    x = torch.randn(3, 96)
+    before = packed.chunked_matmul(x, w, None, prepacked=True)
+    assert packed._prepacked(w) is packed._prepacked(w)
+    with torch.no_grad():
+        w.mul_(2)
+    after = packed.chunked_matmul(x, w, None, prepacked=True)
+    assert torch.allclose(after, 2 * before, atol=1e-5) and torch.allclose(after, x @ w, atol=1e-4)
 
 
 def test_unsupported_model_runs_each_task_alone(tmp_path):

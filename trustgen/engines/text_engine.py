@@ -27,7 +27,7 @@ from trustgen.engines.decoding import beam_select, task_state
 from trustgen.engines.determinism import ExecutionProfile, configure, resolve_dtype
 from trustgen.engines.loading import MODEL_LOAD
 from trustgen.engines.outputs import TextOutput
-from trustgen.engines.packed import MODE, Sequence, packed_runner
+from trustgen.engines.packed import Sequence, packed_runner
 from trustgen.engines.params import TextParams
 from trustgen.engines.registry import ModelRef
 from trustgen.engines.sampling import sample_token
@@ -67,9 +67,10 @@ class TextEngine:
         if not isinstance(positions, int):
             raise ModelError(f"model {model.name!r} declares no integer context length: {positions!r}")
         self.max_positions: int = positions
-        self.packed = packed_runner(self.model) is not None
+        runner = packed_runner(self.model)
+        self.packed = runner is not None
         self.profile = replace(
-            self.profile, flags={**self.profile.flags, "batching": MODE if self.packed else "serial"}
+            self.profile, flags={**self.profile.flags, "batching": runner.mode if runner is not None else "serial"}
         )
 
     def encode_prompt(self, prompt: str) -> list[int]:
