@@ -134,8 +134,10 @@ def test_finished_tasks_leave_and_waiting_ones_join(text_engine, monkeypatch):
 
 
 def test_profile_records_batching_mode(text_engine):
-    want = packed.MKL_MODE if packed.mkl_available() else packed.MODE
+    want = packed.MODE  # tiny-text is narrower than PREPACK_MIN_WIDTH: addmm matmuls
     assert text_engine.profile.flags["batching"] == want
+    if packed.mkl_available():
+        assert packed_runner(text_engine.model, prepack=True).mode == packed.MKL_MODE
     out = text_engine.generate(TextParams(prompt="Consensus", max_new_tokens=2))
     assert out.to_dict()["profile"]["flags"]["batching"] == want
 

@@ -37,6 +37,7 @@ from torch import nn
 ROWS = 16  # rows per matmul call; part of the numerics, so recorded in the profile
 MODE = f"packed-rows{ROWS}"  # matmuls by addmm
 MKL_MODE = f"packed-mkl-rows{ROWS}"  # matmuls by MKL's packed-weight gemm (CPU, float32)
+PREPACK_MIN_WIDTH = 512  # hidden size from which the packed-weight gemm is used (tiny-text: 128)
 
 
 @dataclass
@@ -101,7 +102,7 @@ def mkl_available() -> bool:
 class PackedGPT2:
     """Runs GPT2LMHeadModel's weights (read live from the module, so a swapped model is used)."""
 
-    def __init__(self, model: nn.Module, prepack: bool = True) -> None:
+    def __init__(self, model: nn.Module, prepack: bool | None = None) -> None:
         self.model = model
         core: Any = model.transformer  # submodules are typed Any: torch types them Tensor | Module
         self.wte, self.wpe, self.ln_f = core.wte, core.wpe, core.ln_f
@@ -112,9 +113,11 @@ class PackedGPT2:
         # Sharing attention calls across sequences is invariant on CPU (measured; tests check it),
         # not on CUDA (see the module docstring).
         self.share_attention = self.wte.weight.device.type == "cpu"
-        # MKL's packed-weight gemm where torch has it (CPU, float32 weights): a step of a few rows
-        # no longer re-packs every weight; same fixed-shape argument, its own numerics (`mode`).
-        self.prepacked = self.share_attention and self.wte.weight.dtype == torch.float32 and mkl_available() and prepack
+        # MKL's packed-weight gemm where torch has it (CPU, float32 weights) and the model is wide
+        # enough to gain: a step of a few rows no longer re-packs every weight; same fixed-shape
+        # argument, its own numerics (`mode`). On narrow models its per-call cost loses (measured).
+        wanted = int(self.wte.weight.shape[1]) >= PREPACK_MIN_WIDTH if prepack is None else prepack
+        self.prepacked = wanted and self.share_attention and self.wte.weight.dtype == torch.float32 and mkl_available()
         self.mode = MKL_MODE if self.prepacked else MODE
 
     def _mm(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -191,9 +194,10 @@ class PackedGPT2:
         return o.transpose(1, 2).reshape(b, n, self.heads * self.head_dim)
 
 
-def packed_runner(model: nn.Module, prepack: bool = True) -> PackedGPT2 | None:
+def packed_runner(model: nn.Module, prepack: bool | None = None) -> PackedGPT2 | None:
     """The packed runner for `model`, or None when it is not a GPT-2 this module implements.
-    `prepack=False`: addmm matmuls even where MKL's packed gemm is available."""
+    `prepack`: MKL's packed-weight gemm where available (True), never (False), or where the model
+    is at least PREPACK_MIN_WIDTH wide (None)."""
     cfg: Any = model.config
     supported = (
         getattr(cfg, "model_type", "") == "gpt2"
