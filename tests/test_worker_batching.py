@@ -70,11 +70,12 @@ def test_a_cheating_worker_is_never_batched(engines, tmp_path):
     assert worker.batcher is None
 
 
+@pytest.mark.parametrize("field", ["worker_batch", "verifier_batch"])
 @pytest.mark.parametrize("value", [0, 65, 2.0, True])
-def test_worker_batch_setting_is_bounded(tmp_path, value):
-    with pytest.raises(UsageError, match="worker_batch"):
+def test_batch_settings_are_bounded(tmp_path, field, value):
+    with pytest.raises(UsageError, match=field):
         NodeConfig(
-            name="n", data_dir=tmp_path, roles=["worker"], gateway="127.0.0.1:1", insecure=True, worker_batch=value
+            name="n", data_dir=tmp_path, roles=["worker"], gateway="127.0.0.1:1", insecure=True, **{field: value}
         )
 
 
