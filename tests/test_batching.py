@@ -167,6 +167,32 @@ def test_unsupported_model_runs_each_task_alone(tmp_path):
     assert packed_runner(engine.model) is None and engine.profile.flags["batching"] == "serial"
     tasks = mixed_tasks(4, seed=9, max_tokens=6)
     assert [o.token_ids for o in engine.generate_batch(tasks, 3)] == [engine.generate(p).token_ids for p in tasks]
+    assert [o.token_ids for o in streamed(engine, tasks)] == [engine.generate(p).token_ids for p in tasks]
+
+
+def streamed(engine, tasks: list[TextParams], capacity: int = 3) -> list:
+    """Each task through generate_stream, handed over one per poll (so later ones join a running
+    batch); what `deliver` got for each, by task."""
+    pending = list(enumerate(tasks))
+    got: dict[int, object] = {}
+
+    def arrivals(room: int) -> list:
+        return [pending.pop(0)] if pending else []
+
+    engine.generate_stream(arrivals, got.__setitem__, capacity)
+    return [got[i] for i in range(len(tasks))]
+
+
+def test_streamed_tasks_join_a_running_batch_and_equal_each_alone(text_engine):
+    tasks = mixed_tasks(12, seed=21, max_tokens=10)
+    tasks.insert(5, TextParams(prompt="We", max_new_tokens=600))  # past the context: refused alone
+    outs = streamed(text_engine, tasks)
+    assert isinstance(outs[5], UsageError) and "context" in str(outs[5])
+    for p, got in zip(tasks, outs):
+        if p.max_new_tokens == 600:
+            continue
+        alone = text_engine.generate(p)
+        assert (got.token_ids, got.score, got.finish_reason) == (alone.token_ids, alone.score, alone.finish_reason)
 
 
 @pytest.mark.parametrize("size", [0, -1, 257])

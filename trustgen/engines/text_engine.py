@@ -179,8 +179,7 @@ class TextEngine:
             deliver(key, self._output(ids, st.tokens, st.score))
 
         if runner is None:
-            while admit(1):
-                pass
+            admit(1)  # runs every task that arrives, one at a time, until none is waiting
             return
         with torch.inference_mode():
             run_continuous(runner, [], capacity, admit, finish)

@@ -3,9 +3,9 @@
 Each task kind says how its results are checked (trustgen.node.kinds): text by one prefill
 pass, images by re-generation and perceptual hashes. Checks that arrive while the engine thread
 is busy run together next (text: one shared prefill pass), with the votes checking each alone
-gives. A history of accepted outputs names the
-earlier task when a rejected output replays one. A verifier set to cheat
-(trustgen.node.adversary) really signs something other than what its check found.
+gives. A history of accepted outputs names the earlier task when a rejected output replays one.
+A verifier set to cheat (trustgen.node.adversary) really signs something other than what its
+check found.
 """
 
 from __future__ import annotations
