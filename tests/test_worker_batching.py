@@ -8,7 +8,7 @@ import asyncio
 import grpc
 import pytest
 
-from tests.test_node_adversary import NET, request
+from tests.test_node_adversary import NET, PARAMS, request
 from trustgen.consensus.identity import Identity
 from trustgen.consensus.messages import open_wire
 from trustgen.errors import UsageError
@@ -144,3 +144,25 @@ def test_verifier_checks_arriving_together_share_a_pass_and_votes_do_not_change(
             assert open_wire(g, "Vote", NET).body == open_wire(w, "Vote", NET).body
     accepts = [open_wire(v, "Vote", NET).body["accept"] for v in together if not isinstance(v, RpcError)]
     assert True in accepts and False in accepts and isinstance(together[-1], RpcError)
+
+
+def test_text_and_image_tasks_on_one_batched_worker_all_complete_in_turn(engines, tmp_path):
+    """A text run takes no task once an image task is first in line: it finishes, the image runs,
+    then the text task queued behind the image (no kind waits on another forever)."""
+    me, gateway, client = Identity.generate(), Identity.generate(), Identity.generate()
+    worker = WorkerRole(me, NET, engines, BlobStore(tmp_path / "w"), batch=4)
+    tasks = [
+        make_task(client, NET, "text", "tiny-text", TEXT[0], 1),
+        make_task(client, NET, "image", "tiny-image", PARAMS["image"], 1),
+        make_task(client, NET, "text", "tiny-text", TEXT[1], 1),
+    ]
+
+    async def go() -> list:
+        calls = [worker.execute(request(gateway, "Worker", "Execute", {"task": t.wire()})) for t in tasks]
+        return await asyncio.wait_for(asyncio.gather(*calls), timeout=120)
+
+    got = asyncio.run(go())
+    alone = WorkerRole(me, NET, engines, BlobStore(tmp_path / "a"))
+    for task, (wire, blob) in zip(tasks, got):
+        want, want_blob = asyncio.run(alone.execute(request(gateway, "Worker", "Execute", {"task": task.wire()})))
+        assert open_wire(wire, "Result", NET).body == open_wire(want, "Result", NET).body and blob == want_blob

@@ -73,9 +73,12 @@ class Batcher:
 
         def arrivals(room: int) -> list[tuple[int, Any]]:  # on the engine thread
             with self._lock:
-                if any(j.engine is not engine for j in self._queue):
-                    return []  # another engine's tasks wait: finish this run, then serve them
-                got, self._queue = self._queue[:room], self._queue[room:]
+                # Only this engine's tasks at the head of the queue: once another engine's task is
+                # first in line, this run takes no more, finishes what it holds, and hands over.
+                n = 0
+                while n < min(room, len(self._queue)) and self._queue[n].engine is engine:
+                    n += 1
+                got, self._queue = self._queue[:n], self._queue[n:]
             for j in got:
                 taken[id(j)] = j
             self.batches[-1] = max(self.batches[-1], len(taken))
