@@ -5,9 +5,9 @@ requests: a task that arrives while others decode joins the running batch at the
 each task's Result goes back the step it finishes. Other engines (images, `generate_batch`) run
 what arrived during the previous run as the next batch. No timer decides anything: the first task
 runs at once. A batch's outputs are each the one its task gets alone, so batching changes
-throughput only, never a Result; a task refused as invalid fails alone. One engine's stream stops
-taking tasks while another engine's tasks wait, so no kind starves another on the one engine
-thread.
+throughput only, never a Result; a task refused as invalid fails alone. A stream takes only its
+engine's tasks at the head of the queue, so once another engine's task is first in line it
+finishes what it holds and hands over the one engine thread: no kind starves another.
 """
 
 from __future__ import annotations
