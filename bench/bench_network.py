@@ -9,8 +9,9 @@
 
     python bench/bench_network.py [--tasks 12] [--max-new-tokens 256] [--json]
 
---batching: only the 16-client throughput, side by side in one run: workers with worker_batch 1
-(batching off) and worker_batch 16 (tasks arriving together share one engine batch).
+--batching: only the 16-client throughput, side by side in one run: batching off (worker_batch 1,
+verifier_batch 1) and on (16 each: a worker's tasks decode together, continuously; a verifier's
+concurrent checks share one prefill pass), with the CPU time each role spent per task.
 
     python bench/bench_network.py --batching [--per-client 4] [--json]
 """
@@ -21,6 +22,7 @@ import argparse
 import asyncio
 import json
 import os
+import pathlib
 import statistics
 import tempfile
 import time
@@ -56,28 +58,53 @@ async def clients(gw: str, n_clients: int, per_client: int, verifiers: int, toke
     return n_clients * per_client / (time.perf_counter() - t0)
 
 
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds a process has used so far."""
+    fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_by_role(ready: dict) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for name, info in ready.items():
+        role = name.split("-")[0]
+        out[role] = out.get(role, 0.0) + _cpu_s(info["pid"])
+    return out
+
+
 def batching(args: argparse.Namespace) -> None:
-    """Verified tasks/s at 16 clients with worker batching off, then on; clusters started alike."""
-    res = {}
+    """Verified tasks/s at 16 clients with batching off (workers and verifiers one task or check
+    at a time), then on; clusters started alike. Also the CPU seconds each role spent per task
+    (gateway, all workers, all verifiers, and the 16 clients in this process): where the time goes."""
+    res: dict = {}
     for batch in (1, 16):
         root = tempfile.mkdtemp(prefix="tg-bench-net-batch-")
         settings = {f"worker-{i + 1}": {"worker_batch": batch} for i in range(args.workers)}
+        settings |= {f"verifier-{i + 1}": {"verifier_batch": batch} for i in range(args.verifiers)}
         ready = cluster.up(root, workers=args.workers, verifiers=args.verifiers, node_settings=settings)
         gw = ready["gateway"]["address"]
         try:
             asyncio.run(one(gw, TextParams(prompt="We", max_new_tokens=64), args.verifiers))  # warm-up
-            res[f"worker_batch_{batch}"] = round(asyncio.run(clients(gw, 16, args.per_client, args.verifiers, 64)), 3)
+            cpu0 = _cpu_by_role(ready) | {"clients": time.process_time()}
+            res[f"batch_{batch}"] = round(asyncio.run(clients(gw, 16, args.per_client, args.verifiers, 64)), 3)
+            cpu1 = _cpu_by_role(ready) | {"clients": time.process_time()}
+            res[f"cpu_ms_per_task_batch_{batch}"] = {
+                k: round((cpu1[k] - cpu0[k]) * 1e3 / (16 * args.per_client), 1) for k in cpu0
+            }
         finally:
             cluster.down(root)
-    res["ratio"] = round(res["worker_batch_16"] / res["worker_batch_1"], 2)
+    res["ratio"] = round(res["batch_16"] / res["batch_1"], 2)
     if args.json:
         print(json.dumps(res))
         return
     print(
         f"16 clients x {args.per_client} 64-token tasks, {args.workers} workers, {args.verifiers} verifiers: "
-        f"{res['worker_batch_1']:.2f} verified tasks/s batching off, {res['worker_batch_16']:.2f} on "
+        f"{res['batch_1']:.2f} verified tasks/s batching off, {res['batch_16']:.2f} on "
         f"({res['ratio']:.2f}x; target >= 3x)"
     )
+    for b in (1, 16):
+        cpu = res[f"cpu_ms_per_task_batch_{b}"]
+        print(f"CPU ms per task, batch {b}: " + ", ".join(f"{k} {v}" for k, v in cpu.items()))
 
 
 def main() -> None:

@@ -29,6 +29,18 @@ def small_gpt2(tmp_path_factory):
     return load_engine(str(path), "text")
 
 
+@pytest.fixture(scope="module")
+def cuda_tiny():
+    """tiny-text on the GPU, under the same tests as on CPU; skipped on machines without one."""
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device on this machine")
+    return load_engine("tiny-text", "text", device="cuda")
+
+
+def pick(which: str, request) -> object:
+    return request.getfixturevalue({"tiny": "text_engine", "small": "small_gpt2", "cuda": "cuda_tiny"}[which])
+
+
 def mixed_tasks(n: int, seed: int, max_tokens: int = 24) -> list[TextParams]:
     rng = random.Random(seed)
     return [
@@ -59,10 +71,13 @@ def step_logits(runner, prompts: list[list[int]], steps: int) -> list[list[torch
     return out
 
 
-@pytest.mark.parametrize("which", ["tiny", "small"])
-def test_packed_logits_are_bit_identical_to_a_batch_of_one(which, text_engine, small_gpt2):
-    engine = text_engine if which == "tiny" else small_gpt2
-    runner = packed_runner(engine.model)
+@pytest.mark.parametrize(
+    "which,prepack", [("tiny", True), ("small", True), ("tiny", False), ("small", False), ("cuda", True)]
+)
+def test_packed_logits_are_bit_identical_to_a_batch_of_one(which, prepack, request):
+    """Both matmul modes (MKL's packed-weight gemm, where torch has it, and addmm)."""
+    engine = pick(which, request)
+    runner = packed_runner(engine.model, prepack)
     gen = torch.Generator().manual_seed(1)
     vocab = engine.model.config.vocab_size
     # Repeated lengths: sequences decoding over equally long caches share an attention call.
@@ -73,23 +88,26 @@ def test_packed_logits_are_bit_identical_to_a_batch_of_one(which, text_engine, s
         assert all(torch.equal(a, b) for a, b in zip(alone, mine))
 
 
-@pytest.mark.parametrize("which", ["tiny", "small"])
-def test_packed_pass_matches_transformers_within_tolerance(which, text_engine, small_gpt2):
-    engine = text_engine if which == "tiny" else small_gpt2
+@pytest.mark.parametrize("which", ["tiny", "small", "cuda"])
+def test_packed_pass_matches_transformers_within_tolerance(which, request):
+    engine = pick(which, request)
     ids = engine.encode_prompt("Verifiable training of the gossip protocol")
     tokens = engine.generate(
         TextParams(prompt="Verifiable training of the gossip protocol", max_new_tokens=12)
     ).token_ids
     ours = engine.prefill_logits([(ids, tokens)])[0]
     with torch.inference_mode():
-        theirs = engine.model(input_ids=torch.tensor([ids + tokens[:-1]])).logits[0, len(ids) - 1 :].float()
+        theirs = engine.model(input_ids=torch.tensor([ids + tokens[:-1]], device=engine.device)).logits[
+            0, len(ids) - 1 :
+        ]
+        theirs = theirs.float().cpu()
     assert ours.shape == theirs.shape
     assert float((ours - theirs).abs().max()) < 1e-4  # docs/decisions.md: packed vs transformers
 
 
-@pytest.mark.parametrize("which,n,size", [("tiny", 36, 5), ("small", 15, 4)])
-def test_mixed_tasks_batched_equal_each_alone(which, n, size, text_engine, small_gpt2):
-    engine = text_engine if which == "tiny" else small_gpt2
+@pytest.mark.parametrize("which,n,size", [("tiny", 36, 5), ("small", 15, 4), ("cuda", 36, 5)])
+def test_mixed_tasks_batched_equal_each_alone(which, n, size, request):
+    engine = pick(which, request)
     tasks = mixed_tasks(n, seed=n)
     together = engine.generate_batch(tasks, batch_size=size)
     for p, got in zip(tasks, together):
@@ -116,9 +134,26 @@ def test_finished_tasks_leave_and_waiting_ones_join(text_engine, monkeypatch):
 
 
 def test_profile_records_batching_mode(text_engine):
-    assert text_engine.profile.flags["batching"] == packed.MODE
+    want = packed.MODE  # tiny-text is narrower than PREPACK_MIN_WIDTH: addmm matmuls
+    assert text_engine.profile.flags["batching"] == want
+    if packed.mkl_available():
+        assert packed_runner(text_engine.model, prepack=True).mode == packed.MKL_MODE
     out = text_engine.generate(TextParams(prompt="Consensus", max_new_tokens=2))
-    assert out.to_dict()["profile"]["flags"]["batching"] == "packed-rows16"
+    assert out.to_dict()["profile"]["flags"]["batching"] == want
+
+
+@pytest.mark.skipif(not packed.mkl_available(), reason="torch without MKL")
+def test_prepacked_weights_follow_an_in_place_change(small_gpt2):
+    """A packed weight copy is reused while its weight is unchanged and rebuilt when it changes, so
+    the packed pass always computes with the module's live weights."""
+    w = torch.randn(96, 64)
+    x = torch.randn(3, 96)
+    before = packed.chunked_matmul(x, w, None, prepacked=True)
+    assert packed._prepacked(w) is packed._prepacked(w)
+    with torch.no_grad():
+        w.mul_(2)
+    after = packed.chunked_matmul(x, w, None, prepacked=True)
+    assert torch.allclose(after, 2 * before, atol=1e-5) and torch.allclose(after, x @ w, atol=1e-4)
 
 
 def test_unsupported_model_runs_each_task_alone(tmp_path):
@@ -132,6 +167,32 @@ def test_unsupported_model_runs_each_task_alone(tmp_path):
     assert packed_runner(engine.model) is None and engine.profile.flags["batching"] == "serial"
     tasks = mixed_tasks(4, seed=9, max_tokens=6)
     assert [o.token_ids for o in engine.generate_batch(tasks, 3)] == [engine.generate(p).token_ids for p in tasks]
+    assert [o.token_ids for o in streamed(engine, tasks)] == [engine.generate(p).token_ids for p in tasks]
+
+
+def streamed(engine, tasks: list[TextParams], capacity: int = 3) -> list:
+    """Each task through generate_stream, handed over one per poll (so later ones join a running
+    batch); what `deliver` got for each, by task."""
+    pending = list(enumerate(tasks))
+    got: dict[int, object] = {}
+
+    def arrivals(room: int) -> list:
+        return [pending.pop(0)] if pending else []
+
+    engine.generate_stream(arrivals, got.__setitem__, capacity)
+    return [got[i] for i in range(len(tasks))]
+
+
+def test_streamed_tasks_join_a_running_batch_and_equal_each_alone(text_engine):
+    tasks = mixed_tasks(12, seed=21, max_tokens=10)
+    tasks.insert(5, TextParams(prompt="We", max_new_tokens=600))  # past the context: refused alone
+    outs = streamed(text_engine, tasks)
+    assert isinstance(outs[5], UsageError) and "context" in str(outs[5])
+    for p, got in zip(tasks, outs):
+        if p.max_new_tokens == 600:
+            continue
+        alone = text_engine.generate(p)
+        assert (got.token_ids, got.score, got.finish_reason) == (alone.token_ids, alone.score, alone.finish_reason)
 
 
 @pytest.mark.parametrize("size", [0, -1, 257])

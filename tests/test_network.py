@@ -75,9 +75,11 @@ def node_key(root, name):
 
 @pytest.fixture(scope="module")
 def net(tmp_path_factory):
-    """Gateway, two honest workers, three verifiers of which verifier-3 lies."""
+    """Gateway, two honest workers (worker-1 batching up to 4 tasks), three verifiers of which
+    verifier-3 lies."""
     root = tmp_path_factory.mktemp("cluster")
-    ready = cluster.up(root, workers=2, verifiers=3, node_settings={"verifier-3": {"adversary": "lie"}})
+    settings = {"verifier-3": {"adversary": "lie"}, "worker-1": {"worker_batch": 4}}
+    ready = cluster.up(root, workers=2, verifiers=3, node_settings=settings)
     yield root, ready
     cluster.down(root)
 
@@ -288,6 +290,18 @@ def test_worker_killed_mid_task_and_gateway_restart(tmp_path):
         assert_audits_clean(root / victim)
     finally:
         cluster.down(root)
+
+
+def test_workers_announce_their_batch_in_info(net):
+    """What the gateway reads when a worker joins, over a real channel: its worker_batch (0 from a
+    node that is not a worker)."""
+    _, ready = net
+
+    async def batch(name: str) -> int:
+        async with grpc.aio.insecure_channel(ready[name]["address"]) as ch:
+            return (await rpc.NodeStub(ch).Info(pb.InfoRequest(), timeout=5)).worker_batch
+
+    assert [asyncio.run(batch(n)) for n in ("worker-1", "worker-2", "verifier-1", "gateway")] == [4, 1, 0, 0]
 
 
 def test_every_node_converges_to_the_same_ledger(net):

@@ -67,6 +67,28 @@ def test_worker_choice_by_reputation_then_load_never_excluded_or_suspected():
     assert scheduling.pick_worker(st, members, {}, reputation, {}) is None  # the verifier is never picked
 
 
+def test_workers_get_at_most_twice_their_announced_batch_in_flight():
+    st = TaskState(task_with(), b"\x00" * 32, [])
+    a, b, c = (ident(i).public_key for i in (24, 25, 26))
+    members = {
+        a: {"address": "x", "roles": ["worker"], "batch": 1},  # 2 slots
+        b: {"address": "x", "roles": ["worker"], "batch": 8},  # 16 slots
+    }
+    # The smallest share of slots in use wins: 3 of b's 16 before 1 of a's 2.
+    assert scheduling.pick_worker(st, members, {}, {}, {a: 1, b: 3}) == b
+    assert scheduling.pick_worker(st, members, {}, {}, {a: 0, b: 15}) == a
+    assert scheduling.pick_worker(st, members, {}, {}, {a: 2, b: 15}) == b  # a is full
+    assert scheduling.pick_worker(st, members, {}, {}, {a: 2, b: 16}) == scheduling.BUSY  # wait at the gateway
+    st.excluded.update((a, b))
+    assert scheduling.pick_worker(st, members, {}, {}, {}) is None  # none may take it: not BUSY
+    # The announcement is the worker's own word: bounded, and a worker that made none has no limit.
+    assert scheduling.worker_slots({"batch": 10**9}) == 2 * scheduling.MAX_ANNOUNCED_BATCH
+    assert scheduling.worker_slots({"batch": 0}) is None and scheduling.worker_slots({}) is None
+    assert scheduling.worker_slots({"batch": True}) is None
+    members[c] = {"address": "x", "roles": ["worker"]}
+    assert scheduling.pick_worker(TaskState(task_with(), b"\x00" * 32, []), members, {}, {}, {a: 2, b: 16, c: 99}) == c
+
+
 def finalize(led: Ledger, scen, task: Signed, result: Signed, accept: bool) -> Signed:
     """Append the result and the certificate that its assigned verifiers' votes give it."""
     accepted = next(e for e in led.iter_entries(entry_type="TaskAccepted") if e.body["task"] == task.wire())

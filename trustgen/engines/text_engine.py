@@ -15,7 +15,9 @@ reduction orders for other batch shapes, and padding changes attention numerics.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import replace
+from typing import Any
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
@@ -26,7 +28,7 @@ from trustgen.engines.decoding import beam_select, task_state
 from trustgen.engines.determinism import ExecutionProfile, configure, resolve_dtype
 from trustgen.engines.loading import MODEL_LOAD, load_failure
 from trustgen.engines.outputs import TextOutput
-from trustgen.engines.packed import MODE, Sequence, packed_runner
+from trustgen.engines.packed import Sequence, packed_runner
 from trustgen.engines.params import TextParams
 from trustgen.engines.registry import ModelRef
 from trustgen.engines.sampling import sample_token
@@ -69,9 +71,10 @@ class TextEngine:
         if not isinstance(positions, int):
             raise ModelError(f"model {model.name!r} declares no integer context length: {positions!r}")
         self.max_positions: int = positions
-        self.packed = packed_runner(self.model) is not None
+        runner = packed_runner(self.model)
+        self.packed = runner is not None
         self.profile = replace(
-            self.profile, flags={**self.profile.flags, "batching": MODE if self.packed else "serial"}
+            self.profile, flags={**self.profile.flags, "batching": runner.mode if runner is not None else "serial"}
         )
 
     def encode_prompt(self, prompt: str) -> list[int]:
@@ -138,6 +141,52 @@ class TextEngine:
         with torch.inference_mode():
             run_continuous(runner, states, batch_size or min(MAX_BATCH, max(1, len(batch))))
         return [self._output(ids, s.tokens, s.score) for ids, s in zip(prompts, states)]
+
+    def generate_stream(
+        self,
+        arrivals: Callable[[int], list[tuple[Any, TextParams]]],
+        deliver: Callable[[Any, TextOutput | UsageError], None],
+        capacity: int,
+    ) -> None:
+        """Continuous batching over tasks that keep arriving: `arrivals(room)` hands over up to
+        `room` (key, params) pairs without blocking; each task joins the running batch at the next
+        step and `deliver(key, output)` is called the step it finishes (`deliver(key, error)` at
+        once for a task refused as invalid). Returns when nothing runs and nothing arrives. Every
+        output is the one the task gets alone."""
+        if not 1 <= capacity <= MAX_BATCH:
+            raise UsageError(f"batch size must be in [1, {MAX_BATCH}], got {capacity}")
+        runner = packed_runner(self.model)
+        meta: dict[int, tuple[Any, list[int]]] = {}  # id(task state) -> (key, prompt ids)
+
+        def admit(room: int) -> list[Any]:
+            states: list[Any] = []
+            while not states:
+                got = arrivals(room)
+                if not got:
+                    break
+                for key, p in got:
+                    try:
+                        ids = self.prompt_ids(p)
+                    except UsageError as e:
+                        deliver(key, e)
+                        continue
+                    if runner is None:  # a model the packed pass cannot run: each task alone
+                        deliver(key, self._serial(ids, p))
+                        continue
+                    st = task_state(p, ids, self.eos_id)
+                    meta[id(st)] = (key, ids)
+                    states.append(st)
+            return states
+
+        def finish(st: Any) -> None:
+            key, ids = meta.pop(id(st))
+            deliver(key, self._output(ids, st.tokens, st.score))
+
+        if runner is None:
+            admit(1)  # runs every task that arrives, one at a time, until none is waiting
+            return
+        with torch.inference_mode():
+            run_continuous(runner, [], capacity, admit, finish)
 
     def prefill_logits(self, items: list[tuple[list[int], list[int]]]) -> list[torch.Tensor]:
         """For each (prompt ids, claimed tokens): the logits predicting each claimed token, from one

@@ -51,6 +51,7 @@ class NodeConfig:
     log_file: str = ""
     log_max_bytes: int = 10_000_000
     log_backups: int = 3
+    verifier_batch: int = 16  # verifier: checks arriving together share one engine call, up to this many
     gossip_interval_s: float = 1.0  # 0: no background rounds (tests and benchmarks drive them)
     gossip_fanout: int = 2
     learn_peers: bool = True  # add peers from NodeJoined entries, not only bootstrap
@@ -96,6 +97,8 @@ class NodeConfig:
             raise UsageError("log_max_bytes must be an integer >= 4096")
         if type(self.log_backups) is not int or not 1 <= self.log_backups <= 100:
             raise UsageError("log_backups must be an integer in [1, 100]")
+        if type(self.verifier_batch) is not int or not 1 <= self.verifier_batch <= MAX_WORKER_BATCH:
+            raise UsageError(f"verifier_batch must be an integer in [1, {MAX_WORKER_BATCH}]")
         if self.gossip_interval_s < 0 or not 1 <= self.gossip_fanout <= 16:
             raise UsageError("gossip_interval_s must be >= 0 and gossip_fanout in [1, 16]")
 

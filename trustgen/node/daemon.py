@@ -136,6 +136,7 @@ class Node:
             metrics_port=self.metrics.port,
             ledger_size=self.ledger.size(),
             version=trustgen.__version__,
+            worker_batch=self.cfg.worker_batch if "worker" in self.cfg.roles else 0,
         )
 
     def _load_roles(self) -> None:
@@ -164,7 +165,13 @@ class Node:
                 from trustgen.node.verifier_role import VerifierRole
 
                 self.verifier = verifier = VerifierRole(
-                    self.identity, cfg.network, engines, cfg.adversary, self.metrics, self._fetch_checked
+                    self.identity,
+                    cfg.network,
+                    engines,
+                    cfg.adversary,
+                    self.metrics,
+                    self._fetch_checked,
+                    cfg.verifier_batch,
                 )
                 log.info(
                     "history index: %d accepted outputs from the ledger",

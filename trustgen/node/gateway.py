@@ -82,6 +82,7 @@ class GatewayRole:
         self.admission = self._rep.admission
         self._rep_cursor = 0
         self._joined = asyncio.Event()
+        self._slot_freed = asyncio.Event()  # set (and replaced) whenever a worker's task comes back
         self._runners: set[asyncio.Task] = set()
         self._probe: asyncio.Task | None = None
 
@@ -155,7 +156,12 @@ class GatewayRole:
         except IngestError as e:
             raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, f"entry refused ({e.code}): {e}") from None
         self._refresh_reputation()  # the admissions it carried count from now on
-        self.members[sender] = {"address": address, "roles": list(joined.body["roles"]), "offer": offer}
+        self.members[sender] = {
+            "address": address,
+            "roles": list(joined.body["roles"]),
+            "offer": offer,
+            "batch": info.worker_batch,
+        }
         self.suspects.pop(sender, None)
         self._joined.set()
         self._joined = asyncio.Event()
@@ -343,16 +349,12 @@ class GatewayRole:
                 # Every worker that could take it said it is invalid: fail now, with the reason.
                 self._fail(st, "refused", refused)
                 return
-            if worker is None:
-                # Workers that failed it get another chance once their suspicion lapses.
-                st.excluded -= failed
-                failed.clear()
-                st.update("waiting", "no worker available")
-                joined = self._joined
-                try:
-                    await asyncio.wait_for(joined.wait(), timeout=1.0)
-                except TimeoutError:
-                    pass
+            if worker is None or worker == scheduling.BUSY:
+                if worker is None:  # workers that failed it get another chance once their suspicion lapses
+                    st.excluded -= failed
+                    failed.clear()
+                st.update("waiting", "no worker available" if worker is None else "every worker is busy")
+                await self._wait_for_worker()
                 continue
             st.update("running", f"worker {worker.hex()[:12]}")
             self._publish("task", task=task.id.hex(), state="running", worker=worker.hex())
@@ -380,6 +382,15 @@ class GatewayRole:
                 return
         self._fail(st, "rejected", f"{st.attempt} results, none accepted")
 
+    async def _wait_for_worker(self) -> None:
+        """Until a node joins or a worker's slot frees, at most a second (suspicions expire too)."""
+        waits = [asyncio.ensure_future(e.wait()) for e in (self._joined, self._slot_freed)]
+        try:
+            await asyncio.wait(waits, timeout=1.0, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
+
     async def _execute(self, st: TaskState, worker: bytes) -> tuple[Signed, bytes] | None:
         self.inflight[worker] += 1
         try:
@@ -394,6 +405,8 @@ class GatewayRole:
             )
         finally:
             self.inflight[worker] -= 1
+            self._slot_freed.set()
+            self._slot_freed = asyncio.Event()
         if got is not None and got[1]:
             self.blobs.put(got[1])
         return got

@@ -19,10 +19,12 @@ from trustgen.engines.outputs import read_png
 from trustgen.errors import UsageError
 from trustgen.gossip.blobs import blob_digest
 from trustgen.verifier.fingerprints import image_fingerprint, text_fingerprint
-from trustgen.verifier.verify import verify_image, verify_text
+from trustgen.verifier.verify import verify_image, verify_text, verify_texts
 from trustgen.verifier.vote import VoteValue, reject
 
 Fingerprint = dict[str, Any]
+Checked = tuple[VoteValue, Fingerprint]
+Claim = tuple[dict[str, Any], dict[str, Any], bytes]  # (claimed values, Result body, blob bytes)
 
 
 @dataclass(frozen=True)
@@ -39,10 +41,17 @@ class TaskKind:
     # (engine, params) -> output: how an honest worker runs a task of this kind
     run: Callable[[Any, Any], Any] = lambda engine, params: engine.generate(params)
     # (output) -> (fields added to the Result's `output`, a blob the worker keeps and serves, or
-    # b""): what a worker commits to beyond the output itself (images: the trajectory)
-    commit: Callable[[Any], tuple[dict[str, Any], bytes]] = lambda out: ({}, b"")
+    # b""): what a worker commits to beyond the output itself (images: the trajectory); None:
+    # nothing (the worker then never waits for the engine thread, busy with other tasks' batch)
+    commit: Callable[[Any], tuple[dict[str, Any], bytes]] | None = None
     # (a Result's `output`) -> whether it commits to a trajectory a verifier may check instead
     commits_trajectory: Callable[[dict[str, Any]], bool] = lambda output: False
+    # whether a batching worker runs it through its batcher; False: each task runs alone through
+    # `run` (images: the trajectory is recorded per task, and the UNet is not batch-invariant)
+    batched: bool = True
+    # several `check`s sharing the engine's passes (a UsageError in place of a malformed one), with
+    # the verdicts `check` gives one by one; None: the kind has no cheaper way than one by one
+    check_batch: Callable[[Any, list[Claim]], list[Checked | UsageError]] | None = None
 
     @property
     def name(self) -> str:
@@ -59,6 +68,16 @@ def _check_text(engine: Any, claimed: dict[str, Any], r: dict[str, Any], blob: b
     claimed["token_ids"] = tokens
     vote = verify_text(claimed, "prefill", engine=engine)
     return vote, (text_fingerprint(tokens) if isinstance(tokens, list) and tokens else {})
+
+
+def _check_texts(engine: Any, claims: list[Claim]) -> list[Checked | UsageError]:
+    tokens = [r["output"].get("token_ids") for _, r, _ in claims]
+    claimed = [{**c, "token_ids": t} for (c, _, _), t in zip(claims, tokens)]
+    votes = verify_texts(claimed, engine)
+    return [
+        v if isinstance(v, UsageError) else (v, text_fingerprint(t) if isinstance(t, list) and t else {})
+        for v, t in zip(votes, tokens)
+    ]
 
 
 def _replay_text(output: dict[str, Any], blob: bytes) -> Fingerprint | None:
@@ -125,16 +144,19 @@ def _calibrate_image(samples: int, model: str) -> dict[str, Any]:
 TASK_KINDS: dict[str, TaskKind] = {
     k.name: k
     for k in (
-        TaskKind(ENGINE_KINDS["text"], _describe_text, _check_text, _replay_text, _calibrate_text),
+        TaskKind(
+            ENGINE_KINDS["text"], _describe_text, _check_text, _replay_text, _calibrate_text, check_batch=_check_texts
+        ),
         TaskKind(
             ENGINE_KINDS["image"],
             _describe_image,
             _check_image,
             _replay_image,
             _calibrate_image,
-            _run_image,
-            _commit_image,
-            lambda output: "trajectory" in output,
+            run=_run_image,
+            commit=_commit_image,
+            commits_trajectory=lambda output: "trajectory" in output,
+            batched=False,
         ),
     )
 }
@@ -148,15 +170,43 @@ def check_result(
     """Check a Result body against the Task body it claims to answer, with `engine` serving the
     task's model: what a verifier votes on, and what `trustgen audit --recheck` runs again."""
     kind = task_kind(task["kind"])
+    return kind.check(engine, _claimed(kind, task, result), result, blob)
+
+
+def check_results(engine: Any, items: list[tuple[dict[str, Any], dict[str, Any], bytes]]) -> list[Checked | UsageError]:
+    """`check_result` for several (Task body, Result body, blob) served by `engine`, in shared
+    passes where the kind allows: each answer is the one `check_result` gives alone (its vote, or
+    the UsageError it raises)."""
+    out: list[Checked | UsageError | None] = [None] * len(items)
+    batches: dict[str, list[tuple[int, Claim]]] = {}
+    for i, (task, result, blob) in enumerate(items):
+        try:
+            kind = task_kind(task["kind"])
+            claim = (_claimed(kind, task, result), result, blob)
+            if kind.check_batch is not None:
+                batches.setdefault(kind.name, []).append((i, claim))
+            else:
+                out[i] = kind.check(engine, *claim)
+        except UsageError as e:
+            out[i] = e
+    for name, todo in batches.items():
+        check_batch = TASK_KINDS[name].check_batch
+        assert check_batch is not None  # grouped above by having one
+        for (i, _), got in zip(todo, check_batch(engine, [c for _, c in todo])):
+            out[i] = got
+    return [o for o in out if o is not None]
+
+
+def _claimed(kind: TaskKind, task: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
+    """The values a Result claims for its Task, as the verify functions read them."""
     params = kind.engine.parse_params(task["params"])
-    claimed = {
+    return {
         "task": params.to_dict(),
         "model": task["model"],
         "model_digest": result["model_digest"],
         "output_digest": result["output_digest"],
         "profile": result["profile"],
     }
-    return kind.check(engine, claimed, result, blob)
 
 
 def trajectory_blob(output: dict[str, Any]) -> str:

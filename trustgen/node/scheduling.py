@@ -4,8 +4,12 @@ A task's state is rebuilt from the gateway's own feed (`recover_tasks`): TaskAcc
 task, its beacon and candidate verifiers; ResultCommitted counts an attempt; TaskFinalized either
 finishes it (accept) or excludes the worker that produced the rejected result; TaskFailed fails
 it for good. The first terminal entry wins (the audit flags any second one). Workers are chosen
-by reputation, then load, then a per-task hash (so ties spread); a worker that fails or times out
-is suspected for a while and loses the task to another.
+by reputation, then load (tasks in flight over the worker's slots), then a per-task hash (so ties
+spread); a worker that fails or times out is suspected for a while and loses the task to another.
+A worker that announced its batch size B (NodeInfo.worker_batch, read when it joins) has 2B slots:
+one batch decoding and the next forming. The gateway keeps no more of its tasks in flight there;
+a task that finds every eligible worker full waits at the gateway for a free slot, so tasks do not
+queue (and time out) behind a busy worker while another frees up.
 """
 
 from __future__ import annotations
@@ -38,6 +42,17 @@ SUSPECT_S = 30.0
 # BACKOFF_BASE_S * 2^n seconds, at most BACKOFF_MAX_S, until the task expires.
 BACKOFF_BASE_S = 0.5
 BACKOFF_MAX_S = 30.0
+MAX_ANNOUNCED_BATCH = 64  # a worker's announced batch is untrusted: bounded like the node setting
+BUSY = b""  # pick_worker: eligible workers exist, and every one has its slots full
+
+
+def worker_slots(member: dict[str, Any]) -> int | None:
+    """Tasks the gateway keeps in flight at a worker: twice its announced batch (bounded), or
+    None (no limit) when it announced none, as a node from before the announcement."""
+    batch = member.get("batch")
+    if type(batch) is not int or batch < 1:
+        return None
+    return 2 * min(batch, MAX_ANNOUNCED_BATCH)
 
 
 @dataclass
@@ -171,8 +186,9 @@ def pick_worker(
     reputation: dict[bytes, float],
     inflight: dict[bytes, int],
 ) -> bytes | None:
-    """The best worker for a task: not excluded from it, not recently failed; highest reputation,
-    then fewest tasks in flight, then a hash of task and worker."""
+    """The best worker for a task: not excluded from it, not recently failed, a slot free; highest
+    reputation, then the smallest share of its slots in use, then a hash of task and worker. None
+    when no worker may take it; BUSY when some may, but all are full."""
     now = time.monotonic()
     pool = [
         k
@@ -181,8 +197,15 @@ def pick_worker(
     ]
     if not pool:
         return None
+    load: dict[bytes, float] = {}
+    for k in pool:
+        slots = worker_slots(members[k])
+        if slots is None or inflight.get(k, 0) < slots:
+            load[k] = inflight.get(k, 0) / (slots or 1)
+    if not load:
+        return BUSY
     tid = st.task.id
-    return min(pool, key=lambda k: (-reputation.get(k, 0.5), inflight.get(k, 0), hashlib.sha256(tid + k).digest()))
+    return min(load, key=lambda k: (-reputation.get(k, 0.5), load[k], hashlib.sha256(tid + k).digest()))
 
 
 async def execute(

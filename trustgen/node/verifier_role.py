@@ -1,13 +1,14 @@
 """Verifier role: check a worker's result for a task and return a signed Vote.
 
 Each task kind says how its results are checked (trustgen.node.kinds): text by one prefill
-pass, images by their committed denoising trajectory (c steps re-executed, chosen by the
-challenge beacon the gateway drew after committing the result) or, for results without a
-commitment and the audit-drawn fraction, by re-generation and perceptual hashes. The trajectory
-tensors are fetched by digest from the worker (or any peer holding them), size-bounded and
-checked chunk by chunk. A history of accepted outputs names the earlier task when a rejected
-output replays one. A verifier set to cheat (trustgen.node.adversary) really signs something
-other than what its check found.
+pass (checks that arrive while the engine thread is busy share one prefill pass, with the votes
+checking each alone gives), images by their committed denoising trajectory (c steps re-executed,
+chosen by the challenge beacon the gateway drew after committing the result) or, for results
+without a commitment and the audit-drawn fraction, by re-generation and perceptual hashes. The
+trajectory tensors are fetched by digest from the worker (or any peer holding them),
+size-bounded and checked chunk by chunk. A history of accepted outputs names the earlier task
+when a rejected output replays one. A verifier set to cheat (trustgen.node.adversary) really
+signs something other than what its check found.
 """
 
 from __future__ import annotations
@@ -28,13 +29,23 @@ from trustgen.gossip.blobfetch import BlobFetchError
 from trustgen.gossip.blobs import BlobStore
 from trustgen.net.auth import RpcError
 from trustgen.node.adversary import verifier_cheat
+from trustgen.node.coalesce import Coalescer
 from trustgen.node.engine_pool import Engines
-from trustgen.node.kinds import TASK_KINDS, TaskKind, check_result, check_result_by_trajectory, trajectory_blob
+from trustgen.node.kinds import (
+    TASK_KINDS,
+    Checked,
+    Fingerprint,
+    TaskKind,
+    check_result_by_trajectory,
+    check_results,
+    trajectory_blob,
+)
 from trustgen.verifier.history import HistoryIndex
 from trustgen.verifier.trajectory import METHOD, choose_method, early_reject
 from trustgen.verifier.vote import VoteValue, reject
 
 log = logging.getLogger("trustgen.node")
+MAX_CHECK_BATCH = 16  # default results checked in one engine call (prefill rows are bounded again inside)
 
 # (blob digest, keys of nodes that should hold it, addresses the gateway says hold it, size
 # limit) -> the blob's bytes; raises BlobFetchError (gossip/blobfetch.py) when no peer serves it
@@ -55,9 +66,11 @@ class VerifierRole:
         adversary: str = "",
         metrics: Any = None,
         fetch: Fetch | None = None,
+        batch: int = MAX_CHECK_BATCH,
     ) -> None:
         """`adversary`: the node's cheating mode; honest unless it is a verifier mode. `fetch`:
-        how trajectory blobs are fetched; without it every image is re-generated."""
+        how trajectory blobs are fetched; without it every image is re-generated. `batch`: up to
+        this many checks that arrive together share one engine call (votes are unchanged)."""
         self.identity, self.network, self.engines = identity, network, engines
         self.fetch = fetch
         # method -> [checks, wall seconds, process CPU seconds], fetch included, what
@@ -73,6 +86,8 @@ class VerifierRole:
         self._results: dict[bytes, Signed] = {}  # committed, not yet finalised
         # task key -> (kind, result output) of each output blob left in `missing`
         self._fetching: dict[str, tuple[TaskKind, dict[str, Any]]] = {}
+        # Checks that arrive while the engine thread is busy share its next prefill pass.
+        self._checks = Coalescer(engines, self._check_and_record, batch)
 
     def rebuild_history(self, ledger: Ledger, blobs: BlobStore) -> int:
         """Index the outputs of every result finalised as accepted in the ledger (gossip brings
@@ -130,17 +145,27 @@ class VerifierRole:
         self.history.add(task_key, fp)
         return 1
 
-    def _check(self, task: Signed, result: Signed, blob: bytes, traj: tuple | None) -> tuple[VoteValue, dict]:
+    def _check_trajectory(self, task: Signed, result: Signed, png: bytes, traj: tuple) -> VoteValue:
         engine = self.engines.for_task(task.body["kind"], task.body["model"])
-        if traj is not None:
-            return check_result_by_trajectory(engine, task.body, result.body, blob, *traj)
-        return check_result(engine, task.body, result.body, blob)
-
-    def _check_and_record(self, task: Signed, result: Signed, png: bytes, traj: tuple | None = None) -> VoteValue:
+        got: Checked | UsageError
         try:
-            vote, fp = self._check(task, result, png, traj)
+            got = check_result_by_trajectory(engine, task.body, result.body, png, *traj)
         except UsageError as e:
-            vote, fp = reject("prefill", f"malformed result: {e}"), {}
+            got = e
+        return self._record(task, got)
+
+    def _check_and_record(self, engine: Any, items: list[tuple[Signed, Signed, bytes]]) -> list[VoteValue]:
+        """Check results served by `engine` (in shared passes where the kind allows), then record
+        each in arrival order: the same votes and history as checking them one by one."""
+        checked = check_results(engine, [(task.body, result.body, blob) for task, result, blob in items])
+        return [self._record(task, got) for (task, _, _), got in zip(items, checked)]
+
+    def _record(self, task: Signed, got: Checked | UsageError) -> VoteValue:
+        fp: Fingerprint
+        if isinstance(got, UsageError):
+            vote, fp = reject("prefill", f"malformed result: {got}"), {}
+        else:
+            vote, fp = got
         task_key = task.id.hex()
         if fp and not vote.accept:
             replay = self.history.find_replay(task_key, fp)
@@ -188,20 +213,20 @@ class VerifierRole:
         if type(beacon_size) is not int or not 0 <= beacon_size < 2**63:
             raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, "beacon_size must be a non-negative integer")
         try:
-            self.engines.for_task(task.body["kind"], task.body["model"])
+            engine = self.engines.for_task(task.body["kind"], task.body["model"])
         except ModelError as e:
             raise RpcError(grpc.StatusCode.FAILED_PRECONDITION, str(e)) from None
         kind = TASK_KINDS[task.body["kind"]]  # the engine pool serves it, so it is a known kind
         committed = kind.commits_trajectory(result.body["output"])
         wall, cpu = time.perf_counter(), time.process_time()
         if self.fetch is None or choose_method(committed, beacon, task.id) != METHOD:
-            vote = await self.engines.run(self._check_and_record, task, result, png)
+            vote = await self._checks.submit(engine, (task, result, png))
         else:
             fetched = await self._fetch_trajectory(req, result, beacon, beacon_size)
             if isinstance(fetched, VoteValue):
                 vote = fetched
             else:
-                vote = await self.engines.run(self._check_and_record, task, result, png, (fetched, beacon, beacon_size))
+                vote = await self.engines.run(self._check_trajectory, task, result, png, (fetched, beacon, beacon_size))
         t = self.timings.setdefault(vote.method, [0.0, 0.0, 0.0])
         t[0], t[1], t[2] = t[0] + 1, t[1] + time.perf_counter() - wall, t[2] + time.process_time() - cpu
         if self.cheat is not None:  # recorded above from the honest check

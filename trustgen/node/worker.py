@@ -102,7 +102,7 @@ class WorkerRole:
             await asyncio.sleep(self.delay_s)
         cancel = threading.Event()
         try:
-            if self.batcher is not None:
+            if self.batcher is not None and kind.batched:
                 out = await self.batcher.generate(engine, params, cancel)
             else:
                 out = await self.engines.run(self._generate, kind, engine, params, cancel=cancel)
@@ -117,7 +117,7 @@ class WorkerRole:
         digest = self.blobs.put(blob) if blob else ""
         # Kept and served by gossip blob fetch (a verifier fetches it by the digest committed);
         # hashing and encoding the tensors runs off the event loop.
-        extra, kept = await self.engines.run(kind.commit, out)
+        extra, kept = await self.engines.run(kind.commit, out) if kind.commit is not None else ({}, b"")
         if kept:
             self.blobs.put(kept)
         if self.metrics is not None:

@@ -199,7 +199,7 @@ class InfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class NodeInfo(_message.Message):
-    __slots__ = ("node_id", "roles", "network", "events_port", "metrics_port", "ledger_size", "version")
+    __slots__ = ("node_id", "roles", "network", "events_port", "metrics_port", "ledger_size", "version", "worker_batch")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     ROLES_FIELD_NUMBER: _ClassVar[int]
     NETWORK_FIELD_NUMBER: _ClassVar[int]
@@ -207,6 +207,7 @@ class NodeInfo(_message.Message):
     METRICS_PORT_FIELD_NUMBER: _ClassVar[int]
     LEDGER_SIZE_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
+    WORKER_BATCH_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     roles: _containers.RepeatedScalarFieldContainer[str]
     network: str
@@ -214,7 +215,8 @@ class NodeInfo(_message.Message):
     metrics_port: int
     ledger_size: int
     version: str
-    def __init__(self, node_id: _Optional[str] = ..., roles: _Optional[_Iterable[str]] = ..., network: _Optional[str] = ..., events_port: _Optional[int] = ..., metrics_port: _Optional[int] = ..., ledger_size: _Optional[int] = ..., version: _Optional[str] = ...) -> None: ...
+    worker_batch: int
+    def __init__(self, node_id: _Optional[str] = ..., roles: _Optional[_Iterable[str]] = ..., network: _Optional[str] = ..., events_port: _Optional[int] = ..., metrics_port: _Optional[int] = ..., ledger_size: _Optional[int] = ..., version: _Optional[str] = ..., worker_batch: _Optional[int] = ...) -> None: ...
 
 class TrainingReply(_message.Message):
     __slots__ = ("body",)

@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import pathlib
+from collections.abc import Sequence
 from typing import Any
 
 from trustgen.engines.generate import load_engine
@@ -18,7 +19,7 @@ from trustgen.engines.params import MAX_STEPS, ImageParams, TextParams
 from trustgen.engines.trajectory import Trajectory, TrajectoryError
 from trustgen.errors import TrustgenError, UsageError
 from trustgen.verifier import policy
-from trustgen.verifier.prefill import prefill_check
+from trustgen.verifier.prefill import prefill_check_batch
 from trustgen.verifier.reexec import regenerate_image, regenerate_text
 from trustgen.verifier.trajectory import check_trajectory, choose_method, early_reject
 from trustgen.verifier.vote import VoteValue, reject
@@ -52,6 +53,48 @@ def _params(cls, task: Any):
 def verify_text(result: dict[str, Any], method: str = "prefill", engine=None) -> VoteValue:
     if method not in TEXT_METHODS:
         raise UsageError(f"unknown method {method!r}; choose one of {', '.join(TEXT_METHODS)}")
+    claim = _text_form(result, method)
+    if isinstance(claim, VoteValue):
+        return claim
+    engine = engine or load_engine(result["model"], "text")
+    if method == "regenerate":
+        bad = _model_mismatch(result, method, engine)
+        return bad if bad is not None else regenerate_text(engine, *claim)
+    vote = verify_texts([result], engine)[0]
+    if isinstance(vote, UsageError):
+        raise vote
+    return vote
+
+
+def verify_texts(results: Sequence[dict[str, Any]], engine: Any) -> list[VoteValue | UsageError]:
+    """Prefill-check several text results with `engine` in shared batched passes: each verdict is
+    the one `verify_text` gives alone; a malformed result gets its UsageError in its place."""
+    out: list[VoteValue | UsageError] = []
+    todo: list[tuple[int, TextParams, list[int], float]] = []
+    for i, result in enumerate(results):
+        try:
+            claim = _text_form(result, "prefill")
+        except UsageError as e:
+            out.append(e)
+            continue
+        if isinstance(claim, VoteValue):
+            out.append(claim)
+            continue
+        bad = _model_mismatch(result, "prefill", engine)
+        if bad is not None:
+            out.append(bad)
+            continue
+        claimed_dtype = (result.get("profile") or {}).get("dtype")
+        todo.append((i, claim[0], claim[1], policy.prefill_tolerance(claimed_dtype, engine.profile.dtype)))
+        out.append(reject("prefill", "not checked"))  # replaced below
+    votes = prefill_check_batch(engine, [(p, tokens) for _, p, tokens, _ in todo], [tol for *_, tol in todo])
+    for (i, *_), vote in zip(todo, votes):
+        out[i] = vote
+    return out
+
+
+def _text_form(result: dict[str, Any], method: str) -> VoteValue | tuple[TextParams, list[int]]:
+    """A verdict that needs no model, or what the model must check: (task, claimed tokens)."""
     p = _params(TextParams, result["task"])
     tokens = result.get("token_ids")
     if not isinstance(tokens, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in tokens):
@@ -60,14 +103,13 @@ def verify_text(result: dict[str, Any], method: str = "prefill", engine=None) ->
         return reject(method, "token id out of range")
     if text_digest(tokens) != result["output_digest"]:
         return reject(method, "output digest does not match the claimed tokens")
-    engine = engine or load_engine(result["model"], "text")
+    return p, tokens
+
+
+def _model_mismatch(result: dict[str, Any], method: str, engine: Any) -> VoteValue | None:
     if engine.ref.digest != result["model_digest"]:
         return reject(method, f"claimed model {result['model_digest']} is not the task's model {engine.ref.digest}")
-    if method == "regenerate":
-        return regenerate_text(engine, p, tokens)
-    claimed_dtype = (result.get("profile") or {}).get("dtype")
-    tol = policy.prefill_tolerance(claimed_dtype, engine.profile.dtype)
-    return prefill_check(engine, p, tokens, tol)
+    return None
 
 
 def _local_path(name: Any, base: pathlib.Path | None, what: str) -> pathlib.Path:
