@@ -125,11 +125,28 @@ def test_a_real_run_with_a_minus_10x_trainer_learns_and_replays(tmp_path: pathli
     # no spot checks, so the -10x delta reaches the aggregation and only the rule stands in its way
     s = run_job(specs.from_dict(raw), tmp_path / "run", 3, "scaled", 2)
     assert s["rejected"] == [] and s["final_heldout_loss"] < s["base_heldout_loss"]
-    r = subprocess.run(
-        [sys.executable, "-m", "trustgen.cli", "train", "replay", str(tmp_path / "run"), "--json", "--threads", "2"],
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert r.returncode == 0 and json.loads(r.stdout)["ok"], r.stdout + r.stderr
+
+    def replay(*extra: str) -> tuple[int, dict]:
+        r = subprocess.run(
+            [sys.executable, "-m", "trustgen.cli", "train", "replay", str(tmp_path / "run"), "--json", *extra],
+            env=ENV,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        return r.returncode, json.loads(r.stdout)
+
+    # every round aggregated again from the blobs, in another process: the same checkpoints
+    code, rep = replay("--mode", "deltas")
+    assert code == 0 and rep["ok"] and rep["final_digest"] == s["evals"][-1]["digest"], rep
+    # a full replay re-executes every trainer's round, and that names the -10x delta
+    code, rep = replay()
+    assert code == 1 and rep["first_bad"]["what"] == "delta" and rep["first_bad"]["round"] == 0, rep
+
+
+def test_the_sorting_network_gives_torch_sort_values_for_every_count_up_to_64() -> None:
+    g = torch.Generator().manual_seed(5)
+    for n in [*range(1, 18), 31, 32, 33, 64]:
+        d = [{"w": torch.randint(-3, 4, (40,), generator=g).float() * 0.37} for _ in range(n)]  # ties too
+        ref = torch.sort(torch.stack([x["w"] for x in d]), dim=0).values
+        assert torch.equal(torch.stack(aggregate._sorted(d)["w"]), ref), n
