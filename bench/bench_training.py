@@ -328,9 +328,8 @@ def adamw_cpu_curve(
 # every configuration the docs report, each for the same CPU budget. Only spec fields differ.
 FRESH_CONFIGS: dict[str, dict[str, Any]] = {
     "before": {"lr": 5e-4, "scale": 0.05, "batch": 8},  # the configuration issue 12 first measured
-    # the two best of the short probes (docs/benchmarks.md): a 4x batch at 2x the step, 2x the step
+    # the best per step of the 30 CPU-s probes (docs/benchmarks.md): a 4x batch at twice the step
     "batch32": {"lr": 1e-3, "scale": 0.05, "batch": 32},
-    "lr2x": {"lr": 1e-3, "scale": 0.1, "batch": 8},
 }
 
 
