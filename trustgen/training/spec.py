@@ -64,7 +64,7 @@ class Field:
 
 
 OBJECTIVES = ("causal-lm", "textual-inversion", "unet-denoise")
-AGGREGATORS = ("trimmed-mean", "median", "centred-clip", "mean")
+AGGREGATORS = ("trimmed-mean", "screened-trimmed-mean", "median", "centred-clip", "mean")
 
 SECTIONS: dict[str, dict[str, Field]] = {
     "job": {
