@@ -47,3 +47,31 @@ def test_text_calibration_cli(tmp_path):
     assert s["per_pair"]["altered_token"]["min"] > 0.25  # far outside even the cross-dtype tolerance
     assert (tmp_path / "calibration-text.png").exists()
     assert run_cli("calibrate", "sound", "--out", str(tmp_path)).returncode == 2
+
+
+def test_text_reports_merge_by_pooling_pairs_and_counts():
+    from trustgen.verifier.calibrate import merge_text_reports, wilson
+
+    def rep(bf16: list, altered: list, acc: dict) -> dict:
+        return {
+            "measure": "prefill logit gap (inf = rejected)",
+            "samples": 3,
+            "honest_kinds": ["bfloat16"],
+            "pairs": {"bfloat16": {"values": bf16}, "altered_token": {"values": altered}},
+            "per_kind_accepted": acc,
+        }
+
+    merged = merge_text_reports(
+        [
+            rep([0.0, 0.1], [20.0], {"bfloat16": [3, 3], "altered_token": [0, 3], "truncated": [0, 2]}),
+            rep([0.2], [None], {"bfloat16": [2, 3], "altered_token": [1, 3]}),
+        ]
+    )
+    assert merged["samples"] == 6 and merged["honest_pairs"] == 3 and merged["dishonest_pairs"] == 2
+    assert merged["pairs"]["bfloat16"]["max"] == 0.2 and merged["pairs"]["altered_token"]["rejected_outright"] == 1
+    assert merged["per_kind_accepted"] == {"bfloat16": [5, 6], "altered_token": [1, 6], "truncated": [0, 2]}
+    r = merged["rates"]
+    assert r["false_reject"] == 1 / 6 and r["false_accept"] == 1 / 8
+    assert r["false_accept_ci95"] == wilson(1, 8) and r["false_reject_ci95"][0] < 1 / 6 < r["false_reject_ci95"][1]
+    lo, hi = wilson(0, 100)
+    assert lo == 0.0 and 0.03 < hi < 0.04  # no error in 100 trials bounds the rate near 3.7 %, not at 0

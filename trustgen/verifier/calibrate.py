@@ -55,6 +55,17 @@ def majority_error(p: float, k: int = 3) -> float:
     return sum(math.comb(k, i) * p**i * (1 - p) ** (k - i) for i in range(need, k + 1))
 
 
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval for k successes in n trials (z = 1.96: 95 %)."""
+    if n == 0:
+        return (0.0, 1.0)
+    ph = k / n
+    den = 1 + z * z / n
+    mid = (ph + z * z / (2 * n)) / den
+    half = z * math.sqrt(ph * (1 - ph) / n + z * z / (4 * n * n)) / den
+    return (max(0.0, mid - half), min(1.0, mid + half))
+
+
 def _perturbed(module: torch.nn.Module, rel: float, seed: int) -> torch.nn.Module:
     m = copy.deepcopy(module)
     g = torch.Generator().manual_seed(seed)
@@ -283,21 +294,69 @@ def calibrate_text(samples: int, model: str = "tiny-text", max_new_tokens: int =
     rep = _report(
         "text", "prefill logit gap (inf = rejected)", samples, dist, honest_kinds, honest_d, dishonest_d, None, None
     )
-    hon = [a for k in honest_kinds for a in accepted[k]]
-    dis = [a for k, v in accepted.items() if k not in honest_kinds for a in v]
-    frr = 1 - sum(hon) / len(hon)
-    far = sum(dis) / len(dis) if dis else 0.0
+    rep["per_kind_accepted"] = {k: [sum(v), len(v)] for k, v in accepted.items()}
+    rep["honest_kinds"] = honest_kinds
+    _text_rates(rep)
+    return rep
+
+
+def _text_rates(rep: dict[str, Any]) -> None:
+    """Error rates from the per-kind accept counts, with 95 % Wilson intervals: a run of n pairs
+    with no error bounds the rate, it does not show it is zero."""
+    counts, honest_kinds = rep["per_kind_accepted"], rep["honest_kinds"]
+    hon_ok = sum(counts[k][0] for k in honest_kinds if k in counts)
+    hon_n = sum(counts[k][1] for k in honest_kinds if k in counts)
+    dis_ok = sum(c[0] for k, c in counts.items() if k not in honest_kinds)
+    dis_n = sum(c[1] for k, c in counts.items() if k not in honest_kinds)
+    frr = (hon_n - hon_ok) / hon_n if hon_n else 0.0
+    far = dis_ok / dis_n if dis_n else 0.0
     rep["rates"] = {
         "false_reject": frr,
         "false_accept": far,
+        "false_reject_ci95": wilson(hon_n - hon_ok, hon_n),
+        "false_accept_ci95": wilson(dis_ok, dis_n),
         "majority3_false_reject": majority_error(frr),
         "majority3_false_accept": majority_error(far),
     }
-    rep["per_kind_accept_rate"] = {k: sum(v) / len(v) for k, v in accepted.items()}
+    rep["per_kind_accept_rate"] = {k: a / n for k, (a, n) in counts.items()}
+    rep["per_kind_accept_ci95"] = {k: wilson(a, n) for k, (a, n) in counts.items()}
     rep["tolerance"] = {
         "same_dtype": prefill_tolerance("float32", "float32"),
         "cross_dtype": prefill_tolerance("bfloat16", "float32"),
     }
+
+
+def merge_text_reports(reps: list[dict[str, Any]]) -> dict[str, Any]:
+    """One text report from several runs (other seeds, other processes): distances and accept
+    counts pooled per pair kind, rates recomputed. Lets a long calibration run in chunks whose
+    results survive an interrupted run."""
+    if not reps:
+        raise ValueError("no reports to merge")
+    honest_kinds = reps[0]["honest_kinds"]
+    dist: dict[str, list[float]] = defaultdict(list)
+    counts: dict[str, list[int]] = {}
+    for r in reps:
+        for k, pair in r["pairs"].items():
+            dist[k].extend(math.inf if v is None else v for v in pair["values"])
+        for k, (a, n) in r["per_kind_accepted"].items():
+            c = counts.setdefault(k, [0, 0])
+            c[0], c[1] = c[0] + a, c[1] + n
+    honest_d = [d for k in honest_kinds for d in dist[k]]
+    dishonest_d = [d for k, v in dist.items() if k not in honest_kinds for d in v]
+    rep = _report(
+        "text",
+        reps[0]["measure"],
+        sum(r["samples"] for r in reps),
+        dist,
+        honest_kinds,
+        honest_d,
+        dishonest_d,
+        None,
+        None,
+    )
+    rep["per_kind_accepted"] = counts
+    rep["honest_kinds"] = honest_kinds
+    _text_rates(rep)
     return rep
 
 

@@ -44,6 +44,7 @@ from trustgen.verifier.calibrate import (
     histogram_png,
     image_engines,
 )
+from trustgen.verifier.calibrate import wilson as _wilson
 from trustgen.verifier.compare import distance
 from trustgen.verifier.fingerprints import image_fingerprint
 from trustgen.verifier.trajectory import challenge, detection_probability
@@ -137,16 +138,6 @@ def _measure(verifier: Any, p: ImageParams, pixels: np.ndarray, traj: Trajectory
         return "decode", False, []
     full = replay(verifier, p, traj, set(range(traj.steps)))
     return "", exact_ok, [s.rel_l2 for s in full.steps]
-
-
-def _wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    if n == 0:
-        return (0.0, 1.0)
-    ph = k / n
-    den = 1 + z * z / n
-    mid = (ph + z * z / (2 * n)) / den
-    half = z * math.sqrt(ph * (1 - ph) / n + z * z / (4 * n * n)) / den
-    return (max(0.0, mid - half), min(1.0, mid + half))
 
 
 def collect(

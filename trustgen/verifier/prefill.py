@@ -27,7 +27,7 @@ from collections.abc import Sequence
 import torch
 
 from trustgen.engines.params import TextParams
-from trustgen.engines.sampling import sample_scores_rows
+from trustgen.engines.sampling import sample_gaps_rows
 from trustgen.engines.text_engine import TextEngine
 from trustgen.verifier.fingerprints import text_fingerprint
 from trustgen.verifier.vote import VoteValue, reject
@@ -71,12 +71,20 @@ def token_gaps(
         return (logits.max(dim=-1).values - logits.gather(1, claimed[:, None])[:, 0]).double()
     # In blocks of rows: rows are independent (same bits as all at once), and a block's float64
     # scores stay small enough for the cache; a real vocabulary makes each row 400 KB.
-    best, mine = [], []
-    for i in range(0, len(tokens), _SAMPLE_BLOCK_ROWS):
-        s = sample_scores_rows(logits[i : i + _SAMPLE_BLOCK_ROWS], p.seed, p.temperature, p.top_k, p.top_p, first=i)
-        best.append(s.max(dim=-1).values)
-        mine.append(s.gather(1, claimed[i : i + _SAMPLE_BLOCK_ROWS, None])[:, 0])
-    return (torch.cat(best) - torch.cat(mine)) * p.temperature
+    return torch.cat(
+        [
+            sample_gaps_rows(
+                logits[i : i + _SAMPLE_BLOCK_ROWS],
+                tokens[i : i + _SAMPLE_BLOCK_ROWS],
+                p.seed,
+                p.temperature,
+                p.top_k,
+                p.top_p,
+                first=i,
+            )
+            for i in range(0, len(tokens), _SAMPLE_BLOCK_ROWS)
+        ]
+    )
 
 
 def prefill_check(engine: TextEngine, p: TextParams, tokens: list[int], tol: float) -> VoteValue:
