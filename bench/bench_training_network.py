@@ -187,7 +187,9 @@ def spsa_part(steps: int, every: int, td: pathlib.Path) -> dict[str, Any]:
         [*cli, "train", "replay", node, "--job", st["job_id"], "--json"], capture_output=True, text=True
     )
     net_step = sum(r["wall_s"] for r in st["rounds_done"]) / steps
-    local_step = statistics.median(b - a for a, b in zip(marks, marks[1:]))
+    # Mean over the same steps, evaluations included (the network's block wall times include its
+    # checkpoint evaluation too); the median skipped the local evaluation steps.
+    local_step = (marks[-1] - marks[0]) / (len(marks) - 1)
     return {
         "steps": steps,
         "eval_every": every,

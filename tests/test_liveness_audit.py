@@ -54,7 +54,11 @@ def finalise(scen: Scenario, t: Open, voters: list[bytes], skipped: list[bytes] 
 
 
 def skip(scen: Scenario, t: Open, verifier: bytes, reason: str = "deadline", asked: int = 0, deadline_ms: int = 1):
-    miss = Miss(reason, asked or now_ms() - deadline_ms)
+    if not asked:  # asked now (after the result), recorded once its deadline has passed
+        asked = now_ms()
+        while now_ms() < asked + deadline_ms:
+            time.sleep(0.0005)
+    miss = Miss(reason, asked)
     gw_votes.record_skip(scen.ledger, t.task, t.result, verifier, miss, deadline_ms)
 
 

@@ -167,3 +167,39 @@ def test_text_and_image_tasks_on_one_batched_worker_all_complete_in_turn(engines
     for task, (wire, blob) in zip(tasks, got):
         want, want_blob = asyncio.run(alone.execute(request(gateway, "Worker", "Execute", {"task": task.wire()})))
         assert open_wire(wire, "Result", NET).body == open_wire(want, "Result", NET).body and blob == want_blob
+
+
+def test_a_beam_result_is_checked_by_regeneration(engines, tmp_path):
+    """Beam outputs are checked by re-generation (verifier/policy.py): the prefill rank test is only
+    a necessary condition, and an honest beam output whose last token is swapped for the runner-up
+    passes it, but not a node's check."""
+    import torch
+
+    from trustgen.engines.outputs import text_digest
+    from trustgen.engines.params import TextParams
+    from trustgen.node.kinds import TASK_KINDS, _claimed, check_result, check_results
+    from trustgen.verifier.verify import verify_text
+
+    gateway, client = Identity.generate(), Identity.generate()
+    worker = WorkerRole(Identity.generate(), NET, engines, BlobStore(tmp_path / "w"))
+    task = make_task(client, NET, "text", "tiny-text", TEXT[2], 1)
+    wire, _ = asyncio.run(worker.execute(request(gateway, "Worker", "Execute", {"task": task.wire()})))
+    honest = open_wire(wire, "Result", NET).body
+    engine = engines.engines["text"]
+    vote, _ = check_result(engine, task.body, honest, b"")
+    assert vote.accept and vote.method == "regenerate"
+    tokens = honest["output"]["token_ids"]
+    ids = engine.task_prompt(TextParams(**TEXT[2])) + tokens[:-1]
+    with torch.no_grad():
+        top = torch.topk(engine.model(torch.tensor([ids])).logits[0, -1], 2).indices.tolist()
+    swapped = tokens[:-1] + [next(t for t in top if t != tokens[-1])]
+    fake = {**honest, "output": {**honest["output"], "token_ids": swapped}, "output_digest": text_digest(swapped)}
+    claim = {**_claimed(TASK_KINDS["text"], task.body, fake), "token_ids": swapped}
+    assert verify_text(claim, "prefill", engine=engine).accept  # the hole re-generation closes
+    vote, _ = check_result(engine, task.body, fake, b"")
+    assert not vote.accept and vote.method == "regenerate"
+    # In a shared batch with prefill-checked claims, the beam one is still re-generated.
+    greedy = make_task(client, NET, "text", "tiny-text", TEXT[0], 1)
+    gwire, _ = asyncio.run(worker.execute(request(gateway, "Worker", "Execute", {"task": greedy.wire()})))
+    got = check_results(engine, [(greedy.body, open_wire(gwire, "Result", NET).body, b""), (task.body, fake, b"")])
+    assert [(v.accept, v.method) for v, _ in got] == [(True, "prefill"), (False, "regenerate")]

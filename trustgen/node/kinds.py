@@ -19,6 +19,7 @@ from trustgen.engines.outputs import read_png
 from trustgen.errors import UsageError
 from trustgen.gossip.blobs import blob_digest
 from trustgen.verifier.fingerprints import image_fingerprint, text_fingerprint
+from trustgen.verifier.policy import text_method
 from trustgen.verifier.verify import verify_image, verify_text, verify_texts
 from trustgen.verifier.vote import VoteValue, reject
 
@@ -66,11 +67,26 @@ def _describe_text(out: Any, blob_digest_: str) -> tuple[dict[str, Any], Fingerp
 def _check_text(engine: Any, claimed: dict[str, Any], r: dict[str, Any], blob: bytes) -> tuple[VoteValue, Fingerprint]:
     tokens = r["output"].get("token_ids")
     claimed["token_ids"] = tokens
-    vote = verify_text(claimed, "prefill", engine=engine)
+    vote = verify_text(claimed, text_method(claimed["task"]), engine=engine)
     return vote, (text_fingerprint(tokens) if isinstance(tokens, list) and tokens else {})
 
 
 def _check_texts(engine: Any, claims: list[Claim]) -> list[Checked | UsageError]:
+    """Prefill-checked claims share passes; the others (beam: re-generation) are checked alone."""
+    out: list[Checked | UsageError | None] = [None] * len(claims)
+    shared = [i for i, (c, _, _) in enumerate(claims) if text_method(c["task"]) == "prefill"]
+    for i, (c, r, blob) in enumerate(claims):
+        if i not in shared:
+            try:
+                out[i] = _check_text(engine, c, r, blob)
+            except UsageError as e:
+                out[i] = e
+    for i, got in zip(shared, _prefill_texts(engine, [claims[i] for i in shared])):
+        out[i] = got
+    return [x for x in out if x is not None]
+
+
+def _prefill_texts(engine: Any, claims: list[Claim]) -> list[Checked | UsageError]:
     tokens = [r["output"].get("token_ids") for _, r, _ in claims]
     claimed = [{**c, "token_ids": t} for (c, _, _), t in zip(claims, tokens)]
     votes = verify_texts(claimed, engine)

@@ -16,6 +16,19 @@ PREFILL_TOL_CROSS_DTYPE = 0.5
 PHASH_THRESHOLD = 8  # largest honest distance seen (6, bfloat16) + margin; docs/calibration.md
 
 
+# The check a verifier node runs on a text result, by the task's decoding. Beam search is checked
+# by re-generation: the prefill rank test (every token within the top num_beams + 1) is only a
+# necessary condition, and on SmolLM2 beam outputs written for another prompt passed it (2 of 208
+# dishonest pairs; docs/calibration.md). Greedy and sampled outputs are decided exactly by prefill.
+TEXT_METHOD_BY_DECODING = {"greedy": "prefill", "sample": "prefill", "beam": "regenerate"}
+
+
+def text_method(task: dict) -> str:
+    """The method for a text task's parameters (an unknown decoding is refused by the check itself)."""
+    decoding = task.get("decoding", "greedy") if isinstance(task, dict) else "greedy"
+    return TEXT_METHOD_BY_DECODING.get(decoding, "prefill") if isinstance(decoding, str) else "prefill"
+
+
 def prefill_tolerance(claimed_dtype: str | None, verifier_dtype: str) -> float:
     if claimed_dtype is None or claimed_dtype == verifier_dtype:
         return PREFILL_TOL_SAME_DTYPE
