@@ -39,8 +39,6 @@ def generate_text(
 ) -> None:
     """Generate text locally with controlled determinism: one prompt, or a file of them batched
     (each output identical to generating it alone)."""
-    from trustgen.engines.generate import read_prompts, run_text, run_text_batch
-
     if (prompt is None) == (prompts is None):
         raise UsageError("give a prompt or --prompts FILE (not both)")
     if batch_size is not None and prompts is None:
@@ -56,8 +54,12 @@ def generate_text(
         chat=chat,
     )
     engine_opts = dict(device=device, dtype=dtype, threads=threads)
-    if prompts is None:
-        result = run_text(model, task_params("text", prompt=prompt, **options), **engine_opts)
+    # Parameters are checked before the engines (torch, transformers) load: a bad one is a quick error.
+    single = task_params("text", prompt=prompt, **options) if prompts is None else None
+    from trustgen.engines.generate import read_prompts, run_text, run_text_batch
+
+    if single is not None:
+        result = run_text(model, single, **engine_opts)
         if as_json:
             emit(result, True)
         else:
@@ -67,6 +69,7 @@ def generate_text(
                 f"output {result['output_digest'][:23]}…, model {result['model_digest'][:23]}…[/]"
             )
         return
+    assert prompts is not None  # exactly one of prompt and prompts, checked above
     lines = read_prompts(prompts)
     labels = [f"{prompts}:{n}" for n, _ in lines]
     batch = []
@@ -104,8 +107,6 @@ def generate_image(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Generate an image locally with controlled determinism."""
-    from trustgen.engines.generate import run_image
-
     commit = None
     if trajectory:
         from trustgen.verifier.trajectory import commitment
@@ -122,6 +123,8 @@ def generate_image(
         width=width,
         scheduler=scheduler,
     )
+    from trustgen.engines.generate import run_image  # after the parameters are checked
+
     result = run_image(model, params, output, commit, device=device, dtype=dtype, threads=threads)
     if as_json:
         emit(result, True)

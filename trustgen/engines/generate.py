@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import pathlib
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from trustgen.engines.batching import MAX_BATCH
 from trustgen.engines.kinds import engine_kind
 from trustgen.engines.params import ImageParams, TextParams
 from trustgen.engines.registry import resolve
-from trustgen.engines.trajectory import Trajectory
 from trustgen.errors import ModelError, UsageError
 from trustgen.logs import quiet_libraries
+
+if TYPE_CHECKING:  # the trajectory module loads diffusers: only image runs need it
+    from trustgen.engines.trajectory import Trajectory
 
 
 def load_engine(
@@ -28,10 +30,10 @@ def load_engine(
     deterministic: bool = True,
 ) -> Any:
     """Resolve `model` (digest-checked) and load the matching engine."""
-    quiet_libraries()
     ref = resolve(model)
     if ref.kind != kind:
         raise ModelError(f"model {model!r} is a {ref.kind} model; a {kind} model is needed")
+    quiet_libraries()  # after the checks above: it imports transformers and diffusers
     engine_class = engine_kind(kind).engine_class()
     try:
         return engine_class(ref, device, dtype, deterministic, threads)
