@@ -71,3 +71,48 @@ def test_a_node_serves_its_ledger_read_only_and_stops_it(tmp_path):
         assert not (tmp_path / "gateway" / "explorer.log").read_text().count("Traceback")
 
     asyncio.run(main())
+
+
+def _gone(pid: int) -> bool:
+    """Exited: no such process, or a zombie nobody reaped (the orphan's new parent may not reap)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+@pytest.mark.slow
+def test_the_explorer_stops_when_its_node_is_killed(tmp_path):
+    """SIGKILL gives the node no chance to stop its child: the child must notice on its own."""
+    import os
+    import signal
+    import sys
+
+    from tests.helpers import wait_for
+
+    async def make_ledger() -> None:
+        nodes = LocalNodes(tmp_path)
+        await nodes.start("gateway", ["gateway"])
+        await nodes.close()
+
+    asyncio.run(make_ledger())
+    port = free_port()
+    code = (
+        "import sys, pathlib\n"
+        "from trustgen.node.explorer_child import ExplorerChild\n"
+        f"c = ExplorerChild(pathlib.Path({str(tmp_path / 'gateway')!r}), {port})\n"
+        "print(c.proc.pid, flush=True)\n"
+        "sys.stdin.read()\n"
+    )
+    node = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        child = int(node.stdout.readline())
+        status, _ = fetch(f"http://127.0.0.1:{port}/", node)
+        assert status == 200
+        os.kill(node.pid, signal.SIGKILL)
+        node.wait()
+        wait_for(lambda: _gone(child), timeout=30, what="the explorer child to exit after its node was killed")
+    finally:
+        if not _gone(node.pid):
+            node.kill()

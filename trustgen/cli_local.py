@@ -291,6 +291,9 @@ def explorer(
     ledger_dir: pathlib.Path = typer.Argument(..., help="A node's data directory or its ledger.db."),
     port: int = typer.Option(8470, "--port", min=0, max=65535, help="0 picks a free port."),
     host: str = typer.Option("127.0.0.1", "--host", help="Loopback by default; anything else serves the network."),
+    exit_with_stdin: bool = typer.Option(
+        False, "--exit-with-stdin", hidden=True, help="Stop when standard input closes (a node's explorer child)."
+    ),
 ) -> None:
     """Serve read-only web pages over a ledger: overview, tasks with outputs, votes and certificates,
     nodes, training jobs, raw signed entries, search."""
@@ -318,7 +321,23 @@ def explorer(
     url = f"http://{host if ':' not in host else f'[{host}]'}:{sock.getsockname()[1]}/"
     out.print(f"explorer of {app.state.index.path} on {url} (Ctrl-C stops)", highlight=False, soft_wrap=True)
     sys.stdout.flush()
-    uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    if exit_with_stdin:
+        _stop_when_stdin_closes(server)
+    server.run(sockets=[sock])
+
+
+def _stop_when_stdin_closes(server: Any) -> None:
+    """A node holds the write end of this child's stdin: the kernel closes it when the node exits
+    however it exits (SIGKILL included), so the explorer never outlives its node."""
+    import threading
+
+    def watch() -> None:
+        while sys.stdin.buffer.read(4096):
+            pass
+        server.should_exit = True
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 def verify(
