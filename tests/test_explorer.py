@@ -125,3 +125,29 @@ def test_explorer_cli_refuses_bad_input(tmp_path):
 
     res = run_cli("explorer", str(tmp_path / "nothing"))
     assert res.returncode == 2 and res.stderr.startswith("error:") and "Traceback" not in res.stderr
+
+
+def test_failed_tasks_and_skipped_verifiers_are_shown(tmp_path):
+    """A task that ended in TaskFailed reads as failed with its reason (list, page, overview), and a
+    VerifierSkipped record is listed on its task's page with why and the deadline it missed."""
+    from tests.consensus_fixtures import open_task
+    from tests.test_liveness_audit import fail, finalise, skip
+
+    d = tmp_path / "gateway"
+    scen = build(d / "ledger.db", n_tasks=1)
+    failed = open_task(scen, b"fails")
+    fail(scen, failed.task.id, "expired", "verifiers gave no majority")
+    late = open_task(scen, b"late")
+    missed, *rest = late.ranking
+    skip(scen, late, missed, deadline_ms=3)
+    finalise(scen, late, rest[:2], skipped=[missed])
+    scen.ledger.close()
+    client = TestClient(create_app(d))
+    assert "tasks failed 1" in text(client.get("/").text)
+    listing = text(client.get("/tasks").text)
+    assert "failed (expired)" in listing and listing.count("accept") >= 2
+    page = text(client.get(f"/task/{failed.task.id.hex()}").text)
+    assert "failed : expired (verifiers gave no majority)" in page and "no certificate: the task failed" in page
+    page = client.get(f"/task/{late.task.id.hex()}").text
+    skipped = text(page[page.index('id="skips"') :])
+    assert missed.hex()[:8] in skipped and "deadline" in skipped and "0.003 s" in skipped

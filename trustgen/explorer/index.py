@@ -45,6 +45,11 @@ CREATE INDEX votes_by_task ON votes(task_id);
 CREATE INDEX votes_by_verifier ON votes(verifier, log_index);
 CREATE TABLE certs(task_id BLOB, result_id BLOB, feed BLOB, log_index INTEGER, decision TEXT, worker BLOB);
 CREATE INDEX certs_by_task ON certs(task_id);
+CREATE TABLE failures(task_id BLOB, feed BLOB, log_index INTEGER, reason TEXT, detail TEXT);
+CREATE INDEX failures_by_task ON failures(task_id);
+CREATE TABLE skips(task_id BLOB, result_id BLOB, verifier BLOB, reason TEXT, asked INTEGER, deadline_ms INTEGER,
+    feed BLOB, log_index INTEGER);
+CREATE INDEX skips_by_task ON skips(task_id);
 CREATE TABLE nodes(node BLOB PRIMARY KEY, roles TEXT, address TEXT, log_index INTEGER);
 CREATE TABLE evidence(subject BLOB, kind TEXT, feed BLOB, log_index INTEGER);
 CREATE INDEX evidence_by_subject ON evidence(subject, log_index);
@@ -215,6 +220,15 @@ class LedgerIndex:
                 self._vote(v.body, idx)
         elif e.type == "TaskFinalized":
             self._certificate(e.feed, b["certificate"], idx)
+        elif e.type == "TaskFailed":
+            self.db.execute(
+                "INSERT INTO failures VALUES (?, ?, ?, ?, ?)", (b["task_id"], e.feed, idx, b["reason"], b["detail"])
+            )
+        elif e.type == "VerifierSkipped":
+            self.db.execute(
+                "INSERT INTO skips VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (b["task_id"], b["result_id"], b["verifier"], b["reason"], b["asked"], b["deadline_ms"], e.feed, idx),
+            )
         elif e.type == "Evidence":
             self.db.execute("INSERT INTO evidence VALUES (?, ?, ?, ?)", (b["subject"], b["kind"], e.feed, idx))
             if b["kind"] == "equivocation":

@@ -98,6 +98,7 @@ def overview(ix: LedgerIndex) -> dict[str, Any]:
         "tasks": ix.one("SELECT COUNT(*) FROM tasks")[0],  # type: ignore[index]
         "results accepted": decisions.get("accept", 0),
         "results rejected": decisions.get("reject", 0),
+        "tasks failed": ix.one("SELECT COUNT(DISTINCT task_id) FROM failures")[0],  # type: ignore[index]
         "evidence": ix.one("SELECT COUNT(*) FROM evidence")[0],  # type: ignore[index]
         "training jobs": ix.one("SELECT COUNT(DISTINCT job) FROM training")[0],  # type: ignore[index]
     }
@@ -131,7 +132,8 @@ def task_rows(ix: LedgerIndex, offset: int, limit: int) -> list[dict[str, Any]]:
         "SELECT t.task_id, t.kind, t.log_index, "
         "(SELECT decision FROM certs c WHERE c.task_id = t.task_id AND c.feed = t.feed ORDER BY log_index DESC LIMIT 1), "
         "(SELECT worker FROM certs c WHERE c.task_id = t.task_id AND c.feed = t.feed ORDER BY log_index DESC LIMIT 1), "
-        "(SELECT COUNT(*) FROM certs c WHERE c.task_id = t.task_id AND c.feed = t.feed) "
+        "(SELECT COUNT(*) FROM certs c WHERE c.task_id = t.task_id AND c.feed = t.feed), "
+        "(SELECT reason FROM failures f WHERE f.task_id = t.task_id AND f.feed = t.feed ORDER BY log_index LIMIT 1) "
         "FROM tasks t ORDER BY t.log_index DESC LIMIT ? OFFSET ?",
         (limit, offset),
     )
@@ -140,11 +142,13 @@ def task_rows(ix: LedgerIndex, offset: int, limit: int) -> list[dict[str, Any]]:
             "id": tid.hex(),
             "kind": kind,
             "log_index": idx,
-            "decision": d or "pending",
+            # A failed task's last certificate (if any) rejected a result; its terminal state is the failure.
+            "decision": "failed" if failed and d != "accept" else (d or "pending"),
+            "failure": failed or "",
             "worker": w.hex() if w else "",
             "attempts": n,
         }
-        for tid, kind, idx, d, w, n in rows
+        for tid, kind, idx, d, w, n, failed in rows
     ]
 
 
@@ -256,6 +260,29 @@ def task(ix: LedgerIndex, task_id: bytes) -> dict[str, Any] | None:
         },
         "results": results,
         "certificates": certs,
+        "failures": [
+            {"reason": r, "detail": d, "log_index": i, "hash": _hash_at(ix, i)}
+            for r, d, i in ix.query(
+                "SELECT reason, detail, log_index FROM failures WHERE task_id = ? AND feed = ? ORDER BY log_index",
+                (task_id, acc.feed),
+            )
+        ],
+        "skips": [
+            {
+                "verifier": v.hex(),
+                "result_id": r.hex(),
+                "reason": why,
+                "asked": when(asked),
+                "deadline_s": dl / 1000,
+                "log_index": i,
+                "hash": _hash_at(ix, i),
+            }
+            for v, r, why, asked, dl, i in ix.query(
+                "SELECT verifier, result_id, reason, asked, deadline_ms, log_index FROM skips "
+                "WHERE task_id = ? AND feed = ? ORDER BY log_index",
+                (task_id, acc.feed),
+            )
+        ],
         "verdict": verdict_for(audit, certs[-1]["log_index"] if certs else row[1]),
         "audit": audit,
     }
