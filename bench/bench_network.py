@@ -12,18 +12,24 @@
 --batching: only the 16-client throughput, side by side in one run: batching off (worker_batch 1,
 verifier_batch 1) and on (16 each: a worker's tasks decode together, continuously; a verifier's
 concurrent checks share one prefill pass), with the CPU time each role spent per task.
+--profile DIR: also cProfile every node (and the clients) over the measured run and print each
+role's CPU per task by phase (bench/profile_phases.py); profiling slows everything, so the
+throughput figures of a profiled run are not the ones to quote.
 
-    python bench/bench_network.py --batching [--per-client 4] [--json]
+    python bench/bench_network.py --batching [--per-client 4] [--profile DIR] [--json]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
 import json
 import os
 import pathlib
+import signal
 import statistics
+import sys
 import tempfile
 import time
 
@@ -34,7 +40,11 @@ from trustgen.engines.generate import load_engine  # noqa: E402
 from trustgen.engines.params import TextParams  # noqa: E402
 from trustgen.node import cluster  # noqa: E402
 from trustgen.node.client import make_task, submit  # noqa: E402
+from trustgen.node.profiling import ENV as PROFILE_ENV  # noqa: E402
 from trustgen.verifier.prefill import prefill_check  # noqa: E402
+
+sys.path.insert(0, str(pathlib.Path(__file__).parent))
+from profile_phases import report  # noqa: E402
 
 NET = "trustgen-local"
 
@@ -72,6 +82,22 @@ def _cpu_by_role(ready: dict) -> dict[str, float]:
     return out
 
 
+def _profiles(ready: dict, where: pathlib.Path, timeout_s: float = 60.0) -> dict[str, list[str]]:
+    """Ask every node for its profile (SIGUSR2) and wait for the files; paths by role."""
+    want = {name: where / f"{info['pid']}.prof" for name, info in ready.items()}
+    for info in ready.values():
+        os.kill(info["pid"], signal.SIGUSR2)
+    deadline = time.monotonic() + timeout_s
+    while not all(p.exists() for p in want.values()):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no profile from {[n for n, p in want.items() if not p.exists()]}")
+        time.sleep(0.1)  # polling files a child writes: nothing to wait on
+    out: dict[str, list[str]] = {}
+    for name, path in want.items():
+        out.setdefault(name.split("-")[0], []).append(str(path))
+    return out
+
+
 def batching(args: argparse.Namespace) -> None:
     """Verified tasks/s at 16 clients with batching off (workers and verifiers one task or check
     at a time), then on; clusters started alike. Also the CPU seconds each role spent per task
@@ -81,16 +107,33 @@ def batching(args: argparse.Namespace) -> None:
         root = tempfile.mkdtemp(prefix="tg-bench-net-batch-")
         settings = {f"worker-{i + 1}": {"worker_batch": batch} for i in range(args.workers)}
         settings |= {f"verifier-{i + 1}": {"verifier_batch": batch} for i in range(args.verifiers)}
+        prof_dir = pathlib.Path(args.profile) / f"batch_{batch}" if args.profile else None
+        if prof_dir:
+            os.environ[PROFILE_ENV] = str(prof_dir)
         ready = cluster.up(root, workers=args.workers, verifiers=args.verifiers, node_settings=settings)
+        os.environ.pop(PROFILE_ENV, None)
         gw = ready["gateway"]["address"]
+        n_tasks = 16 * args.per_client
         try:
             asyncio.run(one(gw, TextParams(prompt="We", max_new_tokens=64), args.verifiers))  # warm-up
+            if prof_dir:
+                for info in ready.values():
+                    os.kill(info["pid"], signal.SIGUSR1)  # the profiled window starts now
+            prof = cProfile.Profile(time.thread_time) if prof_dir else None
             cpu0 = _cpu_by_role(ready) | {"clients": time.process_time()}
+            if prof:
+                prof.enable()
             res[f"batch_{batch}"] = round(asyncio.run(clients(gw, 16, args.per_client, args.verifiers, 64)), 3)
+            if prof:
+                prof.disable()
             cpu1 = _cpu_by_role(ready) | {"clients": time.process_time()}
-            res[f"cpu_ms_per_task_batch_{batch}"] = {
-                k: round((cpu1[k] - cpu0[k]) * 1e3 / (16 * args.per_client), 1) for k in cpu0
-            }
+            res[f"cpu_ms_per_task_batch_{batch}"] = {k: round((cpu1[k] - cpu0[k]) * 1e3 / n_tasks, 1) for k in cpu0}
+            if prof_dir and prof:
+                by_role = _profiles(ready, prof_dir)
+                prof.dump_stats(prof_dir / "clients.prof")
+                by_role["clients"] = [str(prof_dir / "clients.prof")]
+                for role, paths in by_role.items():
+                    print(report(paths, n_tasks, f"batch {batch}, {role}: "), file=sys.stderr)
         finally:
             cluster.down(root)
     res["ratio"] = round(res["batch_16"] / res["batch_1"], 2)
@@ -116,6 +159,7 @@ def main() -> None:
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--batching", action="store_true", help="16-client throughput, worker batching off vs on")
     ap.add_argument("--per-client", type=int, default=4, help="with --batching: tasks per client")
+    ap.add_argument("--profile", metavar="DIR", help="with --batching: cProfile every node, print phases")
     args = ap.parse_args()
     if args.batching:
         batching(args)

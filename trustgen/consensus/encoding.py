@@ -80,73 +80,103 @@ def encode(value: Any) -> bytes:
     return bytes(out)
 
 
-class _Reader:
-    def __init__(self, data: bytes) -> None:
-        self.data = memoryview(data)
-        self.pos = 0
+_U32 = struct.Struct(">I").unpack_from
+_I64 = struct.Struct(">q").unpack_from
+_F64 = struct.Struct(">d").unpack_from
 
-    def take(self, n: int) -> bytes:
-        if n > len(self.data) - self.pos:
-            raise EncodingError(f"truncated at byte {self.pos}")
-        b = bytes(self.data[self.pos : self.pos + n])
-        self.pos += n
-        return b
 
-    def length(self) -> int:
-        n = struct.unpack(">I", self.take(4))[0]
-        if n > MAX_LEN:
-            raise EncodingError(f"length {n} too large")
-        return n
+def _truncated(pos: int) -> EncodingError:
+    return EncodingError(f"truncated at byte {pos}")
 
-    def value(self, depth: int = 0) -> Any:
-        if depth > MAX_DEPTH:
-            raise EncodingError("nesting too deep")
-        tag = self.take(1)[0]
-        if tag == 0:
-            return None
-        if tag in (1, 2):
-            return tag == 2
-        if tag == 3:
-            return struct.unpack(">q", self.take(8))[0]
-        if tag == 4:
-            f = struct.unpack(">d", self.take(8))[0]
-            if not math.isfinite(f):
-                raise EncodingError("non-finite float")
-            return f
+
+def _length(data: bytes, pos: int) -> int:
+    if pos + 4 > len(data):
+        raise _truncated(pos)
+    n = _U32(data, pos)[0]
+    if n > MAX_LEN:
+        raise EncodingError(f"length {n} too large")
+    return n
+
+
+def _dec(data: bytes, pos: int, depth: int) -> tuple[Any, int]:
+    """The value at `pos` and the position after it. One function with offsets, no reader
+    object: decoding is on every hop of every task (each entry, task, result and vote), and a
+    method call per field was most of its cost."""
+    if depth > MAX_DEPTH:
+        raise EncodingError("nesting too deep")
+    end = len(data)
+    if pos >= end:
+        raise _truncated(pos)
+    tag = data[pos]
+    pos += 1
+    if tag == 3:
+        if pos + 8 > end:
+            raise _truncated(pos)
+        return _I64(data, pos)[0], pos + 8
+    if tag == 5 or tag == 6:
+        n = _length(data, pos)
+        pos += 4
+        if pos + n > end:
+            raise _truncated(pos)
+        raw = data[pos : pos + n]
         if tag == 5:
-            return self.take(self.length())
-        if tag == 6:
+            return raw, pos + n
+        try:
+            return raw.decode("utf-8"), pos + n
+        except UnicodeDecodeError:
+            raise EncodingError("invalid UTF-8") from None
+    if tag == 7:
+        n = _length(data, pos)
+        pos += 4
+        items = []
+        for _ in range(n):
+            v, pos = _dec(data, pos, depth + 1)
+            items.append(v)
+        return items, pos
+    if tag == 8:
+        n = _length(data, pos)
+        pos += 4
+        result: dict[str, Any] = {}
+        prev: bytes | None = None
+        for _ in range(n):
+            if pos >= end:
+                raise _truncated(pos)
+            if data[pos] != 6:
+                raise EncodingError("dict key is not a string")
+            k = _length(data, pos + 1)
+            pos += 5
+            if pos + k > end:
+                raise _truncated(pos)
+            kb = data[pos : pos + k]
+            pos += k
+            if prev is not None and kb <= prev:
+                raise EncodingError("dict keys not sorted or duplicated")
+            prev = kb
             try:
-                return self.take(self.length()).decode("utf-8")
+                key = kb.decode("utf-8")
             except UnicodeDecodeError:
-                raise EncodingError("invalid UTF-8") from None
-        if tag == 7:
-            return [self.value(depth + 1) for _ in range(self.length())]
-        if tag == 8:
-            n = self.length()
-            result: dict[str, Any] = {}
-            prev: bytes | None = None
-            for _ in range(n):
-                if self.take(1) != b"\x06":
-                    raise EncodingError("dict key is not a string")
-                kb = self.take(self.length())
-                if prev is not None and kb <= prev:
-                    raise EncodingError("dict keys not sorted or duplicated")
-                prev = kb
-                try:
-                    key = kb.decode("utf-8")
-                except UnicodeDecodeError:
-                    raise EncodingError("invalid UTF-8 in key") from None
-                result[key] = self.value(depth + 1)
-            return result
-        raise EncodingError(f"unknown tag 0x{tag:02x} at byte {self.pos - 1}")
+                raise EncodingError("invalid UTF-8 in key") from None
+            result[key], pos = _dec(data, pos, depth + 1)
+        return result, pos
+    if tag == 0:
+        return None, pos
+    if tag == 1 or tag == 2:
+        return tag == 2, pos
+    if tag == 4:
+        if pos + 8 > end:
+            raise _truncated(pos)
+        f = _F64(data, pos)[0]
+        if not math.isfinite(f):
+            raise EncodingError("non-finite float")
+        return f, pos + 8
+    raise EncodingError(f"unknown tag 0x{tag:02x} at byte {pos - 1}")
 
 
 def decode(data: bytes) -> Any:
-    r = _Reader(data)
-    v = r.value()
-    if r.pos != len(data):
-        raise EncodingError(f"{len(data) - r.pos} trailing bytes")
+    data = bytes(data)  # a no-op for bytes; slices of a bytearray or memoryview must come out as bytes
+    v, pos = _dec(data, 0, 0)
+    if pos != len(data):
+        raise EncodingError(f"{len(data) - pos} trailing bytes")
     return v
 
 
@@ -166,7 +196,10 @@ def signing_bytes(msg_type: str, network: str, body: dict[str, Any], version: in
 def parse_signing_bytes(data: bytes) -> tuple[str, str, int, dict[str, Any]]:
     if not data.startswith(MAGIC):
         raise EncodingError("missing trustgen magic")
-    v = decode(data[len(MAGIC) :])
+    data = bytes(data)
+    v, pos = _dec(data, len(MAGIC), 0)  # from the offset: no copy of the payload
+    if pos != len(data):
+        raise EncodingError(f"{len(data) - pos} trailing bytes")
     if (
         not isinstance(v, list)
         or len(v) != 4

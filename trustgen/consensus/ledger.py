@@ -203,13 +203,23 @@ class Ledger:
         row = self.db.execute("SELECT payload, sig FROM entries WHERE feed=? AND seq=?", (feed, seq)).fetchone()
         return parse_entry(row[0], row[1], self.network) if row else None
 
-    def iter_entries(self, since: int = 0, entry_type: str | None = None) -> Iterator[Entry]:
-        """Stored entries from log index `since` on (optionally of one type), in log order,
-        parsed and verified."""
+    def hash_at(self, feed: bytes, seq: int) -> bytes | None:
+        """The stored entry hash at (feed, seq), without parsing the entry (checked when stored):
+        what gossip compares an announcement against."""
+        row = self.db.execute("SELECT hash FROM entries WHERE feed=? AND seq=?", (feed, seq)).fetchone()
+        return row[0] if row else None
+
+    def iter_entries(
+        self, since: int = 0, entry_type: str | None = None, types: tuple[str, ...] = ()
+    ) -> Iterator[Entry]:
+        """Stored entries from log index `since` on (optionally of one type, or of `types`), in
+        log order, parsed and verified. Filtering here spares a follower parsing entries it skips."""
         q = "SELECT payload, sig FROM entries WHERE log_index >= ?"
         args: tuple = (since,)
         if entry_type is not None:
-            q, args = q + " AND type = ?", (since, entry_type)
+            types = (entry_type,)
+        if types:
+            q, args = q + f" AND type IN ({','.join('?' * len(types))})", (since, *types)
         for payload, sig in self.db.execute(q + " ORDER BY log_index", args).fetchall():
             yield parse_entry(payload, sig, self.network)
 

@@ -9,6 +9,7 @@ only then uses it. The message id is sha256 over the payload.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass
 from typing import Any
@@ -191,7 +192,9 @@ class Signed:
     payload: bytes
     sig: bytes
 
-    @property
+    # Both derive from the immutable payload and signature only, so each is computed once per
+    # message: a task's id and a result's wire form are asked for at every step of every task.
+    @functools.cached_property
     def id(self) -> bytes:
         return message_id(self.payload)
 
@@ -199,8 +202,12 @@ class Signed:
     def signer(self) -> bytes:
         return self.body[SIGNER_FIELD[self.type]]
 
-    def wire(self) -> bytes:
+    @functools.cached_property
+    def _wire(self) -> bytes:
         return encode({"payload": self.payload, "sig": self.sig})
+
+    def wire(self) -> bytes:
+        return self._wire
 
 
 def sign(identity: Identity, msg_type: str, network: str, body: dict[str, Any]) -> Signed:

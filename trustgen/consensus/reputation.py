@@ -90,6 +90,18 @@ class Reputation:
         for gw, task, marks in data["waiting"]:
             self._waiting[(gw, task)] = [(w, ok, [(v, agreed) for v, agreed in votes]) for w, ok, votes in marks]
 
+    # Every entry type `add` reads (its own, admission's and liveness's): a follower may skip the
+    # others unparsed (the gateway does, on every task). A test keeps this list complete.
+    FED_TYPES = (
+        "Admitted",
+        "Revoked",
+        "TaskAccepted",
+        "TaskFinalized",
+        "Evidence",
+        "VerifierSkipped",
+        "VerifierRestored",
+    )
+
     def add(self, e: Entry) -> None:
         self.unresponsive.add(e)
         if e.type in ("Admitted", "Revoked"):

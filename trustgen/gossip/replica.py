@@ -43,16 +43,20 @@ class Replica:
         counts = {"stored": 0, "duplicate": 0, "equivocation": 0, "refused": 0}
         admits = self.admits() if self.admits is not None else None
         strangers = 0
-        for item in entries:
-            if admits is not None and not self._admitted(admits, item):
-                strangers += 1  # not the sender's fault: it may know an admission we lack yet
-                continue
-            try:
-                counts[self.ledger.ingest(item.payload, item.sig)] += 1
-            except IngestError as e:
-                counts["refused"] += 1
-                who = sender.hex()[:12] if sender else "?"
-                REFUSALS.warning(who, "refused an entry from %s: %s", who, e.code)
+        # One durable transaction for the batch (one fsync, not one per entry): each entry is
+        # still checked on its own, and a refused one stores nothing (Ledger.ingest refuses before
+        # it writes); a storage fault rolls the batch back, and gossip offers it again.
+        with self.ledger.batch():
+            for item in entries:
+                if admits is not None and not self._admitted(admits, item):
+                    strangers += 1  # not the sender's fault: it may know an admission we lack yet
+                    continue
+                try:
+                    counts[self.ledger.ingest(item.payload, item.sig)] += 1
+                except IngestError as e:
+                    counts["refused"] += 1
+                    who = sender.hex()[:12] if sender else "?"
+                    REFUSALS.warning(who, "refused an entry from %s: %s", who, e.code)
         if strangers:
             log.debug("skipped %d entries of feeds not admitted here", strangers)
         if counts["refused"] and sender is not None:

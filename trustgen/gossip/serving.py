@@ -141,8 +141,8 @@ class Server:
             self.r.rumours.note_holder(sender, feed, seq)
             head, _ = ledger.head(feed)
             if seq <= head:
-                stored = ledger.get(feed, seq)
-                if stored is not None and stored.hash[:HASH_HINT] != item.hash and feed not in want:
+                stored = ledger.hash_at(feed, seq)  # the hash alone: re-parsing the entry cost more
+                if stored is not None and stored[:HASH_HINT] != item.hash and feed not in want:
                     want[feed] = _Want(seq, seq, item.feed_id)  # a fork: fetch it to prove it
                 continue
             if self._wanted.get((feed, seq), 0) > now:

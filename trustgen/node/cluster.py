@@ -196,6 +196,10 @@ def up(
             pin_port(root / name, ready[name]["address"])
     except ClusterError:
         down(root)
+        for p in procs.values():  # a node still loading has no ready file for down() to find
+            if p.poll() is None:
+                p.kill()
+                p.wait()
         raise
     return ready
 

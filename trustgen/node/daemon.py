@@ -42,6 +42,7 @@ from trustgen.net import grpc_options as opts
 from trustgen.net import transport
 from trustgen.net.auth import RequestGuard
 from trustgen.net.peers import Peers
+from trustgen.node import profiling
 from trustgen.node.config import NodeConfig
 from trustgen.node.events import EventBus
 from trustgen.node.explorer_child import ExplorerChild
@@ -475,6 +476,7 @@ def run_node(cfg: NodeConfig, log_level: str = "INFO") -> None:
     from trustgen.logs import setup
 
     setup(log_level, cfg.log_path, cfg.log_max_bytes, cfg.log_backups)
+    profiling.install()  # only with TRUSTGEN_PROFILE_DIR set (bench/bench_network.py --profile)
     node = Node(cfg)
     asyncio.run(node.run())
 

@@ -97,7 +97,7 @@ class GatewayRole:
 
     def _refresh_reputation(self) -> None:
         """Feed the entries stored since the last refresh (only those) to the accumulator."""
-        for e in self.ledger.iter_entries(since=self._rep_cursor):
+        for e in self.ledger.iter_entries(since=self._rep_cursor, types=Reputation.FED_TYPES):
             self._rep.add(e)
         self._rep_cursor = self.ledger.next_index()
         self.reputation = self._rep.scores()
@@ -254,25 +254,36 @@ class GatewayRole:
         # A model nobody serves, or a task over every budget, would wait for a worker until expiry.
         check_offered(task, [m["offer"] for m in self._admitted_members("worker").values() if m.get("offer")])
         self._refresh_reputation()
-        commitment = self.ledger.commit()  # the beacon: a fresh commitment
-        candidates = task_candidates(
-            self._rep,
-            commitment.body["root"],
-            task.id,
-            [k for k, m in self.members.items() if "verifier" in m["roles"]],
-            task.body["verifiers"],
-            self.identity.public_key,
-        )
-        scheduling.check_task(task, len(candidates))
-        self.ledger.append(
-            "TaskAccepted",
-            {
-                "task": task.wire(),
-                "beacon": commitment.body["root"],
-                "beacon_size": commitment.body["size"],
-                "candidates": candidates,
-            },
-        )
+        # The beacon (a fresh commitment) and the acceptance in one durable transaction (one fsync,
+        # not two). A refusal leaves the commitment stored, as before: rolling it back would make
+        # the next commitment re-hash the whole log.
+        refused: RpcError | None = None
+        with self.ledger.batch():
+            commitment = self.ledger.commit()
+            candidates = task_candidates(
+                self._rep,
+                commitment.body["root"],
+                task.id,
+                [k for k, m in self.members.items() if "verifier" in m["roles"]],
+                task.body["verifiers"],
+                self.identity.public_key,
+            )
+            try:
+                scheduling.check_task(task, len(candidates))
+            except RpcError as e:
+                refused = e
+            else:
+                self.ledger.append(
+                    "TaskAccepted",
+                    {
+                        "task": task.wire(),
+                        "beacon": commitment.body["root"],
+                        "beacon_size": commitment.body["size"],
+                        "candidates": candidates,
+                    },
+                )
+        if refused is not None:
+            raise refused
         st = TaskState(task, commitment.body["root"], candidates)
         self.tasks[task.id] = st
         if self.metrics is not None:
@@ -374,11 +385,16 @@ class GatewayRole:
                 self.suspects[worker] = time.monotonic()
                 continue
             result, blob = got
-            self.ledger.append("ResultCommitted", {"result": result.wire()})
+            # The challenge beacon: a commitment of the log that holds the ResultCommitted, so the
+            # worker could not know it when it committed (consensus/challenge.py). Both in one
+            # durable transaction.
+            with self.ledger.batch():
+                self.ledger.append("ResultCommitted", {"result": result.wire()})
+                challenge = self.ledger.commit().body
             st.attempt += 1
             st.result, st.output = result, blob
             st.update("verifying", f"attempt {st.attempt}")
-            if await self._decide(st, worker, result, blob):
+            if await self._decide(st, worker, result, blob, challenge):
                 return
         self._fail(st, "rejected", f"{st.attempt} results, none accepted")
 
@@ -411,15 +427,15 @@ class GatewayRole:
             self.blobs.put(got[1])
         return got
 
-    async def _decide(self, st: TaskState, worker: bytes, result: Signed, blob: bytes) -> bool:
+    async def _decide(
+        self, st: TaskState, worker: bytes, result: Signed, blob: bytes, challenge: dict[str, Any]
+    ) -> bool:
         """Collect the votes on a result and record the decision. True when the task is done
         (accepted, or failed); False when the result was rejected. No majority (the verifiers
-        missed) is transient: asked again with backoff until the task expires."""
+        missed) is transient: asked again with backoff until the task expires. `challenge`: the
+        body of the commitment made right after the ResultCommitted."""
         task = st.task
         me = self.identity.public_key
-        # The challenge beacon: a commitment of the log that holds the ResultCommitted, so the
-        # worker could not know it when it committed (consensus/challenge.py).
-        challenge = self.ledger.commit().body
 
         async def ask(verifier: bytes) -> Answer:
             member = self.members.get(verifier)

@@ -55,6 +55,7 @@ MAX_SOURCES, MAX_ADDRESS = 8, 256
 # A committed trajectory larger than this is not fetched (the vote rejects it): 20 steps of a
 # 512x512 Stable Diffusion latent are ~2.7 MB, 200 steps of 1024x1024 ~105 MB in float32.
 MAX_TRAJECTORY_BLOB = 128 << 20
+FOLLOWED = ("TaskAccepted", "ResultCommitted", "TaskFinalized")  # the entries `follow` reads
 
 
 class VerifierRole:
@@ -101,7 +102,7 @@ class VerifierRole:
         left in `missing` (blob digest -> (task id hex, keys of nodes that had them)) for the node
         to fetch by digest and hand to `index_image`. Returns how many were indexed."""
         added = 0
-        for e in ledger.iter_entries(since=self._cursor):
+        for e in ledger.iter_entries(since=self._cursor, types=FOLLOWED):
             try:
                 if e.type == "TaskAccepted":
                     t = open_wire(e.body["task"], "Task", self.network)

@@ -129,22 +129,25 @@ async def collect_votes(
 
 
 def record_decision(ledger: Ledger, network: str, cert: Signed) -> list[Signed]:
-    """Append the counted votes, the certificate and minority-vote evidence; return the votes."""
+    """Append the counted votes, the certificate and minority-vote evidence, in one durable
+    transaction (one fsync for the lot, and no votes stored without their certificate); return
+    the votes."""
     counted = [open_wire(v, "Vote", network) for v in cert.body["votes"]]
-    for v in counted:
-        ledger.append("VoteCast", {"vote": v.wire()})
-    ledger.append("TaskFinalized", {"certificate": cert.wire()})
     accepted = cert.body["decision"] == "accept"
-    for v in counted:
-        if v.body["accept"] != accepted:
-            ledger.append(
-                "Evidence",
-                {
-                    "kind": "minority_vote",
-                    "subject": v.body["verifier"],
-                    "proof": {"certificate": cert.wire(), "vote": v.wire()},
-                },
-            )
+    with ledger.batch():
+        for v in counted:
+            ledger.append("VoteCast", {"vote": v.wire()})
+        ledger.append("TaskFinalized", {"certificate": cert.wire()})
+        for v in counted:
+            if v.body["accept"] != accepted:
+                ledger.append(
+                    "Evidence",
+                    {
+                        "kind": "minority_vote",
+                        "subject": v.body["verifier"],
+                        "proof": {"certificate": cert.wire(), "vote": v.wire()},
+                    },
+                )
     return counted
 
 
