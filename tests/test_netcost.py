@@ -179,7 +179,14 @@ def test_minhash_permutations_cached_read_only_and_unchanged() -> None:
     assert fingerprints.minhash_from(fp).jaccard(fresh) == 1.0
     for seed in range(40):  # seeds come from fingerprint records: the cache stays bounded
         fingerprints._permutations(4, seed, fingerprints.MINHASH_SCHEME)
-    assert fingerprints._permutations.cache_info().currsize <= 16
+    assert fingerprints._cached_permutations.cache_info().currsize <= 16
+    # A record's num_perm is the peer's: large ones are drawn each time, never pinned in the cache.
+    before = fingerprints._cached_permutations.cache_info()
+    big = fingerprints.MAX_CACHED_PERM + 1
+    assert fingerprints._permutations(big, 7, fingerprints.MINHASH_SCHEME) is None
+    assert fingerprints._cached_permutations.cache_info() == before
+    record = fingerprints.text_fingerprint(ids, num_perm=big)
+    assert fingerprints.minhash_from(record).jaccard(fingerprints.minhash(ids, num_perm=big)) == 1.0
 
 
 # -- the opt-in profiler (node/profiling.py) ------------------------------------------------------

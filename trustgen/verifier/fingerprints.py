@@ -65,15 +65,25 @@ def shingles(token_ids: list[int], k: int) -> list[bytes]:
     return [ids[i : i + k].tobytes() for i in range(len(ids) - k + 1)]
 
 
+# A record's num_perm is bounded only by its message size: a peer sending large ones must not
+# pin megabytes in the cache, so only sizes up to this are kept (the shipped default is 128).
+MAX_CACHED_PERM = 1024
+
+
 @functools.lru_cache(maxsize=16)
-def _permutations(num_perm: int, seed: int, scheme: str) -> np.ndarray:
-    """datasketch draws a MinHash's permutations from its seed on every construction (~0.2 ms, on
-    every check and every history lookup); they depend only on these three. Read-only, so the
-    cached array cannot be changed by a caller; bounded, since num_perm and seed come from
-    fingerprint records."""
+def _cached_permutations(num_perm: int, seed: int, scheme: str) -> np.ndarray:
     perms = datasketch.MinHash(num_perm=num_perm, seed=seed, scheme=scheme).permutations
     perms.setflags(write=False)
     return perms
+
+
+def _permutations(num_perm: int, seed: int, scheme: str) -> np.ndarray | None:
+    """datasketch draws a MinHash's permutations from its seed on every construction (~0.2 ms, on
+    every check and every history lookup); they depend only on these three. Read-only, so the
+    cached array cannot be changed by a caller; None (drawn by datasketch) past MAX_CACHED_PERM."""
+    if not isinstance(num_perm, int) or num_perm > MAX_CACHED_PERM:
+        return None
+    return _cached_permutations(num_perm, seed, scheme)
 
 
 def minhash(token_ids: list[int], num_perm: int = 128, seed: int = 1, shingle: int = 3) -> datasketch.MinHash:
