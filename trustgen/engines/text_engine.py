@@ -14,6 +14,7 @@ reduction orders for other batch shapes, and padding changes attention numerics.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import replace
@@ -29,6 +30,7 @@ from trustgen.engines.determinism import ExecutionProfile, configure, resolve_dt
 from trustgen.engines.loading import MODEL_LOAD, load_failure
 from trustgen.engines.outputs import TextOutput
 from trustgen.engines.packed import Sequence, packed_runner
+from trustgen.engines.packed_linear import packed_linears
 from trustgen.engines.params import TextParams
 from trustgen.engines.registry import ModelRef
 from trustgen.engines.sampling import sample_token
@@ -73,6 +75,9 @@ class TextEngine:
         self.max_positions: int = positions
         runner = packed_runner(self.model)
         self.packed = runner is not None
+        # The one-pass check's linears through MKL's packed weights (engines/packed_linear.py);
+        # the benchmark turns it off to measure what it saves.
+        self.packed_check = True
         self.profile = replace(
             self.profile, flags={**self.profile.flags, "batching": runner.mode if runner is not None else "serial"}
         )
@@ -197,14 +202,52 @@ class TextEngine:
             if runner is None:
                 # The output projection only on the positions that predict a claimed token
                 # (`logits_to_keep`): on a real model's vocabulary it is a large part of the pass.
-                return [
-                    self.model(input_ids=torch.tensor([p + t[:-1]], device=self.device), logits_to_keep=len(t))
-                    .logits[0]
-                    .float()
-                    .cpu()
-                    for p, t in items
-                ]
+                with packed_linears(self.model) if self.packed_check else contextlib.nullcontext():
+                    return [
+                        self.model(input_ids=torch.tensor([p + t[:-1]], device=self.device), logits_to_keep=len(t))
+                        .logits[0]
+                        .float()
+                        .cpu()
+                        for p, t in items
+                    ]
             return runner.forward([Sequence(pending=p + t[:-1], want=len(t)) for p, t in items])
+
+    def replay_logits(self, items: list[tuple[list[int], list[int]]]) -> list[torch.Tensor]:
+        """For each (prompt ids, claimed tokens): the logits the decoding loop computed before each
+        claimed token, by the calls generation makes (the prompt in one pass, then one token at a
+        time over the cache), so they are bit-identical to an honest worker's under this profile.
+        The check for dtypes whose one-pass logits drift from the incremental ones (bfloat16:
+        docs/decisions.md); it costs what generating the tokens costs."""
+        runner = packed_runner(self.model)
+        with torch.inference_mode():
+            if runner is None:
+                return [self._replay_serial(p, t) for p, t in items]
+            # The packed pass is batch-invariant: the items step together, each as it would alone.
+            seqs = [Sequence(pending=list(p)) for p, _ in items]
+            rows: list[list[torch.Tensor]] = [[] for _ in items]
+            live = list(range(len(items)))
+            for step in range(max((len(t) for _, t in items), default=0)):
+                checkpoint()
+                out = runner.forward([seqs[i] for i in live])
+                for i, lg in zip(live, out):
+                    rows[i].append(lg[0])
+                live = [i for i in live if step + 1 < len(items[i][1])]
+                for i in live:
+                    seqs[i].pending = [items[i][1][step]]
+            return [torch.stack(r) if r else torch.empty(0) for r in rows]
+
+    def _replay_serial(self, prompt: list[int], tokens: list[int]) -> torch.Tensor:
+        """`_incremental`'s model calls, fed the claimed tokens instead of its own choices."""
+        ids = torch.tensor([prompt], device=self.device)
+        past = None
+        rows: list[torch.Tensor] = []
+        for i in range(len(tokens)):
+            checkpoint()
+            res = self.model(input_ids=ids, past_key_values=past, use_cache=True)
+            past = res.past_key_values
+            rows.append(res.logits[0, -1].float().cpu())
+            ids = torch.tensor([[tokens[i]]], device=self.device)
+        return torch.stack(rows) if rows else torch.empty(0)
 
     def generate_unpacked(self, params: TextParams) -> TextOutput:
         """One task through transformers' own forward pass: the path for models the packed pass
