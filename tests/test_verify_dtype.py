@@ -56,7 +56,7 @@ def test_bfloat16_claims_are_accepted_by_a_float32_verifier_in_bfloat16(text_eng
     assert text_engine.profile.dtype == "float32"
     claims = [_task_result(bf16_worker, p) for p in (GREEDY, SAMPLE, BEAM)]
     checked = check_results(text_engine, [(t, r, b"") for t, r in claims])
-    for (vote, fp), (_, r) in zip(checked, claims):  # type: ignore[misc]
+    for vote, fp in checked:  # type: ignore[misc]
         assert vote.accept, vote.reason
         assert fp["kind"] == "text"
     assert [v.method for v, _ in checked] == ["replay", "replay", "regenerate"]  # type: ignore[union-attr]

@@ -56,8 +56,9 @@ def _params(cls, task: Any):
 def verify_text(
     result: dict[str, Any], method: str = "prefill", engine=None, variants: DtypeVariants = DTYPE_ENGINES
 ) -> VoteValue:
-    """Check one text result: "prefill" is the policy's check for its decoding and claimed dtype
-    (verifier/policy.py: text_check), "regenerate" re-generates it in its claimed dtype."""
+    """Check one text result in its claimed dtype: "prefill" is the policy's one-model check for
+    greedy and sampled tasks (verifier/policy.py: text_check; the rank test for beam tasks),
+    "regenerate" re-generates it."""
     if method not in TEXT_METHODS:
         raise UsageError(f"unknown method {method!r}; choose one of {', '.join(TEXT_METHODS)}")
     engine = engine or load_engine(result["model"], "text")
@@ -103,7 +104,9 @@ def verify_texts(
         if isinstance(check, policy.Refused):
             out.append(_refusal(label, check))
             continue
-        method = "regenerate" if regenerate else check.method
+        # Beam tasks: the policy re-generates them (node/kinds.py asks for that); asked for the
+        # prefill check by name (`trustgen verify --method prefill`), the rank test runs instead.
+        method = "regenerate" if regenerate else ("prefill" if check.method == "regenerate" else check.method)
         todo.setdefault((method, check.dtype), []).append((i, claim[0], claim[1], check.tolerance))
         out.append(reject(method, "not checked"))  # replaced below
     for (method, dtype), group in todo.items():
