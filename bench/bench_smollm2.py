@@ -6,10 +6,6 @@
   256 tokens (target: at least 25x cheaper, 2 threads), for greedy decoding, sampling from the
   whole distribution, and top-p sampling (p = 0.95, where the gap computation, before issue 18's
   top-p rewrite, cost more than the model: its figure with the sorting rule is printed beside);
-- the check with its linears through MKL's packed weights (engines/packed_linear.py) against
-  the same check through plain addmm ("unpacked": before issue 18's third pass), alternating
-  repetitions in one process, with the largest logit difference between the two and the memory
-  the packed copies take;
 - where the time goes: in generation, the model's forward calls vs the decoding loop around
   them; in the check, the transformer body, the output projection (all positions vs only the
   claimed ones, `logits_to_keep`), and the gap computation, in CPU seconds; the check at 1 and
@@ -77,38 +73,6 @@ MODES = {
     "sample": dict(decoding="sample", temperature=0.7),
     "sample_top_p": dict(decoding="sample", temperature=0.7, top_p=0.95),
 }
-
-
-def _rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
-
-
-def alternating(a: Callable[[], Any], b: Callable[[], Any], n: int) -> tuple[tuple[float, float], tuple[float, float]]:
-    """(best wall, best CPU) of `a` and of `b`, their runs interleaved a, b, a, b...: neighbours'
-    load falls on both alike."""
-    ra, rb = [], []
-    for _ in range(n):
-        ra.append(timed(a, 1))
-        rb.append(timed(b, 1))
-    return (min(w for w, _ in ra), min(c for _, c in ra)), (min(w for w, _ in rb), min(c for _, c in rb))
-
-
-def _check(engine: Any, p: TextParams, tokens: list[int], packed: bool) -> Any:
-    engine.packed_check = packed
-    try:
-        return prefill_check(engine, p, tokens, 1e-3)
-    finally:
-        engine.packed_check = True
-
-
-def _packed_difference(engine: Any, prompt: list[int], tokens: list[int]) -> float:
-    got = []
-    for packed in (True, False):
-        engine.packed_check = packed
-        got.append(engine.prefill_logits([(prompt, tokens)])[0])
-    engine.packed_check = True
-    return float((got[0] - got[1]).abs().max())
 
 
 def _full_length(engine: Any, n: int, mode: str) -> tuple[TextParams, list[int]]:
@@ -180,17 +144,8 @@ def main() -> None:
         p, tokens = _full_length(engine, n, mode)
         prompt = engine.prompt_ids(p)
         t_gen, c_gen = timed(lambda: engine.generate(p), reps)
-        if mode == "greedy":
-            rss = _rss_mb()
-            res["packed_logits_max_abs_diff"] = _packed_difference(engine, prompt, tokens)
-            res["packed_weights_mb"] = _rss_mb() - rss
-        (t_pre, c_pre), (t_old, c_old) = alternating(
-            lambda: _check(engine, p, tokens, True), lambda: _check(engine, p, tokens, False), reps + 2
-        )
+        t_pre, c_pre = timed(lambda: prefill_check(engine, p, tokens, 1e-3), reps + 2)
         assert prefill_check(engine, p, tokens, 1e-3).accept
-        res[f"prefill_{mode}_unpacked_cpu_s"] = c_old
-        res[f"prefill_cheaper_{mode}_unpacked_cpu_x"] = c_gen / c_old
-        res[f"prefill_cheaper_{mode}_unpacked_x"] = t_gen / t_old
         res[f"generate_{mode}_s"] = t_gen
         res[f"generate_{mode}_cpu_s"] = c_gen
         res[f"generate_{mode}_tokens_per_s"] = n / t_gen
@@ -227,20 +182,13 @@ def _print(res: dict[str, float], n: int, ratio_only: bool) -> None:
         f"{res['load_average_1min_start']:.1f} at the start, {res['load_average_1min']:.1f} at the end, "
         f"on {os.cpu_count()} CPUs"
     )
-    print(
-        f"packed-weight linears: logits differ from addmm's by at most {res['packed_logits_max_abs_diff']:.3g}; "
-        f"packed copies {res['packed_weights_mb']:.0f} MB"
-    )
     for mode in MODES:
         print(
             f"{mode}, {n} tokens: generation {res[f'generate_{mode}_s']:.2f} s wall, "
             f"{res[f'generate_{mode}_cpu_s']:.2f} s CPU ({res[f'generate_{mode}_tokens_per_s']:.1f} tokens/s); "
             f"prefill check {res[f'prefill_{mode}_s'] * 1e3:.0f} ms wall, {res[f'prefill_{mode}_cpu_s'] * 1e3:.0f} ms "
             f"CPU: {res[f'prefill_cheaper_{mode}_cpu_x']:.1f}x cheaper in CPU, "
-            f"{res[f'prefill_cheaper_{mode}_x']:.1f}x in wall time (target >= 25x); unpacked "
-            f"{res[f'prefill_{mode}_unpacked_cpu_s'] * 1e3:.0f} ms CPU: "
-            f"{res[f'prefill_cheaper_{mode}_unpacked_cpu_x']:.1f}x in CPU, "
-            f"{res[f'prefill_cheaper_{mode}_unpacked_x']:.1f}x in wall time"
+            f"{res[f'prefill_cheaper_{mode}_x']:.1f}x in wall time (target >= 25x)"
         )
         if ratio_only:
             continue

@@ -14,7 +14,6 @@ reduction orders for other batch shapes, and padding changes attention numerics.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import replace
@@ -30,7 +29,6 @@ from trustgen.engines.determinism import ExecutionProfile, configure, resolve_dt
 from trustgen.engines.loading import MODEL_LOAD, load_failure
 from trustgen.engines.outputs import TextOutput
 from trustgen.engines.packed import Sequence, packed_runner
-from trustgen.engines.packed_linear import packed_linears
 from trustgen.engines.params import TextParams
 from trustgen.engines.registry import ModelRef
 from trustgen.engines.sampling import sample_token
@@ -75,9 +73,6 @@ class TextEngine:
         self.max_positions: int = positions
         runner = packed_runner(self.model)
         self.packed = runner is not None
-        # The one-pass check's linears through MKL's packed weights (engines/packed_linear.py);
-        # the benchmark turns it off to measure what it saves.
-        self.packed_check = True
         self.profile = replace(
             self.profile, flags={**self.profile.flags, "batching": runner.mode if runner is not None else "serial"}
         )
@@ -202,14 +197,13 @@ class TextEngine:
             if runner is None:
                 # The output projection only on the positions that predict a claimed token
                 # (`logits_to_keep`): on a real model's vocabulary it is a large part of the pass.
-                with packed_linears(self.model) if self.packed_check else contextlib.nullcontext():
-                    return [
-                        self.model(input_ids=torch.tensor([p + t[:-1]], device=self.device), logits_to_keep=len(t))
-                        .logits[0]
-                        .float()
-                        .cpu()
-                        for p, t in items
-                    ]
+                return [
+                    self.model(input_ids=torch.tensor([p + t[:-1]], device=self.device), logits_to_keep=len(t))
+                    .logits[0]
+                    .float()
+                    .cpu()
+                    for p, t in items
+                ]
             return runner.forward([Sequence(pending=p + t[:-1], want=len(t)) for p, t in items])
 
     def replay_logits(self, items: list[tuple[list[int], list[int]]]) -> list[torch.Tensor]:
