@@ -3,8 +3,11 @@ report saved as it finishes and all of them merged after each one, so a run cut 
 deadline, a loaded host) keeps every pair it measured.
 
     python scripts/calibrate_text_chunks.py --model smollm2-135m --chunks 10 --out DIR
+    python scripts/calibrate_text_chunks.py --model smollm2-135m --dtype bfloat16 --chunks 10 --out DIR
 
 A chunk of 3 samples is one greedy, one sampled and one beam task (the order calibrate uses).
+With --dtype, claims computed in that dtype are checked as the policy checks them (a chunk of 2
+samples: one greedy, one sampled task; calibrate_text_dtype).
 """
 
 from __future__ import annotations
@@ -18,7 +21,12 @@ import time
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from trustgen.verifier.calibrate import calibrate_text, merge_text_reports, write_report  # noqa: E402
+from trustgen.verifier.calibrate import (  # noqa: E402
+    calibrate_text,
+    calibrate_text_dtype,
+    merge_text_reports,
+    write_report,
+)
 
 
 def main() -> None:
@@ -26,6 +34,8 @@ def main() -> None:
     ap.add_argument("--model", default="tiny-text")
     ap.add_argument("--chunks", type=int, default=4)
     ap.add_argument("--chunk-samples", type=int, default=3)
+    ap.add_argument("--dtype", default=None, help="calibrate claims computed in this dtype (bfloat16, float16)")
+    ap.add_argument("--max-new-tokens", type=int, default=48)
     ap.add_argument("--first-seed", type=int, default=100)
     ap.add_argument("--out", type=pathlib.Path, required=True)
     args = ap.parse_args()
@@ -33,7 +43,10 @@ def main() -> None:
     for k in range(args.chunks):
         seed = args.first_seed + k
         t0, c0 = time.perf_counter(), time.process_time()
-        rep = calibrate_text(args.chunk_samples, args.model, seed=seed)
+        if args.dtype is None:
+            rep = calibrate_text(args.chunk_samples, args.model, args.max_new_tokens, seed=seed)
+        else:
+            rep = calibrate_text_dtype(args.chunk_samples, args.model, args.dtype, args.max_new_tokens, seed=seed)
         rep["seed"] = seed
         rep["wall_s"], rep["cpu_s"] = time.perf_counter() - t0, time.process_time() - c0
         (args.out / f"chunk-{seed}.json").write_text(json.dumps(rep, indent=1) + "\n")

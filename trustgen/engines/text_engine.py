@@ -206,6 +206,43 @@ class TextEngine:
                 ]
             return runner.forward([Sequence(pending=p + t[:-1], want=len(t)) for p, t in items])
 
+    def replay_logits(self, items: list[tuple[list[int], list[int]]]) -> list[torch.Tensor]:
+        """For each (prompt ids, claimed tokens): the logits the decoding loop computed before each
+        claimed token, by the calls generation makes (the prompt in one pass, then one token at a
+        time over the cache), so they are bit-identical to an honest worker's under this profile.
+        The check for dtypes whose one-pass logits drift from the incremental ones (bfloat16:
+        docs/decisions.md); it costs what generating the tokens costs."""
+        runner = packed_runner(self.model)
+        with torch.inference_mode():
+            if runner is None:
+                return [self._replay_serial(p, t) for p, t in items]
+            # The packed pass is batch-invariant: the items step together, each as it would alone.
+            seqs = [Sequence(pending=list(p)) for p, _ in items]
+            rows: list[list[torch.Tensor]] = [[] for _ in items]
+            live = list(range(len(items)))
+            for step in range(max((len(t) for _, t in items), default=0)):
+                checkpoint()
+                out = runner.forward([seqs[i] for i in live])
+                for i, lg in zip(live, out):
+                    rows[i].append(lg[0])
+                live = [i for i in live if step + 1 < len(items[i][1])]
+                for i in live:
+                    seqs[i].pending = [items[i][1][step]]
+            return [torch.stack(r) if r else torch.empty(0) for r in rows]
+
+    def _replay_serial(self, prompt: list[int], tokens: list[int]) -> torch.Tensor:
+        """`_incremental`'s model calls, fed the claimed tokens instead of its own choices."""
+        ids = torch.tensor([prompt], device=self.device)
+        past = None
+        rows: list[torch.Tensor] = []
+        for i in range(len(tokens)):
+            checkpoint()
+            res = self.model(input_ids=ids, past_key_values=past, use_cache=True)
+            past = res.past_key_values
+            rows.append(res.logits[0, -1].float().cpu())
+            ids = torch.tensor([[tokens[i]]], device=self.device)
+        return torch.stack(rows) if rows else torch.empty(0)
+
     def generate_unpacked(self, params: TextParams) -> TextOutput:
         """One task through transformers' own forward pass: the path for models the packed pass
         cannot run, and the serial baseline the benchmarks compare batching with."""

@@ -28,8 +28,10 @@ from trustgen.engines.generate import load_engine
 from trustgen.engines.params import ImageParams, TextParams
 from trustgen.verifier.compare import distance
 from trustgen.verifier.fingerprints import image_fingerprint
-from trustgen.verifier.policy import prefill_tolerance
-from trustgen.verifier.prefill import prefill_check, token_gaps
+from trustgen.verifier.policy import PREFILL_TOL_SAME_DTYPE, TEXT_DTYPES, Refused, text_check
+from trustgen.verifier.prefill import LOGITS, judge, token_gaps
+from trustgen.verifier.reexec import regenerate_text
+from trustgen.verifier.vote import VoteValue
 
 COLORS = ["red", "green", "blue", "yellow", "purple", "orange", "white", "black"]
 SHAPES = ["circle", "square", "triangle", "cross"]
@@ -238,13 +240,35 @@ def _alter(tokens: list[int], vocab: int, rng: random.Random) -> list[int]:
     return out
 
 
+def policy_check(
+    engines: dict[str, Any], p: TextParams, tokens: list[int], dtype: str
+) -> tuple[VoteValue, float | None]:
+    """The verdict the verifier's policy gives a claim computed in `dtype` (`engines`: the
+    verifier's engine per dtype), and the claim's worst logit gap under that check (None for
+    re-generation and for claims rejected before any model runs)."""
+    check = text_check(p.to_dict(), dtype, "float32")
+    if isinstance(check, Refused):
+        raise ValueError(check.reason)
+    engine = engines[check.dtype]
+    if check.method == "regenerate":
+        return regenerate_text(engine, p, tokens), None
+    if not tokens or len(tokens) > p.max_new_tokens:
+        return judge(engine, p, tokens, torch.empty(0), check.tolerance, check.method), None
+    logits = LOGITS[check.method](engine, [(engine.task_prompt(p), tokens)])[0]
+    vote = judge(engine, p, tokens, logits, check.tolerance, check.method)
+    gap = float(token_gaps(engine, p, tokens, logits).max()) if p.decoding != "beam" else None
+    return vote, gap
+
+
 def calibrate_text(samples: int, model: str = "tiny-text", max_new_tokens: int = 48, seed: int = 0) -> dict[str, Any]:
-    """Text verification is a pass/fail prefill check. Distances are the largest logit gap between
-    a claimed token and the one the decoding rule picks (greedy and sampled tasks; inf for a
-    token top-k/top-p excluded); accept rates cover every pair, beam tasks included."""
+    """Text verification is a pass/fail check, chosen by the policy (verifier/policy.py) for the
+    claim's decoding and dtype. Distances are the largest logit gap between a claimed token and
+    the one the decoding rule picks (greedy and sampled tasks; inf for a token top-k/top-p
+    excluded); accept rates cover every pair, beam tasks (re-generated) included."""
     rng = random.Random(seed)
     ver = load_engine(model, "text")
     bf16 = load_engine(model, "text", dtype="bfloat16")
+    engines = {"float32": ver, "bfloat16": load_engine(model, "text", dtype="bfloat16")}
     noisy = load_engine(model, "text")
     noisy.model = _perturbed(ver.model, 1e-5, 1)
     other = load_engine(model, "text")
@@ -257,12 +281,12 @@ def calibrate_text(samples: int, model: str = "tiny-text", max_new_tokens: int =
     chat = bool(ver.tokenizer.chat_template)
 
     def check(kind: str, p: TextParams, tokens: list[int], dtype: str = "float32") -> None:
-        v = prefill_check(ver, p, tokens, prefill_tolerance(dtype, "float32"))
+        v, gap = policy_check(engines, p, tokens, dtype)
         accepted[kind].append(v.accept)
         # The worst token's gap in logits (greedy and sampled tasks; structural rejections such
         # as a truncation have none): what a tolerance must stay below to catch the pair.
-        if p.decoding != "beam" and tokens and len(tokens) <= p.max_new_tokens:
-            dist[kind].append(float(token_gaps(ver, p, tokens).max()))
+        if gap is not None:
+            dist[kind].append(gap)
 
     for i in range(samples):
         decoding = ["greedy", "sample", "beam"][i % 3]
@@ -300,6 +324,100 @@ def calibrate_text(samples: int, model: str = "tiny-text", max_new_tokens: int =
     return rep
 
 
+def _cast_like(target: torch.nn.Module, source: torch.nn.Module, rel: float, seed: int) -> torch.nn.Module:
+    """`target` (a model loaded in a narrower dtype) with `source`'s parameters (float32) plus
+    relative noise `rel`, rounded to `target`'s dtype: a worker whose float32 weights differ by
+    `rel` before the cast. Only parameters change (buffers such as rotary tables stay as loaded)."""
+    m = copy.deepcopy(target)
+    g = torch.Generator().manual_seed(seed)
+    src = dict(source.named_parameters())
+    with torch.no_grad():
+        for name, p in m.named_parameters():
+            w = src[name]
+            p.copy_((w + torch.randn(w.shape, generator=g) * w.abs().mean() * rel).to(p.dtype))
+    return m
+
+
+def calibrate_text_dtype(
+    samples: int, model: str = "tiny-text", dtype: str = "bfloat16", max_new_tokens: int = 48, seed: int = 0
+) -> dict[str, Any]:
+    """Claims computed in `dtype` checked as the policy checks them (in an engine of that dtype).
+    Honest: a worker of the same profile (its own load), one at 1 thread against the verifier's
+    2. Dishonest: another prompt's or seed's output, one altered token, another model (weights
+    0.3 off), weights 1e-5 off before the cast (a stand-in for other numerics: it is not the
+    model the digest names), all computed in `dtype`. A dishonest claim that is the honest output
+    token for token is not a cheat and is counted apart (`identical_to_honest`). Greedy and
+    sampled tasks (beam tasks are re-generated: exact by construction). Besides the policy's
+    verdict, each pair records its worst gap under a one-pass prefill in `dtype`
+    ("prefill_gap"): the tolerance a prefill check would need."""
+    rng = random.Random(seed)
+    fp32 = load_engine(model, "text", threads=2)
+    engines = {dtype: load_engine(model, "text", dtype=dtype, threads=2)}
+    ver = engines[dtype]
+    worker = load_engine(model, "text", dtype=dtype, threads=2)
+    noisy = load_engine(model, "text", dtype=dtype, threads=2)
+    noisy.model = _cast_like(ver.model, fp32.model, 1e-5, 1)
+    other = load_engine(model, "text", dtype=dtype, threads=2)
+    other.model = _cast_like(ver.model, fp32.model, 0.3, 2)
+    del fp32
+    dist: dict[str, list[float]] = defaultdict(list)
+    prefill_gaps: dict[str, list[float]] = defaultdict(list)
+    accepted: dict[str, list[bool]] = defaultdict(list)
+    honest_kinds = [dtype, f"{dtype}_1_thread"]
+    identical: dict[str, int] = defaultdict(int)
+    vocab = ver.model.config.vocab_size
+    chat = bool(ver.tokenizer.chat_template)
+
+    def check(kind: str, p: TextParams, tokens: list[int], honest: list[int] | None = None) -> None:
+        if honest is not None and tokens == honest:
+            identical[kind] += 1
+            return
+        v, gap = policy_check(engines, p, tokens, dtype)
+        accepted[kind].append(v.accept)
+        if gap is not None:
+            dist[kind].append(gap)
+            one_pass = ver.prefill_logits([(ver.task_prompt(p), tokens)])[0]
+            prefill_gaps[kind].append(float(token_gaps(ver, p, tokens, one_pass).max()))
+
+    for i in range(samples):
+        p = TextParams(
+            prompt=rng.choice(TEXT_PROMPTS),
+            max_new_tokens=max_new_tokens,
+            decoding=["greedy", "sample"][i % 2],
+            seed=rng.randrange(2**31),
+            temperature=0.8,
+            top_p=0.95,
+            chat=chat,
+        )
+        honest = worker.generate(p).token_ids
+        check(dtype, p, honest)
+        check(f"{dtype}_1_thread", p, _with_threads(1, lambda: worker.generate(p).token_ids))
+        check("weight_noise_1e-5", p, noisy.generate(p).token_ids, honest)
+        if p.decoding == "sample":
+            reseeded = TextParams(**{**p.to_dict(), "seed": p.seed + 1})
+            check("other_seed", p, worker.generate(reseeded).token_ids, honest)
+        other_prompt = rng.choice([q for q in TEXT_PROMPTS if q != p.prompt])
+        prompt = TextParams(**{**p.to_dict(), "prompt": other_prompt})
+        check("other_prompt", p, worker.generate(prompt).token_ids, honest)
+        check("other_model", p, other.generate(p).token_ids, honest)
+        check("altered_token", p, _alter(honest, vocab, rng))
+    honest_d = [d for k in honest_kinds for d in dist[k]]
+    dishonest_d = [d for k, v in dist.items() if k not in honest_kinds for d in v]
+    measure = f"{dtype} claims: worst logit gap under the policy's check (inf = rejected)"
+    rep = _report("text", measure, samples, dist, honest_kinds, honest_d, dishonest_d, None, None)
+    rep["dtype"] = dtype
+    rep["identical_to_honest"] = dict(identical)
+    rep["prefill_gap"] = _gap_summaries(prefill_gaps)
+    rep["per_kind_accepted"] = {k: [sum(v), len(v)] for k, v in accepted.items()}
+    rep["honest_kinds"] = honest_kinds
+    _text_rates(rep)
+    return rep
+
+
+def _gap_summaries(gaps: dict[str, list[float]]) -> dict[str, Any]:
+    return {k: {**_summary(v), "values": [x if math.isfinite(x) else None for x in v]} for k, v in gaps.items()}
+
+
 def _text_rates(rep: dict[str, Any]) -> None:
     """Error rates from the per-kind accept counts, with 95 % Wilson intervals: a run of n pairs
     with no error bounds the rate, it does not show it is zero."""
@@ -321,8 +439,8 @@ def _text_rates(rep: dict[str, Any]) -> None:
     rep["per_kind_accept_rate"] = {k: a / n for k, (a, n) in counts.items()}
     rep["per_kind_accept_ci95"] = {k: wilson(a, n) for k, (a, n) in counts.items()}
     rep["tolerance"] = {
-        "same_dtype": prefill_tolerance("float32", "float32"),
-        "cross_dtype": prefill_tolerance("bfloat16", "float32"),
+        "same_dtype": PREFILL_TOL_SAME_DTYPE,
+        "by_dtype": {d: [r.method, r.tolerance] for d, r in TEXT_DTYPES.items()},
     }
 
 
@@ -356,6 +474,17 @@ def merge_text_reports(reps: list[dict[str, Any]]) -> dict[str, Any]:
     )
     rep["per_kind_accepted"] = counts
     rep["honest_kinds"] = honest_kinds
+    if "prefill_gap" in reps[0]:  # dtype calibrations: the one-pass gaps beside the policy's
+        gaps: dict[str, list[float]] = defaultdict(list)
+        for r in reps:
+            for k, g in r["prefill_gap"].items():
+                gaps[k].extend(math.inf if v is None else v for v in g["values"])
+        rep["prefill_gap"], rep["dtype"] = _gap_summaries(gaps), reps[0]["dtype"]
+        same: dict[str, int] = defaultdict(int)
+        for r in reps:
+            for k, n in r.get("identical_to_honest", {}).items():
+                same[k] += n
+        rep["identical_to_honest"] = dict(same)
     _text_rates(rep)
     return rep
 
@@ -424,7 +553,7 @@ def write_report(rep: dict[str, Any], out: pathlib.Path) -> dict[str, str]:
             png,
             [scale(v) for v in honest],
             [scale(v) for v in dishonest],
-            rep["tolerance"]["cross_dtype"] * 100,
+            rep["tolerance"]["same_dtype"] * 100,
             50,
             "prefill gap x100 (50 = rejected)",
         )

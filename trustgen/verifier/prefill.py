@@ -18,6 +18,9 @@ end-of-sequence are all rejected.
 
 `prefill_check_batch` checks several results with one batched pass; the engine's packed pass is
 batch-invariant, so each verdict (distance and margin included) is the one checking it alone gives.
+With `method="replay"` the logits come from the engine's incremental replay instead (the calls
+generation makes, bit for bit): the check for dtypes whose one-pass logits drift too far from
+the incremental ones for a tight tolerance (verifier/policy.py).
 """
 
 from __future__ import annotations
@@ -33,25 +36,30 @@ from trustgen.verifier.fingerprints import text_fingerprint
 from trustgen.verifier.vote import VoteValue, reject
 
 METHOD = "prefill"
+# How a method computes the logits it judges: one teacher-forced pass, or generation's own calls.
+LOGITS = {
+    "prefill": lambda engine, items: engine.prefill_logits(items),
+    "replay": lambda e, items: e.replay_logits(items),
+}
 MAX_BATCH_ROWS = 8192  # teacher-forced rows per batched pass; bounds memory however many results wait
 _SAMPLE_BLOCK_ROWS = 8
 
 
-def _termination(engine: TextEngine, p: TextParams, tokens: list[int]) -> VoteValue | None:
+def _termination(engine: TextEngine, p: TextParams, tokens: list[int], method: str = METHOD) -> VoteValue | None:
     n, eos = len(tokens), engine.eos_id
     vocab = engine.model.config.vocab_size
     if n == 0:
-        return reject(METHOD, "empty output")
+        return reject(method, "empty output")
     bad = next((i for i, t in enumerate(tokens) if not 0 <= t < vocab), None)
     if bad is not None:
-        return reject(METHOD, f"token id {tokens[bad]} outside the vocabulary", bad)
+        return reject(method, f"token id {tokens[bad]} outside the vocabulary", bad)
     if n > p.max_new_tokens:
-        return reject(METHOD, f"extended: {n} tokens for max-new-tokens {p.max_new_tokens}", p.max_new_tokens)
+        return reject(method, f"extended: {n} tokens for max-new-tokens {p.max_new_tokens}", p.max_new_tokens)
     first_eos = next((i for i, t in enumerate(tokens) if t == eos), None)
     if first_eos is not None and first_eos < n - 1:
-        return reject(METHOD, "extended past end-of-sequence", first_eos + 1)
+        return reject(method, "extended past end-of-sequence", first_eos + 1)
     if n < p.max_new_tokens and tokens[-1] != eos:
-        return reject(METHOD, f"truncated: stops after {n} tokens without end-of-sequence", n)
+        return reject(method, f"truncated: stops after {n} tokens without end-of-sequence", n)
     return None
 
 
@@ -92,21 +100,27 @@ def prefill_check(engine: TextEngine, p: TextParams, tokens: list[int], tol: flo
     return prefill_check_batch(engine, [(p, tokens)], tol)[0]
 
 
-def _structural(engine: TextEngine, p: TextParams, prompt: list[int], tokens: list[int], fp: dict) -> VoteValue | None:
+def _structural(
+    engine: TextEngine, p: TextParams, prompt: list[int], tokens: list[int], fp: dict, method: str
+) -> VoteValue | None:
     """A rejection that needs no model: bad termination, or more tokens than the context holds."""
-    bad = _termination(engine, p, tokens)
+    bad = _termination(engine, p, tokens, method)
     if bad is not None:
         return VoteValue(bad.accept, bad.method, bad.distance, bad.margin, bad.reason, bad.position, fp)
     if len(prompt) + len(tokens) > engine.max_positions:
-        return reject(METHOD, "prompt and output exceed the model's context", fingerprint=fp)
+        return reject(method, "prompt and output exceed the model's context", fingerprint=fp)
     return None
 
 
 def prefill_check_batch(
-    engine: TextEngine, items: Sequence[tuple[TextParams, list[int]]], tol: float | Sequence[float]
+    engine: TextEngine,
+    items: Sequence[tuple[TextParams, list[int]]],
+    tol: float | Sequence[float],
+    method: str = METHOD,
 ) -> list[VoteValue]:
     """Check several (task, claimed tokens) pairs, sharing batched passes of at most
-    MAX_BATCH_ROWS rows; `tol` is one tolerance for all or one per item."""
+    MAX_BATCH_ROWS rows; `tol` is one tolerance for all or one per item; `method` one of LOGITS."""
+    logits_of = LOGITS[method]
     tols = [float(tol)] * len(items) if isinstance(tol, (int, float)) else [float(t) for t in tol]
     if len(tols) != len(items):
         raise ValueError(f"{len(tols)} tolerances for {len(items)} results")
@@ -115,16 +129,26 @@ def prefill_check_batch(
     fps = [text_fingerprint(tokens) if tokens else {} for _, tokens in items]
     for i, (p, tokens) in enumerate(items):
         prompt = engine.task_prompt(p)
-        bad = _structural(engine, p, prompt, tokens, fps[i])
+        bad = _structural(engine, p, prompt, tokens, fps[i], method)
         verdicts.append(bad)
         if bad is None:
             todo.append((i, prompt))
     for group in _groups(todo, [len(prompt) + len(items[i][1]) for i, prompt in todo]):
-        logits = engine.prefill_logits([(prompt, items[i][1]) for i, prompt in group])
+        logits = logits_of(engine, [(prompt, items[i][1]) for i, prompt in group])
         for (i, _), lg in zip(group, logits):
             p, tokens = items[i]
-            verdicts[i] = _judge(engine, p, tokens, lg, tols[i], fps[i])
+            verdicts[i] = _judge(engine, p, tokens, lg, tols[i], fps[i], method)
     return [v for v in verdicts if v is not None]
+
+
+def judge(
+    engine: TextEngine, p: TextParams, tokens: list[int], logits: torch.Tensor, tol: float, method: str
+) -> VoteValue:
+    """One claim's verdict from logits the caller computed with LOGITS[method] (calibration keeps
+    the logits for the gaps it reports): what `prefill_check_batch` gives for it."""
+    fp = text_fingerprint(tokens) if tokens else {}
+    bad = _structural(engine, p, engine.task_prompt(p), tokens, fp, method)
+    return bad if bad is not None else _judge(engine, p, tokens, logits, tol, fp, method)
 
 
 def _groups(todo: list[tuple[int, list[int]]], rows: list[int]) -> list[list[tuple[int, list[int]]]]:
@@ -140,11 +164,11 @@ def _groups(todo: list[tuple[int, list[int]]], rows: list[int]) -> list[list[tup
 
 
 def _judge(
-    engine: TextEngine, p: TextParams, tokens: list[int], logits: torch.Tensor, tol: float, fp: dict
+    engine: TextEngine, p: TextParams, tokens: list[int], logits: torch.Tensor, tol: float, fp: dict, method: str
 ) -> VoteValue:
     if p.decoding in ("greedy", "sample"):
         why = "token is not the argmax" if p.decoding == "greedy" else "token is not the seeded sample"
-        return _verdict(token_gaps(engine, p, tokens, logits), tol, fp, why)
+        return _verdict(token_gaps(engine, p, tokens, logits), tol, fp, why, method)
     claimed = torch.tensor(tokens)
     logprobs = torch.log_softmax(logits.double(), dim=-1)
     chosen = logprobs.gather(1, claimed[:, None])[:, 0]
@@ -154,7 +178,7 @@ def _judge(
     if len(bad_pos):
         i = int(bad_pos[0])
         return reject(
-            METHOD,
+            method,
             f"token ranks {int(ranks[i]) + 1} at its position, outside the {p.num_beams} beams",
             i,
             float(ranks[i]),
@@ -162,7 +186,7 @@ def _judge(
         )
     return VoteValue(
         True,
-        METHOD,
+        method,
         float(ranks.max()),
         float(p.num_beams - ranks.max()),
         f"every token within the top {p.num_beams + 1}; log-prob {score:.4f}",
@@ -171,17 +195,17 @@ def _judge(
     )
 
 
-def _verdict(gaps: torch.Tensor, tol: float, fp: dict, why: str) -> VoteValue:
+def _verdict(gaps: torch.Tensor, tol: float, fp: dict, why: str, method: str) -> VoteValue:
     over = torch.nonzero(gaps > tol)
     worst = float(gaps.max())
     if len(over):
         i = int(over[0])
         g = float(gaps[i])
         return reject(
-            METHOD,
+            method,
             f"{why}: {'filtered out' if g == float('inf') else f'{g:.4g} below the best'}",
             i,
             g if g != float("inf") else float("inf"),
             fp,
         )
-    return VoteValue(True, METHOD, worst, tol - worst, "every token is consistent", None, fp)
+    return VoteValue(True, method, worst, tol - worst, "every token is consistent", None, fp)

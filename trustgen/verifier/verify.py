@@ -17,6 +17,7 @@ from trustgen.engines.generate import load_engine
 from trustgen.engines.outputs import image_digest, read_png, text_digest
 from trustgen.engines.params import MAX_STEPS, ImageParams, TextParams
 from trustgen.engines.trajectory import Trajectory, TrajectoryError
+from trustgen.engines.variants import DtypeVariants
 from trustgen.errors import TrustgenError, UsageError
 from trustgen.verifier import policy
 from trustgen.verifier.prefill import prefill_check_batch
@@ -25,6 +26,8 @@ from trustgen.verifier.trajectory import check_trajectory, choose_method, early_
 from trustgen.verifier.vote import VoteValue, reject
 
 TEXT_METHODS = ("prefill", "regenerate")
+# The engines a verifier keeps in other dtypes than its own, for claims computed in them.
+DTYPE_ENGINES = DtypeVariants()
 IMAGE_METHODS = ("regenerate", "trajectory", "auto")
 
 
@@ -50,47 +53,76 @@ def _params(cls, task: Any):
         raise UsageError(f"result task has unexpected fields: {e}") from None
 
 
-def verify_text(result: dict[str, Any], method: str = "prefill", engine=None) -> VoteValue:
+def verify_text(
+    result: dict[str, Any], method: str = "prefill", engine=None, variants: DtypeVariants = DTYPE_ENGINES
+) -> VoteValue:
+    """Check one text result in its claimed dtype: "prefill" is the policy's one-model check for
+    greedy and sampled tasks (verifier/policy.py: text_check; the rank test for beam tasks),
+    "regenerate" re-generates it."""
     if method not in TEXT_METHODS:
         raise UsageError(f"unknown method {method!r}; choose one of {', '.join(TEXT_METHODS)}")
-    claim = _text_form(result, method)
-    if isinstance(claim, VoteValue):
-        return claim
     engine = engine or load_engine(result["model"], "text")
-    if method == "regenerate":
-        bad = _model_mismatch(result, method, engine)
-        return bad if bad is not None else regenerate_text(engine, *claim)
-    vote = verify_texts([result], engine)[0]
+    vote = verify_texts([result], engine, variants, regenerate=method == "regenerate")[0]
     if isinstance(vote, UsageError):
         raise vote
     return vote
 
 
-def verify_texts(results: Sequence[dict[str, Any]], engine: Any) -> list[VoteValue | UsageError]:
-    """Prefill-check several text results with `engine` in shared batched passes: each verdict is
-    the one `verify_text` gives alone; a malformed result gets its UsageError in its place."""
+def claimed_dtype(result: dict[str, Any]) -> object:
+    """The dtype a result says it was computed in (None when it names none)."""
+    profile = result.get("profile")
+    return profile.get("dtype") if isinstance(profile, dict) else None
+
+
+def verify_texts(
+    results: Sequence[dict[str, Any]],
+    engine: Any,
+    variants: DtypeVariants = DTYPE_ENGINES,
+    regenerate: bool = False,
+) -> list[VoteValue | UsageError]:
+    """Check several text results served by `engine`, each as the policy says (its method, in
+    its claimed dtype: `engine` itself or its copy from `variants`), those sharing a method and
+    dtype in shared batched passes: each verdict is the one `verify_text` gives alone; a
+    malformed result gets its UsageError in its place. `regenerate`: re-generate every one."""
     out: list[VoteValue | UsageError] = []
-    todo: list[tuple[int, TextParams, list[int], float]] = []
+    todo: dict[tuple[str, str], list[tuple[int, TextParams, list[int], float]]] = {}
     for i, result in enumerate(results):
+        label = "regenerate" if regenerate else policy.text_method(result.get("task"))
         try:
-            claim = _text_form(result, "prefill")
+            claim = _text_form(result, label)
         except UsageError as e:
             out.append(e)
             continue
         if isinstance(claim, VoteValue):
             out.append(claim)
             continue
-        bad = _model_mismatch(result, "prefill", engine)
+        bad = _model_mismatch(result, label, engine)
         if bad is not None:
             out.append(bad)
             continue
-        claimed_dtype = (result.get("profile") or {}).get("dtype")
-        todo.append((i, claim[0], claim[1], policy.prefill_tolerance(claimed_dtype, engine.profile.dtype)))
-        out.append(reject("prefill", "not checked"))  # replaced below
-    votes = prefill_check_batch(engine, [(p, tokens) for _, p, tokens, _ in todo], [tol for *_, tol in todo])
-    for (i, *_), vote in zip(todo, votes):
-        out[i] = vote
+        check = policy.text_check(claim[0].to_dict(), claimed_dtype(result), engine.profile.dtype)
+        if isinstance(check, policy.Refused):
+            out.append(_refusal(label, check))
+            continue
+        # Beam tasks: the policy re-generates them (node/kinds.py asks for that); asked for the
+        # prefill check by name (`trustgen verify --method prefill`), the rank test runs instead.
+        method = "regenerate" if regenerate else ("prefill" if check.method == "regenerate" else check.method)
+        todo.setdefault((method, check.dtype), []).append((i, claim[0], claim[1], check.tolerance))
+        out.append(reject(method, "not checked"))  # replaced below
+    for (method, dtype), group in todo.items():
+        runs_in = variants.get(engine, dtype)
+        if method == "regenerate":
+            votes = [regenerate_text(runs_in, p, tokens) for _, p, tokens, _ in group]
+        else:
+            votes = prefill_check_batch(runs_in, [(p, t) for _, p, t, _ in group], [tol for *_, tol in group], method)
+        for (i, *_), vote in zip(group, votes):
+            out[i] = vote
     return out
+
+
+def _refusal(method: str, refused: policy.Refused) -> VoteValue:
+    v = reject(method, refused.reason)
+    return VoteValue(v.accept, v.method, v.distance, v.margin, v.reason, None, {}, {"refused": refused.code.value})
 
 
 def _text_form(result: dict[str, Any], method: str) -> VoteValue | tuple[TextParams, list[int]]:
