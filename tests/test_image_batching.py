@@ -114,11 +114,11 @@ def test_every_op_of_a_shared_unet_call_is_each_images_call_alone(which, request
 
 @pytest.mark.parametrize("which", ["cpu", "cuda"])
 def test_batched_images_are_bit_identical_to_a_batch_of_one(which, request):
-    """16 mixed tasks at 1, 2, 3 and 8 images per UNet call: pixels, digest, fingerprint,
+    """12 mixed tasks at 1, 2, 3 and 8 images per UNet call: pixels, digest, fingerprint,
     trajectory bytes and profile all equal to each task run alone."""
     engine = pick(which, request)
     assert engine.profile.flags["batching"] == MODES[engine.profile.device]
-    tasks = mixed_tasks(16, seed=5)
+    tasks = mixed_tasks(12, seed=5)
     alone = [engine.generate(p, record=True) for p in tasks]
     for size in (1, 2, 3, 8):
         together = engine.generate_batch(tasks, record=True, batch_size=size)

@@ -4,10 +4,10 @@ depends on how many rows its call holds runs on exactly the rows the image has a
 An image's rows are the ones its batch-of-one call holds: [uncond, cond] under classifier-free
 guidance, one row otherwise. Measured on this CPU (oneDNN convolutions, MKL matmuls; see
 docs/decisions.md, "Batched images"): a Conv2d over one row computes differently from the same
-row inside a call of two or more rows, while calls of two or more rows agree row for row; a
-Linear over one row per image (the time embedding, where rows are images) differs between
-calls of 1, 2 and 6+ rows. Group norm, layer norm, activations, the attention block (its
-projections see 64+ rows per image) and the sinusoidal time projection gave each row the same
+row inside a call of two or more rows, while calls of two or more rows agree row for row; a Linear
+differs with its call's row count (the time embedding at 1, 2 and 6+ rows; the attention
+projections at 4 tokens per image, not at 64), so every Linear runs per image. Group norm, layer
+norm, activations, the sinusoidal time projection and the attention core gave each row the same
 bits whatever else was in the call. `RULES` holds that finding per device; tests keep it true.
 
 On CUDA (cuDNN and cuBLAS pick kernels, and attention kernels split work, by batch shape) every
