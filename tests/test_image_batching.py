@@ -112,6 +112,7 @@ def test_every_op_of_a_shared_unet_call_is_each_images_call_alone(which, request
         assert checked > 100
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("which", ["cpu", "cuda"])
 def test_batched_images_are_bit_identical_to_a_batch_of_one(which, request):
     """12 mixed tasks at 1, 2, 3 and 8 images per UNet call: pixels, digest, fingerprint,
