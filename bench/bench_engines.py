@@ -8,11 +8,13 @@ time (target <= 1.10). Absolute numbers drift between runs on these machines; ra
 the serial engine (transformers' forward, one task at a time) and against the packed pass with a
 batch of one, on tiny-text and on a GPT-2-shaped 124M model built locally from a seeded config
 (targets >= 4x and >= 2.5x the serial engine), measured interleaved in one run at 2 threads; then
-token differences between batched and alone over mixed tasks (>= 1,000 on tiny-text; target 0).
---quick shortens every part to suite size.
+token differences between batched and alone over mixed tasks (>= 1,000 on tiny-text; target 0);
+then images: 8 concurrent tiny-image tasks batched against one at a time, and byte differences
+(pixels and trajectory tensors) between batched and alone over >= 100 mixed image tasks (target
+0). --quick shortens every part to suite size; --images-only runs the image part alone.
 
     python bench/bench_engines.py [--rounds 5] [--json]
-    python bench/bench_engines.py --batching [--quick] [--json] [--gpt2-dir DIR]
+    python bench/bench_engines.py --batching [--quick] [--json] [--gpt2-dir DIR] [--images-only]
 """
 
 from __future__ import annotations
@@ -141,8 +143,121 @@ def invariance(engine, tasks: list[TextParams], concurrent: int = 16) -> dict:
     }
 
 
+IMAGE_WORDS = "small large red blue green yellow white black circle square triangle cross".split()
+SAMPLERS = ["ddim", "euler", "euler_ancestral", "dpmsolver", "pndm", "ddpm"]
+
+
+def mixed_images(n: int, seed: int) -> list[ImageParams]:
+    """Mixed prompts, seeds, guidance (1.0 and above), step counts, sizes and all six samplers."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        sched = SAMPLERS[i % len(SAMPLERS)]
+        out.append(
+            ImageParams(
+                prompt="a " + " ".join(rng.choice(IMAGE_WORDS) for _ in range(rng.randint(1, 6))),
+                seed=rng.randrange(2**31),
+                steps=rng.randint(4, 8) if sched == "pndm" else rng.randint(1, 8),
+                guidance=rng.choice([1.0, 2.0, 3.0, 7.5]),
+                height=rng.choice([16, 32]),
+                width=rng.choice([16, 32]),
+                scheduler=sched,
+            )
+        )
+    return out
+
+
+def image_throughput(engine, rounds: int, concurrent: int = 8, steps: int = 20) -> dict:
+    """Images/s of `concurrent` tiny-image tasks (32x32, DDIM, guidance 3, trajectories recorded as
+    a worker does): one at a time against one batched call, interleaved."""
+    tasks = [ImageParams(prompt=f"a {IMAGE_WORDS[i % 12]} circle", seed=i, steps=steps) for i in range(concurrent)]
+    ways = {
+        "serial": lambda: [engine.generate(p, record=True) for p in tasks],
+        "batched": lambda: engine.generate_batch(tasks, record=True),
+    }
+    for run in ways.values():  # warm-up
+        run()
+    times: dict[str, list[float]] = {k: [] for k in ways}
+    cpu: dict[str, list[float]] = {k: [] for k in ways}
+    for _ in range(rounds):
+        for name, run in ways.items():
+            c0 = time.process_time()
+            times[name].append(timed(run))
+            cpu[name].append(time.process_time() - c0)
+    rate = {k: concurrent / statistics.median(v) for k, v in times.items()}
+    # CPU seconds too: on a host loaded by others the wall clock swings with the neighbours.
+    cpu_rate = {k: concurrent / statistics.median(v) for k, v in cpu.items()}
+    return {
+        "images_per_s": {k: round(v, 2) for k, v in rate.items()},
+        "batched_over_serial": round(rate["batched"] / rate["serial"], 2),
+        "images_per_cpu_s": {k: round(v, 2) for k, v in cpu_rate.items()},
+        "batched_over_serial_cpu": round(cpu_rate["batched"] / cpu_rate["serial"], 2),
+    }
+
+
+def _byte_differences(a: bytes, b: bytes) -> int:
+    import numpy as np
+
+    n = min(len(a), len(b))
+    same_len = np.frombuffer(a[:n], np.uint8) != np.frombuffer(b[:n], np.uint8)
+    return int(same_len.sum()) + abs(len(a) - len(b))
+
+
+def image_invariance(engine, tasks: list[ImageParams]) -> dict:
+    """Byte differences (pixels and trajectory tensors) between batched and alone, task by task."""
+    t0 = time.perf_counter()
+    together = engine.generate_batch(tasks, record=True)
+    t_batch = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    alone = [engine.generate(p, record=True) for p in tasks]
+    t_alone = time.perf_counter() - t0
+    diffs = [
+        _byte_differences(a.pixels.tobytes(), b.pixels.tobytes())
+        + _byte_differences(a.trajectory.to_bytes(), b.trajectory.to_bytes())
+        for a, b in zip(alone, together)
+    ]
+    return {
+        "tasks": len(tasks),
+        "bytes_compared": sum(len(a.pixels.tobytes()) + len(a.trajectory.to_bytes()) for a in alone),
+        "tasks_differing": sum(d > 0 for d in diffs),
+        "byte_differences": sum(diffs),
+        "alone_over_batched_time": round(t_alone / t_batch, 2),
+    }
+
+
+def image_batching(quick: bool, rounds: int) -> dict:
+    engine = load_engine("tiny-image", "image", threads=2)
+    return {
+        "tiny_image_8": image_throughput(engine, 1 if quick else rounds, steps=4 if quick else 20),
+        "invariance_tiny_image": image_invariance(engine, mixed_images(12 if quick else 120, 3)),
+        "image_profile_batching": engine.profile.flags["batching"],
+    }
+
+
+def print_images(report: dict) -> None:
+    r = report["tiny_image_8"]
+    rates = ", ".join(f"{k} {v:.2f} img/s" for k, v in r["images_per_s"].items())
+    print(
+        f"tiny_image_8: {rates}; batched/serial {r['batched_over_serial']:.2f}x wall, "
+        f"{r['batched_over_serial_cpu']:.2f}x in CPU seconds"
+    )
+    r = report["invariance_tiny_image"]
+    print(
+        f"invariance_tiny_image: {r['tasks']} mixed tasks, {r['bytes_compared']} bytes (pixels and "
+        f"trajectories): {r['tasks_differing']} tasks and {r['byte_differences']} bytes differ from "
+        f"alone (target 0); alone/batched time {r['alone_over_batched_time']:.2f}x"
+    )
+
+
 def batching(args: argparse.Namespace) -> None:
     quick = args.quick
+    if args.images_only:
+        report = image_batching(quick, args.rounds)
+        if args.json:
+            print(json.dumps(report))
+        else:
+            print_images(report)
+        return
     gpt2_dir = args.gpt2_dir or pathlib.Path(tempfile.gettempdir()) / "trustgen-bench-gpt2-124m"
     report: dict = {"threads": 2, "quick": quick}
     tiny = load_engine("tiny-text", "text", threads=2)
@@ -152,6 +267,7 @@ def batching(args: argparse.Namespace) -> None:
     report["invariance_tiny_text"] = invariance(tiny, mixed_tasks(96 if quick else 1200, 1, 32))
     report["invariance_gpt2_124m"] = invariance(big, mixed_tasks(8 if quick else 48, 2, 8 if quick else 16))
     report["profile_batching"] = tiny.profile.flags["batching"]
+    report |= image_batching(quick, args.rounds)
     if args.json:
         print(json.dumps(report))
         return
@@ -171,6 +287,7 @@ def batching(args: argparse.Namespace) -> None:
             f"{r['token_differences']} tokens differ from alone (target 0); alone/batched time "
             f"{r['alone_over_batched_time']:.2f}x"
         )
+    print_images(report)
 
 
 def main() -> None:
@@ -179,6 +296,7 @@ def main() -> None:
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--batching", action="store_true", help="batched generation: throughput and invariance")
     ap.add_argument("--quick", action="store_true", help="with --batching: suite-sized")
+    ap.add_argument("--images-only", action="store_true", help="with --batching: the image part alone")
     ap.add_argument("--gpt2-dir", type=pathlib.Path, help="where the local 124M model is built (reused)")
     args = ap.parse_args()
     if args.batching:

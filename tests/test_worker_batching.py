@@ -147,9 +147,10 @@ def test_verifier_checks_arriving_together_share_a_pass_and_votes_do_not_change(
 
 
 def test_text_and_image_tasks_on_one_batched_worker_all_complete_in_turn(engines, tmp_path):
-    """Text tasks share the batcher's run; an image task runs alone on the same engine thread (its
-    trajectory is recorded per task); every one completes with the Result it gets alone (no kind
-    waits on another forever, and a batching worker's image still commits its trajectory)."""
+    """Text tasks share the batcher's run; an image task takes its turn on the same engine thread
+    (as an image batch of its own, its trajectory recorded); every one completes with the Result it
+    gets alone (no kind waits on another forever, and a batching worker's image still commits its
+    trajectory)."""
     me, gateway, client = Identity.generate(), Identity.generate(), Identity.generate()
     worker = WorkerRole(me, NET, engines, BlobStore(tmp_path / "w"), batch=4)
     tasks = [

@@ -11,12 +11,14 @@ from __future__ import annotations
 import json
 import logging
 from contextlib import nullcontext
+from dataclasses import replace
 from typing import Any
 
 import diffusers
 import torch
 from diffusers import DiffusionPipeline
 
+from trustgen.engines import image_groups
 from trustgen.engines.cancel import watch
 from trustgen.engines.determinism import ExecutionProfile, configure, resolve_dtype
 from trustgen.engines.loading import MODEL_LOAD, load_failure
@@ -24,8 +26,8 @@ from trustgen.engines.outputs import ImageOutput
 from trustgen.engines.params import ImageParams
 from trustgen.engines.pixel_pipeline import PixelTextToImagePipeline, to_uint8
 from trustgen.engines.registry import ModelRef
-from trustgen.engines.trajectory import recording
-from trustgen.errors import ModelError
+from trustgen.engines.trajectory import SAMPLING, recording
+from trustgen.errors import ModelError, UsageError
 
 log = logging.getLogger("trustgen.node")
 
@@ -70,14 +72,34 @@ class ImageEngine:
         self.pipe.set_progress_bar_config(disable=True)
         watch(self.pipe.unet)  # cancellable inside a denoising step, not only between steps
         self._base_scheduler_config = dict(self.pipe.scheduler.config)
+        # The pixel pipeline shares UNet calls between images (engines/image_batch.py); other
+        # pipelines run one image per call. Alone or batched, an output is the same bits, so the
+        # mode names what a worker could do, not what this output went through.
+        batched = isinstance(self.pipe, PixelTextToImagePipeline)
+        mode = image_groups.install(self.pipe.unet, self.profile.device) if batched else "serial"
+        self.profile = replace(self.profile, flags={**self.profile.flags, "batching": mode})
+        # Whether a run can record its trajectory (a worker commits to it when it can).
+        self.records = type(self.pipe).__name__ in SAMPLING
+
+    def new_scheduler(self, name: str) -> Any:
+        # A fresh scheduler per task: schedulers keep state (step index, multistep history).
+        return SCHEDULER_CLASSES[name].from_config(self._base_scheduler_config)
 
     def _set_scheduler(self, name: str) -> None:
-        # A fresh scheduler per task: schedulers keep state (step index, multistep history).
-        self.pipe.scheduler = SCHEDULER_CLASSES[name].from_config(self._base_scheduler_config)
+        self.pipe.scheduler = self.new_scheduler(name)
+
+    def check(self, params: ImageParams) -> None:
+        """UsageError when the task's sampler cannot take its step count (PNDM needs 4 or more),
+        before any of a batch runs: a bad task must fail alone, not take its batch with it."""
+        try:
+            self.new_scheduler(params.scheduler).set_timesteps(params.steps)
+        except (ValueError, IndexError) as e:
+            raise UsageError(f"scheduler {params.scheduler!r} cannot take {params.steps} steps ({e})") from None
 
     def generate(self, params: ImageParams, record: bool = False) -> ImageOutput:
         """Run one task. With `record`, the output carries its denoising trajectory (every
         latent and model output), which a trajectory commitment is made from."""
+        self.check(params)
         self._set_scheduler(params.scheduler)
         generator = torch.Generator(device="cpu").manual_seed(params.seed)
         with torch.inference_mode(), recording(self.pipe) if record else nullcontext() as traj:
@@ -94,6 +116,22 @@ class ImageEngine:
             pixels=to_uint8(images[0]), model_digest=self.ref.digest, profile=self.profile, trajectory=traj
         )
 
-    def generate_batch(self, batch: list[ImageParams]) -> list[ImageOutput]:
-        """Run several tasks; each has its own generator and run, so outputs are batch-invariant."""
-        return [self.generate(p) for p in batch]
+    def generate_batch(
+        self, batch: list[ImageParams], record: bool = False, batch_size: int | None = None
+    ) -> list[ImageOutput]:
+        """Run several tasks, sharing UNet calls (up to `batch_size` images per call, at most
+        image_batch.MAX_IMAGES) where the pipeline allows; every output (pixels, trajectory) is
+        bit-identical to the task's `generate` alone."""
+        if self.profile.flags["batching"] == "serial" or len(batch) < 2:
+            return [self.generate(p, record) for p in batch]
+        from trustgen.engines.image_batch import MAX_IMAGES, sample
+
+        for p in batch:
+            self.check(p)
+        size = min(batch_size or MAX_IMAGES, MAX_IMAGES)
+        with torch.inference_mode():
+            got = sample(self.pipe, self.new_scheduler, batch, record, size)
+        return [
+            ImageOutput(pixels=px, model_digest=self.ref.digest, profile=self.profile, trajectory=traj)
+            for px, traj in got
+        ]

@@ -73,23 +73,33 @@ class PixelTextToImagePipeline(DiffusionPipeline):
             return torch.cat([uncond, cond]).to(self.unet.dtype)
         return cond.to(self.unet.dtype)
 
-    def initial_latents(self, gens: Sequence[torch.Generator | None], height: int, width: int) -> torch.Tensor:
+    def initial_latents(
+        self, gens: Sequence[torch.Generator | None], height: int, width: int, scheduler: Any = None
+    ) -> torch.Tensor:
         # Initial noise is drawn on the CPU from each image's own generator, so it is the same
         # on every device and independent of what else is in the batch.
         shape = (self.unet.config["in_channels"], height, width)
         x = torch.stack([torch.randn(shape, generator=g, dtype=torch.float32) for g in gens])
-        return (x * self.scheduler.init_noise_sigma).to(device=self.unet.device, dtype=self.unet.dtype)
+        sigma = (scheduler or self.scheduler).init_noise_sigma
+        return (x * sigma).to(device=self.unet.device, dtype=self.unet.dtype)
 
-    def guided_output(self, x: torch.Tensor, t: Any, context: torch.Tensor, guidance_scale: float) -> torch.Tensor:
-        """The model output one denoising step feeds its scheduler (one UNet call, CFG batched)."""
-        use_cfg = guidance_scale > 1.0
-        model_in = torch.cat([x, x]) if use_cfg else x
-        model_in = self.scheduler.scale_model_input(model_in, t)
-        eps = self.unet(model_in, t, encoder_hidden_states=context).sample
-        if use_cfg:
+    def model_input(self, x: torch.Tensor, t: Any, guidance_scale: float, scheduler: Any = None) -> torch.Tensor:
+        """What one denoising step feeds the UNet for `x`: [x, x] under classifier-free guidance."""
+        model_in = torch.cat([x, x]) if guidance_scale > 1.0 else x
+        return (scheduler or self.scheduler).scale_model_input(model_in, t)
+
+    @staticmethod
+    def guide(eps: torch.Tensor, guidance_scale: float) -> torch.Tensor:
+        """The UNet's rows for one image to the model output its scheduler gets."""
+        if guidance_scale > 1.0:
             eps_u, eps_c = eps.chunk(2)
             eps = eps_u + guidance_scale * (eps_c - eps_u)
         return eps
+
+    def guided_output(self, x: torch.Tensor, t: Any, context: torch.Tensor, guidance_scale: float) -> torch.Tensor:
+        """The model output one denoising step feeds its scheduler (one UNet call, CFG batched)."""
+        eps = self.unet(self.model_input(x, t, guidance_scale), t, encoder_hidden_states=context).sample
+        return self.guide(eps, guidance_scale)
 
     @staticmethod
     def to_images(x: torch.Tensor) -> np.ndarray:

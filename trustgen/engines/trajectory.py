@@ -145,11 +145,17 @@ class Trajectory:
 
 @contextmanager
 def recording(pipe: Any) -> Iterator[Trajectory]:
-    """Record every `pipe.scheduler.step` call of one sampling run into a Trajectory. The wrapper
-    keeps the step's signature visible (`functools.wraps`), since pipelines inspect it to decide
-    whether to pass a generator."""
+    """Record every `pipe.scheduler.step` call of one sampling run into a Trajectory."""
+    with recording_steps(pipe.scheduler) as traj:
+        yield traj
+
+
+@contextmanager
+def recording_steps(scheduler: Any) -> Iterator[Trajectory]:
+    """Record every `scheduler.step` call of one sampling run (one image) into a Trajectory. The
+    wrapper keeps the step's signature visible (`functools.wraps`), since pipelines inspect it to
+    decide whether to pass a generator."""
     traj = Trajectory()
-    scheduler = pipe.scheduler
     original = scheduler.step
 
     @functools.wraps(original)

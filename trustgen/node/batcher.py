@@ -7,7 +7,8 @@ what arrived during the previous run as the next batch. No timer decides anythin
 runs at once. A batch's outputs are each the one its task gets alone, so batching changes
 throughput only, never a Result; a task refused as invalid fails alone. A stream takes only its
 engine's tasks at the head of the queue, so once another engine's task is first in line it
-finishes what it holds and hands over the one engine thread: no kind starves another.
+finishes what it holds and hands over the one engine thread: no kind starves another. Image batches record each task's trajectory (the
+kind's `run_batch`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ class _Job:
     params: Any
     done: asyncio.Future[Any]
     cancel: threading.Event = field(default_factory=threading.Event)
+    run: Callable[[Any, list[Any]], list[Any]] | None = None  # the kind's batch runner
 
 
 class Batcher:
@@ -39,10 +41,17 @@ class Batcher:
         self._draining = False
         self.batches: list[int] = []  # most tasks decoding at once per run, newest last (metrics, tests)
 
-    async def generate(self, engine: Any, params: Any, cancel: threading.Event | None = None) -> Any:
+    async def generate(
+        self,
+        engine: Any,
+        params: Any,
+        cancel: threading.Event | None = None,
+        run: Callable[[Any, list[Any]], list[Any]] | None = None,
+    ) -> Any:
         """The task's output; once `cancel` is set it is dropped from the queue, and the run
-        holding it stops when every task in that run is cancelled."""
-        job = _Job(engine, params, asyncio.get_running_loop().create_future(), cancel or threading.Event())
+        holding it stops when every task in that run is cancelled. `run(engine, batch)`: how a
+        batch of this task's kind runs (TaskKind.run_batch; default `engine.generate_batch`)."""
+        job = _Job(engine, params, asyncio.get_running_loop().create_future(), cancel or threading.Event(), run)
         with self._lock:
             self._queue.append(job)
         if not self._draining:
@@ -103,9 +112,10 @@ class Batcher:
             _fail(list(taken.values()), e)
 
     async def _run(self, engine: Any, batch: list[_Job]) -> None:
+        run = batch[0].run or _generate_batch  # one engine serves one kind: the batch shares its runner
         try:
             outs = await self.engines.run(
-                engine.generate_batch, [j.params for j in batch], cancel=AllOf([j.cancel for j in batch])
+                run, engine, [j.params for j in batch], cancel=AllOf([j.cancel for j in batch])
             )
         except Cancelled as e:
             _fail(batch, e)
@@ -123,6 +133,10 @@ class Batcher:
         for j, out in zip(batch, outs):
             if not j.done.done():
                 j.done.set_result(out)
+
+
+def _generate_batch(engine: Any, batch: list[Any]) -> list[Any]:
+    return engine.generate_batch(batch)
 
 
 class _Held:

@@ -47,9 +47,11 @@ class TaskKind:
     commit: Callable[[Any], tuple[dict[str, Any], bytes]] | None = None
     # (a Result's `output`) -> whether it commits to a trajectory a verifier may check instead
     commits_trajectory: Callable[[dict[str, Any]], bool] = lambda output: False
-    # whether a batching worker runs it through its batcher; False: each task runs alone through
-    # `run` (images: the trajectory is recorded per task, and the UNet is not batch-invariant)
+    # whether a batching worker runs it through its batcher; False: each task runs alone through `run`
     batched: bool = True
+    # (engine, several params) -> their outputs, each the one `run` gives alone: how the batcher
+    # runs a batch of this kind's tasks
+    run_batch: Callable[[Any, list[Any]], list[Any]] = lambda engine, batch: engine.generate_batch(batch)
     # several `check`s sharing the engine's passes (a UsageError in place of a malformed one), with
     # the verdicts `check` gives one by one; None: the kind has no cheaper way than one by one
     check_batch: Callable[[Any, list[Claim]], list[Checked | UsageError]] | None = None
@@ -135,9 +137,11 @@ def _replay_image(output: dict[str, Any], png: bytes) -> Fingerprint | None:
 
 def _run_image(engine: Any, params: Any) -> Any:
     """Record the trajectory when the engine's pipeline class supports it (engines/trajectory.py)."""
-    from trustgen.engines.trajectory import SAMPLING
+    return engine.generate(params, record=engine.records)
 
-    return engine.generate(params, record=type(engine.pipe).__name__ in SAMPLING)
+
+def _run_images(engine: Any, batch: list[Any]) -> list[Any]:
+    return engine.generate_batch(batch, record=engine.records)
 
 
 def _commit_image(out: Any) -> tuple[dict[str, Any], bytes]:
@@ -172,7 +176,7 @@ TASK_KINDS: dict[str, TaskKind] = {
             run=_run_image,
             commit=_commit_image,
             commits_trajectory=lambda output: "trajectory" in output,
-            batched=False,
+            run_batch=_run_images,
         ),
     )
 }

@@ -103,7 +103,7 @@ class WorkerRole:
         cancel = threading.Event()
         try:
             if self.batcher is not None and kind.batched:
-                out = await self.batcher.generate(engine, params, cancel)
+                out = await self.batcher.generate(engine, params, cancel, kind.run_batch)
             else:
                 out = await self.engines.run(self._generate, kind, engine, params, cancel=cancel)
         except asyncio.CancelledError:
