@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from trustgen.consensus.identity import Identity
-from trustgen.consensus.messages import Signed, sign
+from trustgen.consensus.messages import MessageError, Signed, sign
 from trustgen.errors import UsageError
 from trustgen.training import directions, spsa
 from trustgen.training import spec as specs
@@ -52,6 +52,10 @@ def test_a_job_naming_no_direction_keeps_its_bytes_and_id() -> None:
     author = Identity.generate()
     signed = base.with_trainers([Identity.generate().public_key])
     assert specs.open_job(specs.sign_job(author, signed).wire(), base.network)[1].id == signed.id
+    # a signed spec that carries a default-valued direction is not the canonical spec: refused
+    padded = specs.JobSpec({**signed.data, "algorithm": {**signed.algorithm, "direction": "full"}})
+    with pytest.raises(MessageError, match="not in canonical form"):
+        specs.open_job(specs.sign_job(author, padded).wire(), base.network)
 
 
 def test_tensor_power_is_seeded_renormalised_and_full_at_power_zero() -> None:

@@ -183,7 +183,12 @@ def _section(name: str, fields: dict[str, Field], raw: Any) -> dict[str, Any]:
     if unknown:
         raise UsageError(f"[{name}] has unknown fields: {', '.join(unknown)}")
     out = {k: f.check(f"{name}.{k}", raw.get(k)) for k, f in fields.items()}
-    return {k: v for k, v in out.items() if not (fields[k].omit_default and v == fields[k].default)}
+    # repr and type: -0.0 is not the default 0.0, as the canonical encoding tells them apart
+    return {k: v for k, v in out.items() if not (fields[k].omit_default and _same(v, fields[k].default))}
+
+
+def _same(a: Any, b: Any) -> bool:
+    return type(a) is type(b) and repr(a) == repr(b)
 
 
 def algorithm_values(spec: JobSpec) -> dict[str, Any]:
