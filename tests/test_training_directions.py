@@ -75,6 +75,7 @@ def test_tensor_power_is_seeded_renormalised_and_full_at_power_zero() -> None:
         directions.draw("sideways", b"j" * 32, 3, p, hp)
 
 
+@pytest.mark.slow  # loads tiny-text and runs forward passes
 def test_the_spot_check_accepts_an_honest_sample_and_rejects_a_forged_one_under_tensor_power() -> None:
     spec = small(direction="tensor-power", direction_power=0.25, batch=4)
     trainer = Identity.generate()
