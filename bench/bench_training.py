@@ -27,7 +27,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from trustgen.training import data, diloco, spsa  # noqa: E402
+from trustgen.training import data, diloco, directions, spsa  # noqa: E402
 from trustgen.training import spec as specs  # noqa: E402
 from trustgen.training.aggregate import aggregate  # noqa: E402
 from trustgen.training.job import DilocoState  # noqa: E402
@@ -283,7 +283,9 @@ def bench_attack(res: dict[str, Any], quick: bool) -> None:
     res["attack"] = out
 
 
-def spsa_curve(spec: specs.JobSpec, obj: Any, n: int, budget_s: float, every: int) -> dict[str, Any]:
+def spsa_curve(
+    spec: specs.JobSpec, obj: Any, n: int, budget_s: float, every: int, progress: bool = False
+) -> dict[str, Any]:
     hp = spec.algorithm
     params = obj.initial()
     curve = [(0, 0.0, obj.eval_loss(params))]
@@ -291,7 +293,7 @@ def spsa_curve(spec: specs.JobSpec, obj: Any, n: int, budget_s: float, every: in
     t = 0
     while used < budget_s:
         c0 = cpu()
-        z = spsa.direction(spec.id, t, params)
+        z = directions.for_step(spec, t, params)
         qs = []
         for tr in trainers(n):
             idx = data.select(spec.id, t, tr, hp["batch"], obj.split.train)
@@ -301,6 +303,12 @@ def spsa_curve(spec: specs.JobSpec, obj: Any, n: int, budget_s: float, every: in
         t += 1
         if t % every == 0:
             curve.append((t, round(used, 1), obj.eval_loss(params)))
+            if progress:  # long curves on a loaded machine: what was reached so far, to stderr
+                print(
+                    json.dumps({"step": t, "cpu_s": round(used, 1), "heldout": curve[-1][2]}),
+                    file=sys.stderr,
+                    flush=True,
+                )
     curve.append((t, round(used, 1), obj.eval_loss(params)))
     return {"curve": curve, "steps": t}
 
@@ -330,6 +338,10 @@ FRESH_CONFIGS: dict[str, dict[str, Any]] = {
     "before": {"lr": 5e-4, "scale": 0.05, "batch": 8},  # the configuration issue 12 first measured
     # the best per step of the 30 CPU-s probes (docs/benchmarks.md): a 4x batch at twice the step
     "batch32": {"lr": 1e-3, "scale": 0.05, "batch": 32},
+    # the 2026-12-01 probes (docs/benchmarks.md): twice the step at batch 8 (2e-3 is unstable),
+    # and the same with the tensor-power direction (small tensors perturbed more)
+    "lr1e-3": {"lr": 1e-3, "scale": 0.05, "batch": 8},
+    "power0.25": {"lr": 1e-3, "scale": 0.05, "batch": 8, "direction": "tensor-power", "direction_power": 0.25},
 }
 
 
@@ -342,7 +354,7 @@ def bench_spsa_fresh(res: dict[str, Any], quick: bool, only: list[str] | None = 
         spec = job("spsa", algo, model={"init": "fresh"})
         apply_profile(spec)
         obj = load_objective(spec)
-        f = spsa_curve(spec, obj, 1, budget, 25 if quick else 250 if algo["batch"] <= 8 else 50)
+        f = spsa_curve(spec, obj, 1, budget, 25 if quick else 250 if algo["batch"] <= 8 else 50, progress=True)
         start = f["curve"][0][2]
         out[name] = {
             "config": algo,

@@ -1241,6 +1241,8 @@ SPEC_ALGORITHMS: dict[str, dict[str, tuple[str, Any, Any, Any, tuple[str, ...]]]
         "scale": ("float", 0.5, 1e-9, 1e6, ()),
         "eval_every": ("int", 25, 1, 1_000_000, ()),
         "check_probability": ("float", 0.1, 0.0, 1.0, ()),
+        "direction": ("str", "full", None, None, ("full", "tensor-power")),
+        "direction_power": ("float", 0.0, 0.0, 1.0, ()),
     },
     "diloco": {
         "rounds": ("int", 6, 1, 100_000, ()),
@@ -1264,6 +1266,9 @@ SPEC_ALGORITHMS: dict[str, dict[str, tuple[str, Any, Any, Any, tuple[str, ...]]]
     },
 }
 MAX_TRAINERS = 64
+# Fields added after jobs were signed: left out of the canonical map at their default (§15.1), so
+# the ids of jobs signed before them do not change.
+OMIT_AT_DEFAULT = {("algorithm", "direction"), ("algorithm", "direction_power")}
 
 
 def spec_section(name: str, fields: dict[str, tuple], raw: Any) -> dict[str, Any]:
@@ -1282,6 +1287,8 @@ def spec_section(name: str, fields: dict[str, tuple], raw: Any) -> dict[str, Any
         expect((lo is None or v >= lo) and (hi is None or v <= hi), f"job spec {name}.{k} = {v} out of bounds")
         expect(not choices or v in choices, f"job spec {name}.{k} = {v!r} is not one of {choices}")
         expect(not isinstance(v, str) or len(v) <= 4096, f"job spec {name}.{k} is too long")
+        if (name, k) in OMIT_AT_DEFAULT and typed_equal(v, default):
+            continue
         out[k] = v
     return out
 

@@ -11,7 +11,7 @@ import torch
 from trustgen.consensus.domains import TRAIN_CHECKPOINT as CHECKPOINT_DOMAIN
 from trustgen.consensus.messages import Signed
 from trustgen.errors import TrustgenError
-from trustgen.training import diloco, spsa
+from trustgen.training import diloco, directions, spsa
 from trustgen.training.aggregate import aggregate
 from trustgen.training.objectives import Objective
 from trustgen.training.spec import JobSpec
@@ -46,7 +46,7 @@ class SpsaState:
         return cls(spec, objective.initial())
 
     def direction(self) -> Tensors:
-        return spsa.direction(self.spec.id, self.step, self.params)
+        return directions.for_step(self.spec, self.step, self.params)
 
     def apply(self, updates: list[Signed], z: Tensors | None = None) -> None:
         """Apply step `self.step`'s accepted updates (any order: the byte sum is exact)."""

@@ -40,6 +40,9 @@ class Field:
     lo: float | None = None
     hi: float | None = None
     choices: tuple[str, ...] = ()
+    # A field added after jobs were signed: left out of the canonical spec at its default, so
+    # every job signed before it existed keeps its bytes and its id.
+    omit_default: bool = False
 
     def check(self, where: str, value: Any) -> Any:
         if value is None:
@@ -64,6 +67,7 @@ class Field:
 
 
 OBJECTIVES = ("causal-lm", "textual-inversion", "unet-denoise")
+SPSA_DIRECTIONS = ("full", "tensor-power")  # the registry's names (directions.DIRECTIONS)
 AGGREGATORS = ("trimmed-mean", "screened-trimmed-mean", "median", "centred-clip", "mean")
 
 SECTIONS: dict[str, dict[str, Field]] = {
@@ -107,6 +111,9 @@ ALGORITHMS: dict[str, dict[str, Field]] = {
         "scale": Field(float, 0.5, 1e-9, 1e6),
         "eval_every": Field(int, 25, 1, 1_000_000),
         "check_probability": Field(float, 0.1, 0.0, 1.0),
+        # how step t's shared direction is drawn (training/directions.py)
+        "direction": Field(str, "full", choices=SPSA_DIRECTIONS, omit_default=True),
+        "direction_power": Field(float, 0.0, 0.0, 1.0, omit_default=True),  # tensor-power: n_b^-p
     },
     "diloco": {
         "rounds": Field(int, 6, 1, 100_000),
@@ -175,7 +182,19 @@ def _section(name: str, fields: dict[str, Field], raw: Any) -> dict[str, Any]:
     unknown = sorted(set(raw) - set(fields))
     if unknown:
         raise UsageError(f"[{name}] has unknown fields: {', '.join(unknown)}")
-    return {k: f.check(f"{name}.{k}", raw.get(k)) for k, f in fields.items()}
+    out = {k: f.check(f"{name}.{k}", raw.get(k)) for k, f in fields.items()}
+    # repr and type: -0.0 is not the default 0.0, as the canonical encoding tells them apart
+    return {k: v for k, v in out.items() if not (fields[k].omit_default and _same(v, fields[k].default))}
+
+
+def _same(a: Any, b: Any) -> bool:
+    return type(a) is type(b) and repr(a) == repr(b)
+
+
+def algorithm_values(spec: JobSpec) -> dict[str, Any]:
+    """The algorithm's fields with the defaults the canonical spec leaves out filled in."""
+    a = spec.algorithm
+    return {**{k: f.default for k, f in ALGORITHMS[a["name"]].items()}, **a}
 
 
 def from_dict(raw: dict[str, Any]) -> JobSpec:
